@@ -1,0 +1,69 @@
+//! The one place that turns failures into HTTP answers: a status and a JSON
+//! body `{"error": <stable code>, "message": <for people>, "parameter"?: …}`.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::store::StoreError;
+
+/// An HTTP error answer.
+#[derive(Debug, Serialize)]
+pub struct ApiError {
+    #[serde(skip)]
+    status: StatusCode,
+    error: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameter: Option<String>,
+}
+
+impl ApiError {
+    /// 400 for a query parameter, naming it.
+    pub fn bad_parameter(parameter: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            error: "bad_parameter",
+            message: message.into(),
+            parameter: Some(parameter.to_owned()),
+        }
+    }
+
+    /// 401 with the reason.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            error: "unauthorized",
+            message: message.into(),
+            parameter: None,
+        }
+    }
+
+    /// Any other status, with a stable code and a message.
+    pub fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            error,
+            message: message.into(),
+            parameter: None,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        tracing::error!(error = %err, "storage failed while answering a request");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            "the hub cannot read its storage right now",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self)).into_response()
+    }
+}

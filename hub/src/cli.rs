@@ -1,0 +1,277 @@
+//! The `hub` command line: `serve`, and `device add|list|revoke` for
+//! provisioning. Every flag can also be set by its environment variable.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
+
+use crate::ingest::session::Timing;
+use crate::server::{Hub, Retention, Settings};
+use crate::store::Store;
+use crate::store::devices::AddDeviceError;
+
+/// Telemetry hub: devices stream readings over WebSocket, the hub stores them
+/// in SQLite and serves them to browsers and tools.
+#[derive(Debug, Parser)]
+#[command(name = "hub", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the hub: device WebSocket ingest and the HTTP API.
+    Serve(ServeArgs),
+    /// Provision, list and revoke devices (works while the hub runs).
+    #[command(subcommand)]
+    Device(DeviceCommand),
+}
+
+#[derive(Debug, Args)]
+struct DbArg {
+    /// SQLite database file; created with its schema if absent.
+    #[arg(long, env = "HUB_DB", default_value = "./telemetry.db")]
+    db: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (the real one is printed).
+    #[arg(long, env = "HUB_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+    #[command(flatten)]
+    db: DbArg,
+    /// Log filter: a level (error, warn, info, debug, trace) or per-target
+    /// directives such as `hub=debug,warn`.
+    #[arg(long, env = "HUB_LOG", default_value = "info", value_parser = Targets::from_str)]
+    log: Targets,
+    /// Lets a device with an unknown id register itself at its first
+    /// connection by presenting this key as its bearer token.
+    #[arg(long, env = "HUB_PROVISION_KEY", hide_env_values = true)]
+    provision_key: Option<String>,
+    /// How long a new device connection has to send Hello.
+    #[arg(long, env = "HUB_HELLO_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    hello_timeout: Duration,
+    /// How often the hub pings devices; one silent for two intervals is closed.
+    #[arg(long, env = "HUB_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
+    ping_interval: Duration,
+    /// Sampling interval announced to devices in Welcome.
+    #[arg(long, env = "HUB_SAMPLE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    sample_interval: Duration,
+    /// Delete readings whose device time is older than this (for example 30d).
+    /// Without it, readings are kept forever.
+    #[arg(long, env = "HUB_RETENTION", value_parser = parse_duration)]
+    retention: Option<Duration>,
+    /// How often retention looks for old readings.
+    #[arg(long, env = "HUB_RETENTION_SWEEP", default_value = "1m", value_parser = parse_duration)]
+    retention_sweep: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCommand {
+    /// Create a device and print its token (alone on standard output).
+    Add {
+        /// Device id: 1 to 64 characters of A-Z a-z 0-9 - _ . :
+        id: String,
+        /// A name for people.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// List devices.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Revoke a device: its token stops working and a running hub closes its
+    /// connection within a second.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
+}
+
+/// Parses `500ms`, `10s`, `15m`, `2h`, `30d`.
+///
+/// # Errors
+/// A message saying what a duration looks like.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} needs a unit: ms, s, m, h or d (for example 30s)"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} must start with a whole number (for example 30s)"))?;
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("unknown unit {unit:?} in {text:?}: use ms, s, m, h or d")),
+    };
+    let ms = number
+        .checked_mul(unit_ms)
+        .ok_or_else(|| format!("{text:?} is too long"))?;
+    if ms == 0 {
+        return Err("a duration must be longer than zero".into());
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// Runs the command line.
+///
+/// # Errors
+/// Whatever the command failed with, for the binary to print.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Device(command) => device(command).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(args.log)
+        .init();
+    let settings = Settings {
+        listen: args.listen,
+        db: args.db.db,
+        provision_key: args.provision_key,
+        timing: Timing {
+            hello_timeout: args.hello_timeout,
+            ping_interval: args.ping_interval,
+            sample_interval: args.sample_interval,
+        },
+        retention: args.retention.map(|keep| Retention {
+            keep,
+            sweep_every: args.retention_sweep,
+        }),
+    };
+    let hub = Hub::build(settings).await?;
+    let addr = hub.local_addr()?;
+    // On standard output, so scripts and tests can read the real port.
+    println!("hub listening on http://{addr} (devices: ws://{addr}/v1/ws)");
+    tracing::info!(%addr, "listening");
+    hub.run_until_stopped(shutdown_signal()).await
+}
+
+async fn device(command: DeviceCommand) -> anyhow::Result<()> {
+    match command {
+        DeviceCommand::Add { id, name, db } => {
+            let store = open(&db).await?;
+            match store.add_device(&id, name.as_deref()).await {
+                Ok(token) => println!("{token}"),
+                Err(err @ (AddDeviceError::InvalidId | AddDeviceError::Exists(_))) => {
+                    anyhow::bail!("{err}")
+                }
+                Err(err) => return Err(err).context("adding the device"),
+            }
+            store.close().await;
+        }
+        DeviceCommand::List { json, db } => {
+            let store = open(&db).await?;
+            let devices = store.list_devices().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&devices)?);
+            } else {
+                println!("{:<24} {:<20} {:>10} {:<8}", "ID", "NAME", "LAST SEQ", "STATE");
+                for device in devices {
+                    let state = if device.revoked_ms.is_some() { "revoked" } else { "active" };
+                    println!(
+                        "{:<24} {:<20} {:>10} {:<8}",
+                        device.id,
+                        device.name.as_deref().unwrap_or("-"),
+                        device.last_seq,
+                        state
+                    );
+                }
+            }
+            store.close().await;
+        }
+        DeviceCommand::Revoke { id, db } => {
+            let store = open(&db).await?;
+            if !store.revoke_device(&id).await? {
+                anyhow::bail!("no device {id:?} in {}", db.db.display());
+            }
+            store.close().await;
+            eprintln!("revoked {id}");
+        }
+    }
+    Ok(())
+}
+
+async fn open(db: &DbArg) -> anyhow::Result<Store> {
+    Store::open(&db.db)
+        .await
+        .with_context(|| format!("opening database {} (--db)", db.db.display()))
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_take_every_unit() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7_200)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(2_592_000)));
+    }
+
+    #[test]
+    fn bad_durations_explain_themselves() {
+        for text in ["", "10", "s", "10y", "0s", "-5s", "99999999999999999999d"] {
+            assert!(parse_duration(text).is_err(), "{text}");
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Ingest: the device WebSocket endpoint `GET /v1/ws`.
+//!
+//! The handshake is authenticated before the upgrade (a bad token is an HTTP
+//! 401, never a WebSocket), then [`session`] runs the connection. The
+//! [`registry`] knows which devices are online; [`watch_revocations`] closes
+//! the sessions of devices revoked by `hub device revoke` in another process.
+
+pub mod registry;
+pub mod session;
+pub mod state;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use protocol::limits::MAX_FRAME_BYTES;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::error::ApiError;
+use crate::auth;
+use crate::server::Shared;
+use crate::store::{Store, now_ms};
+use crate::telemetry::Reject;
+use registry::{Kick, Registry};
+use session::Auth;
+
+/// The WebSocket layer refuses messages above this unread; below it, the
+/// protocol's own limit answers with a typed `Error` frame.
+const WS_MESSAGE_LIMIT: usize = 2 * MAX_FRAME_BYTES;
+
+/// Per-connection read buffer. tokio-tungstenite's default (128 KiB) would
+/// cost over a gigabyte for ten thousand idle devices.
+const WS_READ_BUFFER: usize = 4 * 1024;
+
+/// How often the registry is checked for revoked devices.
+const REVOCATION_POLL: Duration = Duration::from_millis(250);
+
+/// `GET /v1/ws`: authenticates and upgrades a device connection.
+pub async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let auth = match authenticate(&shared, &headers).await {
+        Ok(auth) => auth,
+        Err(err) => {
+            shared.sessions.counters.reject(Reject::Unauthorized);
+            return err.into_response();
+        }
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            return ApiError::new(
+                StatusCode::UPGRADE_REQUIRED,
+                "websocket_required",
+                format!("this endpoint speaks WebSocket only: {rejection}"),
+            )
+            .into_response();
+        }
+    };
+    let ctx = Arc::clone(&shared.sessions);
+    let tracker = shared.tracker.clone();
+    ws.read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(WS_MESSAGE_LIMIT)
+        .max_frame_size(WS_MESSAGE_LIMIT)
+        .on_upgrade(move |socket| tracker.track_future(session::run(socket, auth, ctx)))
+}
+
+async fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Auth, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(auth::bearer)
+        .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <device token>"))?;
+    if let Some(key) = &shared.provision_key
+        && auth::secrets_match(token, key)
+    {
+        return Ok(Auth::Provisioning);
+    }
+    match shared.sessions.store.authenticate(token).await? {
+        Some(credentials) => Ok(Auth::Device(credentials)),
+        None => Err(ApiError::unauthorized("unknown or revoked token")),
+    }
+}
+
+/// Closes the sessions of devices revoked while the hub runs, within one
+/// poll interval, until `shutdown`.
+pub async fn watch_revocations(store: Store, registry: Registry, shutdown: CancellationToken) {
+    let mut since = now_ms();
+    let mut poll = tokio::time::interval(REVOCATION_POLL);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = poll.tick() => {}
+        }
+        // Overlap the windows a little: kicking twice is harmless, missing a
+        // revocation written in the same millisecond as the last poll is not.
+        let now = now_ms();
+        match store.revoked_since(since - 1_000).await {
+            Ok(revoked) => {
+                for device in revoked {
+                    if registry.kick(&device, Kick::Revoked) {
+                        tracing::info!(device = %device, "closed the session of a revoked device");
+                    }
+                }
+                since = now;
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot check for revoked devices"),
+        }
+    }
+}

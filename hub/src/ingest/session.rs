@@ -1,0 +1,449 @@
+//! One device connection, from handshake to close.
+//!
+//! The session reads frames, applies the rules in [`super::state`], hands
+//! batches to the writer and sends each `Ack` when the writer reports the
+//! commit. It keeps at most [`IN_FLIGHT`] batches unacknowledged; past that
+//! it stops reading the socket, so a device that outruns storage is slowed by
+//! TCP instead of growing the hub's memory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use protocol::{
+    DeviceFrame, ErrorFrame, HubFrame, PROTOCOL_VERSION, Welcome, error_code, limits,
+};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::registry::{Kick, Registry};
+use super::state::{BatchStream, Violation, check_hello};
+use crate::store::Store;
+use crate::store::devices::Credentials;
+use crate::store::writer::{WriteOutcome, WriterHandle};
+use crate::telemetry::{Counters, Reject};
+
+/// Most batches a session has handed to the writer and not yet acknowledged.
+const IN_FLIGHT: usize = 32;
+
+/// How long the hub waits for the device's close reply after its own close.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// WebSocket close codes (RFC 6455, section 7.4.1).
+mod close_code {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+}
+
+/// Timing settings of device sessions.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// How long a new connection has to send `Hello`.
+    pub hello_timeout: Duration,
+    /// How often the hub pings; a device silent for two intervals is closed.
+    pub ping_interval: Duration,
+    /// The sampling interval announced in `Welcome`.
+    pub sample_interval: Duration,
+}
+
+/// What every session shares.
+#[derive(Debug)]
+pub struct Context {
+    pub store: Store,
+    pub writer: WriterHandle,
+    pub registry: Registry,
+    pub counters: Arc<Counters>,
+    pub timing: Timing,
+    pub shutdown: CancellationToken,
+}
+
+/// Who the handshake says is connecting.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// A device token: the `Hello` must name this device.
+    Device(Credentials),
+    /// The fleet provisioning key: the `Hello` names the device, which is
+    /// registered if it is new.
+    Provisioning,
+}
+
+/// How a session ends, and what the device is told.
+#[derive(Debug)]
+struct Ending {
+    error: Option<ErrorFrame>,
+    close: Option<(u16, &'static str)>,
+    reject: Option<Reject>,
+}
+
+impl Ending {
+    fn violation(violation: Violation) -> Self {
+        let close = if violation.code == error_code::TOO_LARGE {
+            (close_code::TOO_BIG, "frame too large")
+        } else {
+            (close_code::POLICY, "protocol violation")
+        };
+        Ending {
+            error: Some(ErrorFrame {
+                code: violation.code,
+                message: violation.message,
+            }),
+            close: Some(close),
+            reject: Some(Reject::Protocol),
+        }
+    }
+
+    fn told(code: u16, message: &str, close: (u16, &'static str), reject: Reject) -> Self {
+        Ending {
+            error: Some(ErrorFrame {
+                code,
+                message: message.to_owned(),
+            }),
+            close: Some(close),
+            reject: Some(reject),
+        }
+    }
+
+    fn kicked(kick: Kick) -> Self {
+        match kick {
+            Kick::Replaced => Ending::told(
+                error_code::REPLACED,
+                "a newer connection of this device replaced this one",
+                (close_code::POLICY, "replaced"),
+                Reject::Replaced,
+            ),
+            Kick::Revoked => Ending::told(
+                error_code::REVOKED,
+                "this device's credentials were revoked",
+                (close_code::POLICY, "revoked"),
+                Reject::Revoked,
+            ),
+        }
+    }
+
+    fn shutdown() -> Self {
+        Ending {
+            error: None,
+            close: Some((close_code::GOING_AWAY, "hub shutting down")),
+            reject: None,
+        }
+    }
+
+    /// The device closed or vanished: there is no one left to tell.
+    fn gone() -> Self {
+        Ending {
+            error: None,
+            close: None,
+            reject: None,
+        }
+    }
+}
+
+/// Runs a device connection to its end.
+pub async fn run(mut socket: WebSocket, auth: Auth, ctx: Arc<Context>) {
+    let device = match &auth {
+        Auth::Device(credentials) => credentials.device_id.as_str(),
+        Auth::Provisioning => "",
+    };
+    let span = tracing::info_span!("device_session", device = device);
+    async {
+        ctx.counters.connection_opened();
+        let ending = serve(&mut socket, auth, &ctx).await;
+        if let Some(reject) = ending.reject {
+            ctx.counters.reject(reject);
+            tracing::info!(reason = ?ending.error.as_ref().map(|e| &e.message), "closing device connection");
+        }
+        finish(&mut socket, ending).await;
+        ctx.counters.connection_closed();
+        tracing::debug!("session ended");
+    }
+    .instrument(span)
+    .await;
+}
+
+/// One thing read from the socket.
+enum Incoming {
+    Frame(DeviceFrame),
+    /// A ping or pong: proof of life, nothing to do.
+    Heartbeat,
+    Bad(Violation),
+    Gone,
+}
+
+/// Reads the next message. Cancel-safe: a message is either fully handled or
+/// left in the socket.
+async fn next_incoming(socket: &mut WebSocket, counters: &Counters) -> Incoming {
+    match socket.recv().await {
+        None | Some(Ok(Message::Close(_))) => Incoming::Gone,
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Incoming::Heartbeat,
+        Some(Ok(Message::Text(_))) => Incoming::Bad(Violation {
+            code: error_code::MALFORMED,
+            message: "text messages are not accepted: send postcard frames as binary messages"
+                .into(),
+        }),
+        Some(Ok(Message::Binary(bytes))) => {
+            counters.frame_in(bytes.len());
+            match DeviceFrame::decode(&bytes) {
+                Ok(frame) => Incoming::Frame(frame),
+                Err(err) => Incoming::Bad(Violation {
+                    code: err.code(),
+                    message: err.to_string(),
+                }),
+            }
+        }
+        Some(Err(err)) => read_error(err),
+    }
+}
+
+fn read_error(err: axum::Error) -> Incoming {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match err.into_inner().downcast::<WsError>() {
+        // The message is beyond even the WebSocket layer's limit, which is set
+        // above the protocol's, so it was not read: refuse it like any other
+        // oversized frame.
+        Ok(ws) if matches!(*ws, WsError::Capacity(_)) => Incoming::Bad(Violation {
+            code: error_code::TOO_LARGE,
+            message: format!(
+                "message exceeds the frame limit of {} bytes",
+                limits::MAX_FRAME_BYTES
+            ),
+        }),
+        Ok(ws) => {
+            tracing::debug!(error = %ws, "device connection failed");
+            Incoming::Gone
+        }
+        Err(other) => {
+            tracing::debug!(error = %other, "device connection failed");
+            Incoming::Gone
+        }
+    }
+}
+
+async fn send(socket: &mut WebSocket, frame: &HubFrame) -> Result<(), axum::Error> {
+    socket.send(Message::Binary(frame.encode().into())).await
+}
+
+async fn serve(socket: &mut WebSocket, auth: Auth, ctx: &Context) -> Ending {
+    // Handshake: Hello within the deadline, for the right device.
+    let first = match timeout(ctx.timing.hello_timeout, async {
+        loop {
+            match next_incoming(socket, &ctx.counters).await {
+                Incoming::Heartbeat => continue,
+                other => break other,
+            }
+        }
+    })
+    .await
+    {
+        Err(_) => {
+            return Ending::told(
+                error_code::HELLO_TIMEOUT,
+                &format!("no Hello within {:?}", ctx.timing.hello_timeout),
+                (close_code::POLICY, "no Hello in time"),
+                Reject::HelloTimeout,
+            );
+        }
+        Ok(Incoming::Frame(frame)) => frame,
+        Ok(Incoming::Bad(violation)) => return Ending::violation(violation),
+        Ok(Incoming::Heartbeat | Incoming::Gone) => return Ending::gone(),
+    };
+    let expected = match &auth {
+        Auth::Device(credentials) => Some(credentials.device_id.as_str()),
+        Auth::Provisioning => None,
+    };
+    let hello = match check_hello(first, expected) {
+        Ok(hello) => hello,
+        Err(violation) => return Ending::violation(violation),
+    };
+    let credentials = match auth {
+        Auth::Device(credentials) => credentials,
+        Auth::Provisioning => match ctx.store.register_self(&hello.device_id).await {
+            Ok(Some(credentials)) => credentials,
+            Ok(None) => return Ending::kicked(Kick::Revoked),
+            Err(err) => return storage_trouble(&err),
+        },
+    };
+    tracing::Span::current().record("device", credentials.device_id.as_str());
+
+    // Register before reading last_seq: an older connection of this device
+    // is kicked first, and whatever it still had in the writer's queue is
+    // recognised as a resend by the writer if the device sends it again.
+    let (_presence, mut kicked) = ctx.registry.register(&credentials.device_id);
+    let registration = match ctx.store.register_hello(credentials.row, &hello).await {
+        Ok(registration) => registration,
+        Err(err) => return storage_trouble(&err),
+    };
+    let welcome = HubFrame::Welcome(Welcome {
+        version: PROTOCOL_VERSION,
+        last_seq: registration.last_seq,
+        sample_interval_ms: u32::try_from(ctx.timing.sample_interval.as_millis())
+            .unwrap_or(u32::MAX),
+    });
+    if send(socket, &welcome).await.is_err() {
+        return Ending::gone();
+    }
+    tracing::info!(last_seq = registration.last_seq, metrics = hello.metrics.len(), "device connected");
+
+    let mut stream = BatchStream::new(registration.metric_rows);
+    let (outcome_tx, mut outcomes) = mpsc::channel(IN_FLIGHT);
+    let mut in_flight = 0usize;
+    let mut last_heard = Instant::now();
+    let mut ping = tokio::time::interval_at(
+        Instant::now() + ctx.timing.ping_interval,
+        ctx.timing.ping_interval,
+    );
+    let ending = loop {
+        tokio::select! {
+            biased;
+            () = ctx.shutdown.cancelled() => break Ending::shutdown(),
+            kick = &mut kicked => break match kick {
+                Ok(kick) => Ending::kicked(kick),
+                // The registry itself is gone: the hub is stopping.
+                Err(_) => Ending::shutdown(),
+            },
+            Some(outcome) = outcomes.recv() => {
+                in_flight -= 1;
+                if let Err(ending) = report(socket, outcome).await {
+                    break ending;
+                }
+            }
+            incoming = next_incoming(socket, &ctx.counters), if in_flight < IN_FLIGHT => {
+                last_heard = Instant::now();
+                match incoming {
+                    Incoming::Heartbeat => {}
+                    Incoming::Gone => break Ending::gone(),
+                    Incoming::Bad(violation) => break Ending::violation(violation),
+                    Incoming::Frame(DeviceFrame::Batch(batch)) => {
+                        let samples = match stream.accept(&batch) {
+                            Ok(samples) => samples,
+                            Err(violation) => break Ending::violation(violation),
+                        };
+                        ctx.counters.readings_in(samples.len());
+                        let submitted = ctx
+                            .writer
+                            .submit(credentials.row, batch.seq, samples, outcome_tx.clone())
+                            .await;
+                        if submitted.is_err() {
+                            break Ending::shutdown();
+                        }
+                        in_flight += 1;
+                    }
+                    Incoming::Frame(DeviceFrame::CommandResult(result)) => {
+                        tracing::info!(command = result.id, ok = result.ok, detail = %result.detail, "command result");
+                    }
+                    Incoming::Frame(DeviceFrame::Hello(_)) => {
+                        break Ending::violation(Violation {
+                            code: error_code::UNEXPECTED_FRAME,
+                            message: "Hello may only be sent once per connection".into(),
+                        });
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= ctx.timing.ping_interval * 2 {
+                    break Ending::told(
+                        error_code::IDLE_TIMEOUT,
+                        "no frame or pong for two ping intervals",
+                        (close_code::POLICY, "idle timeout"),
+                        Reject::IdleTimeout,
+                    );
+                }
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    break Ending::gone();
+                }
+            }
+        }
+    };
+
+    // On shutdown, everything already handed to the writer is committed and
+    // acknowledged before the close.
+    if ending.close.is_some_and(|(code, _)| code == close_code::GOING_AWAY) {
+        drain(socket, &mut outcomes, in_flight).await;
+    }
+    if let Err(err) = ctx.store.touch_device(credentials.row).await {
+        tracing::warn!(error = %err, "could not record last_seen");
+    }
+    ending
+}
+
+/// Sends the device what the writer said about one of its batches.
+async fn report(socket: &mut WebSocket, outcome: WriteOutcome) -> Result<(), Ending> {
+    match outcome {
+        WriteOutcome::Stored { seq } => send(socket, &HubFrame::Ack(protocol::Ack { seq }))
+            .await
+            .map_err(|_| Ending::gone()),
+        WriteOutcome::Failed { seq } => Err(Ending::told(
+            error_code::STORAGE_UNAVAILABLE,
+            &format!("batch {seq} could not be stored; reconnect and resend"),
+            (close_code::INTERNAL, "storage unavailable"),
+            Reject::Storage,
+        )),
+    }
+}
+
+async fn drain(
+    socket: &mut WebSocket,
+    outcomes: &mut mpsc::Receiver<WriteOutcome>,
+    mut in_flight: usize,
+) {
+    while in_flight > 0 {
+        let Some(outcome) = outcomes.recv().await else {
+            return;
+        };
+        in_flight -= 1;
+        if report(socket, outcome).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn storage_trouble(err: &crate::store::StoreError) -> Ending {
+    tracing::error!(error = %err, "storage failed during handshake");
+    Ending::told(
+        error_code::STORAGE_UNAVAILABLE,
+        "the hub cannot reach its storage; reconnect later",
+        (close_code::INTERNAL, "storage unavailable"),
+        Reject::Storage,
+    )
+}
+
+/// Tells the device why (an `Error` frame), closes, and waits briefly for the
+/// device's close reply so the connection ends with a FIN: closing with
+/// unread data would reset it and could destroy the `Error` frame in flight.
+async fn finish(socket: &mut WebSocket, ending: Ending) {
+    let Some((code, reason)) = ending.close else {
+        return;
+    };
+    if let Some(mut error) = ending.error {
+        truncate(&mut error.message, limits::MAX_TEXT_LEN);
+        let _ = send(socket, &HubFrame::Error(error)).await;
+    }
+    let close = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    if socket.send(Message::Close(Some(close))).await.is_err() {
+        return;
+    }
+    let _ = timeout(CLOSE_GRACE, async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+fn truncate(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}

@@ -1,0 +1,260 @@
+//! The rules of a device connection, without I/O: what a `Hello` must say
+//! and what makes a `Batch` acceptable. The session feeds frames in and does
+//! what the answers say.
+
+use std::collections::HashMap;
+
+use protocol::{Batch, DeviceFrame, Hello, PROTOCOL_VERSION, error_code};
+
+use crate::store::writer::Sample;
+
+/// A broken rule: the session sends an `Error` frame with this code and
+/// message, then closes the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub code: u16,
+    pub message: String,
+}
+
+impl Violation {
+    fn new(code: u16, message: impl Into<String>) -> Self {
+        Violation {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Checks the first frame of a connection. `expected_device` is the device
+/// the token belongs to, or `None` when the provisioning key was presented
+/// (any valid id may then register itself).
+///
+/// # Errors
+/// The frame is not a `Hello`, speaks another protocol version, or names
+/// another device.
+pub fn check_hello(
+    frame: DeviceFrame,
+    expected_device: Option<&str>,
+) -> Result<Hello, Violation> {
+    let DeviceFrame::Hello(hello) = frame else {
+        return Err(Violation::new(
+            error_code::UNEXPECTED_FRAME,
+            "the first frame must be Hello",
+        ));
+    };
+    if hello.version == 0 || hello.version > PROTOCOL_VERSION {
+        return Err(Violation::new(
+            error_code::UNSUPPORTED_VERSION,
+            format!(
+                "protocol version {} is not supported; this hub speaks 1 to {PROTOCOL_VERSION}",
+                hello.version
+            ),
+        ));
+    }
+    if let Some(expected) = expected_device
+        && hello.device_id != expected
+    {
+        return Err(Violation::new(
+            error_code::WRONG_DEVICE,
+            format!(
+                "Hello names device {:?} but the token belongs to {expected:?}",
+                hello.device_id
+            ),
+        ));
+    }
+    Ok(hello)
+}
+
+/// The state of an established connection: which metrics it declared and
+/// which `seq` it sent last.
+#[derive(Debug, Clone)]
+pub struct BatchStream {
+    metric_rows: HashMap<u16, i64>,
+    previous_seq: Option<u64>,
+}
+
+impl BatchStream {
+    /// Starts a stream with the metric rows its `Hello` registered.
+    pub fn new(metric_rows: HashMap<u16, i64>) -> Self {
+        BatchStream {
+            metric_rows,
+            previous_seq: None,
+        }
+    }
+
+    /// Turns a batch into samples for the writer.
+    ///
+    /// A seq at or below the hub's committed `last_seq` is fine (a resend,
+    /// acknowledged again without being stored twice); within one connection
+    /// seqs must strictly increase.
+    ///
+    /// # Errors
+    /// The seq does not increase, a reading names an undeclared metric, or a
+    /// timestamp does not fit.
+    pub fn accept(&mut self, batch: &Batch) -> Result<Vec<Sample>, Violation> {
+        if let Some(previous) = self.previous_seq
+            && batch.seq <= previous
+        {
+            return Err(Violation::new(
+                error_code::SEQ_NOT_INCREASING,
+                format!("batch seq {} does not follow {previous}", batch.seq),
+            ));
+        }
+        let base = i64::try_from(batch.base_ms)
+            .ok()
+            .filter(|base| base.checked_add(i64::from(u32::MAX)).is_some())
+            .ok_or_else(|| {
+                Violation::new(
+                    error_code::MALFORMED,
+                    format!("base_ms {} is out of range", batch.base_ms),
+                )
+            })?;
+        let samples = batch
+            .readings
+            .iter()
+            .map(|reading| {
+                let metric = *self.metric_rows.get(&reading.metric).ok_or_else(|| {
+                    Violation::new(
+                        error_code::UNKNOWN_METRIC,
+                        format!("metric id {} was not declared in Hello", reading.metric),
+                    )
+                })?;
+                Ok(Sample {
+                    metric,
+                    ts_ms: base + i64::from(reading.offset_ms),
+                    value: reading.value.is_finite().then_some(reading.value),
+                })
+            })
+            .collect::<Result<Vec<_>, Violation>>()?;
+        self.previous_seq = Some(batch.seq);
+        Ok(samples)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::{MetricDescriptor, Reading};
+
+    use super::*;
+
+    fn hello(device_id: &str, version: u16) -> DeviceFrame {
+        DeviceFrame::Hello(Hello {
+            version,
+            device_id: device_id.into(),
+            model: "m".into(),
+            firmware: "f".into(),
+            metrics: vec![MetricDescriptor {
+                id: 1,
+                name: "temperature".into(),
+                unit: "°C".into(),
+            }],
+        })
+    }
+
+    fn batch(seq: u64, readings: &[(u16, u32, f64)]) -> Batch {
+        Batch {
+            seq,
+            base_ms: 1_000,
+            readings: readings
+                .iter()
+                .map(|&(metric, offset_ms, value)| Reading {
+                    metric,
+                    offset_ms,
+                    value,
+                })
+                .collect(),
+        }
+    }
+
+    fn stream() -> BatchStream {
+        BatchStream::new(HashMap::from([(1, 10), (2, 20)]))
+    }
+
+    #[test]
+    fn hello_for_the_tokens_device_is_accepted() {
+        assert!(check_hello(hello("a", 1), Some("a")).is_ok());
+    }
+
+    #[test]
+    fn hello_for_another_device_is_refused() {
+        let err = check_hello(hello("b", 1), Some("a")).unwrap_err();
+        assert_eq!(err.code, error_code::WRONG_DEVICE);
+    }
+
+    #[test]
+    fn provisioning_accepts_any_device_id() {
+        assert!(check_hello(hello("new-device", 1), None).is_ok());
+    }
+
+    #[test]
+    fn unknown_protocol_versions_are_refused() {
+        for version in [0, PROTOCOL_VERSION + 1] {
+            let err = check_hello(hello("a", version), Some("a")).unwrap_err();
+            assert_eq!(err.code, error_code::UNSUPPORTED_VERSION);
+        }
+    }
+
+    #[test]
+    fn a_batch_before_hello_is_an_unexpected_frame() {
+        let err = check_hello(DeviceFrame::Batch(batch(1, &[(1, 0, 1.0)])), None).unwrap_err();
+        assert_eq!(err.code, error_code::UNEXPECTED_FRAME);
+    }
+
+    #[test]
+    fn readings_become_samples_with_absolute_time_and_metric_rows() {
+        let samples = stream()
+            .accept(&batch(1, &[(1, 0, 20.5), (2, 250, 3.0)]))
+            .unwrap();
+        assert_eq!(
+            samples,
+            vec![
+                Sample { metric: 10, ts_ms: 1_000, value: Some(20.5) },
+                Sample { metric: 20, ts_ms: 1_250, value: Some(3.0) },
+            ]
+        );
+    }
+
+    #[test]
+    fn non_finite_values_become_missing_values() {
+        let samples = stream()
+            .accept(&batch(1, &[(1, 0, f64::NAN), (1, 1, f64::INFINITY)]))
+            .unwrap();
+        assert!(samples.iter().all(|s| s.value.is_none()));
+    }
+
+    #[test]
+    fn seq_must_increase_within_a_connection() {
+        let mut stream = stream();
+        stream.accept(&batch(5, &[(1, 0, 1.0)])).unwrap();
+        stream.accept(&batch(9, &[(1, 0, 1.0)])).unwrap();
+        let err = stream.accept(&batch(9, &[(1, 0, 1.0)])).unwrap_err();
+        assert_eq!(err.code, error_code::SEQ_NOT_INCREASING);
+    }
+
+    #[test]
+    fn a_resend_below_the_committed_seq_is_not_a_violation() {
+        // The first batch of a connection may repeat an old seq: the writer
+        // recognises it and acknowledges it again.
+        assert!(stream().accept(&batch(1, &[(1, 0, 1.0)])).is_ok());
+    }
+
+    #[test]
+    fn an_undeclared_metric_is_refused() {
+        let err = stream().accept(&batch(1, &[(7, 0, 1.0)])).unwrap_err();
+        assert_eq!(err.code, error_code::UNKNOWN_METRIC);
+    }
+
+    #[test]
+    fn a_refused_batch_does_not_advance_the_seq() {
+        let mut stream = stream();
+        assert!(stream.accept(&batch(3, &[(7, 0, 1.0)])).is_err());
+        assert!(stream.accept(&batch(3, &[(1, 0, 1.0)])).is_ok());
+    }
+
+    #[test]
+    fn a_base_time_past_the_storable_range_is_refused() {
+        let mut huge = batch(1, &[(1, 0, 1.0)]);
+        huge.base_ms = u64::MAX;
+        assert_eq!(stream().accept(&huge).unwrap_err().code, error_code::MALFORMED);
+    }
+}

@@ -1,0 +1,247 @@
+//! The device registry: provisioning, authentication, revocation and the
+//! per-connection registration of metrics. Short autocommit statements or
+//! small `BEGIN IMMEDIATE` transactions on the shared pool; the readings
+//! themselves go through the writer.
+
+use std::collections::HashMap;
+
+use protocol::{Hello, is_valid_device_id};
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{Store, StoreError, now_ms};
+use crate::auth;
+
+/// Why a device could not be added.
+#[derive(Debug, thiserror::Error)]
+pub enum AddDeviceError {
+    #[error("device id must be 1 to 64 characters of A-Z a-z 0-9 - _ . :")]
+    InvalidId,
+    #[error("device {0} already exists")]
+    Exists(String),
+    #[error("no randomness for a token: {0}")]
+    Random(#[from] getrandom::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A device as the registry knows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceRecord {
+    pub id: String,
+    pub name: Option<String>,
+    pub model: Option<String>,
+    pub firmware: Option<String>,
+    pub created_ms: i64,
+    pub revoked_ms: Option<i64>,
+    pub last_seen_ms: Option<i64>,
+    pub last_seq: i64,
+}
+
+/// A device that may connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The `devices.id` row.
+    pub row: i64,
+    /// The id the device must send in `Hello`.
+    pub device_id: String,
+}
+
+/// What a connection learns from registering its `Hello`.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// The last committed batch seq.
+    pub last_seq: u64,
+    /// The device's metric ids mapped to `metrics.id` rows.
+    pub metric_rows: HashMap<u16, i64>,
+}
+
+impl Store {
+    /// Adds a device and returns its new token; only the token's hash is kept.
+    ///
+    /// # Errors
+    /// An invalid or taken id, or a database failure.
+    pub async fn add_device(
+        &self,
+        device_id: &str,
+        name: Option<&str>,
+    ) -> Result<String, AddDeviceError> {
+        if !is_valid_device_id(device_id) {
+            return Err(AddDeviceError::InvalidId);
+        }
+        let token = auth::generate_token()?;
+        let hash = auth::hash_token(&token);
+        let inserted = sqlx::query(
+            "INSERT INTO devices (device_id, name, token_hash, created_ms) VALUES (?, ?, ?, ?)
+             ON CONFLICT (device_id) DO NOTHING",
+        )
+        .bind(device_id)
+        .bind(name)
+        .bind(&hash[..])
+        .bind(now_ms())
+        .execute(self.pool())
+        .await
+        .map_err(StoreError::from)?;
+        if inserted.rows_affected() == 0 {
+            return Err(AddDeviceError::Exists(device_id.to_owned()));
+        }
+        Ok(token)
+    }
+
+    /// Every device, ordered by id.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn list_devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT device_id, name, model, firmware, created_ms, revoked_ms, last_seen_ms, last_seq
+             FROM devices ORDER BY device_id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| DeviceRecord {
+                id: row.get(0),
+                name: row.get(1),
+                model: row.get(2),
+                firmware: row.get(3),
+                created_ms: row.get(4),
+                revoked_ms: row.get(5),
+                last_seen_ms: row.get(6),
+                last_seq: row.get(7),
+            })
+            .collect())
+    }
+
+    /// Revokes a device: its token stops working and a running hub closes its
+    /// connection. Returns false if there is no such device.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn revoke_device(&self, device_id: &str) -> Result<bool, StoreError> {
+        let found = sqlx::query("SELECT 1 FROM devices WHERE device_id = ?")
+            .bind(device_id)
+            .fetch_optional(self.pool())
+            .await?
+            .is_some();
+        sqlx::query("UPDATE devices SET revoked_ms = ? WHERE device_id = ? AND revoked_ms IS NULL")
+            .bind(now_ms())
+            .bind(device_id)
+            .execute(self.pool())
+            .await?;
+        Ok(found)
+    }
+
+    /// Devices revoked at or after `since_ms`, for closing their connections.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn revoked_since(&self, since_ms: i64) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query_scalar("SELECT device_id FROM devices WHERE revoked_ms >= ?")
+            .bind(since_ms)
+            .fetch_all(self.pool())
+            .await?;
+        Ok(rows)
+    }
+
+    /// The device a token belongs to, unless it is unknown or revoked.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<Credentials>, StoreError> {
+        let hash = auth::hash_token(token);
+        let row = sqlx::query(
+            "SELECT id, device_id FROM devices WHERE token_hash = ? AND revoked_ms IS NULL",
+        )
+        .bind(&hash[..])
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(|row| Credentials {
+            row: row.get(0),
+            device_id: row.get(1),
+        }))
+    }
+
+    /// The device with this id, registering it first if it is unknown (a
+    /// device presenting the provisioning key). `None` if it was revoked.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn register_self(&self, device_id: &str) -> Result<Option<Credentials>, StoreError> {
+        sqlx::query(
+            "INSERT INTO devices (device_id, created_ms) VALUES (?, ?)
+             ON CONFLICT (device_id) DO NOTHING",
+        )
+        .bind(device_id)
+        .bind(now_ms())
+        .execute(self.pool())
+        .await?;
+        let row = sqlx::query("SELECT id, revoked_ms IS NOT NULL FROM devices WHERE device_id = ?")
+            .bind(device_id)
+            .fetch_one(self.pool())
+            .await?;
+        let revoked: bool = row.get(1);
+        Ok((!revoked).then(|| Credentials {
+            row: row.get(0),
+            device_id: device_id.to_owned(),
+        }))
+    }
+
+    /// Records what a device's `Hello` says (model, firmware, metrics) and
+    /// returns what its session needs: the last committed seq and the metric
+    /// rows. A metric keeps its row across connections by name; its unit is
+    /// updated if the device now reports another.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn register_hello(
+        &self,
+        device_row: i64,
+        hello: &Hello,
+    ) -> Result<Registration, StoreError> {
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let last_seq: i64 = sqlx::query_scalar(
+            "UPDATE devices SET model = ?, firmware = ?, last_seen_ms = ? WHERE id = ?
+             RETURNING last_seq",
+        )
+        .bind(&hello.model)
+        .bind(&hello.firmware)
+        .bind(now_ms())
+        .bind(device_row)
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut metric_rows = HashMap::with_capacity(hello.metrics.len());
+        for metric in &hello.metrics {
+            let row: i64 = sqlx::query_scalar(
+                "INSERT INTO metrics (device, name, unit) VALUES (?, ?, ?)
+                 ON CONFLICT (device, name) DO UPDATE SET unit = excluded.unit
+                 RETURNING id",
+            )
+            .bind(device_row)
+            .bind(&metric.name)
+            .bind(&metric.unit)
+            .fetch_one(&mut *tx)
+            .await?;
+            metric_rows.insert(metric.id, row);
+        }
+        tx.commit().await?;
+        Ok(Registration {
+            last_seq: u64::try_from(last_seq).unwrap_or(0),
+            metric_rows,
+        })
+    }
+
+    /// Records when a device was last connected.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn touch_device(&self, device_row: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE devices SET last_seen_ms = ? WHERE id = ?")
+            .bind(now_ms())
+            .bind(device_row)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,96 @@
+//! Storage: the SQLite file that is the source of truth.
+//!
+//! [`Store`] opens the database (WAL, migrations applied) and owns the small
+//! read and write queries that sessions, the API and the CLI need. Readings
+//! are written only by the [`writer`], one group-committed transaction at a
+//! time; nothing else inserts into `samples`.
+
+pub mod devices;
+pub mod query;
+pub mod retention;
+pub mod writer;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Connection};
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("could not apply migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// A handle on the database, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    options: SqliteConnectOptions,
+}
+
+impl Store {
+    /// Opens (creating it if absent) the database at `path` and applies the
+    /// migrations.
+    ///
+    /// # Errors
+    /// The file cannot be opened or a migration fails.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit survives power loss, which is what an Ack promises.
+            // Group commit pays the fsync once for many batches.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("../migrations").run(&pool).await?;
+        Ok(Store { pool, options })
+    }
+
+    /// The connection pool, for readers and short writes.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// A dedicated connection, for the writer, which keeps its prepared
+    /// statements for the life of the hub.
+    pub(crate) async fn dedicated_connection(&self) -> Result<SqliteConnection, StoreError> {
+        Ok(self.options.connect().await?)
+    }
+
+    /// Checks that the database answers.
+    ///
+    /// # Errors
+    /// The database cannot run a query.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        conn.ping().await?;
+        Ok(())
+    }
+
+    /// Closes every connection, waiting for them to finish.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Milliseconds since the Unix epoch, the unit of every timestamp column.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

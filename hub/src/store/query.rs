@@ -1,0 +1,100 @@
+//! Reads for the HTTP API: readings by device, metric and time, and the
+//! metrics of each device.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::{Store, StoreError};
+
+/// One stored reading, as the API and the `readings` view show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReadingRow {
+    pub pos: i64,
+    pub device: String,
+    pub metric: String,
+    pub unit: String,
+    pub ts_ms: i64,
+    pub value: Option<f64>,
+}
+
+/// Which readings to return.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReadingFilter {
+    pub device: Option<String>,
+    pub metric: Option<String>,
+    /// Inclusive, ms since the Unix epoch.
+    pub from_ms: Option<i64>,
+    /// Exclusive, ms since the Unix epoch.
+    pub to_ms: Option<i64>,
+    pub limit: u32,
+}
+
+/// A metric as the API lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricInfo {
+    pub name: String,
+    pub unit: String,
+}
+
+impl Store {
+    /// Readings matching `filter`, oldest first (by device time, then
+    /// position), at most `filter.limit`.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn readings(&self, filter: &ReadingFilter) -> Result<Vec<ReadingRow>, StoreError> {
+        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT pos, device, metric, unit, ts_ms, value FROM readings WHERE 1 = 1",
+        );
+        if let Some(device) = &filter.device {
+            query.push(" AND device = ").push_bind(device.clone());
+        }
+        if let Some(metric) = &filter.metric {
+            query.push(" AND metric = ").push_bind(metric.clone());
+        }
+        if let Some(from) = filter.from_ms {
+            query.push(" AND ts_ms >= ").push_bind(from);
+        }
+        if let Some(to) = filter.to_ms {
+            query.push(" AND ts_ms < ").push_bind(to);
+        }
+        query
+            .push(" ORDER BY ts_ms, pos LIMIT ")
+            .push_bind(i64::from(filter.limit));
+        let rows = query.build().fetch_all(self.pool()).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| ReadingRow {
+                pos: row.get(0),
+                device: row.get(1),
+                metric: row.get(2),
+                unit: row.get(3),
+                ts_ms: row.get(4),
+                value: row.get(5),
+            })
+            .collect())
+    }
+
+    /// Every device's metrics, by device id.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn metrics_by_device(&self) -> Result<HashMap<String, Vec<MetricInfo>>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT d.device_id, m.name, m.unit FROM metrics m JOIN devices d ON d.id = m.device
+             ORDER BY d.device_id, m.name",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let mut by_device: HashMap<String, Vec<MetricInfo>> = HashMap::new();
+        for row in rows {
+            by_device.entry(row.get(0)).or_default().push(MetricInfo {
+                name: row.get(1),
+                unit: row.get(2),
+            });
+        }
+        Ok(by_device)
+    }
+}
