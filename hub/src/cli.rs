@@ -120,7 +120,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        _ => return Err(format!("unknown unit {unit:?} in {text:?}: use ms, s, m, h or d")),
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?}: use ms, s, m, h or d"
+            ));
+        }
     };
     let ms = number
         .checked_mul(unit_ms)
@@ -188,9 +192,16 @@ async fn device(command: DeviceCommand) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&devices)?);
             } else {
-                println!("{:<24} {:<20} {:>10} {:<8}", "ID", "NAME", "LAST SEQ", "STATE");
+                println!(
+                    "{:<24} {:<20} {:>10} {:<8}",
+                    "ID", "NAME", "LAST SEQ", "STATE"
+                );
                 for device in devices {
-                    let state = if device.revoked_ms.is_some() { "revoked" } else { "active" };
+                    let state = if device.revoked_ms.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    };
                     println!(
                         "{:<24} {:<20} {:>10} {:<8}",
                         device.id,

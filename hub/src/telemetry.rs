@@ -102,28 +102,90 @@ impl Counters {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, kind: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         };
-        counter("hub_connections_total", "Device connections accepted.", "counter", self.connections_total.load(Relaxed));
-        counter("hub_connections_open", "Device connections open now.", "gauge", self.connections_open.load(Relaxed));
-        counter("hub_frames_received_total", "Frames received from devices.", "counter", self.frames_in.load(Relaxed));
-        counter("hub_bytes_received_total", "Frame bytes received from devices.", "counter", self.bytes_in.load(Relaxed));
-        counter("hub_readings_received_total", "Readings received from devices.", "counter", self.readings_in.load(Relaxed));
-        counter("hub_commits_total", "Writer transactions committed.", "counter", self.commits.load(Relaxed));
-        counter("hub_commit_failures_total", "Writer transactions that failed.", "counter", self.commit_failures.load(Relaxed));
-        counter("hub_rows_committed_total", "Readings committed to storage.", "counter", self.rows_committed.load(Relaxed));
+        counter(
+            "hub_connections_total",
+            "Device connections accepted.",
+            "counter",
+            self.connections_total.load(Relaxed),
+        );
+        counter(
+            "hub_connections_open",
+            "Device connections open now.",
+            "gauge",
+            self.connections_open.load(Relaxed),
+        );
+        counter(
+            "hub_frames_received_total",
+            "Frames received from devices.",
+            "counter",
+            self.frames_in.load(Relaxed),
+        );
+        counter(
+            "hub_bytes_received_total",
+            "Frame bytes received from devices.",
+            "counter",
+            self.bytes_in.load(Relaxed),
+        );
+        counter(
+            "hub_readings_received_total",
+            "Readings received from devices.",
+            "counter",
+            self.readings_in.load(Relaxed),
+        );
+        counter(
+            "hub_commits_total",
+            "Writer transactions committed.",
+            "counter",
+            self.commits.load(Relaxed),
+        );
+        counter(
+            "hub_commit_failures_total",
+            "Writer transactions that failed.",
+            "counter",
+            self.commit_failures.load(Relaxed),
+        );
+        counter(
+            "hub_rows_committed_total",
+            "Readings committed to storage.",
+            "counter",
+            self.rows_committed.load(Relaxed),
+        );
 
-        let _ = writeln!(out, "# HELP hub_rejects_total Device connections refused or closed by the hub, by reason.\n# TYPE hub_rejects_total counter");
+        let _ = writeln!(
+            out,
+            "# HELP hub_rejects_total Device connections refused or closed by the hub, by reason.\n# TYPE hub_rejects_total counter"
+        );
         for why in Reject::ALL {
-            let _ = writeln!(out, "hub_rejects_total{{reason=\"{}\"}} {}", why.label(), self.rejects[why as usize].load(Relaxed));
+            let _ = writeln!(
+                out,
+                "hub_rejects_total{{reason=\"{}\"}} {}",
+                why.label(),
+                self.rejects[why as usize].load(Relaxed)
+            );
         }
-        let _ = writeln!(out, "# HELP hub_commit_rows Readings per writer transaction.\n# TYPE hub_commit_rows histogram");
+        let _ = writeln!(
+            out,
+            "# HELP hub_commit_rows Readings per writer transaction.\n# TYPE hub_commit_rows histogram"
+        );
         for (bound, bucket) in COMMIT_ROW_BUCKETS.iter().zip(&self.commit_rows_buckets) {
-            let _ = writeln!(out, "hub_commit_rows_bucket{{le=\"{bound}\"}} {}", bucket.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "hub_commit_rows_bucket{{le=\"{bound}\"}} {}",
+                bucket.load(Relaxed)
+            );
         }
         let commits = self.commits.load(Relaxed);
         let _ = writeln!(out, "hub_commit_rows_bucket{{le=\"+Inf\"}} {commits}");
-        let _ = writeln!(out, "hub_commit_rows_sum {}", self.rows_committed.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "hub_commit_rows_sum {}",
+            self.rows_committed.load(Relaxed)
+        );
         let _ = writeln!(out, "hub_commit_rows_count {commits}");
         out
     }

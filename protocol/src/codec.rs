@@ -55,7 +55,10 @@ impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DecodeError::TooLarge { len } => {
-                write!(f, "frame of {len} bytes exceeds the limit of {MAX_FRAME_BYTES}")
+                write!(
+                    f,
+                    "frame of {len} bytes exceeds the limit of {MAX_FRAME_BYTES}"
+                )
             }
             DecodeError::Truncated => write!(f, "frame is truncated"),
             DecodeError::TrailingBytes { extra } => {
@@ -217,7 +220,10 @@ fn check_device_id(id: &str) -> Result<(), DecodeError> {
 
 fn check_text(field: &'static str, text: &str) -> Result<(), DecodeError> {
     if text.len() > MAX_TEXT_LEN {
-        return Err(DecodeError::TooLong { field, limit: MAX_TEXT_LEN });
+        return Err(DecodeError::TooLong {
+            field,
+            limit: MAX_TEXT_LEN,
+        });
     }
     Ok(())
 }

@@ -1,0 +1,342 @@
+//! Helpers for end-to-end tests: the real `hub` binary on port 0 with its
+//! own temporary database, and a raw device client that can also misbehave.
+//!
+//! The binary is the one `cargo test --workspace` builds for the hub's own
+//! integration tests (`target/<profile>/hub`).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use protocol::{Batch, DeviceFrame, Hello, HubFrame, MetricDescriptor, Reading, Welcome};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for anything before failing.
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+/// Path of a workspace binary built next to the running test.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the workspace tests (cargo test --workspace), which build it",
+        path.display()
+    );
+    path
+}
+
+/// A running hub process with its own database, killed on drop.
+#[derive(Debug)]
+pub struct TestHub {
+    pub addr: String,
+    pub child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl TestHub {
+    /// Starts `hub serve` on a free port with `extra` flags.
+    pub async fn start(extra: &[&str]) -> anyhow::Result<TestHub> {
+        let dir = tempfile::tempdir()?;
+        Self::start_in(dir, extra).await
+    }
+
+    /// Starts `hub serve` on the database in `dir` (to restart on the same data).
+    pub async fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> anyhow::Result<TestHub> {
+        let db = dir.path().join("hub.db");
+        let mut child = Command::new(binary("hub"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--log", "warn", "--db"])
+            .arg(&db)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var_os("TEST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting hub")?;
+        let stdout = child.stdout.take().context("hub stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .context("hub did not start in time")??
+            .context("hub exited before listening")?;
+        let addr = line
+            .strip_prefix("hub listening on http://")
+            .and_then(|rest| rest.split_whitespace().next())
+            .with_context(|| format!("unexpected first line {line:?}"))?
+            .to_owned();
+        // Keep draining stdout so the hub never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(TestHub { addr, child, dir })
+    }
+
+    /// The database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("hub.db")
+    }
+
+    /// Runs `hub <args> --db <this hub's db>` and returns its stdout.
+    pub async fn cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        cli_on(&self.db_path(), args).await
+    }
+
+    /// Provisions a device and returns its token.
+    pub async fn add_device(&self, id: &str) -> anyhow::Result<String> {
+        let out = self.cli(&["device", "add", id]).await?;
+        if !out.status.success() {
+            bail!(
+                "device add failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    /// A read-only view of the database, as a person with sqlite3 would have.
+    pub async fn db(&self) -> anyhow::Result<SqlitePool> {
+        let options = SqliteConnectOptions::new()
+            .filename(self.db_path())
+            .read_only(true);
+        Ok(SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?)
+    }
+
+    /// `GET path` on the hub: status and body.
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        http_get(&self.addr, path, &[]).await
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(
+        mut self,
+    ) -> anyhow::Result<(std::process::ExitStatus, tempfile::TempDir)> {
+        let pid = self.child.id().context("hub already exited")?;
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "kill failed");
+        let exit = tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .context("hub did not exit after SIGTERM")??;
+        Ok((exit, self.dir))
+    }
+
+    /// Opens a device connection with `token`, without sending anything.
+    pub async fn connect(&self, token: &str) -> Result<RawDevice, tungstenite::Error> {
+        RawDevice::connect(&self.addr, Some(token)).await
+    }
+}
+
+/// Runs the hub CLI on a database file.
+pub async fn cli_on(db: &Path, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Ok(Command::new(binary("hub"))
+        .args(args)
+        .arg("--db")
+        .arg(db)
+        .output()
+        .await?)
+}
+
+/// A minimal HTTP/1.1 GET, enough for the hub's JSON and CSV answers.
+pub async fn http_get(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await?;
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response)).await??;
+    let response = String::from_utf8(response)?;
+    let (head, body) = response.split_once("\r\n\r\n").context("no header end")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status")?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)?
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut body: &str) -> anyhow::Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").context("chunk size")?;
+        let size = usize::from_str_radix(size.trim(), 16)?;
+        if size == 0 {
+            return Ok(out);
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+}
+
+/// The metric every test device declares: id 1, temperature in °C.
+pub fn temperature() -> MetricDescriptor {
+    MetricDescriptor {
+        id: 1,
+        name: "temperature".into(),
+        unit: "°C".into(),
+    }
+}
+
+/// A batch of `count` temperature readings, one per second from `base_ms`,
+/// with values `seq * 1000 + i` so every reading is recognisable.
+pub fn batch(seq: u64, base_ms: u64, count: u32) -> DeviceFrame {
+    DeviceFrame::Batch(Batch {
+        seq,
+        base_ms,
+        readings: (0..count)
+            .map(|i| Reading {
+                metric: 1,
+                offset_ms: i * 1_000,
+                value: (seq * 1_000 + u64::from(i)) as f64,
+            })
+            .collect(),
+    })
+}
+
+/// A WebSocket device client that sends whatever it is told, valid or not.
+#[derive(Debug)]
+pub struct RawDevice {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// How a connection ended, as the device saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    /// The `Error` frame's code, if the hub sent one.
+    pub error: Option<u16>,
+    /// The WebSocket close code, if the hub sent a close frame.
+    pub close_code: Option<u16>,
+}
+
+impl RawDevice {
+    /// Connects to `ws://addr/v1/ws`, with a bearer token if given.
+    pub async fn connect(addr: &str, token: Option<&str>) -> Result<RawDevice, tungstenite::Error> {
+        let mut request = format!("ws://{addr}/v1/ws").into_client_request()?;
+        if let Some(token) = token {
+            let value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(tungstenite::http::Error::from)?;
+            request.headers_mut().insert("authorization", value);
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(RawDevice { ws })
+    }
+
+    /// Sends `Hello` for `device_id` with the temperature metric and returns
+    /// the hub's `Welcome`.
+    pub async fn hello(&mut self, device_id: &str) -> anyhow::Result<Welcome> {
+        self.send(&DeviceFrame::Hello(Hello {
+            version: protocol::PROTOCOL_VERSION,
+            device_id: device_id.into(),
+            model: "e2e".into(),
+            firmware: "1".into(),
+            metrics: vec![temperature()],
+        }))
+        .await?;
+        match self.recv().await? {
+            HubFrame::Welcome(welcome) => Ok(welcome),
+            other => bail!("expected Welcome, got {other:?}"),
+        }
+    }
+
+    pub async fn send(&mut self, frame: &DeviceFrame) -> anyhow::Result<()> {
+        self.send_raw(frame.encode()).await
+    }
+
+    pub async fn send_text(&mut self, text: &str) -> anyhow::Result<()> {
+        self.ws.send(Message::Text(text.into())).await?;
+        Ok(())
+    }
+
+    pub async fn send_raw(&mut self, bytes: Vec<u8>) -> anyhow::Result<()> {
+        self.ws.send(Message::Binary(bytes.into())).await?;
+        Ok(())
+    }
+
+    /// The next hub frame, skipping pings.
+    pub async fn recv(&mut self) -> anyhow::Result<HubFrame> {
+        loop {
+            let message = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .context("no frame from the hub in time")?
+                .context("connection ended")??;
+            match message {
+                Message::Binary(bytes) => return Ok(HubFrame::decode(&bytes)?),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => bail!("expected a frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Sends a batch and waits for its `Ack`.
+    pub async fn send_acked(&mut self, frame: &DeviceFrame) -> anyhow::Result<()> {
+        let DeviceFrame::Batch(batch) = frame else {
+            bail!("not a batch")
+        };
+        self.send(frame).await?;
+        match self.recv().await? {
+            HubFrame::Ack(ack) if ack.seq == batch.seq => Ok(()),
+            other => bail!("expected Ack {}, got {other:?}", batch.seq),
+        }
+    }
+
+    /// Reads until the connection ends and reports the last `Error` code and
+    /// the close code. Acks read on the way are returned too.
+    pub async fn until_closed(&mut self) -> anyhow::Result<(Closed, Vec<u64>)> {
+        let mut closed = Closed {
+            error: None,
+            close_code: None,
+        };
+        let mut acks = Vec::new();
+        loop {
+            let next = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .context("the hub did not close the connection in time")?;
+            match next {
+                None | Some(Err(_)) => return Ok((closed, acks)),
+                Some(Ok(Message::Binary(bytes))) => match HubFrame::decode(&bytes)? {
+                    HubFrame::Error(error) => closed.error = Some(error.code),
+                    HubFrame::Ack(ack) => acks.push(ack.seq),
+                    _ => {}
+                },
+                Some(Ok(Message::Close(frame))) => {
+                    closed.close_code = frame.map(|f: CloseFrame| u16::from(f.code));
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+}

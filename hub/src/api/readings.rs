@@ -31,7 +31,10 @@ fn parse(pairs: &[(String, String)]) -> Result<(ReadingFilter, Format), ApiError
     for (name, value) in pairs {
         let ms = |value: &str| {
             value.parse::<i64>().map_err(|_| {
-                ApiError::bad_parameter(name, format!("{name} must be milliseconds since the Unix epoch, got {value:?}"))
+                ApiError::bad_parameter(
+                    name,
+                    format!("{name} must be milliseconds since the Unix epoch, got {value:?}"),
+                )
             })
         };
         match name.as_str() {
@@ -45,7 +48,10 @@ fn parse(pairs: &[(String, String)]) -> Result<(ReadingFilter, Format), ApiError
                     .ok()
                     .filter(|limit| (1..=MAX_LIMIT).contains(limit))
                     .ok_or_else(|| {
-                        ApiError::bad_parameter(name, format!("limit must be 1 to {MAX_LIMIT}, got {value:?}"))
+                        ApiError::bad_parameter(
+                            name,
+                            format!("limit must be 1 to {MAX_LIMIT}, got {value:?}"),
+                        )
                     })?;
             }
             "format" => {
@@ -53,14 +59,19 @@ fn parse(pairs: &[(String, String)]) -> Result<(ReadingFilter, Format), ApiError
                     "json" => Format::Json,
                     "csv" => Format::Csv,
                     _ => {
-                        return Err(ApiError::bad_parameter(name, format!("format must be json or csv, got {value:?}")));
+                        return Err(ApiError::bad_parameter(
+                            name,
+                            format!("format must be json or csv, got {value:?}"),
+                        ));
                     }
                 }
             }
             _ => {
                 return Err(ApiError::bad_parameter(
                     name,
-                    format!("unknown parameter {name:?}; known: device, metric, from, to, limit, format"),
+                    format!(
+                        "unknown parameter {name:?}; known: device, metric, from, to, limit, format"
+                    ),
                 ));
             }
         }
@@ -131,7 +142,10 @@ mod tests {
     use super::*;
 
     fn pairs(query: &[(&str, &str)]) -> Vec<(String, String)> {
-        query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        query
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

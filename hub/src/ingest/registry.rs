@@ -59,7 +59,10 @@ impl Registry {
         let mut inner = self.lock();
         inner.next_session += 1;
         let session = inner.next_session;
-        if let Some(old) = inner.live.insert(device_id.to_owned(), Entry { session, kick }) {
+        if let Some(old) = inner
+            .live
+            .insert(device_id.to_owned(), Entry { session, kick })
+        {
             let _ = old.kick.send(Kick::Replaced);
         }
         let presence = Presence {

@@ -10,9 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use protocol::{
-    DeviceFrame, ErrorFrame, HubFrame, PROTOCOL_VERSION, Welcome, error_code, limits,
-};
+use protocol::{DeviceFrame, ErrorFrame, HubFrame, PROTOCOL_VERSION, Welcome, error_code, limits};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
@@ -285,7 +283,11 @@ async fn serve(socket: &mut WebSocket, auth: Auth, ctx: &Context) -> Ending {
     if send(socket, &welcome).await.is_err() {
         return Ending::gone();
     }
-    tracing::info!(last_seq = registration.last_seq, metrics = hello.metrics.len(), "device connected");
+    tracing::info!(
+        last_seq = registration.last_seq,
+        metrics = hello.metrics.len(),
+        "device connected"
+    );
 
     let mut stream = BatchStream::new(registration.metric_rows);
     let (outcome_tx, mut outcomes) = mpsc::channel(IN_FLIGHT);
@@ -360,7 +362,10 @@ async fn serve(socket: &mut WebSocket, auth: Auth, ctx: &Context) -> Ending {
 
     // On shutdown, everything already handed to the writer is committed and
     // acknowledged before the close.
-    if ending.close.is_some_and(|(code, _)| code == close_code::GOING_AWAY) {
+    if ending
+        .close
+        .is_some_and(|(code, _)| code == close_code::GOING_AWAY)
+    {
         drain(socket, &mut outcomes, in_flight).await;
     }
     if let Err(err) = ctx.store.touch_device(credentials.row).await {
@@ -429,9 +434,14 @@ async fn finish(socket: &mut WebSocket, ending: Ending) {
         return;
     }
     let _ = timeout(CLOSE_GRACE, async {
-        while let Some(Ok(message)) = socket.recv().await {
-            if matches!(message, Message::Close(_)) {
-                break;
+        loop {
+            match socket.recv().await {
+                Some(Ok(Message::Close(_))) => break,
+                Some(Ok(_)) => {}
+                // The read side is broken (say, by an oversized message left
+                // unread): hold the connection for the rest of the grace
+                // period so the device can read the Error and the close.
+                Some(Err(_)) | None => std::future::pending::<()>().await,
             }
         }
     })

@@ -32,10 +32,7 @@ impl Violation {
 /// # Errors
 /// The frame is not a `Hello`, speaks another protocol version, or names
 /// another device.
-pub fn check_hello(
-    frame: DeviceFrame,
-    expected_device: Option<&str>,
-) -> Result<Hello, Violation> {
+pub fn check_hello(frame: DeviceFrame, expected_device: Option<&str>) -> Result<Hello, Violation> {
     let DeviceFrame::Hello(hello) = frame else {
         return Err(Violation::new(
             error_code::UNEXPECTED_FRAME,
@@ -208,8 +205,16 @@ mod tests {
         assert_eq!(
             samples,
             vec![
-                Sample { metric: 10, ts_ms: 1_000, value: Some(20.5) },
-                Sample { metric: 20, ts_ms: 1_250, value: Some(3.0) },
+                Sample {
+                    metric: 10,
+                    ts_ms: 1_000,
+                    value: Some(20.5)
+                },
+                Sample {
+                    metric: 20,
+                    ts_ms: 1_250,
+                    value: Some(3.0)
+                },
             ]
         );
     }
@@ -255,6 +260,9 @@ mod tests {
     fn a_base_time_past_the_storable_range_is_refused() {
         let mut huge = batch(1, &[(1, 0, 1.0)]);
         huge.base_ms = u64::MAX;
-        assert_eq!(stream().accept(&huge).unwrap_err().code, error_code::MALFORMED);
+        assert_eq!(
+            stream().accept(&huge).unwrap_err().code,
+            error_code::MALFORMED
+        );
     }
 }

@@ -236,7 +236,10 @@ impl Writer {
             }
             advanced.insert(request.device_row, request.seq);
             for sample in &request.samples {
-                committed.push(Committed { pos, sample: *sample });
+                committed.push(Committed {
+                    pos,
+                    sample: *sample,
+                });
                 pos += 1;
             }
         }

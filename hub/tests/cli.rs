@@ -1,0 +1,113 @@
+//! The command line's answers to people: help, and bad input that names the
+//! flag or argument at fault.
+
+use std::process::{Command, Output};
+
+fn hub(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hub"))
+        .args(args)
+        .output()
+        .expect("run hub")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn help_describes_the_commands_and_flags() {
+    let out = hub(&["--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("serve") && text.contains("device"), "{text}");
+
+    let out = hub(&["serve", "--help"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "--db",
+        "--log",
+        "--provision-key",
+        "--hello-timeout",
+        "--retention",
+        "[env: HUB_DB=",
+    ] {
+        assert!(text.contains(flag), "serve --help lacks {flag}:\n{text}");
+    }
+}
+
+#[test]
+fn a_bad_flag_value_names_the_flag() {
+    for (flag, value) in [
+        ("--hello-timeout", "10y"),
+        ("--retention", "soon"),
+        ("--log", "hub=loud"),
+    ] {
+        let out = hub(&[
+            "serve",
+            flag,
+            value,
+            "--db",
+            "/nonexistent/never-created.db",
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        assert!(stderr(&out).contains(flag), "{flag}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn an_unopenable_database_names_the_file() {
+    let out = hub(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--db",
+        "/nonexistent/dir/x.db",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("/nonexistent/dir/x.db"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn devices_are_added_listed_and_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let db = db.to_str().unwrap();
+
+    let out = hub(&[
+        "device",
+        "add",
+        "sensor-1",
+        "--name",
+        "Boiler room",
+        "--db",
+        db,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(token.trim().len(), 64, "the token alone on stdout");
+
+    let again = hub(&["device", "add", "sensor-1", "--db", db]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).contains("already exists"));
+
+    let bad = hub(&["device", "add", "bad id", "--db", db]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("device id"));
+
+    let out = hub(&["device", "revoke", "sensor-1", "--db", db]);
+    assert!(out.status.success());
+    let missing = hub(&["device", "revoke", "nobody", "--db", db]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(stderr(&missing).contains("nobody"));
+
+    let out = hub(&["device", "list", "--json", "--db", db]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["id"], "sensor-1");
+    assert_eq!(list[0]["name"], "Boiler room");
+    assert!(list[0]["revoked_ms"].is_i64());
+}
