@@ -1,1 +1,16 @@
+//! Simulated telemetry devices, as a library for tests and benchmarks and as
+//! the `device-sim` command.
+//!
+//! * [`device`]: one device: sensors sampled on its own clock, batches kept
+//!   in an [`outbox`] until acknowledged, reconnects with [`backoff`], and
+//!   hub commands (`ping`, `set_interval`).
+//! * [`fleet`]: N devices in one process, progress and summary ([`stats`]).
+//! * [`sensors`]: sensor models that look real on a chart, seeded by [`rng`].
 
+pub mod backoff;
+pub mod device;
+pub mod fleet;
+pub mod outbox;
+pub mod rng;
+pub mod sensors;
+pub mod stats;

@@ -1,1 +1,185 @@
-fn main() {}
+//! `device-sim`: run simulated devices against a hub.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use device_sim::backoff::Backoff;
+use device_sim::device::{DeviceSettings, endpoint};
+use device_sim::fleet::{self, Credential, FleetConfig};
+use device_sim::sensors::SensorKind;
+
+/// Simulated telemetry devices: one to ten thousand, reconnecting with
+/// backoff and resending whatever the hub has not acknowledged.
+#[derive(Debug, Parser)]
+#[command(name = "device-sim", version)]
+struct Args {
+    /// The hub: ws://host:port (the device path /v1/ws is added).
+    #[arg(long, env = "SIM_HUB", default_value = "ws://127.0.0.1:8080")]
+    hub: String,
+    /// How many devices to simulate.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    devices: u64,
+    /// Device ids are this prefix and a number (sim-001, sim-002, …).
+    #[arg(long, default_value = "sim-")]
+    id_prefix: String,
+    /// One device's own token (from `hub device add`); needs --devices 1.
+    #[arg(
+        long,
+        env = "SIM_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "provision_key",
+        required_unless_present = "provision_key"
+    )]
+    token: Option<String>,
+    /// The hub's provisioning key: every device registers itself with it.
+    #[arg(long, env = "SIM_PROVISION_KEY", hide_env_values = true)]
+    provision_key: Option<String>,
+    /// Readings per second per device (every sample reads every metric);
+    /// without it, devices sample at the interval the hub announces.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Readings per batch (frame).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=protocol::limits::MAX_READINGS_PER_BATCH as u64))]
+    batch: u64,
+    /// Longest a reading waits for its batch to fill.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    flush: Duration,
+    /// Sensors each device carries, comma-separated: temperature, humidity,
+    /// pressure, vibration, battery.
+    #[arg(long, value_delimiter = ',', default_value = "temperature,humidity")]
+    metrics: Vec<SensorKind>,
+    /// Stop sampling after this long (then deliver what is left).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Readings per device; exit once all are acknowledged. With --duration,
+    /// exit non-zero if they were not all delivered in time.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Seed for reproducible sensor values and timing.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Most unacknowledged batches a device keeps; when full, the oldest is
+    /// dropped and counted.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    buffer: u64,
+    /// Longest wait between reconnect attempts.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    backoff_cap: Duration,
+    /// Offset added to every device's clock: 90s, or -5m for a clock behind.
+    #[arg(long, default_value = "0s", allow_hyphen_values = true, value_parser = parse_signed_duration)]
+    clock_skew: i64,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let ms = parse_signed_duration(text)?;
+    u64::try_from(ms)
+        .map(Duration::from_millis)
+        .map_err(|_| "must not be negative".into())
+}
+
+/// Parses `[-]N(ms|s|m|h|d)` into milliseconds.
+fn parse_signed_duration(text: &str) -> Result<i64, String> {
+    let (sign, body) = text.strip_prefix('-').map_or((1, text), |rest| (-1, rest));
+    let split = body
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} needs a unit: ms, s, m, h or d"))?;
+    let (number, unit) = body.split_at(split);
+    let number: i64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} must start with a whole number"))?;
+    let unit_ms = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?}: use ms, s, m, h or d"
+            ));
+        }
+    };
+    number
+        .checked_mul(unit_ms)
+        .map(|ms| sign * ms)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::ERROR)
+        .init();
+    let credential = match (args.token, args.provision_key) {
+        (Some(_), _) if args.devices > 1 => {
+            eprintln!(
+                "error: --token authenticates one device; use --provision-key for --devices {}",
+                args.devices
+            );
+            return ExitCode::from(2);
+        }
+        (Some(token), _) => Credential::Token(token),
+        (None, Some(key)) => Credential::ProvisionKey(key),
+        (None, None) => unreachable!("clap requires --token or --provision-key"),
+    };
+    if args
+        .rate
+        .is_some_and(|rate| !(rate > 0.0 && rate.is_finite()))
+    {
+        eprintln!("error: --rate must be a positive number of readings per second");
+        return ExitCode::from(2);
+    }
+    let config = FleetConfig {
+        devices: args.devices as usize,
+        id_prefix: args.id_prefix,
+        credential,
+        seed: args.seed,
+        duration: args.duration,
+        grace: Duration::from_secs(10),
+        progress: !args.json,
+        device: DeviceSettings {
+            url: endpoint(&args.hub),
+            kinds: args.metrics,
+            rate: args.rate,
+            batch: args.batch as usize,
+            flush: args.flush,
+            count: args.count,
+            buffer: args.buffer as usize,
+            backoff: Backoff {
+                cap: args.backoff_cap,
+                ..Backoff::default()
+            },
+            clock_skew_ms: args.clock_skew,
+        },
+    };
+    let summary = fleet::run(config).await;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+    } else {
+        println!(
+            "{} devices ({} delivered everything) in {:.1} s: sent {}, acked {}, dropped {}, reconnects {}, rtt p50 {} ms p99 {} ms",
+            summary.devices,
+            summary.delivered_devices,
+            summary.elapsed_s,
+            summary.sent,
+            summary.acked,
+            summary.dropped,
+            summary.reconnects,
+            summary.rtt.p50_ms,
+            summary.rtt.p99_ms,
+        );
+        if let Some(error) = &summary.last_error {
+            println!("last error: {error}");
+        }
+    }
+    if args.count.is_some() && !summary.complete() {
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}

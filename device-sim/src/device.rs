@@ -1,0 +1,564 @@
+//! One simulated device: samples its sensors on its own clock, seals batches
+//! into its [`Outbox`], and keeps a connection to the hub alive, resending
+//! what the hub lacks after every reconnect. It keeps sampling while
+//! disconnected, as real firmware does; a full outbox drops the oldest batch.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use protocol::{
+    Command, CommandResult, DeviceFrame, Hello, HubFrame, PROTOCOL_VERSION, Reading, Welcome,
+};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, MissedTickBehavior, sleep_until, timeout};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::outbox::Outbox;
+use crate::rng::Rng;
+use crate::sensors::{SensorKind, Sensors};
+use crate::stats::Stats;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Handshake = Pin<Box<dyn Future<Output = anyhow::Result<(Box<Ws>, Welcome)>> + Send>>;
+
+/// How long connecting, or waiting for `Welcome`, may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Shortest and longest interval `set_interval` accepts, in ms.
+const INTERVAL_RANGE_MS: std::ops::RangeInclusive<u64> = 10..=86_400_000;
+
+/// What every device of a fleet shares.
+#[derive(Debug, Clone)]
+pub struct DeviceSettings {
+    /// The device endpoint, `ws://host:port/v1/ws`.
+    pub url: String,
+    pub kinds: Vec<SensorKind>,
+    /// Readings per second; `None` follows the hub's `Welcome`.
+    pub rate: Option<f64>,
+    /// Readings per batch.
+    pub batch: usize,
+    /// Longest a reading waits for its batch to fill.
+    pub flush: Duration,
+    /// Readings to send, then stop once all are acknowledged.
+    pub count: Option<u64>,
+    /// Most unacknowledged batches kept.
+    pub buffer: usize,
+    pub backoff: Backoff,
+    /// Added to the device's clock, in ms.
+    pub clock_skew_ms: i64,
+}
+
+/// The hub's device endpoint for a `--hub` address: `/v1/ws` is appended
+/// unless the address already names a path.
+pub fn endpoint(hub: &str) -> String {
+    let hub = hub.trim_end_matches('/');
+    let after_scheme = hub.split_once("://").map_or(hub, |(_, rest)| rest);
+    if after_scheme.contains('/') {
+        hub.to_owned()
+    } else {
+        format!("{hub}/v1/ws")
+    }
+}
+
+/// One device of the fleet.
+#[derive(Debug, Clone)]
+pub struct DeviceSpec {
+    pub id: String,
+    /// Its bearer token: its own, or the fleet's provisioning key.
+    pub credential: String,
+    pub seed: u64,
+    /// Wait this long before the first connection (spreads a fleet's start).
+    pub start_delay: Duration,
+}
+
+/// The sampling interval for `rate` readings per second of `metrics` metrics:
+/// every sample reads every metric.
+pub fn interval_for_rate(rate: f64, metrics: usize) -> Duration {
+    Duration::from_secs_f64((metrics.max(1) as f64 / rate).clamp(0.001, 86_400.0))
+}
+
+/// Carries out a hub command. `interval` is the sampling interval, which
+/// `set_interval` changes.
+pub fn execute(command: &Command, interval: &mut Duration) -> CommandResult {
+    let reply = |ok: bool, detail: String| CommandResult {
+        id: command.id,
+        ok,
+        detail,
+    };
+    match command.name.as_str() {
+        "ping" => reply(true, "pong".into()),
+        "set_interval" => {
+            let Some(arg) = command.args.iter().find(|a| a.name == "interval_ms") else {
+                return reply(false, "set_interval needs interval_ms".into());
+            };
+            match arg.value.parse::<u64>() {
+                Ok(ms) if INTERVAL_RANGE_MS.contains(&ms) => {
+                    *interval = Duration::from_millis(ms);
+                    reply(true, format!("sampling every {ms} ms"))
+                }
+                _ => reply(
+                    false,
+                    format!(
+                        "interval_ms must be a whole number from {} to {}, got {:?}",
+                        INTERVAL_RANGE_MS.start(),
+                        INTERVAL_RANGE_MS.end(),
+                        arg.value
+                    ),
+                ),
+            }
+        }
+        other => reply(false, format!("unknown command {other:?}")),
+    }
+}
+
+enum Link {
+    Down {
+        retry_at: Instant,
+        attempt: u32,
+    },
+    Connecting {
+        attempt: u32,
+        handshake: Handshake,
+    },
+    Up(Box<Ws>),
+}
+
+enum Event {
+    Retry,
+    Handshake(anyhow::Result<(Box<Ws>, Welcome)>),
+    Incoming(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
+    Tick,
+    Flush,
+    Stop,
+    Abort,
+}
+
+/// Cancel-safe: the handshake is pinned inside the link, and a socket read
+/// either completes or leaves the message in the socket.
+async fn next_link_event(link: &mut Link) -> Event {
+    match link {
+        Link::Down { retry_at, .. } => {
+            sleep_until(*retry_at).await;
+            Event::Retry
+        }
+        Link::Connecting { handshake, .. } => Event::Handshake(handshake.await),
+        Link::Up(ws) => Event::Incoming(ws.next().await),
+    }
+}
+
+async fn handshake(
+    url: String,
+    credential: String,
+    hello: DeviceFrame,
+) -> anyhow::Result<(Box<Ws>, Welcome)> {
+    let mut request = url.into_client_request()?;
+    request.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {credential}"))?,
+    );
+    // Small buffers: ten thousand devices in one process.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0);
+    let (mut ws, _) = timeout(
+        HANDSHAKE_TIMEOUT,
+        tokio_tungstenite::connect_async_with_config(request, Some(config), true),
+    )
+    .await
+    .context("connecting timed out")?
+    .map_err(|err| match err {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            let body = response
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            anyhow::anyhow!(
+                "hub refused the connection: HTTP {} {body}",
+                response.status()
+            )
+        }
+        other => anyhow::Error::from(other).context("connecting"),
+    })?;
+    ws.send(Message::Binary(hello.encode().into())).await?;
+    loop {
+        let message = timeout(HANDSHAKE_TIMEOUT, ws.next())
+            .await
+            .context("no Welcome in time")?
+            .context("hub closed before Welcome")??;
+        match message {
+            Message::Binary(bytes) => match HubFrame::decode(&bytes)? {
+                HubFrame::Welcome(welcome) => return Ok((Box::new(ws), welcome)),
+                HubFrame::Error(error) => {
+                    bail!("hub refused Hello: {} (code {})", error.message, error.code)
+                }
+                other => bail!("expected Welcome, got {other:?}"),
+            },
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => bail!("expected Welcome, got {other:?}"),
+        }
+    }
+}
+
+fn device_time_ms(skew_ms: i64) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    u64::try_from(now.saturating_add(skew_ms)).unwrap_or(0)
+}
+
+/// A device's state between events.
+struct Device {
+    spec: DeviceSpec,
+    settings: Arc<DeviceSettings>,
+    stats: Arc<Stats>,
+    sensors: Sensors,
+    outbox: Outbox,
+    rng: Rng,
+    /// Sampled readings not yet sealed: (device time, metric, value).
+    unsealed: Vec<(u64, u16, f64)>,
+    flush_at: Instant,
+    generated: u64,
+    interval: Duration,
+    sampling: bool,
+}
+
+impl Device {
+    fn hello(&self) -> DeviceFrame {
+        DeviceFrame::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            device_id: self.spec.id.clone(),
+            model: "device-sim".into(),
+            firmware: env!("CARGO_PKG_VERSION").into(),
+            metrics: self.sensors.descriptors(),
+        })
+    }
+
+    fn finished(&self) -> bool {
+        !self.sampling && self.unsealed.is_empty() && self.outbox.is_empty()
+    }
+
+    fn sample(&mut self) {
+        let now = device_time_ms(self.settings.clock_skew_ms);
+        let mut values = Vec::with_capacity(self.sensors.len());
+        self.sensors.sample(now, &mut values);
+        let allowed = match self.settings.count {
+            Some(count) => (count - self.generated).min(values.len() as u64) as usize,
+            None => values.len(),
+        };
+        if self.unsealed.is_empty() {
+            self.flush_at = Instant::now() + self.settings.flush;
+        }
+        for (metric, value) in values.into_iter().take(allowed) {
+            self.unsealed.push((now, metric, value));
+        }
+        self.generated += allowed as u64;
+        if self
+            .settings
+            .count
+            .is_some_and(|count| self.generated >= count)
+        {
+            self.sampling = false;
+        }
+    }
+
+    /// Seals unsealed readings into batches of at most `batch`.
+    fn seal(&mut self, only_full: bool) {
+        while !self.unsealed.is_empty()
+            && (!only_full || self.unsealed.len() >= self.settings.batch)
+        {
+            let take = self.unsealed.len().min(self.settings.batch);
+            let chunk: Vec<_> = self.unsealed.drain(..take).collect();
+            let base = chunk[0].0;
+            let readings = chunk
+                .into_iter()
+                .map(|(t, metric, value)| Reading {
+                    metric,
+                    offset_ms: u32::try_from(t.saturating_sub(base)).unwrap_or(u32::MAX),
+                    value,
+                })
+                .collect();
+            let lost = self.outbox.seal(base, readings);
+            self.stats.dropped.fetch_add(lost as u64, Relaxed);
+        }
+        self.flush_at = Instant::now() + self.settings.flush;
+    }
+
+    /// Sends every batch not yet sent on this connection. Returns false if
+    /// the connection failed.
+    async fn send_unsent(&mut self, ws: &mut Ws) -> bool {
+        let batches = self.outbox.take_unsent(std::time::Instant::now());
+        if batches.is_empty() {
+            return true;
+        }
+        for batch in batches {
+            let readings = batch.readings.len() as u64;
+            if ws
+                .feed(Message::Binary(DeviceFrame::Batch(batch).encode().into()))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            self.stats.sent.fetch_add(readings, Relaxed);
+        }
+        ws.flush().await.is_ok()
+    }
+
+    fn lost(&mut self, attempt: u32) -> Link {
+        let delay = self.settings.backoff.delay(attempt, self.rng.unit());
+        Link::Down {
+            retry_at: Instant::now() + delay,
+            attempt: attempt.saturating_add(1),
+        }
+    }
+}
+
+/// Runs one device until it has delivered `count` readings (if set), or
+/// until `stop` (stop sampling, deliver the rest) and then `abort` (give up).
+/// Returns whether everything sampled was acknowledged.
+pub async fn run(
+    spec: DeviceSpec,
+    settings: Arc<DeviceSettings>,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+    abort: CancellationToken,
+) -> bool {
+    let interval = settings.rate.map_or(Duration::from_secs(1), |rate| {
+        interval_for_rate(rate, settings.kinds.len())
+    });
+    let mut device = Device {
+        sensors: Sensors::new(&settings.kinds, spec.seed),
+        outbox: Outbox::new(settings.buffer),
+        rng: Rng::new(spec.seed ^ 0x5EED),
+        unsealed: Vec::new(),
+        flush_at: Instant::now(),
+        generated: 0,
+        interval,
+        sampling: settings.count != Some(0),
+        spec,
+        settings,
+        stats,
+    };
+    let mut ticker = tokio::time::interval(device.interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut link = Link::Down {
+        retry_at: Instant::now() + device.spec.start_delay,
+        attempt: 0,
+    };
+    let mut stopping = false;
+
+    loop {
+        let event = tokio::select! {
+            biased;
+            () = abort.cancelled() => Event::Abort,
+            () = stop.cancelled(), if !stopping => Event::Stop,
+            event = next_link_event(&mut link) => event,
+            _ = ticker.tick(), if device.sampling => Event::Tick,
+            () = sleep_until(device.flush_at), if !device.unsealed.is_empty() => Event::Flush,
+        };
+        let was_up = matches!(link, Link::Up(_));
+        match event {
+            Event::Abort => break,
+            Event::Stop => {
+                stopping = true;
+                device.sampling = false;
+                device.seal(false);
+            }
+            Event::Tick => {
+                device.sample();
+                device.seal(device.sampling);
+            }
+            Event::Flush => device.seal(false),
+            Event::Retry => {
+                let attempt = match link {
+                    Link::Down { attempt, .. } => attempt,
+                    _ => 0,
+                };
+                let handshake = Box::pin(handshake(
+                    device.settings.url.clone(),
+                    device.spec.credential.clone(),
+                    device.hello(),
+                ));
+                link = Link::Connecting { attempt, handshake };
+            }
+            Event::Handshake(Ok((ws, welcome))) => {
+                device.stats.connected.fetch_add(1, Relaxed);
+                let settled = device.outbox.resume(welcome.last_seq);
+                device
+                    .stats
+                    .acked
+                    .fetch_add(settled.readings as u64, Relaxed);
+                if device.settings.rate.is_none() && welcome.sample_interval_ms > 0 {
+                    device.interval = Duration::from_millis(u64::from(welcome.sample_interval_ms));
+                    ticker =
+                        tokio::time::interval_at(Instant::now() + device.interval, device.interval);
+                    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                }
+                link = Link::Up(ws);
+            }
+            Event::Handshake(Err(err)) => {
+                tracing::debug!(device = %device.spec.id, error = %err, "connection attempt failed");
+                device
+                    .stats
+                    .set_last_error(format!("{}: {err:#}", device.spec.id));
+                let attempt = match link {
+                    Link::Connecting { attempt, .. } => attempt,
+                    _ => 0,
+                };
+                link = device.lost(attempt);
+            }
+            Event::Incoming(Some(Ok(Message::Binary(bytes)))) => match HubFrame::decode(&bytes) {
+                Ok(HubFrame::Ack(ack)) => {
+                    let settled = device.outbox.acknowledge(ack.seq);
+                    device
+                        .stats
+                        .acked
+                        .fetch_add(settled.readings as u64, Relaxed);
+                    if let Some(sent_at) = settled.sent_at {
+                        device.stats.record_rtt(sent_at.elapsed());
+                    }
+                }
+                Ok(HubFrame::Command(command)) => {
+                    device.stats.commands.fetch_add(1, Relaxed);
+                    let before = device.interval;
+                    let result = execute(&command, &mut device.interval);
+                    if device.interval != before {
+                        ticker = tokio::time::interval_at(
+                            Instant::now() + device.interval,
+                            device.interval,
+                        );
+                        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                    }
+                    if let Link::Up(ws) = &mut link
+                        && ws
+                            .send(Message::Binary(
+                                DeviceFrame::CommandResult(result).encode().into(),
+                            ))
+                            .await
+                            .is_err()
+                    {
+                        device.stats.reconnects.fetch_add(1, Relaxed);
+                        link = device.lost(0);
+                    }
+                }
+                Ok(HubFrame::Error(error)) => {
+                    tracing::warn!(device = %device.spec.id, code = error.code, "hub error: {}", error.message);
+                    device.stats.set_last_error(format!(
+                        "{}: hub error {}: {}",
+                        device.spec.id, error.code, error.message
+                    ));
+                }
+                Ok(HubFrame::Welcome(_)) => {}
+                Err(err) => {
+                    tracing::warn!(device = %device.spec.id, error = %err, "undecodable frame from the hub")
+                }
+            },
+            Event::Incoming(Some(Ok(_))) => {}
+            Event::Incoming(None | Some(Err(_))) => {
+                device.stats.reconnects.fetch_add(1, Relaxed);
+                link = device.lost(0);
+            }
+        }
+        if was_up && !matches!(link, Link::Up(_)) {
+            device.stats.connected.fetch_sub(1, Relaxed);
+        }
+        if let Link::Up(ws) = &mut link
+            && !device.send_unsent(ws).await
+        {
+            device.stats.connected.fetch_sub(1, Relaxed);
+            device.stats.reconnects.fetch_add(1, Relaxed);
+            link = device.lost(0);
+        }
+        if device.finished() {
+            break;
+        }
+    }
+    if let Link::Up(mut ws) = link {
+        device.stats.connected.fetch_sub(1, Relaxed);
+        let _ = ws.close().await;
+    }
+    device.finished()
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::CommandArg;
+
+    use super::*;
+
+    fn command(name: &str, args: &[(&str, &str)]) -> Command {
+        Command {
+            id: 9,
+            name: name.into(),
+            args: args
+                .iter()
+                .map(|(n, v)| CommandArg {
+                    name: (*n).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn ping_answers_at_once() {
+        let mut interval = Duration::from_secs(1);
+        let result = execute(&command("ping", &[]), &mut interval);
+        assert!(result.ok);
+        assert_eq!(result.id, 9);
+    }
+
+    #[test]
+    fn set_interval_changes_the_sampling_interval() {
+        let mut interval = Duration::from_secs(1);
+        assert!(
+            execute(
+                &command("set_interval", &[("interval_ms", "250")]),
+                &mut interval
+            )
+            .ok
+        );
+        assert_eq!(interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn a_bad_interval_is_refused_and_changes_nothing() {
+        let mut interval = Duration::from_secs(1);
+        for bad in [&[("interval_ms", "0")][..], &[("interval_ms", "fast")], &[]] {
+            assert!(!execute(&command("set_interval", bad), &mut interval).ok);
+        }
+        assert_eq!(interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn unknown_commands_are_refused_with_a_reason() {
+        let result = execute(&command("reboot", &[]), &mut Duration::from_secs(1));
+        assert!(!result.ok);
+        assert!(result.detail.contains("reboot"));
+    }
+
+    #[test]
+    fn endpoints_get_the_device_path_unless_they_have_one() {
+        assert_eq!(endpoint("ws://127.0.0.1:8080"), "ws://127.0.0.1:8080/v1/ws");
+        assert_eq!(endpoint("ws://hub:80/"), "ws://hub:80/v1/ws");
+        assert_eq!(endpoint("wss://hub/custom/ws"), "wss://hub/custom/ws");
+    }
+
+    #[test]
+    fn the_rate_counts_every_metric() {
+        assert_eq!(interval_for_rate(2.0, 2), Duration::from_secs(1));
+        assert_eq!(interval_for_rate(10.0, 1), Duration::from_millis(100));
+    }
+}
