@@ -122,14 +122,8 @@ pub fn execute(command: &Command, interval: &mut Duration) -> CommandResult {
 }
 
 enum Link {
-    Down {
-        retry_at: Instant,
-        attempt: u32,
-    },
-    Connecting {
-        attempt: u32,
-        handshake: Handshake,
-    },
+    Down { retry_at: Instant, attempt: u32 },
+    Connecting { attempt: u32, handshake: Handshake },
     Up(Box<Ws>),
 }
 

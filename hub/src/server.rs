@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::Router;
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -176,6 +176,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/ws", get(ingest::upgrade))
         .route("/v1/devices", get(api::devices))
+        .route("/v1/devices/{id}/commands", post(api::commands::send))
         .route("/v1/readings", get(api::readings))
         .route("/healthz", get(api::health))
         .route("/metrics", get(api::metrics))

@@ -1,8 +1,8 @@
 //! Helpers for end-to-end tests: the real `hub` binary on port 0 with its
 //! own temporary database, and a raw device client that can also misbehave.
 //!
-//! The binary is the one `cargo test --workspace` builds for the hub's own
-//! integration tests (`target/<profile>/hub`).
+//! The hub binary is `hub-under-test`, this package's build of the hub's own
+//! `main.rs`, which cargo builds before these tests run.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -30,11 +30,7 @@ pub fn binary(name: &str) -> PathBuf {
     // target/<profile>/deps/<test> → target/<profile>/<name>
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run the workspace tests (cargo test --workspace), which build it",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: run these tests with cargo test", path.display());
     path
 }
 
@@ -50,14 +46,19 @@ impl TestHub {
     /// Starts `hub serve` on a free port with `extra` flags.
     pub async fn start(extra: &[&str]) -> anyhow::Result<TestHub> {
         let dir = tempfile::tempdir()?;
-        Self::start_in(dir, extra).await
+        Self::start_in(dir, "127.0.0.1:0", extra).await
     }
 
-    /// Starts `hub serve` on the database in `dir` (to restart on the same data).
-    pub async fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> anyhow::Result<TestHub> {
+    /// Starts `hub serve` on the database in `dir` (to restart on the same
+    /// data), listening on `listen`.
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        listen: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<TestHub> {
         let db = dir.path().join("hub.db");
-        let mut child = Command::new(binary("hub"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--log", "warn", "--db"])
+        let mut child = Command::new(binary("hub-under-test"))
+            .args(["serve", "--listen", listen, "--log", "warn", "--db"])
             .arg(&db)
             .args(extra)
             .stdout(Stdio::piped())
@@ -123,6 +124,11 @@ impl TestHub {
         http_get(&self.addr, path, &[]).await
     }
 
+    /// `POST path` with a JSON body: status and body.
+    pub async fn post(&self, path: &str, json: &str) -> anyhow::Result<(u16, String)> {
+        http_request(&self.addr, "POST", path, &[], Some(json)).await
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub async fn terminate(
         mut self,
@@ -145,9 +151,16 @@ impl TestHub {
     }
 }
 
+/// A loopback port that was free a moment ago, for a hub that must come back
+/// on the same address after a restart.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
 /// Runs the hub CLI on a database file.
 pub async fn cli_on(db: &Path, args: &[&str]) -> anyhow::Result<std::process::Output> {
-    Ok(Command::new(binary("hub"))
+    Ok(Command::new(binary("hub-under-test"))
         .args(args)
         .arg("--db")
         .arg(db)
@@ -161,13 +174,31 @@ pub async fn http_get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> anyhow::Result<(u16, String)> {
+    http_request(addr, "GET", path, headers, None).await
+}
+
+/// A minimal HTTP/1.1 request with an optional JSON body.
+pub async fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    json: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = TcpStream::connect(addr).await?;
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
+    if let Some(body) = json {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
     request.push_str("\r\n");
+    request.push_str(json.unwrap_or_default());
     stream.write_all(request.as_bytes()).await?;
     let mut response = Vec::new();
     tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response)).await??;

@@ -29,7 +29,7 @@ async fn graceful_shutdown_loses_nothing_that_was_acknowledged() {
     assert!(!acks.is_empty());
 
     // Every acknowledged batch is stored whole; nothing stored went unacknowledged.
-    let hub = TestHub::start_in(dir, &[]).await.unwrap();
+    let hub = TestHub::start_in(dir, "127.0.0.1:0", &[]).await.unwrap();
     let db = hub.db().await.unwrap();
     let per_seq: Vec<(i64, i64)> = sqlx::query_as(
         "SELECT CAST(value AS INTEGER) / 1000 AS seq, count(*) FROM readings GROUP BY seq ORDER BY seq",

@@ -30,6 +30,16 @@ impl ApiError {
         }
     }
 
+    /// 400 for a field of a JSON body, naming it.
+    pub fn bad_field(field: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            error: "bad_field",
+            message: message.into(),
+            parameter: Some(field.to_owned()),
+        }
+    }
+
     /// 401 with the reason.
     pub fn unauthorized(message: impl Into<String>) -> Self {
         ApiError {

@@ -1,6 +1,7 @@
 //! The HTTP read API: devices, stored readings, health and counters.
 //! Every failure answers with [`error::ApiError`]'s JSON body.
 
+pub mod commands;
 pub mod error;
 mod readings;
 

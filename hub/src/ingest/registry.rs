@@ -1,12 +1,34 @@
 //! Which devices are connected right now, and a way to make one let go.
 //!
 //! A device has at most one live session. Registering a second one kicks the
-//! first (`Replaced`); the revocation watcher kicks revoked devices.
+//! first (`Replaced`); the revocation watcher kicks revoked devices. The
+//! registry is also how commands reach a device: each session has a small
+//! queue of them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::oneshot;
+use protocol::{Command, CommandResult};
+use tokio::sync::{mpsc, oneshot};
+
+/// Commands queued for one session. When full, new commands are refused
+/// (the API answers 503): a device that does not keep up with its commands
+/// cannot make the hub hold more of them.
+pub const COMMAND_QUEUE: usize = 16;
+
+/// A command on its way to a device, and where its result goes.
+#[derive(Debug)]
+pub struct PendingCommand {
+    pub command: Command,
+    pub reply: oneshot::Sender<CommandResult>,
+}
+
+/// Why a command could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandRefused {
+    Offline,
+    QueueFull,
+}
 
 /// Why a session is told to end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,12 +43,23 @@ pub enum Kick {
 struct Entry {
     session: u64,
     kick: oneshot::Sender<Kick>,
+    commands: mpsc::Sender<PendingCommand>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     next_session: u64,
+    next_command: u64,
     live: HashMap<String, Entry>,
+}
+
+/// What a session receives through the registry.
+#[derive(Debug)]
+pub struct Inbox {
+    /// Fires when the session must end.
+    pub kicked: oneshot::Receiver<Kick>,
+    /// Commands for the device.
+    pub commands: mpsc::Receiver<PendingCommand>,
 }
 
 /// The live sessions, shared by the ingest endpoint, the API and the
@@ -52,17 +85,19 @@ impl Registry {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers a session of `device_id`, kicking any older one. The
-    /// receiver fires when this session must end.
-    pub fn register(&self, device_id: &str) -> (Presence, oneshot::Receiver<Kick>) {
+    /// Registers a session of `device_id`, kicking any older one.
+    pub fn register(&self, device_id: &str) -> (Presence, Inbox) {
         let (kick, kicked) = oneshot::channel();
+        let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
         let mut inner = self.lock();
         inner.next_session += 1;
         let session = inner.next_session;
-        if let Some(old) = inner
-            .live
-            .insert(device_id.to_owned(), Entry { session, kick })
-        {
+        let entry = Entry {
+            session,
+            kick,
+            commands: commands_tx,
+        };
+        if let Some(old) = inner.live.insert(device_id.to_owned(), entry) {
             let _ = old.kick.send(Kick::Replaced);
         }
         let presence = Presence {
@@ -70,7 +105,34 @@ impl Registry {
             device_id: device_id.to_owned(),
             session,
         };
-        (presence, kicked)
+        (presence, Inbox { kicked, commands })
+    }
+
+    /// Queues a command for the device's live session; the result arrives on
+    /// the returned receiver. The command id is chosen here.
+    ///
+    /// # Errors
+    /// The device is not connected, or its command queue is full.
+    pub fn send_command(
+        &self,
+        device_id: &str,
+        name: String,
+        args: Vec<protocol::CommandArg>,
+    ) -> Result<(u64, oneshot::Receiver<CommandResult>), CommandRefused> {
+        let mut inner = self.lock();
+        inner.next_command += 1;
+        let id = inner.next_command;
+        let entry = inner.live.get(device_id).ok_or(CommandRefused::Offline)?;
+        let (reply, result) = oneshot::channel();
+        let pending = PendingCommand {
+            command: Command { id, name, args },
+            reply,
+        };
+        entry.commands.try_send(pending).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(_) => CommandRefused::QueueFull,
+            mpsc::error::TrySendError::Closed(_) => CommandRefused::Offline,
+        })?;
+        Ok((id, result))
     }
 
     /// Tells the device's session, if any, to end. Returns whether there was one.
@@ -105,10 +167,10 @@ mod tests {
     #[test]
     fn a_second_session_replaces_the_first() {
         let registry = Registry::default();
-        let (_first, mut first_kicked) = registry.register("a");
-        let (_second, mut second_kicked) = registry.register("a");
-        assert_eq!(first_kicked.try_recv(), Ok(Kick::Replaced));
-        assert!(second_kicked.try_recv().is_err());
+        let (_first, mut first) = registry.register("a");
+        let (_second, mut second) = registry.register("a");
+        assert_eq!(first.kicked.try_recv(), Ok(Kick::Replaced));
+        assert!(second.kicked.try_recv().is_err());
         assert!(registry.is_online("a"));
     }
 
@@ -132,9 +194,41 @@ mod tests {
     #[test]
     fn kick_reaches_the_live_session_only() {
         let registry = Registry::default();
-        let (_presence, mut kicked) = registry.register("a");
+        let (_presence, mut inbox) = registry.register("a");
         assert!(registry.kick("a", Kick::Revoked));
-        assert_eq!(kicked.try_recv(), Ok(Kick::Revoked));
+        assert_eq!(inbox.kicked.try_recv(), Ok(Kick::Revoked));
         assert!(!registry.kick("b", Kick::Revoked));
+    }
+
+    #[test]
+    fn commands_reach_the_live_session_with_fresh_ids() {
+        let registry = Registry::default();
+        let (_presence, mut inbox) = registry.register("a");
+        let (first, _) = registry.send_command("a", "ping".into(), vec![]).unwrap();
+        let (second, _) = registry.send_command("a", "ping".into(), vec![]).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(inbox.commands.try_recv().unwrap().command.id, first);
+    }
+
+    #[test]
+    fn commands_for_an_offline_device_are_refused() {
+        let registry = Registry::default();
+        let refused = registry
+            .send_command("nobody", "ping".into(), vec![])
+            .unwrap_err();
+        assert_eq!(refused, CommandRefused::Offline);
+    }
+
+    #[test]
+    fn a_full_command_queue_refuses_more() {
+        let registry = Registry::default();
+        let (_presence, _inbox) = registry.register("a");
+        for _ in 0..COMMAND_QUEUE {
+            registry.send_command("a", "ping".into(), vec![]).unwrap();
+        }
+        let refused = registry
+            .send_command("a", "ping".into(), vec![])
+            .unwrap_err();
+        assert_eq!(refused, CommandRefused::QueueFull);
     }
 }

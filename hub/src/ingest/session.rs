@@ -6,17 +6,21 @@
 //! it stops reading the socket, so a device that outruns storage is slowed by
 //! TCP instead of growing the hub's memory.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use protocol::{DeviceFrame, ErrorFrame, HubFrame, PROTOCOL_VERSION, Welcome, error_code, limits};
-use tokio::sync::mpsc;
+use protocol::{
+    CommandResult, DeviceFrame, ErrorFrame, HubFrame, PROTOCOL_VERSION, Welcome, error_code, limits,
+};
+
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::registry::{Kick, Registry};
+use super::registry::{COMMAND_QUEUE, Kick, Registry};
 use super::state::{BatchStream, Violation, check_hello};
 use crate::store::Store;
 use crate::store::devices::Credentials;
@@ -269,7 +273,8 @@ async fn serve(socket: &mut WebSocket, auth: Auth, ctx: &Context) -> Ending {
     // Register before reading last_seq: an older connection of this device
     // is kicked first, and whatever it still had in the writer's queue is
     // recognised as a resend by the writer if the device sends it again.
-    let (_presence, mut kicked) = ctx.registry.register(&credentials.device_id);
+    let (_presence, inbox) = ctx.registry.register(&credentials.device_id);
+    let (mut kicked, mut commands) = (inbox.kicked, inbox.commands);
     let registration = match ctx.store.register_hello(credentials.row, &hello).await {
         Ok(registration) => registration,
         Err(err) => return storage_trouble(&err),
@@ -292,12 +297,19 @@ async fn serve(socket: &mut WebSocket, auth: Auth, ctx: &Context) -> Ending {
     let mut stream = BatchStream::new(registration.metric_rows);
     let (outcome_tx, mut outcomes) = mpsc::channel(IN_FLIGHT);
     let mut in_flight = 0usize;
+    // Commands sent and not yet answered. Bounded like the queue: while it
+    // is full, no more commands are taken from the queue.
+    let mut awaiting: HashMap<u64, oneshot::Sender<CommandResult>> = HashMap::new();
     let mut last_heard = Instant::now();
     let mut ping = tokio::time::interval_at(
         Instant::now() + ctx.timing.ping_interval,
         ctx.timing.ping_interval,
     );
     let ending = loop {
+        if awaiting.len() >= COMMAND_QUEUE {
+            // Callers that gave up waiting free their slots.
+            awaiting.retain(|_, reply| !reply.is_closed());
+        }
         tokio::select! {
             biased;
             () = ctx.shutdown.cancelled() => break Ending::shutdown(),
@@ -310,6 +322,15 @@ async fn serve(socket: &mut WebSocket, auth: Auth, ctx: &Context) -> Ending {
                 in_flight -= 1;
                 if let Err(ending) = report(socket, outcome).await {
                     break ending;
+                }
+            }
+            Some(pending) = commands.recv(), if awaiting.len() < COMMAND_QUEUE => {
+                let frame = HubFrame::Command(pending.command);
+                if send(socket, &frame).await.is_err() {
+                    break Ending::gone();
+                }
+                if let HubFrame::Command(command) = frame {
+                    awaiting.insert(command.id, pending.reply);
                 }
             }
             incoming = next_incoming(socket, &ctx.counters), if in_flight < IN_FLIGHT => {
@@ -335,6 +356,10 @@ async fn serve(socket: &mut WebSocket, auth: Auth, ctx: &Context) -> Ending {
                     }
                     Incoming::Frame(DeviceFrame::CommandResult(result)) => {
                         tracing::info!(command = result.id, ok = result.ok, detail = %result.detail, "command result");
+                        // Whoever asked may have given up waiting; that is fine.
+                        if let Some(reply) = awaiting.remove(&result.id) {
+                            let _ = reply.send(result);
+                        }
                     }
                     Incoming::Frame(DeviceFrame::Hello(_)) => {
                         break Ending::violation(Violation {

@@ -1,0 +1,192 @@
+//! device-sim against the real hub: fleets deliver exactly once, survive a
+//! hub restart, and obey set_interval.
+
+use std::time::Duration;
+
+use device_sim::backoff::Backoff;
+use device_sim::device::{DeviceSettings, endpoint};
+use device_sim::fleet::{self, Credential, FleetConfig, Summary};
+use device_sim::sensors::SensorKind;
+use e2e::TestHub;
+
+fn fleet(
+    hub_addr: &str,
+    devices: usize,
+    credential: Credential,
+    device: DeviceSettings,
+) -> FleetConfig {
+    FleetConfig {
+        devices,
+        id_prefix: "sim-".into(),
+        credential,
+        seed: 7,
+        duration: None,
+        grace: Duration::from_secs(5),
+        progress: false,
+        device: DeviceSettings {
+            url: endpoint(&format!("ws://{hub_addr}")),
+            ..device
+        },
+    }
+}
+
+fn settings(rate: Option<f64>, batch: usize, count: Option<u64>) -> DeviceSettings {
+    DeviceSettings {
+        url: String::new(),
+        kinds: vec![SensorKind::Temperature],
+        rate,
+        batch,
+        flush: Duration::from_millis(100),
+        count,
+        buffer: 10_000,
+        backoff: Backoff {
+            base: Duration::from_millis(50),
+            cap: Duration::from_millis(500),
+        },
+        clock_skew_ms: 0,
+    }
+}
+
+async fn stored(hub: &TestHub) -> (i64, i64) {
+    let db = hub.db().await.unwrap();
+    let counts = sqlx::query_as(
+        "SELECT count(*), (SELECT count(*) FROM (SELECT DISTINCT device, metric, ts_ms FROM readings)) FROM readings",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    counts
+}
+
+async fn run_with_patience(config: FleetConfig) -> Summary {
+    tokio::time::timeout(Duration::from_secs(60), fleet::run(config))
+        .await
+        .expect("the fleet finished")
+}
+
+#[tokio::test]
+async fn a_fleet_delivers_every_reading_exactly_once() {
+    let hub = TestHub::start(&["--provision-key", "k"]).await.unwrap();
+    let config = fleet(
+        &hub.addr,
+        20,
+        Credential::ProvisionKey("k".into()),
+        settings(Some(200.0), 7, Some(100)),
+    );
+    let summary = run_with_patience(config).await;
+    assert!(summary.complete(), "{summary:?}");
+    assert_eq!(summary.acked, 20 * 100);
+    assert_eq!(summary.dropped, 0);
+    assert_eq!(stored(&hub).await, (2_000, 2_000));
+}
+
+#[tokio::test]
+async fn a_hub_restart_mid_run_loses_and_duplicates_nothing() {
+    let listen = format!("127.0.0.1:{}", e2e::free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start_in(dir, &listen, &["--provision-key", "k"])
+        .await
+        .unwrap();
+    let config = fleet(
+        &hub.addr,
+        5,
+        Credential::ProvisionKey("k".into()),
+        settings(Some(100.0), 5, Some(300)),
+    );
+    let run = tokio::spawn(run_with_patience(config));
+
+    // Let readings flow, stop the hub, keep it down a moment, bring it back.
+    let db = hub.db().await.unwrap();
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM samples")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        if n > 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    db.close().await;
+    let (status, dir) = hub.terminate().await.unwrap();
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let hub = TestHub::start_in(dir, &listen, &["--provision-key", "k"])
+        .await
+        .unwrap();
+
+    let summary = run.await.unwrap();
+    assert!(summary.complete(), "{summary:?}");
+    assert!(
+        summary.reconnects >= 5,
+        "every device reconnected: {summary:?}"
+    );
+    assert_eq!(stored(&hub).await, (1_500, 1_500));
+}
+
+#[tokio::test]
+async fn set_interval_changes_the_rate_that_reaches_the_hub() {
+    let hub = TestHub::start(&["--sample-interval", "1s"]).await.unwrap();
+    let token = hub.add_device("sim-1").await.unwrap();
+    let mut config = fleet(
+        &hub.addr,
+        1,
+        Credential::Token(token),
+        settings(None, 1, None),
+    );
+    config.duration = Some(Duration::from_secs(4));
+    let run = tokio::spawn(fleet::run(config));
+
+    // Wait for the device, then ask for ten samples a second.
+    let deadline = tokio::time::Instant::now() + e2e::PATIENCE;
+    let changed_at = loop {
+        let (status, body) = hub
+            .post(
+                "/v1/devices/sim-1/commands",
+                r#"{"name": "set_interval", "args": {"interval_ms": "100"}}"#,
+            )
+            .await
+            .unwrap();
+        if status == 200 {
+            assert!(body.contains("\"ok\":true"), "{body}");
+            break std::time::SystemTime::now();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "device never connected: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let summary = run.await.unwrap();
+    assert!(summary.complete(), "{summary:?}");
+    assert_eq!(summary.commands, 1);
+
+    let changed_ms = changed_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let db = hub.db().await.unwrap();
+    let (before, first_ms): (i64, i64) =
+        sqlx::query_as("SELECT count(*), coalesce(min(ts_ms), 0) FROM readings WHERE ts_ms < ?")
+            .bind(changed_ms)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    let (after, last_ms): (i64, i64) =
+        sqlx::query_as("SELECT count(*), coalesce(max(ts_ms), 0) FROM readings WHERE ts_ms >= ?")
+            .bind(changed_ms)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    let rate_before = before as f64 / ((changed_ms - first_ms).max(1_000) as f64 / 1_000.0);
+    let rate_after = after as f64 / ((last_ms - changed_ms).max(1) as f64 / 1_000.0);
+    assert!(
+        rate_before <= 2.0,
+        "about one sample a second before: {rate_before}"
+    );
+    assert!(
+        rate_after >= 4.0,
+        "many more after set_interval 100 ms: {rate_after}"
+    );
+}
