@@ -32,7 +32,7 @@ pub struct FleetConfig {
     pub credential: Credential,
     pub seed: u64,
     /// Stop sampling after this long, deliver what is left, then give up
-    /// after `grace`.
+    /// after `grace` (Ctrl-C does the same).
     pub duration: Option<Duration>,
     pub grace: Duration,
     /// Show a live progress line on standard error.
@@ -114,14 +114,17 @@ pub async fn run(config: FleetConfig) -> Summary {
         });
     }
     {
-        let (stop, abort) = (stop.clone(), abort.clone());
+        let (stop, abort, grace) = (stop.clone(), abort.clone(), config.grace);
         tokio::spawn(async move {
-            // First Ctrl-C: stop sampling and deliver; second: give up.
+            // Ctrl-C: stop sampling and deliver what is left; give up after
+            // the grace period or at a second Ctrl-C.
             if tokio::signal::ctrl_c().await.is_ok() {
                 stop.cancel();
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    abort.cancel();
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    () = tokio::time::sleep(grace) => {}
                 }
+                abort.cancel();
             }
         });
     }
