@@ -30,7 +30,11 @@ pub fn binary(name: &str) -> PathBuf {
     // target/<profile>/deps/<test> → target/<profile>/<name>
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: run these tests with cargo test", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run these tests with cargo test",
+        path.display()
+    );
     path
 }
 
