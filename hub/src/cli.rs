@@ -11,6 +11,7 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
 use crate::ingest::session::Timing;
+use crate::live::subscription;
 use crate::server::{Hub, Retention, Settings};
 use crate::store::Store;
 use crate::store::devices::AddDeviceError;
@@ -71,6 +72,24 @@ struct ServeArgs {
     /// How often retention looks for old readings.
     #[arg(long, env = "HUB_RETENTION_SWEEP", default_value = "1m", value_parser = parse_duration)]
     retention_sweep: Duration,
+    /// Require this token for the monitor API (/v1/events, /v1/devices,
+    /// /v1/readings, commands). Without it that API is open to anyone who
+    /// can reach the hub.
+    #[arg(long, env = "HUB_MONITOR_TOKEN", hide_env_values = true)]
+    monitor_token: Option<String>,
+    /// Most concurrent live (SSE) subscribers; more get 503 with Retry-After.
+    #[arg(long, env = "HUB_MAX_SUBSCRIBERS", default_value_t = 10_000)]
+    max_subscribers: usize,
+    /// MiB of recent events kept in memory for live subscribers; one further
+    /// behind is caught up from the database.
+    #[arg(long, env = "HUB_LIVE_BUFFER_MB", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    live_buffer_mb: u64,
+    /// How often an idle live stream gets a keep-alive comment.
+    #[arg(long, env = "HUB_KEEP_ALIVE", default_value = "15s", value_parser = parse_duration)]
+    keep_alive: Duration,
+    /// Reconnection delay suggested to browsers (the SSE `retry:` field).
+    #[arg(long, env = "HUB_SSE_RETRY", default_value = "2s", value_parser = parse_duration)]
+    sse_retry: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,6 +170,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .with(args.log)
         .init();
+    let monitor_protected = args.monitor_token.is_some();
     let settings = Settings {
         listen: args.listen,
         db: args.db.db,
@@ -164,12 +184,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             keep,
             sweep_every: args.retention_sweep,
         }),
+        monitor_token: args.monitor_token,
+        max_subscribers: args.max_subscribers,
+        live_buffer_bytes: usize::try_from(args.live_buffer_mb << 20).unwrap_or(usize::MAX),
+        live: subscription::Timing {
+            retry: args.sse_retry,
+            keep_alive: args.keep_alive,
+        },
     };
     let hub = Hub::build(settings).await?;
     let addr = hub.local_addr()?;
     // On standard output, so scripts and tests can read the real port.
     println!("hub listening on http://{addr} (devices: ws://{addr}/v1/ws)");
     tracing::info!(%addr, "listening");
+    if !addr.ip().is_loopback() && !monitor_protected {
+        tracing::warn!(%addr, "the monitor API is open to anyone who can reach this address; set --monitor-token");
+    }
     hub.run_until_stopped(shutdown_signal()).await
 }
 

@@ -24,6 +24,8 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod ingest;
+pub mod live;
+pub mod monitor;
 pub mod server;
 pub mod store;
 pub mod telemetry;

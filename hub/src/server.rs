@@ -2,16 +2,16 @@
 //! tasks, binds the listener, serves HTTP and WebSocket, and shuts it all down
 //! in order.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
+use axum::{Router, middleware};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +19,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, error::ApiError};
 use crate::ingest::{self, registry::Registry, session};
+use crate::live::{Live, subscription};
+use crate::monitor;
+use crate::store::writer::OnCommit;
 use crate::store::{Store, retention, writer};
 use crate::telemetry::Counters;
 
@@ -33,6 +36,13 @@ pub struct Settings {
     pub provision_key: Option<String>,
     pub timing: session::Timing,
     pub retention: Option<Retention>,
+    /// When set, the monitor API needs this token.
+    pub monitor_token: Option<String>,
+    /// Most concurrent live (SSE) subscribers.
+    pub max_subscribers: usize,
+    /// Most bytes of recent events kept in memory for live subscribers.
+    pub live_buffer_bytes: usize,
+    pub live: subscription::Timing,
 }
 
 /// How long readings are kept, and how often old ones are deleted.
@@ -46,6 +56,9 @@ pub struct Retention {
 #[derive(Debug)]
 pub struct Shared {
     pub sessions: Arc<session::Context>,
+    pub live: Arc<Live>,
+    pub live_timing: subscription::Timing,
+    pub monitor_token: Option<String>,
     pub provision_key: Option<String>,
     /// Tracks device sessions, which outlive their HTTP upgrade request.
     pub tracker: TaskTracker,
@@ -71,16 +84,31 @@ impl Hub {
             .await
             .with_context(|| format!("opening database {}", settings.db.display()))?;
         let counters = Arc::new(Counters::default());
+        let head = store
+            .last_pos()
+            .await
+            .context("reading the last position")?;
+        let live = Arc::new(Live::new(
+            store.clone(),
+            head,
+            settings.max_subscribers,
+            settings.live_buffer_bytes,
+        ));
         let writer_stop = CancellationToken::new();
-        let (writer_handle, writer) =
-            writer::spawn(&store, Arc::clone(&counters), writer_stop.clone())
-                .await
-                .context("starting the writer")?;
+        let (writer_handle, writer) = writer::spawn(
+            &store,
+            Arc::clone(&counters),
+            Arc::clone(&live) as Arc<dyn OnCommit>,
+            writer_stop.clone(),
+        )
+        .await
+        .context("starting the writer")?;
         let listener = TcpListener::bind(&settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
         let sessions = Arc::new(session::Context {
             store,
+            live: Arc::clone(&live),
             writer: writer_handle,
             registry: Registry::default(),
             counters,
@@ -89,6 +117,9 @@ impl Hub {
         });
         let shared = Arc::new(Shared {
             sessions,
+            live,
+            live_timing: settings.live,
+            monitor_token: settings.monitor_token.clone(),
             provision_key: settings.provision_key.clone(),
             tracker: TaskTracker::new(),
         });
@@ -155,9 +186,21 @@ impl Hub {
                 cancel.cancel();
             }
         };
-        let served = axum::serve(listener, router(shared))
+        let serving = axum::serve(listener, router(shared))
             .with_graceful_shutdown(signal)
-            .await;
+            .into_future();
+        // Graceful shutdown waits for every HTTP connection; a live stream
+        // whose client stopped reading would hold it forever.
+        let served = tokio::select! {
+            served = serving => served,
+            () = async {
+                cancel.cancelled().await;
+                tokio::time::sleep(HTTP_SHUTDOWN_GRACE).await;
+            } => {
+                tracing::warn!("HTTP connections still open after {HTTP_SHUTDOWN_GRACE:?}; closing them");
+                Ok(())
+            }
+        };
         // Whatever ended serving, the sessions and tasks must stop too.
         cancel.cancel();
         tracker.close();
@@ -171,13 +214,25 @@ impl Hub {
     }
 }
 
+/// How long open HTTP connections get to finish once the hub stops.
+const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// The hub's routes.
 pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/v1/ws", get(ingest::upgrade))
+    // The monitor API: behind the monitor token when one is set.
+    let monitor = Router::new()
+        .route("/v1/events", get(api::events::events))
         .route("/v1/devices", get(api::devices))
         .route("/v1/devices/{id}/commands", post(api::commands::send))
         .route("/v1/readings", get(api::readings))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            api::monitor_auth::require,
+        ));
+    Router::new()
+        .merge(monitor)
+        .route("/", get(monitor::page))
+        .route("/v1/ws", get(ingest::upgrade))
         .route("/healthz", get(api::health))
         .route("/metrics", get(api::metrics))
         .fallback(|| async {

@@ -375,3 +375,187 @@ impl RawDevice {
         }
     }
 }
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: String,
+}
+
+impl SseEvent {
+    /// The event's data as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.data).expect("event data is JSON")
+    }
+
+    /// The id as a storage position.
+    pub fn pos(&self) -> i64 {
+        self.id
+            .as_deref()
+            .and_then(|id| id.parse().ok())
+            .expect("a numeric id")
+    }
+}
+
+/// A minimal streaming SSE client over HTTP/1.1 (chunked bodies), so tests
+/// see exactly what a browser's `EventSource` would.
+#[derive(Debug)]
+pub struct SseClient {
+    stream: TcpStream,
+    raw: Vec<u8>,
+    text: String,
+    pub headers: String,
+}
+
+impl SseClient {
+    /// `GET path` and read the response head. Fails unless the status is 200.
+    pub async fn connect(
+        addr: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<SseClient> {
+        let (status, client) = Self::open(addr, path, headers).await?;
+        anyhow::ensure!(
+            status == 200,
+            "expected 200, got {status}: {}",
+            client.headers
+        );
+        Ok(client)
+    }
+
+    /// `GET path`: the status and the client (for any status).
+    pub async fn open(
+        addr: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, SseClient)> {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = TcpStream::connect(addr).await?;
+        let mut request =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut client = SseClient {
+            stream,
+            raw: Vec::new(),
+            text: String::new(),
+            headers: String::new(),
+        };
+        let head_end = loop {
+            if let Some(end) = client.raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+            client.fill().await?;
+        };
+        client.headers = String::from_utf8_lossy(&client.raw[..head_end]).into_owned();
+        client.raw.drain(..head_end + 4);
+        let status = client
+            .headers
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("no status")?;
+        Ok((status, client))
+    }
+
+    async fn fill(&mut self) -> anyhow::Result<()> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 16 * 1024];
+        let n = tokio::time::timeout(PATIENCE, self.stream.read(&mut buf))
+            .await
+            .context("no data from the stream in time")??;
+        anyhow::ensure!(n > 0, "stream ended");
+        self.raw.extend_from_slice(&buf[..n]);
+        Ok(())
+    }
+
+    /// Moves complete chunks from `raw` to `text`. Returns false at the
+    /// terminating zero-size chunk.
+    fn dechunk(&mut self) -> anyhow::Result<bool> {
+        loop {
+            let Some(line_end) = self.raw.windows(2).position(|w| w == b"\r\n") else {
+                return Ok(true);
+            };
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&self.raw[..line_end])?.trim(), 16)?;
+            if size == 0 {
+                return Ok(false);
+            }
+            if self.raw.len() < line_end + 2 + size + 2 {
+                return Ok(true);
+            }
+            let chunk = self.raw[line_end + 2..line_end + 2 + size].to_vec();
+            self.text.push_str(std::str::from_utf8(&chunk)?);
+            self.raw.drain(..line_end + 2 + size + 2);
+        }
+    }
+
+    /// The next event (not comments or bare `retry:` blocks). `None` once
+    /// the server ended the stream.
+    pub async fn next_event(&mut self) -> anyhow::Result<Option<SseEvent>> {
+        loop {
+            while let Some(end) = self.text.find("\n\n") {
+                let block: String = self.text.drain(..end + 2).collect();
+                let mut event = SseEvent {
+                    id: None,
+                    event: "message".into(),
+                    data: String::new(),
+                };
+                let mut has_data = false;
+                for line in block.lines() {
+                    if let Some(id) = line.strip_prefix("id: ") {
+                        event.id = Some(id.to_owned());
+                    } else if let Some(name) = line.strip_prefix("event: ") {
+                        event.event = name.to_owned();
+                    } else if let Some(data) = line.strip_prefix("data: ") {
+                        event.data.push_str(data);
+                        has_data = true;
+                    }
+                }
+                if has_data {
+                    return Ok(Some(event));
+                }
+            }
+            if !self.dechunk()? {
+                return Ok(None);
+            }
+            if self.text.contains("\n\n") {
+                continue;
+            }
+            match self.fill().await {
+                Ok(()) => {}
+                Err(err) if err.to_string() == "stream ended" => return Ok(None),
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// The next event of kind `kind`, skipping others.
+    pub async fn next_of(&mut self, kind: &str) -> anyhow::Result<SseEvent> {
+        loop {
+            let event = self.next_event().await?.context("stream ended")?;
+            if event.event == kind {
+                return Ok(event);
+            }
+        }
+    }
+
+    /// Everything received so far, undecoded (for keep-alive comments).
+    pub async fn read_raw_for(&mut self, duration: Duration) -> String {
+        let _ = tokio::time::timeout(duration, async {
+            loop {
+                if self.fill().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        let _ = self.dechunk();
+        self.text.clone()
+    }
+}

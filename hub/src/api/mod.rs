@@ -3,6 +3,8 @@
 
 pub mod commands;
 pub mod error;
+pub mod events;
+pub mod monitor_auth;
 mod readings;
 
 use std::sync::Arc;

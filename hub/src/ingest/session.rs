@@ -22,6 +22,7 @@ use tracing::Instrument;
 
 use super::registry::{COMMAND_QUEUE, Kick, Registry};
 use super::state::{BatchStream, Violation, check_hello};
+use crate::live::Live;
 use crate::store::Store;
 use crate::store::devices::Credentials;
 use crate::store::writer::{WriteOutcome, WriterHandle};
@@ -56,6 +57,7 @@ pub struct Timing {
 #[derive(Debug)]
 pub struct Context {
     pub store: Store,
+    pub live: Arc<Live>,
     pub writer: WriterHandle,
     pub registry: Registry,
     pub counters: Arc<Counters>,
@@ -273,12 +275,17 @@ async fn serve(socket: &mut WebSocket, auth: Auth, ctx: &Context) -> Ending {
     // Register before reading last_seq: an older connection of this device
     // is kicked first, and whatever it still had in the writer's queue is
     // recognised as a resend by the writer if the device sends it again.
-    let (_presence, inbox) = ctx.registry.register(&credentials.device_id);
+    let (presence, inbox) = ctx.registry.register(&credentials.device_id);
     let (mut kicked, mut commands) = (inbox.kicked, inbox.commands);
     let registration = match ctx.store.register_hello(credentials.row, &hello).await {
         Ok(registration) => registration,
         Err(err) => return storage_trouble(&err),
     };
+    ctx.live.register_metrics(
+        &credentials.device_id,
+        &hello.metrics,
+        &registration.metric_rows,
+    );
     let welcome = HubFrame::Welcome(Welcome {
         version: PROTOCOL_VERSION,
         last_seq: registration.last_seq,
@@ -288,6 +295,7 @@ async fn serve(socket: &mut WebSocket, auth: Auth, ctx: &Context) -> Ending {
     if send(socket, &welcome).await.is_err() {
         return Ending::gone();
     }
+    ctx.live.device_status(&credentials.device_id, true);
     tracing::info!(
         last_seq = registration.last_seq,
         metrics = hello.metrics.len(),
@@ -395,6 +403,11 @@ async fn serve(socket: &mut WebSocket, auth: Auth, ctx: &Context) -> Ending {
     }
     if let Err(err) = ctx.store.touch_device(credentials.row).await {
         tracing::warn!(error = %err, "could not record last_seen");
+    }
+    // A replacement connection keeps the device online.
+    drop(presence);
+    if !ctx.registry.is_online(&credentials.device_id) {
+        ctx.live.device_status(&credentials.device_id, false);
     }
     ending
 }

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
+use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{Store, StoreError};
@@ -17,6 +18,17 @@ pub struct ReadingRow {
     pub unit: String,
     pub ts_ms: i64,
     pub value: Option<f64>,
+}
+
+fn reading_row(row: SqliteRow) -> ReadingRow {
+    ReadingRow {
+        pos: row.get(0),
+        device: row.get(1),
+        metric: row.get(2),
+        unit: row.get(3),
+        ts_ms: row.get(4),
+        value: row.get(5),
+    }
 }
 
 /// Which readings to return.
@@ -64,17 +76,78 @@ impl Store {
             .push(" ORDER BY ts_ms, pos LIMIT ")
             .push_bind(i64::from(filter.limit));
         let rows = query.build().fetch_all(self.pool()).await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| ReadingRow {
-                pos: row.get(0),
-                device: row.get(1),
-                metric: row.get(2),
-                unit: row.get(3),
-                ts_ms: row.get(4),
-                value: row.get(5),
-            })
-            .collect())
+        Ok(rows.into_iter().map(reading_row).collect())
+    }
+
+    /// Readings with `after < pos <= upto`, in position order, at most
+    /// `limit`, of the given devices and metrics (`None`: all). This is how
+    /// live subscribers catch up.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn readings_after(
+        &self,
+        after: i64,
+        upto: i64,
+        devices: Option<&[String]>,
+        metrics: Option<&[String]>,
+        limit: u32,
+    ) -> Result<Vec<ReadingRow>, StoreError> {
+        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT pos, device, metric, unit, ts_ms, value FROM readings WHERE pos > ",
+        );
+        query.push_bind(after).push(" AND pos <= ").push_bind(upto);
+        for (column, values) in [("device", devices), ("metric", metrics)] {
+            if let Some(values) = values {
+                query.push(format_args!(" AND {column} IN ("));
+                let mut list = query.separated(", ");
+                for value in values {
+                    list.push_bind(value.clone());
+                }
+                query.push(")");
+            }
+        }
+        query
+            .push(" ORDER BY pos LIMIT ")
+            .push_bind(i64::from(limit));
+        let rows = query.build().fetch_all(self.pool()).await?;
+        Ok(rows.into_iter().map(reading_row).collect())
+    }
+
+    /// The oldest storage position still held (0 if none).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn oldest_pos(&self) -> Result<i64, StoreError> {
+        let pos: Option<i64> = sqlx::query_scalar("SELECT min(pos) FROM samples")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(pos.unwrap_or(0))
+    }
+
+    /// The largest storage position ever assigned (0 if none).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn last_pos(&self) -> Result<i64, StoreError> {
+        let pos: Option<i64> =
+            sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = 'samples'")
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(pos.unwrap_or(0))
+    }
+
+    /// The largest storage position retention has deleted (0 if none).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn retention_watermark(&self) -> Result<i64, StoreError> {
+        let pos: i64 = sqlx::query_scalar(
+            "SELECT value FROM hub_state WHERE key = 'retention_deleted_through'",
+        )
+        .fetch_one(self.pool())
+        .await?;
+        Ok(pos)
     }
 
     /// Every device's metrics, by device id.

@@ -25,16 +25,7 @@ impl Store {
         let mut deleted = 0;
         for metric in metrics {
             loop {
-                let chunk = sqlx::query(
-                    "DELETE FROM samples WHERE pos IN (
-                         SELECT pos FROM samples WHERE metric = ? AND ts_ms < ? LIMIT ?)",
-                )
-                .bind(metric)
-                .bind(cutoff_ms)
-                .bind(CHUNK_ROWS)
-                .execute(self.pool())
-                .await?
-                .rows_affected();
+                let chunk = self.delete_chunk(metric, cutoff_ms).await?;
                 deleted += chunk;
                 if chunk < CHUNK_ROWS as u64 {
                     break;
@@ -44,6 +35,35 @@ impl Store {
             }
         }
         Ok(deleted)
+    }
+}
+
+impl Store {
+    /// Deletes one chunk of a metric's old readings and raises the retention
+    /// watermark (the largest position deleted) in the same transaction, so
+    /// live subscribers can tell they missed something.
+    async fn delete_chunk(&self, metric: i64, cutoff_ms: i64) -> Result<u64, StoreError> {
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let positions: Vec<i64> = sqlx::query_scalar(
+            "DELETE FROM samples WHERE pos IN (
+                 SELECT pos FROM samples WHERE metric = ? AND ts_ms < ? LIMIT ?)
+             RETURNING pos",
+        )
+        .bind(metric)
+        .bind(cutoff_ms)
+        .bind(CHUNK_ROWS)
+        .fetch_all(&mut *tx)
+        .await?;
+        if let Some(&max) = positions.iter().max() {
+            sqlx::query(
+                "UPDATE hub_state SET value = max(value, ?) WHERE key = 'retention_deleted_through'",
+            )
+            .bind(max)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(positions.len() as u64)
     }
 }
 

@@ -60,6 +60,13 @@ pub struct Committed {
     pub sample: Sample,
 }
 
+/// Told of every commit, after it is durable and before any session hears
+/// of it (the live fan-out).
+pub trait OnCommit: Send + Sync {
+    /// `rows` are the readings just committed, in position order.
+    fn committed(&self, rows: &[Committed]);
+}
+
 /// What the writer tells a session about one of its batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
@@ -87,8 +94,7 @@ pub struct WriteRequest {
 #[error("the writer has stopped")]
 pub struct WriterStopped;
 
-/// The sessions' handle on the writer. Cheap to clone; the writer runs until
-/// every clone is dropped and the queue is drained.
+/// The sessions' handle on the writer. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct WriterHandle {
     requests: mpsc::Sender<WriteRequest>,
@@ -132,6 +138,7 @@ impl WriterHandle {
 pub async fn spawn(
     store: &Store,
     counters: Arc<Counters>,
+    on_commit: Arc<dyn OnCommit>,
     stop: CancellationToken,
 ) -> Result<(WriterHandle, tokio::task::JoinHandle<()>), StoreError> {
     let conn = store.dedicated_connection().await?;
@@ -140,6 +147,7 @@ pub async fn spawn(
         last_seq: HashMap::new(),
         next_pos: 0,
         counters,
+        on_commit,
     };
     writer.next_pos = writer.load_next_pos().await?;
     let (requests, rx) = mpsc::channel(QUEUED_REQUESTS);
@@ -158,6 +166,7 @@ struct Writer {
     /// The position the next stored reading gets.
     next_pos: i64,
     counters: Arc<Counters>,
+    on_commit: Arc<dyn OnCommit>,
 }
 
 impl Writer {
@@ -181,6 +190,7 @@ impl Writer {
             match self.commit(&pending, &mut committed).await {
                 Ok(()) => {
                     self.counters.record_commit(committed.len());
+                    self.on_commit.committed(&committed);
                     reply_all(&mut pending, |seq| WriteOutcome::Stored { seq });
                 }
                 Err(err) => {

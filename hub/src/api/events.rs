@@ -1,0 +1,175 @@
+//! `GET /v1/events`: the live Server-Sent Events stream for browsers.
+//!
+//! Query: `device=a,b`, `metric=x,y` (filters), `last_event_id=N` (where a
+//! first connection resumes; the browser's `Last-Event-ID` header, sent on
+//! its own reconnects, wins over it). Past `--max-subscribers`, 503 with
+//! `Retry-After`.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream;
+
+use super::error::ApiError;
+use crate::live::subscription::{Filter, Start, Subscription};
+use crate::server::Shared;
+
+fn list(value: &str) -> Option<HashSet<String>> {
+    let items: HashSet<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect();
+    (!items.is_empty()).then_some(items)
+}
+
+fn parse(pairs: &[(String, String)], headers: &HeaderMap) -> Result<(Filter, Start), ApiError> {
+    let mut filter = Filter::default();
+    let mut start = Start::Live;
+    for (name, value) in pairs {
+        match name.as_str() {
+            "device" => filter.devices = list(value),
+            "metric" => filter.metrics = list(value),
+            "last_event_id" => start = Start::After(event_id(name, value)?),
+            // Read by the monitor-token check.
+            "token" => {}
+            _ => {
+                return Err(ApiError::bad_parameter(
+                    name,
+                    format!(
+                        "unknown parameter {name:?}; known: device, metric, last_event_id, token"
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(value) = headers.get("last-event-id") {
+        let value = value.to_str().map_err(|_| {
+            ApiError::bad_parameter("Last-Event-ID", "Last-Event-ID must be a number")
+        })?;
+        // An empty header is what a browser sends before it has seen an id.
+        if !value.trim().is_empty() {
+            start = Start::After(event_id("Last-Event-ID", value)?);
+        }
+    }
+    Ok((filter, start))
+}
+
+fn event_id(name: &str, value: &str) -> Result<i64, ApiError> {
+    value
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|id| *id >= 0)
+        .ok_or_else(|| {
+            ApiError::bad_parameter(
+                name,
+                format!("{name} must be an event id (0 or more), got {value:?}"),
+            )
+        })
+}
+
+/// Opens a live stream.
+pub async fn events(
+    State(shared): State<Arc<Shared>>,
+    Query(pairs): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (filter, start) = parse(&pairs, &headers)?;
+    let live = Arc::clone(&shared.live);
+    let Ok(slot) = Arc::clone(&live.slots).try_acquire_owned() else {
+        let mut response = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_subscribers",
+            "the hub serves as many live subscribers as it is allowed to; retry shortly",
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return Ok(response);
+    };
+    let subscription = Subscription::start(
+        live,
+        slot,
+        filter,
+        start,
+        shared.live_timing,
+        shared.sessions.shutdown.clone(),
+    )
+    .await?;
+    let body = stream::unfold(subscription, |mut subscription| async move {
+        let text = subscription.next_text().await?;
+        Some((Ok::<_, Infallible>(text), subscription))
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(query: &[(&str, &str)]) -> Vec<(String, String)> {
+        query
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn filters_are_comma_lists() {
+        let (filter, start) = parse(
+            &pairs(&[("device", "a, b"), ("metric", "x")]),
+            &HeaderMap::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            filter.devices,
+            Some(HashSet::from(["a".to_string(), "b".to_string()]))
+        );
+        assert_eq!(filter.metrics, Some(HashSet::from(["x".to_string()])));
+        assert_eq!(start, Start::Live);
+    }
+
+    #[test]
+    fn the_last_event_id_header_wins_over_the_query() {
+        let mut headers = HeaderMap::new();
+        headers.insert("last-event-id", HeaderValue::from_static("77"));
+        let (_, start) = parse(&pairs(&[("last_event_id", "5")]), &headers).unwrap();
+        assert_eq!(start, Start::After(77));
+    }
+
+    #[test]
+    fn an_empty_last_event_id_header_is_ignored() {
+        let mut headers = HeaderMap::new();
+        headers.insert("last-event-id", HeaderValue::from_static(""));
+        let (_, start) = parse(&pairs(&[("last_event_id", "5")]), &headers).unwrap();
+        assert_eq!(start, Start::After(5));
+    }
+
+    #[test]
+    fn bad_ids_and_unknown_parameters_name_themselves() {
+        for (name, value) in [
+            ("last_event_id", "-1"),
+            ("last_event_id", "x"),
+            ("colour", "red"),
+        ] {
+            let err = parse(&pairs(&[(name, value)]), &HeaderMap::new()).unwrap_err();
+            assert_eq!(serde_json::to_value(&err).unwrap()["parameter"], name);
+        }
+    }
+}

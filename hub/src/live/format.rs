@@ -1,0 +1,166 @@
+//! Server-Sent Events text, formatted once per event and shared by every
+//! subscriber.
+//!
+//! A reading becomes
+//!
+//! ```text
+//! id: 42
+//! event: reading
+//! data: {"device":"d1","metric":"temperature","unit":"°C","ts_ms":1700000000000,"value":21.5}
+//!
+//! ```
+//!
+//! The JSON is written by hand: the device/metric/unit part is escaped once
+//! per metric ([`reading_prefix`]) and only the numbers are formatted per
+//! reading, which keeps the writer's publishing cheap.
+
+use std::fmt::Write;
+
+/// Escapes `text` as the inside of a JSON string.
+pub fn json_escape(text: &str, out: &mut String) {
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+/// `{"device":…,"metric":…,"unit":…,` — the part of a reading's JSON that
+/// is the same for every reading of one metric.
+pub fn reading_prefix(device: &str, metric: &str, unit: &str) -> String {
+    let mut out = String::from("{\"device\":\"");
+    json_escape(device, &mut out);
+    out.push_str("\",\"metric\":\"");
+    json_escape(metric, &mut out);
+    out.push_str("\",\"unit\":\"");
+    json_escape(unit, &mut out);
+    out.push_str("\",");
+    out
+}
+
+/// Appends one `reading` event to `out`.
+pub fn reading(out: &mut String, pos: i64, prefix: &str, ts_ms: i64, value: Option<f64>) {
+    let _ = write!(
+        out,
+        "id: {pos}\nevent: reading\ndata: {prefix}\"ts_ms\":{ts_ms},\"value\":"
+    );
+    match value {
+        // Debug formatting is the shortest text that reads back as the same
+        // f64, with an exponent for very large or small magnitudes, and is
+        // valid JSON for every finite value.
+        Some(v) if v.is_finite() => {
+            let _ = write!(out, "{v:?}");
+        }
+        _ => out.push_str("null"),
+    }
+    out.push_str("}\n\n");
+}
+
+/// A `status` event: a device connected or disconnected. It has no id: it
+/// is not stored, so it is not replayed.
+pub fn status(device: &str, online: bool, ts_ms: i64) -> String {
+    let mut out = String::from("event: status\ndata: {\"device\":\"");
+    json_escape(device, &mut out);
+    let _ = write!(out, "\",\"online\":{online},\"ts_ms\":{ts_ms}}}\n\n");
+    out
+}
+
+/// A `reset` event: the subscriber asked to resume after `requested`, but
+/// readings after it are gone (deleted by retention) or the id is unknown.
+/// `oldest` is the oldest position still held (0 if none).
+pub fn reset(reason: &str, requested: i64, oldest: i64, resume_after: i64) -> String {
+    format!(
+        "event: reset\ndata: {{\"reason\":\"{reason}\",\"requested\":{requested},\"oldest\":{oldest},\"resume_after\":{resume_after}}}\n\n"
+    )
+}
+
+/// The reconnection delay hint for `EventSource`, sent first.
+pub fn retry(ms: u64) -> String {
+    format!("retry: {ms}\n\n")
+}
+
+/// A comment that keeps proxies from closing an idle stream.
+pub const KEEP_ALIVE: &str = ": keep-alive\n\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data_json(event: &str) -> serde_json::Value {
+        let data = event
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .unwrap();
+        serde_json::from_str(data).unwrap()
+    }
+
+    #[test]
+    fn a_reading_is_an_sse_event_with_its_position_as_id() {
+        let mut out = String::new();
+        reading(
+            &mut out,
+            42,
+            &reading_prefix("d1", "temperature", "°C"),
+            1_700_000_000_000,
+            Some(21.5),
+        );
+        assert!(out.starts_with("id: 42\nevent: reading\ndata: "));
+        assert!(out.ends_with("\n\n"));
+        assert_eq!(
+            data_json(&out),
+            serde_json::json!({"device":"d1","metric":"temperature","unit":"°C","ts_ms":1_700_000_000_000_i64,"value":21.5})
+        );
+    }
+
+    #[test]
+    fn missing_values_are_null() {
+        let mut out = String::new();
+        reading(&mut out, 1, &reading_prefix("d", "m", ""), 0, None);
+        assert_eq!(data_json(&out)["value"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn values_read_back_exactly() {
+        for v in [0.1, -3.0e-12, 1.7976931348623157e308, 5e-324, 123456789.123] {
+            let mut out = String::new();
+            reading(&mut out, 1, &reading_prefix("d", "m", ""), 0, Some(v));
+            assert_eq!(data_json(&out)["value"].as_f64(), Some(v));
+        }
+    }
+
+    #[test]
+    fn names_are_escaped_and_stay_on_one_data_line() {
+        let mut out = String::new();
+        reading(
+            &mut out,
+            1,
+            &reading_prefix("d", "a\"b\\c\nd\u{1}", "x\ty"),
+            0,
+            Some(1.0),
+        );
+        assert_eq!(out.lines().filter(|l| l.starts_with("data: ")).count(), 1);
+        assert_eq!(data_json(&out)["metric"], "a\"b\\c\nd\u{1}");
+        assert_eq!(data_json(&out)["unit"], "x\ty");
+    }
+
+    #[test]
+    fn status_and_reset_events_carry_json_and_no_id() {
+        let status = status("d1", true, 5);
+        assert!(!status.contains("id:"));
+        assert_eq!(
+            data_json(&status),
+            serde_json::json!({"device":"d1","online":true,"ts_ms":5})
+        );
+        let reset = reset("retention", 3, 10, 9);
+        assert!(reset.starts_with("event: reset\n"));
+        assert_eq!(data_json(&reset)["oldest"], 10);
+    }
+}

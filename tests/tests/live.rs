@@ -1,0 +1,415 @@
+//! The live SSE stream against the real hub: readings as they are stored,
+//! gap-free resume with Last-Event-ID, filters, status events, slow
+//! subscribers, retention resets, the monitor token and limits.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use device_sim::backoff::Backoff;
+use device_sim::device::{DeviceSettings, endpoint};
+use device_sim::fleet::{self, Credential, FleetConfig};
+use device_sim::sensors::SensorKind;
+use e2e::{SseClient, TestHub, batch};
+
+fn fleet(hub: &TestHub, devices: usize, rate: f64, count: u64) -> FleetConfig {
+    FleetConfig {
+        devices,
+        id_prefix: "sim-".into(),
+        credential: Credential::ProvisionKey("k".into()),
+        seed: 3,
+        duration: None,
+        grace: Duration::from_secs(5),
+        progress: false,
+        device: DeviceSettings {
+            url: endpoint(&format!("ws://{}", hub.addr)),
+            kinds: vec![SensorKind::Temperature, SensorKind::Humidity],
+            rate: Some(rate),
+            batch: 10,
+            flush: Duration::from_millis(50),
+            count: Some(count),
+            buffer: 10_000,
+            backoff: Backoff::default(),
+            clock_skew_ms: 0,
+        },
+    }
+}
+
+async fn positions(hub: &TestHub, after: i64) -> Vec<i64> {
+    let db = hub.db().await.unwrap();
+    let rows = sqlx::query_scalar("SELECT pos FROM samples WHERE pos > ? ORDER BY pos")
+        .bind(after)
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    rows
+}
+
+#[tokio::test]
+async fn a_subscriber_sees_readings_and_status_as_they_happen() {
+    let hub = TestHub::start(&[]).await.unwrap();
+    let token = hub.add_device("dev-1").await.unwrap();
+    let mut sse = SseClient::connect(&hub.addr, "/v1/events", &[])
+        .await
+        .unwrap();
+    assert!(
+        sse.headers.contains("content-type: text/event-stream"),
+        "{}",
+        sse.headers
+    );
+    assert!(sse.headers.contains("cache-control: no-cache"));
+    assert!(sse.headers.contains("x-accel-buffering: no"));
+
+    let mut device = hub.connect(&token).await.unwrap();
+    device.hello("dev-1").await.unwrap();
+    let online = sse.next_of("status").await.unwrap();
+    assert_eq!(online.json()["device"], "dev-1");
+    assert_eq!(online.json()["online"], true);
+    assert_eq!(online.id, None, "status events are not replayable");
+
+    device.send_acked(&batch(1, 1_000, 3)).await.unwrap();
+    for i in 0..3 {
+        let event = sse.next_of("reading").await.unwrap();
+        assert_eq!(event.pos(), i + 1);
+        let data = event.json();
+        assert_eq!(data["device"], "dev-1");
+        assert_eq!(data["metric"], "temperature");
+        assert_eq!(data["unit"], "°C");
+        assert_eq!(data["ts_ms"], 1_000 + i * 1_000);
+        assert_eq!(data["value"], 1_000.0 + i as f64);
+    }
+
+    drop(device);
+    let offline = sse.next_of("status").await.unwrap();
+    assert_eq!(offline.json()["online"], false);
+}
+
+#[tokio::test]
+async fn a_reconnect_with_last_event_id_gets_exactly_what_it_missed_while_ingest_goes_on() {
+    let hub = TestHub::start(&["--provision-key", "k"]).await.unwrap();
+    let run = tokio::spawn(fleet::run(fleet(&hub, 8, 400.0, 1_000)));
+
+    // Read a while, drop the connection mid-stream, stay away, come back.
+    let mut seen: Vec<i64> = Vec::new();
+    let mut sse = SseClient::connect(&hub.addr, "/v1/events?last_event_id=0", &[])
+        .await
+        .unwrap();
+    while seen.len() < 1_500 {
+        seen.push(sse.next_of("reading").await.unwrap().pos());
+    }
+    drop(sse);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let last = seen.last().unwrap().to_string();
+    let mut sse = SseClient::connect(
+        &hub.addr,
+        "/v1/events?last_event_id=0",
+        &[("Last-Event-ID", &last)],
+    )
+    .await
+    .unwrap();
+
+    let summary = run.await.unwrap();
+    assert!(summary.complete(), "{summary:?}");
+    let total = 8 * 1_000;
+    while seen.len() < total {
+        seen.push(sse.next_of("reading").await.unwrap().pos());
+    }
+    let unique: BTreeSet<i64> = seen.iter().copied().collect();
+    assert_eq!(unique.len(), seen.len(), "no event twice");
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "in storage order");
+    assert_eq!(
+        seen,
+        positions(&hub, 0).await,
+        "every stored reading, none missing"
+    );
+}
+
+#[tokio::test]
+async fn filters_select_devices_and_metrics() {
+    let hub = TestHub::start(&["--provision-key", "k"]).await.unwrap();
+    let summary = fleet::run(fleet(&hub, 3, 200.0, 40)).await;
+    assert!(summary.complete());
+
+    let mut sse = SseClient::connect(
+        &hub.addr,
+        "/v1/events?last_event_id=0&device=sim-1,sim-3&metric=humidity",
+        &[],
+    )
+    .await
+    .unwrap();
+    let db = hub.db().await.unwrap();
+    let expected: Vec<i64> = sqlx::query_scalar(
+        "SELECT pos FROM readings WHERE device IN ('sim-1', 'sim-3') AND metric = 'humidity' ORDER BY pos",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(expected.len(), 40);
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        let event = sse.next_of("reading").await.unwrap();
+        let data = event.json();
+        assert_eq!(data["metric"], "humidity");
+        assert_ne!(data["device"], "sim-2");
+        got.push(event.pos());
+    }
+    assert_eq!(got, expected);
+}
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_subscriber_that_never_reads_stalls_no_one_and_later_gets_everything() {
+    // A 1 MiB ring: the stalled subscriber falls out of memory and is caught
+    // up from the database.
+    let hub = TestHub::start(&["--provision-key", "k", "--live-buffer-mb", "1"])
+        .await
+        .unwrap();
+    let pid = hub.child.id().unwrap();
+    // Connected, request sent, never read from: its socket buffers fill up.
+    let mut stalled = SseClient::connect(&hub.addr, "/v1/events?last_event_id=0", &[])
+        .await
+        .unwrap();
+    let mut reader = SseClient::connect(&hub.addr, "/v1/events?last_event_id=0", &[])
+        .await
+        .unwrap();
+    let rss_before = vm_rss_kib(pid);
+
+    let mut config = fleet(&hub, 10, 100_000.0, 6_000);
+    config.device.batch = 200;
+    let run = tokio::spawn(fleet::run(config));
+    let total = 10 * 6_000;
+    let mut read = 0;
+    while read < total {
+        reader.next_of("reading").await.unwrap();
+        read += 1;
+    }
+    let summary = run.await.unwrap();
+    assert!(
+        summary.complete(),
+        "ingest finished despite the stalled subscriber: {summary:?}"
+    );
+    let growth_mib = vm_rss_kib(pid).saturating_sub(rss_before) / 1024;
+    assert!(growth_mib < 150, "hub memory grew by {growth_mib} MiB");
+
+    // The stalled subscriber still gets every event, in order, once.
+    let mut got = Vec::with_capacity(total);
+    while got.len() < total {
+        got.push(stalled.next_of("reading").await.unwrap().pos());
+    }
+    assert_eq!(got, positions(&hub, 0).await);
+}
+
+#[tokio::test]
+async fn after_a_restart_history_comes_from_storage() {
+    let hub = TestHub::start(&["--provision-key", "k"]).await.unwrap();
+    let summary = fleet::run(fleet(&hub, 4, 1_000.0, 500)).await;
+    assert!(summary.complete());
+    let (_, dir) = hub.terminate().await.unwrap();
+    let hub = TestHub::start_in(dir, "127.0.0.1:0", &[]).await.unwrap();
+
+    let mut sse = SseClient::connect(&hub.addr, "/v1/events", &[("Last-Event-ID", "700")])
+        .await
+        .unwrap();
+    let expected = positions(&hub, 700).await;
+    assert_eq!(expected.len(), 4 * 500 - 700);
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        got.push(sse.next_of("reading").await.unwrap().pos());
+    }
+    assert_eq!(got, expected);
+}
+
+#[tokio::test]
+async fn an_id_older_than_retention_or_unknown_gets_a_reset_event() {
+    let hub = TestHub::start(&["--retention", "1h", "--retention-sweep", "100ms"])
+        .await
+        .unwrap();
+    let token = hub.add_device("dev-1").await.unwrap();
+    let mut device = hub.connect(&token).await.unwrap();
+    device.hello("dev-1").await.unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    device
+        .send_acked(&batch(1, now - 2 * 3_600_000, 5))
+        .await
+        .unwrap(); // positions 1..=5, expired
+    device.send_acked(&batch(2, now, 5)).await.unwrap(); // positions 6..=10
+    let deadline = tokio::time::Instant::now() + e2e::PATIENCE;
+    while positions(&hub, 0).await.len() != 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut sse = SseClient::connect(&hub.addr, "/v1/events?last_event_id=2", &[])
+        .await
+        .unwrap();
+    let reset = sse.next_event().await.unwrap().unwrap();
+    assert_eq!(reset.event, "reset");
+    assert_eq!(reset.json()["reason"], "retention");
+    assert_eq!(reset.json()["oldest"], 6);
+    assert_eq!(reset.json()["resume_after"], 2);
+    // Then whatever after 2 is still held (the hub may still have the
+    // expired readings in memory), in order, through 10.
+    let mut got = Vec::new();
+    while got.last() != Some(&10) {
+        got.push(sse.next_of("reading").await.unwrap().pos());
+    }
+    assert!(got.windows(2).all(|w| w[0] < w[1]) && got[0] > 2, "{got:?}");
+    assert!((6..=10).all(|pos| got.contains(&pos)), "{got:?}");
+
+    let mut sse = SseClient::connect(&hub.addr, "/v1/events", &[("Last-Event-ID", "999")])
+        .await
+        .unwrap();
+    let reset = sse.next_event().await.unwrap().unwrap();
+    assert_eq!(reset.event, "reset");
+    assert_eq!(reset.json()["reason"], "unknown");
+    assert_eq!(reset.json()["resume_after"], 10);
+
+    // Asking for everything retained is not news.
+    let mut sse = SseClient::connect(&hub.addr, "/v1/events?last_event_id=0", &[])
+        .await
+        .unwrap();
+    let first = sse.next_event().await.unwrap().unwrap();
+    assert_eq!(first.event, "reading");
+}
+
+#[tokio::test]
+async fn the_monitor_token_is_required_when_configured() {
+    let hub = TestHub::start(&["--monitor-token", "s3cret/+"])
+        .await
+        .unwrap();
+    for path in ["/v1/events", "/v1/devices", "/v1/readings"] {
+        let (status, body) = hub.get(path).await.unwrap();
+        assert_eq!(status, 401, "{path}: {body}");
+        assert!(body.contains("unauthorized"));
+        let (status, _) = e2e::http_get(&hub.addr, path, &[("Authorization", "Bearer wrong")])
+            .await
+            .unwrap();
+        assert_eq!(status, 401, "{path}");
+    }
+    let (status, _) = e2e::http_get(
+        &hub.addr,
+        "/v1/devices",
+        &[("Authorization", "Bearer s3cret/+")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    let (status, _) = e2e::http_get(
+        &hub.addr,
+        "/v1/readings",
+        &[("Cookie", "a=b; hub_token=s3cret/+")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    SseClient::connect(&hub.addr, "/v1/events?token=s3cret%2F%2B", &[])
+        .await
+        .unwrap();
+    // Devices, health and the page do not use the monitor token.
+    let (status, _) = hub.get("/healthz").await.unwrap();
+    assert_eq!(status, 200);
+    let (status, page) = hub.get("/").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains("EventSource"));
+}
+
+#[tokio::test]
+async fn subscribers_past_the_limit_get_503_with_retry_after() {
+    let hub = TestHub::start(&["--max-subscribers", "2"]).await.unwrap();
+    let _a = SseClient::connect(&hub.addr, "/v1/events", &[])
+        .await
+        .unwrap();
+    let _b = SseClient::connect(&hub.addr, "/v1/events", &[])
+        .await
+        .unwrap();
+    let (status, third) = SseClient::open(&hub.addr, "/v1/events", &[]).await.unwrap();
+    assert_eq!(status, 503);
+    assert!(
+        third
+            .headers
+            .to_ascii_lowercase()
+            .contains("retry-after: 5"),
+        "{}",
+        third.headers
+    );
+    drop(_a);
+    // The slot comes back once the hub notices the closed connection.
+    let deadline = tokio::time::Instant::now() + e2e::PATIENCE;
+    loop {
+        let (status, _) = SseClient::open(&hub.addr, "/v1/events", &[]).await.unwrap();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn idle_streams_get_keep_alives_and_a_retry_hint() {
+    let hub = TestHub::start(&["--keep-alive", "200ms", "--sse-retry", "3s"])
+        .await
+        .unwrap();
+    let mut sse = SseClient::connect(&hub.addr, "/v1/events", &[])
+        .await
+        .unwrap();
+    let text = sse.read_raw_for(Duration::from_millis(700)).await;
+    assert!(text.starts_with("retry: 3000\n\n"), "{text:?}");
+    assert!(text.matches(": keep-alive\n\n").count() >= 2, "{text:?}");
+}
+
+#[tokio::test]
+async fn bad_parameters_get_400_naming_them() {
+    let hub = TestHub::start(&[]).await.unwrap();
+    for (path, parameter) in [
+        ("/v1/events?last_event_id=abc", "last_event_id"),
+        ("/v1/events?since=4", "since"),
+    ] {
+        let (status, body) = hub.get(path).await.unwrap();
+        assert_eq!(status, 400, "{path}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["parameter"], parameter);
+    }
+    let (status, _) = e2e::http_get(&hub.addr, "/v1/events", &[("Last-Event-ID", "x")])
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn streams_end_promptly_when_the_hub_stops() {
+    let hub = TestHub::start(&[]).await.unwrap();
+    let mut reading = SseClient::connect(&hub.addr, "/v1/events", &[])
+        .await
+        .unwrap();
+    let _stalled = SseClient::connect(&hub.addr, "/v1/events", &[])
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (status, _) = hub.terminate().await.unwrap();
+    assert!(status.success());
+    assert!(
+        reading.next_event().await.unwrap().is_none(),
+        "the stream ended"
+    );
+    // Bounded by the hub's 5 s HTTP grace, far below the test's patience.
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
