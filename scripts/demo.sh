@@ -18,6 +18,7 @@ cargo build --release --locked --bin hub --bin device-sim
 hub=$!
 trap 'kill -TERM "$hub" 2>/dev/null; wait "$hub" 2>/dev/null || true' EXIT
 
+echo "live monitor: http://$listen/   (Ctrl-C stops the devices, then the hub)"
 # The simulator retries with backoff until the hub is up, so no wait here.
 ./target/release/device-sim \
     --hub "ws://$listen" \

@@ -4,6 +4,8 @@
 //! The hub binary is `hub-under-test`, this package's build of the hub's own
 //! `main.rs`, which cargo builds before these tests run.
 
+pub mod browser;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -189,7 +191,7 @@ pub async fn http_request(
     headers: &[(&str, &str)],
     json: Option<&str>,
 ) -> anyhow::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut stream = TcpStream::connect(addr).await?;
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
@@ -204,23 +206,54 @@ pub async fn http_request(
     request.push_str("\r\n");
     request.push_str(json.unwrap_or_default());
     stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response)).await??;
-    let response = String::from_utf8(response)?;
-    let (head, body) = response.split_once("\r\n\r\n").context("no header end")?;
+    tokio::time::timeout(PATIENCE, read_response(&mut stream))
+        .await
+        .context("no complete HTTP response in time")?
+}
+
+/// Reads one response: by Content-Length, chunked, or to the end of the
+/// connection (some servers, like ChromeDriver, keep it open).
+async fn read_response(stream: &mut TcpStream) -> anyhow::Result<(u16, String)> {
+    use tokio::io::AsyncReadExt;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let head_end = loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let n = stream.read(&mut buf).await?;
+        anyhow::ensure!(n > 0, "connection closed before the response head");
+        raw.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .context("no status")?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)?
-    } else {
-        body.to_owned()
-    };
+    let length = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let chunked = head.contains("transfer-encoding: chunked");
+    let mut body = raw.split_off(head_end + 4);
+    loop {
+        let complete = match length {
+            Some(length) => body.len() >= length,
+            None if chunked => body.windows(5).any(|w| w == b"0\r\n\r\n"),
+            None => false,
+        };
+        if complete {
+            break;
+        }
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&buf[..n]);
+    }
+    let body = String::from_utf8(body)?;
+    let body = if chunked { dechunk(&body)? } else { body };
     Ok((status, body))
 }
 

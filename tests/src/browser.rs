@@ -1,0 +1,155 @@
+//! A real headless Chromium, driven over the W3C WebDriver protocol by
+//! ChromeDriver: enough to open a page and run scripts in it. The protocol
+//! is plain JSON over HTTP, so a few requests replace a client crate.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+use crate::{PATIENCE, free_port, http_request};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// A browser session; the driver (and its browser) is killed on drop.
+#[derive(Debug)]
+pub struct Browser {
+    driver: Child,
+    driver_addr: String,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// Starts ChromeDriver and a headless Chromium session.
+    pub async fn start() -> anyhow::Result<Browser> {
+        for path in [CHROMIUM, CHROMEDRIVER] {
+            anyhow::ensure!(
+                std::path::Path::new(path).exists(),
+                "{path} is missing: install Debian's chromium and chromium-driver (scripts/test.sh does)"
+            );
+        }
+        let port = free_port();
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting chromedriver")?;
+        let driver_addr = format!("127.0.0.1:{port}");
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while http_request(&driver_addr, "GET", "/status", &[], None)
+            .await
+            .is_err()
+        {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "chromedriver did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let profile = tempfile::tempdir()?;
+        // Root, no display, and a closed network: no sandbox, no GPU, and no
+        // background traffic to hosts that cannot be reached.
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1300,900",
+            &format!("--user-data-dir={}", profile.path().display()),
+        ];
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
+        }}});
+        let mut browser = Browser {
+            driver,
+            driver_addr,
+            session: String::new(),
+            _profile: profile,
+        };
+        let created = browser.call("POST", "/session", Some(capabilities)).await?;
+        browser.session = created["sessionId"]
+            .as_str()
+            .context("no session id")?
+            .to_owned();
+        Ok(browser)
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let body = body.map(|b| b.to_string());
+        let (status, text) =
+            http_request(&self.driver_addr, method, path, &[], body.as_deref()).await?;
+        let reply: Value =
+            serde_json::from_str(&text).with_context(|| format!("webdriver said {text}"))?;
+        if status != 200 {
+            bail!("webdriver {method} {path}: {status} {}", reply["value"]);
+        }
+        Ok(reply["value"].clone())
+    }
+
+    /// Opens `url` and waits for it to load.
+    pub async fn goto(&self, url: &str) -> anyhow::Result<()> {
+        self.call(
+            "POST",
+            &format!("/session/{}/url", self.session),
+            Some(json!({"url": url})),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Runs `script` (a function body; `return` gives the result) in the page.
+    pub async fn eval(&self, script: &str) -> anyhow::Result<Value> {
+        self.call(
+            "POST",
+            &format!("/session/{}/execute/sync", self.session),
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    /// Evaluates `script` until it returns `true`.
+    pub async fn wait_for(&self, what: &str, script: &str) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if self.eval(script).await? == Value::Bool(true) {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the page never showed {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A PNG of the window, base64-encoded as WebDriver returns it.
+    pub async fn screenshot_base64(&self) -> anyhow::Result<String> {
+        let value = self
+            .call(
+                "GET",
+                &format!("/session/{}/screenshot", self.session),
+                None,
+            )
+            .await?;
+        Ok(value.as_str().context("no screenshot")?.to_owned())
+    }
+
+    /// Ends the session (the driver is killed on drop either way).
+    pub async fn quit(mut self) {
+        let _ = self
+            .call("DELETE", &format!("/session/{}", self.session), None)
+            .await;
+        let _ = self.driver.kill().await;
+    }
+}
