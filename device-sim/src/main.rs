@@ -37,7 +37,7 @@ struct Args {
     provision_key: Option<String>,
     /// Readings per second per device (every sample reads every metric);
     /// without it, devices sample at the interval the hub announces.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     rate: Option<f64>,
     /// Readings per batch (frame).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=protocol::limits::MAX_READINGS_PER_BATCH as u64))]
@@ -75,38 +75,16 @@ struct Args {
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let ms = parse_signed_duration(text)?;
-    u64::try_from(ms)
-        .map(Duration::from_millis)
-        .map_err(|_| "must not be negative".into())
+    humantime::parse_duration(text).map_err(|err| format!("{err} (for example 500ms, 30s or 5m)"))
 }
 
-/// Parses `[-]N(ms|s|m|h|d)` into milliseconds.
+/// Parses `90s` or `-5m` into signed milliseconds.
 fn parse_signed_duration(text: &str) -> Result<i64, String> {
-    let (sign, body) = text.strip_prefix('-').map_or((1, text), |rest| (-1, rest));
-    let split = body
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{text:?} needs a unit: ms, s, m, h or d"))?;
-    let (number, unit) = body.split_at(split);
-    let number: i64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} must start with a whole number"))?;
-    let unit_ms = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in {text:?}: use ms, s, m, h or d"
-            ));
-        }
-    };
-    number
-        .checked_mul(unit_ms)
+    let (sign, magnitude) = text.strip_prefix('-').map_or((1, text), |rest| (-1, rest));
+    let ms = parse_duration(magnitude)?.as_millis();
+    i64::try_from(ms)
         .map(|ms| sign * ms)
-        .ok_or_else(|| format!("{text:?} is too long"))
+        .map_err(|_| format!("{text:?} is too long"))
 }
 
 #[tokio::main]

@@ -121,37 +121,17 @@ enum DeviceCommand {
     },
 }
 
-/// Parses `500ms`, `10s`, `15m`, `2h`, `30d`.
+/// Parses a positive duration such as `500ms`, `10s`, `15m`, `2h`, `30d`.
 ///
 /// # Errors
 /// A message saying what a duration looks like.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{text:?} needs a unit: ms, s, m, h or d (for example 30s)"))?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} must start with a whole number (for example 30s)"))?;
-    let unit_ms: u64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in {text:?}: use ms, s, m, h or d"
-            ));
-        }
-    };
-    let ms = number
-        .checked_mul(unit_ms)
-        .ok_or_else(|| format!("{text:?} is too long"))?;
-    if ms == 0 {
+    let duration = humantime::parse_duration(text)
+        .map_err(|err| format!("{err} (for example 500ms, 30s, 15m, 2h or 30d)"))?;
+    if duration.is_zero() {
         return Err("a duration must be longer than zero".into());
     }
-    Ok(Duration::from_millis(ms))
+    Ok(duration)
 }
 
 /// Runs the command line.
@@ -311,7 +291,7 @@ mod tests {
 
     #[test]
     fn bad_durations_explain_themselves() {
-        for text in ["", "10", "s", "10y", "0s", "-5s", "99999999999999999999d"] {
+        for text in ["", "10", "s", "10x", "0s", "-5s", "99999999999999999999d"] {
             assert!(parse_duration(text).is_err(), "{text}");
         }
     }

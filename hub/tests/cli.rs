@@ -39,7 +39,7 @@ fn help_describes_the_commands_and_flags() {
 #[test]
 fn a_bad_flag_value_names_the_flag() {
     for (flag, value) in [
-        ("--hello-timeout", "10y"),
+        ("--hello-timeout", "10x"),
         ("--retention", "soon"),
         ("--log", "hub=loud"),
     ] {

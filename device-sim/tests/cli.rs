@@ -1,0 +1,66 @@
+//! The simulator's command line: bad input names the flag, and the exit
+//! code tells whether `--count` was delivered.
+
+use std::process::{Command, Output};
+
+fn sim(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_device-sim"))
+        .args(args)
+        .output()
+        .expect("run device-sim")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_flags_are_refused_naming_the_flag() {
+    for (args, flag) in [
+        (&["--provision-key", "k", "--rate", "-1"][..], "--rate"),
+        (&["--provision-key", "k", "--rate", "0"], "--rate"),
+        (
+            &["--provision-key", "k", "--metrics", "temperature,colour"],
+            "--metrics",
+        ),
+        (&["--provision-key", "k", "--batch", "0"], "--batch"),
+        (&["--provision-key", "k", "--batch", "5000"], "--batch"),
+        (&["--provision-key", "k", "--flush", "soon"], "--flush"),
+        (
+            &["--provision-key", "k", "--clock-skew", "-x"],
+            "--clock-skew",
+        ),
+        (&["--token", "t", "--devices", "3"], "--token"),
+        (&[][..], "--token"),
+    ] {
+        let out = sim(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains(flag), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn an_undelivered_count_exits_non_zero_with_a_summary() {
+    // Nothing listens on port 1 of loopback: the readings cannot be delivered.
+    let out = sim(&[
+        "--hub",
+        "ws://127.0.0.1:1",
+        "--provision-key",
+        "k",
+        "--count",
+        "3",
+        "--rate",
+        "50",
+        "--duration",
+        "300ms",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["acked"], 0);
+    assert_eq!(summary["delivered_devices"], 0);
+    assert!(
+        summary["last_error"].as_str().unwrap().contains("sim-1"),
+        "{summary}"
+    );
+}
