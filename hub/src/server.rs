@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{Router, middleware};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -186,6 +187,13 @@ impl Hub {
                 cancel.cancel();
             }
         };
+        // Acks, events and pings are small writes that must leave at once:
+        // with Nagle's algorithm they wait for the peer's delayed ACK (40 ms).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::warn!(error = %err, "cannot disable Nagle's algorithm");
+            }
+        });
         let serving = axum::serve(listener, router(shared))
             .with_graceful_shutdown(signal)
             .into_future();
