@@ -1,0 +1,91 @@
+//! The benchmark harness: `cargo run --release -p bench -- <scenario>`.
+//!
+//! Starts the real hub as a process on loopback with a fresh database for
+//! every run, drives it with load devices, the simulator library, SSE and
+//! MQTT clients, and prints a Markdown table and one JSON line per scenario.
+//! This machine is shared and noisy: only ratios measured in the same run
+//! mean much, so every comparison (SQLite's ceiling, Mosquitto) runs beside
+//! the hub, and every number is the median of repeated runs with its spread.
+
+mod ceiling;
+mod hubproc;
+mod mosquitto;
+mod probe;
+mod scenarios;
+mod stats;
+mod subscribers;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    Ingest,
+    Fanout,
+    Connections,
+    Latency,
+    All,
+}
+
+/// How big a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Size {
+    /// Tiny parameters and one repeat: checks that every scenario works.
+    Quick,
+    /// The parameters docs/BENCHMARKS.md reports, three repeats.
+    Full,
+}
+
+impl Size {
+    pub fn repeats(self) -> usize {
+        match self {
+            Size::Quick => 1,
+            Size::Full => 3,
+        }
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "bench")]
+struct Args {
+    scenario: Scenario,
+    /// Tiny parameters, one repeat (what CI runs).
+    #[arg(long)]
+    quick: bool,
+    /// For `latency` alone: the maximum ingest rate to take half of, in
+    /// readings per second (`all` measures it first).
+    #[arg(long, default_value_t = 100_000.0)]
+    max_rate: f64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let size = if args.quick { Size::Quick } else { Size::Full };
+    let mut results = Vec::new();
+    let mut max_rate = args.max_rate;
+    if matches!(args.scenario, Scenario::Ingest | Scenario::All) {
+        let ingest = scenarios::ingest(size).await?;
+        // The best median of the run is the maximum the latency scenario halves.
+        max_rate = ingest["rows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|row| row["readings_per_s"]["median"].as_f64())
+            .fold(0.0, f64::max);
+        results.push(ingest);
+    }
+    if matches!(args.scenario, Scenario::Fanout | Scenario::All) {
+        results.push(scenarios::fanout(size).await?);
+    }
+    if matches!(args.scenario, Scenario::Connections | Scenario::All) {
+        results.push(scenarios::connections(size).await?);
+    }
+    if matches!(args.scenario, Scenario::Latency | Scenario::All) {
+        results.push(scenarios::latency(size, max_rate).await?);
+    }
+    println!();
+    for result in results {
+        println!("JSON {result}");
+    }
+    Ok(())
+}

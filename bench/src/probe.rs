@@ -1,0 +1,127 @@
+//! A load device: sends batches as fast as its in-flight window allows, or
+//! at a set rate, each reading's value being its send time in microseconds
+//! since the Unix epoch, so receivers can measure end-to-end latency.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use protocol::{Batch, DeviceFrame, Hello, HubFrame, MetricDescriptor, PROTOCOL_VERSION, Reading};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+use crate::stats::now_us;
+
+/// Batches a probe keeps unacknowledged; the hub reads at most 32.
+const WINDOW: usize = 32;
+
+/// What a probe is told to do.
+#[derive(Debug, Clone)]
+pub struct ProbeSpec {
+    pub url: String,
+    pub device_id: String,
+    pub batch: usize,
+    pub batches: u64,
+    /// Batches per second; `None` sends as fast as acks allow.
+    pub rate: Option<f64>,
+}
+
+/// What a probe measured.
+#[derive(Debug, Default)]
+pub struct ProbeResult {
+    /// Send-to-ack times, in microseconds.
+    pub rtt_us: Vec<f64>,
+    pub readings: u64,
+}
+
+/// Runs one probe device to the end: every batch sent and acknowledged.
+pub async fn run(spec: ProbeSpec) -> anyhow::Result<ProbeResult> {
+    let mut request = spec.url.as_str().into_client_request()?;
+    request
+        .headers_mut()
+        .insert("authorization", HeaderValue::from_static("Bearer bench"));
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true).await?;
+    let hello = DeviceFrame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        device_id: spec.device_id.clone(),
+        model: "bench".into(),
+        firmware: String::new(),
+        metrics: vec![MetricDescriptor {
+            id: 1,
+            name: "latency".into(),
+            unit: "us".into(),
+        }],
+    });
+    ws.send(Message::Binary(hello.encode().into())).await?;
+    let first_seq = match next_frame(&mut ws).await? {
+        HubFrame::Welcome(welcome) => welcome.last_seq + 1,
+        other => bail!("expected Welcome, got {other:?}"),
+    };
+
+    let mut result = ProbeResult::default();
+    let mut in_flight: VecDeque<(u64, f64)> = VecDeque::with_capacity(WINDOW);
+    let mut next = 0u64;
+    let started = Instant::now();
+    while next < spec.batches || !in_flight.is_empty() {
+        if next < spec.batches && in_flight.len() < WINDOW {
+            if let Some(rate) = spec.rate {
+                tokio::time::sleep_until(started + Duration::from_secs_f64(next as f64 / rate))
+                    .await;
+            }
+            let sent = now_us();
+            let seq = first_seq + next;
+            let batch = DeviceFrame::Batch(Batch {
+                seq,
+                base_ms: (sent / 1_000.0) as u64,
+                readings: (0..spec.batch)
+                    .map(|_| Reading {
+                        metric: 1,
+                        offset_ms: 0,
+                        value: sent,
+                    })
+                    .collect(),
+            });
+            ws.send(Message::Binary(batch.encode().into())).await?;
+            in_flight.push_back((seq, sent));
+            next += 1;
+            // Keep sending while the window has room and no ack is waiting.
+            if spec.rate.is_none() && in_flight.len() < WINDOW {
+                continue;
+            }
+        }
+        match next_frame(&mut ws).await? {
+            HubFrame::Ack(ack) => {
+                while let Some(&(seq, sent)) = in_flight.front() {
+                    if seq > ack.seq {
+                        break;
+                    }
+                    in_flight.pop_front();
+                    result.rtt_us.push(now_us() - sent);
+                    result.readings += spec.batch as u64;
+                }
+            }
+            HubFrame::Error(error) => bail!("hub error {}: {}", error.code, error.message),
+            _ => {}
+        }
+    }
+    let _ = ws.close(None).await;
+    Ok(result)
+}
+
+async fn next_frame<S>(ws: &mut S) -> anyhow::Result<HubFrame>
+where
+    S: StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(60), ws.next())
+            .await
+            .context("no frame from the hub for 60 s")?
+            .context("connection closed")??;
+        if let Message::Binary(bytes) = message {
+            return Ok(HubFrame::decode(&bytes)?);
+        }
+    }
+}

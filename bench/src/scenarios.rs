@@ -1,0 +1,461 @@
+//! The four scenarios. Each repeats its measurement, prints a Markdown table
+//! and returns one JSON object.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+
+use crate::hubproc::HubProcess;
+use crate::mosquitto::{self, Mosquitto};
+use crate::probe::{self, ProbeSpec};
+use crate::stats::{Repeated, now_us, percentiles_ms};
+use crate::subscribers;
+use crate::{Size, ceiling};
+
+/// One ingest run: `devices` probes sending `batches` batches of `batch`.
+struct IngestRun {
+    readings_per_s: f64,
+    cpu_s_per_million: f64,
+    rtt_p50_ms: f64,
+    rtt_p99_ms: f64,
+}
+
+async fn ingest_once(devices: usize, batch: usize, batches: u64) -> anyhow::Result<IngestRun> {
+    let hub = HubProcess::start(&[]).await?;
+    let mut probes = JoinSet::new();
+    let cpu_before = hub.cpu_seconds();
+    let started = now_us();
+    for d in 0..devices {
+        probes.spawn(probe::run(ProbeSpec {
+            url: hub.ws_url(),
+            device_id: format!("probe-{d}"),
+            batch,
+            batches,
+            rate: None,
+        }));
+    }
+    let mut rtt = Vec::new();
+    let mut readings = 0;
+    while let Some(done) = probes.join_next().await {
+        let result = done??;
+        readings += result.readings;
+        rtt.extend(result.rtt_us);
+    }
+    let elapsed_s = (now_us() - started) / 1e6;
+    let cpu = hub.cpu_seconds() - cpu_before;
+    let p = percentiles_ms(&mut rtt, &[0.5, 0.99]);
+    Ok(IngestRun {
+        readings_per_s: readings as f64 / elapsed_s,
+        cpu_s_per_million: cpu / (readings as f64 / 1e6),
+        rtt_p50_ms: p[0],
+        rtt_p99_ms: p[1],
+    })
+}
+
+/// Scenario 1: sustained ingest for device counts × batch sizes, beside
+/// SQLite's ceiling for the same rows.
+pub async fn ingest(size: Size) -> anyhow::Result<Value> {
+    let (device_counts, batch_sizes, readings_per_run): (&[usize], &[usize], u64) = match size {
+        Size::Quick => (&[4], &[1, 10], 400),
+        Size::Full => (&[100, 1_000], &[1, 10, 100], 300_000),
+    };
+    println!("\n### ingest\n");
+    println!(
+        "{readings_per_run} readings per run, median (min–max) of {} runs; ceiling: same rows, same schema, one process, prepared statement, 10,000-row transactions.\n",
+        size.repeats()
+    );
+    println!(
+        "| devices | batch | readings/s | ceiling rows/s | ingest ÷ ceiling | ack p50 ms | ack p99 ms | hub CPU s per 1M readings |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
+    for &devices in device_counts {
+        for &batch in batch_sizes {
+            let batches = (readings_per_run / (devices * batch) as u64).max(1);
+            let mut runs = Vec::new();
+            let mut ceilings = Vec::new();
+            for _ in 0..size.repeats() {
+                runs.push(ingest_once(devices, batch, batches).await?);
+                let total = batches * (devices * batch) as u64;
+                let metrics = devices as u64;
+                ceilings.push(
+                    tokio::task::spawn_blocking(move || ceiling::rows_per_second(total, metrics))
+                        .await??,
+                );
+            }
+            let rate = Repeated::of(&runs.iter().map(|r| r.readings_per_s).collect::<Vec<_>>());
+            let ceiling = Repeated::of(&ceilings);
+            let ratio = Repeated::of(
+                &runs
+                    .iter()
+                    .zip(&ceilings)
+                    .map(|(r, c)| r.readings_per_s / c)
+                    .collect::<Vec<_>>(),
+            );
+            let p50 = Repeated::of(&runs.iter().map(|r| r.rtt_p50_ms).collect::<Vec<_>>());
+            let p99 = Repeated::of(&runs.iter().map(|r| r.rtt_p99_ms).collect::<Vec<_>>());
+            let cpu = Repeated::of(&runs.iter().map(|r| r.cpu_s_per_million).collect::<Vec<_>>());
+            println!(
+                "| {devices} | {batch} | {} | {} | {} | {} | {} | {} |",
+                rate.show(0),
+                ceiling.show(0),
+                ratio.show(2),
+                p50.show(2),
+                p99.show(2),
+                cpu.show(2)
+            );
+            rows.push(json!({
+                "devices": devices, "batch": batch, "readings": batches * (devices * batch) as u64,
+                "readings_per_s": rate.json(), "ceiling_rows_per_s": ceiling.json(), "ratio": ratio.json(),
+                "ack_p50_ms": p50.json(), "ack_p99_ms": p99.json(), "hub_cpu_s_per_million": cpu.json(),
+            }));
+        }
+    }
+    Ok(json!({"scenario": "ingest", "repeats": size.repeats(), "rows": rows}))
+}
+
+struct FanoutRun {
+    delivered_per_s: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+}
+
+fn summarize(received: Vec<subscribers::Received>, started: f64) -> FanoutRun {
+    let delivered: u64 = received.iter().map(|r| r.count).sum();
+    let done = received
+        .iter()
+        .map(|r| r.done_at_us)
+        .fold(started, f64::max);
+    let mut latency: Vec<f64> = received.into_iter().flat_map(|r| r.latency_us).collect();
+    let p = percentiles_ms(&mut latency, &[0.5, 0.99, 0.999]);
+    FanoutRun {
+        delivered_per_s: delivered as f64 / ((done - started) / 1e6),
+        p50: p[0],
+        p99: p[1],
+        p999: p[2],
+    }
+}
+
+async fn fanout_hub(subscribers: usize, messages: u64, batch: usize) -> anyhow::Result<FanoutRun> {
+    let hub = HubProcess::start(&[]).await?;
+    let stride = (messages * subscribers as u64 / 100_000).max(1);
+    let (ready_tx, mut ready) = tokio::sync::mpsc::channel(subscribers);
+    let mut subs = JoinSet::new();
+    for _ in 0..subscribers {
+        subs.spawn(subscribers::sse(
+            hub.addr.clone(),
+            "metric=latency".into(),
+            messages,
+            stride,
+            ready_tx.clone(),
+        ));
+    }
+    for _ in 0..subscribers {
+        ready.recv().await.context("a subscriber failed to start")?;
+    }
+    let started = now_us();
+    probe::run(ProbeSpec {
+        url: hub.ws_url(),
+        device_id: "probe-1".into(),
+        batch,
+        batches: messages / batch as u64,
+        rate: None,
+    })
+    .await?;
+    let received = collect(subs).await?;
+    Ok(summarize(received, started))
+}
+
+async fn fanout_mosquitto(
+    subscribers: usize,
+    messages: u64,
+    batch: usize,
+) -> anyhow::Result<FanoutRun> {
+    let broker = Mosquitto::start().await?;
+    let stride = (messages * subscribers as u64 / 100_000).max(1);
+    let (ready_tx, mut ready) = tokio::sync::mpsc::channel(subscribers);
+    let mut subs = JoinSet::new();
+    for i in 0..subscribers {
+        subs.spawn(subscribers::mqtt(
+            broker.port,
+            format!("sub-{i}"),
+            "bench/readings".into(),
+            messages,
+            stride,
+            ready_tx.clone(),
+        ));
+    }
+    for _ in 0..subscribers {
+        ready.recv().await.context("a subscriber failed to start")?;
+    }
+    let started = now_us();
+    mosquitto::publish(broker.port, "bench/readings", messages, batch as u64, None).await?;
+    let received = collect(subs).await?;
+    Ok(summarize(received, started))
+}
+
+async fn collect(
+    mut subs: JoinSet<anyhow::Result<subscribers::Received>>,
+) -> anyhow::Result<Vec<subscribers::Received>> {
+    let mut received = Vec::new();
+    while let Some(done) = subs.join_next().await {
+        received.push(done??);
+    }
+    Ok(received)
+}
+
+/// Scenario 2: one stream to S live subscribers, the hub beside Mosquitto.
+pub async fn fanout(size: Size) -> anyhow::Result<Value> {
+    let (counts, messages, batch): (&[usize], u64, usize) = match size {
+        Size::Quick => (&[5], 200, 10),
+        Size::Full => (&[100, 1_000], 20_000, 10),
+    };
+    println!("\n### fan-out\n");
+    println!(
+        "{messages} readings from one device (frames of {batch}) to every subscriber, sent as fast as acknowledged; Mosquitto: the same payloads published at QoS 0 to S subscribers at QoS 0. Median (min–max) of {} runs.\n",
+        size.repeats()
+    );
+    println!(
+        "| system | subscribers | events delivered/s | p50 ms | p99 ms | p999 ms | hub ÷ Mosquitto |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
+    for &subscribers in counts {
+        let mut hub_runs = Vec::new();
+        let mut mqtt_runs = Vec::new();
+        for _ in 0..size.repeats() {
+            hub_runs.push(fanout_hub(subscribers, messages, batch).await?);
+            mqtt_runs.push(fanout_mosquitto(subscribers, messages, batch).await?);
+        }
+        let ratio = Repeated::of(
+            &hub_runs
+                .iter()
+                .zip(&mqtt_runs)
+                .map(|(h, m)| h.delivered_per_s / m.delivered_per_s)
+                .collect::<Vec<_>>(),
+        );
+        let mut entry =
+            json!({"subscribers": subscribers, "messages": messages, "ratio": ratio.json()});
+        for (name, runs) in [("hub", &hub_runs), ("mosquitto", &mqtt_runs)] {
+            let rate = Repeated::of(&runs.iter().map(|r| r.delivered_per_s).collect::<Vec<_>>());
+            let p50 = Repeated::of(&runs.iter().map(|r| r.p50).collect::<Vec<_>>());
+            let p99 = Repeated::of(&runs.iter().map(|r| r.p99).collect::<Vec<_>>());
+            let p999 = Repeated::of(&runs.iter().map(|r| r.p999).collect::<Vec<_>>());
+            let shown_ratio = if name == "hub" {
+                ratio.show(2)
+            } else {
+                String::new()
+            };
+            println!(
+                "| {name} | {subscribers} | {} | {} | {} | {} | {shown_ratio} |",
+                rate.show(0),
+                p50.show(2),
+                p99.show(2),
+                p999.show(2)
+            );
+            entry[name] = json!({"delivered_per_s": rate.json(), "p50_ms": p50.json(), "p99_ms": p99.json(), "p999_ms": p999.json()});
+        }
+        rows.push(entry);
+    }
+    Ok(json!({"scenario": "fanout", "repeats": size.repeats(), "rows": rows}))
+}
+
+/// Scenario 3: many connected devices at one reading a second, plus idle
+/// subscribers: memory per connection, CPU at rest, and that every reading
+/// arrives.
+pub async fn connections(size: Size) -> anyhow::Result<Value> {
+    use device_sim::backoff::Backoff;
+    use device_sim::device::DeviceSettings;
+    use device_sim::fleet::{self, Credential, FleetConfig};
+    use device_sim::sensors::SensorKind;
+
+    let (devices, idle, readings): (usize, usize, u64) = match size {
+        Size::Quick => (50, 10, 3),
+        Size::Full => (10_000, 1_000, 30),
+    };
+    println!("\n### connections\n");
+    println!(
+        "{devices} devices (device-sim, one reading a second each, frames of 1) and {idle} idle subscribers (a filter nothing matches), {readings} readings per device. Median (min–max) of {} runs.\n",
+        size.repeats()
+    );
+    println!(
+        "| hub RSS before | RSS with everything connected | per connection | hub CPU at rest (cores) | readings stored / sent |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    let mut before = Vec::new();
+    let mut during = Vec::new();
+    let mut per = Vec::new();
+    let mut cpu = Vec::new();
+    let mut delivered = Vec::new();
+    for _ in 0..size.repeats() {
+        let hub = HubProcess::start(&["--max-subscribers", "100000"]).await?;
+        let rss_before = hub.rss_kib();
+        let (ready_tx, mut ready) = tokio::sync::mpsc::channel(idle.max(1));
+        let mut subs = JoinSet::new();
+        for _ in 0..idle {
+            // Never satisfied: the subscriber stays connected and idle.
+            subs.spawn(subscribers::sse(
+                hub.addr.clone(),
+                "device=__idle__".into(),
+                u64::MAX,
+                1,
+                ready_tx.clone(),
+            ));
+        }
+        for _ in 0..idle {
+            ready.recv().await.context("an idle subscriber failed")?;
+        }
+        let config = FleetConfig {
+            devices,
+            id_prefix: "dev-".into(),
+            credential: Credential::ProvisionKey("bench".into()),
+            seed: 1,
+            duration: None,
+            grace: Duration::from_secs(10),
+            progress: false,
+            device: DeviceSettings {
+                url: hub.ws_url(),
+                kinds: vec![SensorKind::Temperature],
+                rate: Some(1.0),
+                batch: 1,
+                flush: Duration::from_secs(1),
+                count: Some(readings),
+                buffer: 1_000,
+                backoff: Backoff::default(),
+                clock_skew_ms: 0,
+            },
+        };
+        let fleet = tokio::spawn(fleet::run(config));
+        // The fleet ramps up over five seconds; measure in the steady middle.
+        let settle = Duration::from_secs(if matches!(size, Size::Quick) { 1 } else { 10 });
+        tokio::time::sleep(settle).await;
+        let cpu_start = hub.cpu_seconds();
+        let window = Duration::from_secs(if matches!(size, Size::Quick) { 1 } else { 10 });
+        tokio::time::sleep(window).await;
+        let cores = (hub.cpu_seconds() - cpu_start) / window.as_secs_f64();
+        let rss = hub.rss_kib();
+        let summary = fleet.await?;
+        subs.abort_all();
+        let stored = stored_readings(&hub).await?;
+        before.push(rss_before as f64);
+        during.push(rss as f64);
+        per.push((rss.saturating_sub(rss_before)) as f64 * 1024.0 / (devices + idle) as f64);
+        cpu.push(cores);
+        delivered.push(stored as f64 / (devices as u64 * readings) as f64);
+        anyhow::ensure!(
+            summary.complete(),
+            "not every reading was delivered: {summary:?}"
+        );
+    }
+    let [before, during, per, cpu, delivered] =
+        [before, during, per, cpu, delivered].map(|v| Repeated::of(&v));
+    println!(
+        "| {} MiB | {} MiB | {} KiB | {} | {} |",
+        Repeated {
+            median: before.median / 1024.0,
+            min: before.min / 1024.0,
+            max: before.max / 1024.0
+        }
+        .show(1),
+        Repeated {
+            median: during.median / 1024.0,
+            min: during.min / 1024.0,
+            max: during.max / 1024.0
+        }
+        .show(1),
+        Repeated {
+            median: per.median / 1024.0,
+            min: per.min / 1024.0,
+            max: per.max / 1024.0
+        }
+        .show(1),
+        cpu.show(3),
+        delivered.show(4),
+    );
+    Ok(json!({
+        "scenario": "connections", "devices": devices, "idle_subscribers": idle, "repeats": size.repeats(),
+        "rss_before_kib": before.json(), "rss_connected_kib": during.json(), "bytes_per_connection": per.json(),
+        "cpu_cores_at_rest": cpu.json(), "stored_over_sent": delivered.json(),
+    }))
+}
+
+async fn stored_readings(hub: &HubProcess) -> anyhow::Result<u64> {
+    let db = hub.db.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+        let conn = rusqlite::Connection::open(db)?;
+        Ok(conn.query_row("SELECT count(*) FROM samples", [], |row| {
+            row.get::<_, i64>(0)
+        })? as u64)
+    })
+    .await?
+}
+
+/// Scenario 4: latency from device send to subscriber receipt while ingest
+/// runs at half of `max_rate` readings per second.
+pub async fn latency(size: Size, max_rate: f64) -> anyhow::Result<Value> {
+    let (devices, batch, seconds, subscribers) = match size {
+        Size::Quick => (2usize, 10usize, 1.0, 2usize),
+        Size::Full => (100, 100, 20.0, 10),
+    };
+    let target = max_rate / 2.0;
+    let batches_per_s_per_device = target / (devices * batch) as f64;
+    let batches = (batches_per_s_per_device * seconds).ceil() as u64;
+    println!("\n### end-to-end latency under load\n");
+    println!(
+        "{devices} devices sending frames of {batch} at {target:.0} readings/s in all (half the measured maximum) for {seconds} s; {subscribers} unfiltered SSE subscribers. Median (min–max) of {} runs.\n",
+        size.repeats()
+    );
+    println!("| readings/s | p50 ms | p99 ms | p999 ms |");
+    println!("|---:|---:|---:|---:|");
+    let mut runs = Vec::new();
+    for _ in 0..size.repeats() {
+        let hub = HubProcess::start(&[]).await?;
+        let expected = batches * (devices * batch) as u64;
+        let stride = (expected * subscribers as u64 / 200_000).max(1);
+        let (ready_tx, mut ready) = tokio::sync::mpsc::channel(subscribers);
+        let mut subs = JoinSet::new();
+        for _ in 0..subscribers {
+            subs.spawn(subscribers::sse(
+                hub.addr.clone(),
+                "metric=latency".into(),
+                expected,
+                stride,
+                ready_tx.clone(),
+            ));
+        }
+        for _ in 0..subscribers {
+            ready.recv().await.context("a subscriber failed")?;
+        }
+        let mut probes = JoinSet::new();
+        for d in 0..devices {
+            probes.spawn(probe::run(ProbeSpec {
+                url: hub.ws_url(),
+                device_id: format!("probe-{d}"),
+                batch,
+                batches,
+                rate: Some(batches_per_s_per_device),
+            }));
+        }
+        while let Some(done) = probes.join_next().await {
+            done??;
+        }
+        let started = now_us();
+        runs.push(summarize(collect(subs).await?, started));
+    }
+    let p50 = Repeated::of(&runs.iter().map(|r| r.p50).collect::<Vec<_>>());
+    let p99 = Repeated::of(&runs.iter().map(|r| r.p99).collect::<Vec<_>>());
+    let p999 = Repeated::of(&runs.iter().map(|r| r.p999).collect::<Vec<_>>());
+    println!(
+        "| {target:.0} | {} | {} | {} |",
+        p50.show(2),
+        p99.show(2),
+        p999.show(2)
+    );
+    Ok(json!({
+        "scenario": "latency", "repeats": size.repeats(), "readings_per_s": target, "devices": devices,
+        "batch": batch, "subscribers": subscribers, "p50_ms": p50.json(), "p99_ms": p99.json(), "p999_ms": p999.json(),
+    }))
+}
