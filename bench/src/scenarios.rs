@@ -269,7 +269,7 @@ pub async fn fanout(size: Size) -> anyhow::Result<Value> {
 pub async fn connections(size: Size) -> anyhow::Result<Value> {
     use device_sim::backoff::Backoff;
     use device_sim::device::DeviceSettings;
-    use device_sim::fleet::{self, Credential, FleetConfig};
+    use device_sim::fleet::{self, Credential, FleetConfig, Ids};
     use device_sim::sensors::SensorKind;
 
     let (devices, idle, readings): (usize, usize, u64) = match size {
@@ -282,14 +282,15 @@ pub async fn connections(size: Size) -> anyhow::Result<Value> {
         size.repeats()
     );
     println!(
-        "| hub RSS before | RSS with everything connected | per connection | hub CPU at rest (cores) | readings stored / sent |"
+        "| hub RSS before | RSS with everything connected | per connection | hub CPU at rest (cores) | readings stored / sent | fleet run time s (ideal {readings} + ≤5 ramp) |"
     );
-    println!("|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|");
     let mut before = Vec::new();
     let mut during = Vec::new();
     let mut per = Vec::new();
     let mut cpu = Vec::new();
     let mut delivered = Vec::new();
+    let mut elapsed = Vec::new();
     for _ in 0..size.repeats() {
         let hub = HubProcess::start(&["--max-subscribers", "100000"]).await?;
         let rss_before = hub.rss_kib();
@@ -310,7 +311,7 @@ pub async fn connections(size: Size) -> anyhow::Result<Value> {
         }
         let config = FleetConfig {
             devices,
-            id_prefix: "dev-".into(),
+            ids: Ids::Numbered("dev-".into()),
             credential: Credential::ProvisionKey("bench".into()),
             seed: 1,
             duration: None,
@@ -345,15 +346,16 @@ pub async fn connections(size: Size) -> anyhow::Result<Value> {
         per.push((rss.saturating_sub(rss_before)) as f64 * 1024.0 / (devices + idle) as f64);
         cpu.push(cores);
         delivered.push(stored as f64 / (devices as u64 * readings) as f64);
+        elapsed.push(summary.elapsed_s);
         anyhow::ensure!(
             summary.complete(),
             "not every reading was delivered: {summary:?}"
         );
     }
-    let [before, during, per, cpu, delivered] =
-        [before, during, per, cpu, delivered].map(|v| Repeated::of(&v));
+    let [before, during, per, cpu, delivered, elapsed] =
+        [before, during, per, cpu, delivered, elapsed].map(|v| Repeated::of(&v));
     println!(
-        "| {} MiB | {} MiB | {} KiB | {} | {} |",
+        "| {} MiB | {} MiB | {} KiB | {} | {} | {} |",
         Repeated {
             median: before.median / 1024.0,
             min: before.min / 1024.0,
@@ -374,11 +376,12 @@ pub async fn connections(size: Size) -> anyhow::Result<Value> {
         .show(1),
         cpu.show(3),
         delivered.show(4),
+        elapsed.show(1),
     );
     Ok(json!({
         "scenario": "connections", "devices": devices, "idle_subscribers": idle, "repeats": size.repeats(),
         "rss_before_kib": before.json(), "rss_connected_kib": during.json(), "bytes_per_connection": per.json(),
-        "cpu_cores_at_rest": cpu.json(), "stored_over_sent": delivered.json(),
+        "cpu_cores_at_rest": cpu.json(), "stored_over_sent": delivered.json(), "fleet_elapsed_s": elapsed.json(),
     }))
 }
 

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -103,8 +102,14 @@ fn dechunk(raw: &mut Vec<u8>, body: &mut Vec<u8>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Subscribes to `topic` on the broker at `port`, reads until `expected`
-/// messages arrived, keeping every `stride`-th latency.
+/// Subscribes to `topic` on the broker at `port` over a plain TCP MQTT 3.1.1
+/// session, reads until `expected` messages arrived, keeping every
+/// `stride`-th latency.
+///
+/// Written against the wire format rather than with rumqttc so that the
+/// receiving side costs the same as the SSE subscriber's (scan bytes, count
+/// messages): a client library decoding every message into its own structs
+/// would make the broker look slower than it is.
 pub async fn mqtt(
     port: u16,
     id: String,
@@ -113,34 +118,107 @@ pub async fn mqtt(
     stride: u64,
     ready: tokio::sync::mpsc::Sender<()>,
 ) -> anyhow::Result<Received> {
-    let mut options = MqttOptions::new(id, "127.0.0.1", port);
-    options.set_keep_alive(Duration::from_secs(60));
-    options.set_max_packet_size(64 * 1024, 64 * 1024);
-    let (client, mut events) = AsyncClient::new(options, 16);
-    client.subscribe(&topic, QoS::AtMostOnce).await?;
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    stream.set_nodelay(true)?;
+    stream.write_all(&mqtt_connect(&id)).await?;
+    stream.write_all(&mqtt_subscribe(&topic)).await?;
+    let mut raw: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut buf = vec![0u8; 64 * 1024];
     let mut received = Received::default();
     while received.count < expected {
-        let event = tokio::time::timeout(Duration::from_secs(60), events.poll())
+        let n = tokio::time::timeout(Duration::from_secs(120), stream.read(&mut buf))
             .await
-            .context("no MQTT messages for 60 s")??;
-        match event {
-            Event::Incoming(Packet::SubAck(_)) => {
-                let _ = ready.send(()).await;
-            }
-            Event::Incoming(Packet::Publish(publish)) => {
-                received.count += 1;
-                if received.count % stride == 0
-                    && let Some(sent) = value_of(&publish.payload)
-                {
-                    received.latency_us.push(now_us() - sent);
+            .context("no MQTT messages for 120 s")??;
+        anyhow::ensure!(
+            n > 0,
+            "broker closed the connection after {} messages",
+            received.count
+        );
+        raw.extend_from_slice(&buf[..n]);
+        let mut at = 0;
+        while let Some((kind, body, next)) = mqtt_packet(&raw, at) {
+            match kind >> 4 {
+                // SUBACK: the subscription is in place.
+                9 => {
+                    let _ = ready.send(()).await;
                 }
+                // PUBLISH at QoS 0: topic length, topic, payload.
+                3 => {
+                    received.count += 1;
+                    if received.count % stride == 0 {
+                        let topic_len = usize::from(u16::from_be_bytes([raw[body], raw[body + 1]]));
+                        if let Some(sent) = value_of(&raw[body + 2 + topic_len..next]) {
+                            received.latency_us.push(now_us() - sent);
+                        }
+                    }
+                }
+                _ => {}
             }
-            _ => {}
+            at = next;
         }
+        raw.drain(..at);
     }
     received.done_at_us = now_us();
-    let _ = client.disconnect().await;
     Ok(received)
+}
+
+/// The packet starting at `at`: its first byte, where its body starts and
+/// where the next packet starts; `None` while incomplete.
+fn mqtt_packet(raw: &[u8], at: usize) -> Option<(u8, usize, usize)> {
+    let kind = *raw.get(at)?;
+    let mut length = 0usize;
+    let mut shift = 0;
+    let mut i = at + 1;
+    loop {
+        let byte = *raw.get(i)?;
+        length |= usize::from(byte & 0x7f) << shift;
+        i += 1;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+    }
+    (raw.len() >= i + length).then_some((kind, i, i + length))
+}
+
+fn mqtt_string(out: &mut Vec<u8>, text: &str) {
+    out.extend_from_slice(&(text.len() as u16).to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
+}
+
+fn mqtt_frame(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![kind];
+    let mut length = body.len();
+    loop {
+        let mut byte = (length % 128) as u8;
+        length /= 128;
+        if length > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if length == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// CONNECT, MQTT 3.1.1, clean session, keep-alive 0 (off).
+fn mqtt_connect(client_id: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    mqtt_string(&mut body, "MQTT");
+    body.extend_from_slice(&[4, 0x02, 0, 0]);
+    mqtt_string(&mut body, client_id);
+    mqtt_frame(0x10, &body)
+}
+
+/// SUBSCRIBE to one topic at QoS 0, packet id 1.
+fn mqtt_subscribe(topic: &str) -> Vec<u8> {
+    let mut body = vec![0, 1];
+    mqtt_string(&mut body, topic);
+    body.push(0);
+    mqtt_frame(0x82, &body)
 }
 
 #[cfg(test)]
@@ -154,8 +232,28 @@ mod tests {
     }
 
     #[test]
+    fn mqtt_packets_are_split_by_their_remaining_length() {
+        let publish = mqtt_frame(0x30, &[0, 1, b't', b'x', b'y']);
+        let mut raw = publish.clone();
+        raw.extend_from_slice(&publish[..3]);
+        let (kind, body, next) = mqtt_packet(&raw, 0).unwrap();
+        assert_eq!((kind, body, next), (0x30, 2, 7));
+        assert_eq!(
+            mqtt_packet(&raw, next),
+            None,
+            "the second packet is incomplete"
+        );
+    }
+
+    #[test]
+    fn long_mqtt_lengths_take_several_bytes() {
+        let frame = mqtt_frame(0x30, &[0; 200]);
+        assert_eq!(&frame[..3], &[0x30, 0xc8, 0x01]);
+    }
+
+    #[test]
     fn chunks_are_joined_across_reads() {
-        let mut raw = b"5\r\nhello\r\n6\r\n wor".to_vec();
+        let mut raw = b"5\r\nhello\r\n7\r\n wor".to_vec();
         let mut body = Vec::new();
         dechunk(&mut raw, &mut body).unwrap();
         assert_eq!(body, b"hello");

@@ -24,11 +24,20 @@ pub enum Credential {
     ProvisionKey(String),
 }
 
+/// How the fleet's devices are named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ids {
+    /// A prefix and a zero-padded number: `sim-01`, `sim-02`, …
+    Numbered(String),
+    /// One device with exactly this id (the one its token was issued for).
+    Exactly(String),
+}
+
 /// A fleet to run.
 #[derive(Debug, Clone)]
 pub struct FleetConfig {
     pub devices: usize,
-    pub id_prefix: String,
+    pub ids: Ids,
     pub credential: Credential,
     pub seed: u64,
     /// Stop sampling after this long, deliver what is left, then give up
@@ -90,7 +99,10 @@ pub async fn run(config: FleetConfig) -> Summary {
             Credential::Token(token) | Credential::ProvisionKey(token) => token.clone(),
         };
         let spec = DeviceSpec {
-            id: device_id(&config.id_prefix, index, config.devices),
+            id: match &config.ids {
+                Ids::Numbered(prefix) => device_id(prefix, index, config.devices),
+                Ids::Exactly(id) => id.clone(),
+            },
             credential,
             seed: config.seed.wrapping_add(index as u64),
             start_delay: ramp.mul_f64(rng.unit()),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 use device_sim::backoff::Backoff;
 use device_sim::device::{DeviceSettings, endpoint};
-use device_sim::fleet::{self, Credential, FleetConfig};
+use device_sim::fleet::{self, Credential, FleetConfig, Ids};
 use device_sim::sensors::SensorKind;
 
 /// Simulated telemetry devices: one to ten thousand, reconnecting with
@@ -23,6 +23,9 @@ struct Args {
     /// Device ids are this prefix and a number (sim-001, sim-002, …).
     #[arg(long, default_value = "sim-")]
     id_prefix: String,
+    /// The id of a single device (the one its --token was issued for).
+    #[arg(long, conflicts_with = "id_prefix")]
+    id: Option<String>,
     /// One device's own token (from `hub device add`); needs --devices 1.
     #[arg(
         long,
@@ -113,9 +116,19 @@ async fn main() -> ExitCode {
         eprintln!("error: --rate must be a positive number of readings per second");
         return ExitCode::from(2);
     }
+    if args.id.is_some() && args.devices > 1 {
+        eprintln!(
+            "error: --id names one device; use --id-prefix for --devices {}",
+            args.devices
+        );
+        return ExitCode::from(2);
+    }
     let config = FleetConfig {
         devices: args.devices as usize,
-        id_prefix: args.id_prefix,
+        ids: match args.id {
+            Some(id) => Ids::Exactly(id),
+            None => Ids::Numbered(args.id_prefix),
+        },
         credential,
         seed: args.seed,
         duration: args.duration,

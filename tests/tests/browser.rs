@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use device_sim::backoff::Backoff;
 use device_sim::device::{DeviceSettings, endpoint};
-use device_sim::fleet::{self, Credential, FleetConfig};
+use device_sim::fleet::{self, Credential, FleetConfig, Ids};
 use device_sim::sensors::SensorKind;
 use e2e::TestHub;
 use e2e::browser::Browser;
@@ -14,7 +14,7 @@ use e2e::browser::Browser;
 fn fleet(addr: &str, count: u64) -> FleetConfig {
     FleetConfig {
         devices: 3,
-        id_prefix: "sim-".into(),
+        ids: Ids::Numbered("sim-".into()),
         credential: Credential::ProvisionKey("k".into()),
         seed: 11,
         duration: None,

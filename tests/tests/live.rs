@@ -7,14 +7,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use device_sim::backoff::Backoff;
 use device_sim::device::{DeviceSettings, endpoint};
-use device_sim::fleet::{self, Credential, FleetConfig};
+use device_sim::fleet::{self, Credential, FleetConfig, Ids};
 use device_sim::sensors::SensorKind;
 use e2e::{SseClient, TestHub, batch};
 
 fn fleet(hub: &TestHub, devices: usize, rate: f64, count: u64) -> FleetConfig {
     FleetConfig {
         devices,
-        id_prefix: "sim-".into(),
+        ids: Ids::Numbered("sim-".into()),
         credential: Credential::ProvisionKey("k".into()),
         seed: 3,
         duration: None,

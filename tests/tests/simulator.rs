@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use device_sim::backoff::Backoff;
 use device_sim::device::{DeviceSettings, endpoint};
-use device_sim::fleet::{self, Credential, FleetConfig, Summary};
+use device_sim::fleet::{self, Credential, FleetConfig, Ids, Summary};
 use device_sim::sensors::SensorKind;
 use e2e::TestHub;
 
@@ -17,7 +17,7 @@ fn fleet(
 ) -> FleetConfig {
     FleetConfig {
         devices,
-        id_prefix: "sim-".into(),
+        ids: Ids::Numbered("sim-".into()),
         credential,
         seed: 7,
         duration: None,
@@ -128,13 +128,14 @@ async fn a_hub_restart_mid_run_loses_and_duplicates_nothing() {
 #[tokio::test]
 async fn set_interval_changes_the_rate_that_reaches_the_hub() {
     let hub = TestHub::start(&["--sample-interval", "1s"]).await.unwrap();
-    let token = hub.add_device("sim-1").await.unwrap();
+    let token = hub.add_device("boiler-7").await.unwrap();
     let mut config = fleet(
         &hub.addr,
         1,
         Credential::Token(token),
         settings(None, 1, None),
     );
+    config.ids = Ids::Exactly("boiler-7".into());
     config.duration = Some(Duration::from_secs(4));
     let run = tokio::spawn(fleet::run(config));
 
@@ -143,7 +144,7 @@ async fn set_interval_changes_the_rate_that_reaches_the_hub() {
     let changed_at = loop {
         let (status, body) = hub
             .post(
-                "/v1/devices/sim-1/commands",
+                "/v1/devices/boiler-7/commands",
                 r#"{"name": "set_interval", "args": {"interval_ms": "100"}}"#,
             )
             .await

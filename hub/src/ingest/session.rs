@@ -264,11 +264,19 @@ async fn serve(socket: &mut WebSocket, auth: Auth, ctx: &Context) -> Ending {
     };
     let credentials = match auth {
         Auth::Device(credentials) => credentials,
-        Auth::Provisioning => match ctx.store.register_self(&hello.device_id).await {
-            Ok(Some(credentials)) => credentials,
-            Ok(None) => return Ending::kicked(Kick::Revoked),
-            Err(err) => return storage_trouble(&err),
-        },
+        Auth::Provisioning => {
+            match timeout(
+                ctx.timing.hello_timeout,
+                ctx.store.register_self(&hello.device_id),
+            )
+            .await
+            {
+                Ok(Ok(Some(credentials))) => credentials,
+                Ok(Ok(None)) => return Ending::kicked(Kick::Revoked),
+                Ok(Err(err)) => return storage_trouble(&err.to_string()),
+                Err(_) => return storage_trouble("registration timed out"),
+            }
+        }
     };
     tracing::Span::current().record("device", credentials.device_id.as_str());
 
@@ -277,9 +285,17 @@ async fn serve(socket: &mut WebSocket, auth: Auth, ctx: &Context) -> Ending {
     // recognised as a resend by the writer if the device sends it again.
     let (presence, inbox) = ctx.registry.register(&credentials.device_id);
     let (mut kicked, mut commands) = (inbox.kicked, inbox.commands);
-    let registration = match ctx.store.register_hello(credentials.row, &hello).await {
-        Ok(registration) => registration,
-        Err(err) => return storage_trouble(&err),
+    // Bounded like the Hello itself: a session stuck behind a busy database
+    // would not notice its device leave and would hold the socket.
+    let registration = match timeout(
+        ctx.timing.hello_timeout,
+        ctx.store.register_hello(credentials.row, &hello),
+    )
+    .await
+    {
+        Ok(Ok(registration)) => registration,
+        Ok(Err(err)) => return storage_trouble(&err.to_string()),
+        Err(_) => return storage_trouble("registration timed out"),
     };
     ctx.live.register_metrics(
         &credentials.device_id,
@@ -401,9 +417,6 @@ async fn serve(socket: &mut WebSocket, auth: Auth, ctx: &Context) -> Ending {
     {
         drain(socket, &mut outcomes, in_flight).await;
     }
-    if let Err(err) = ctx.store.touch_device(credentials.row).await {
-        tracing::warn!(error = %err, "could not record last_seen");
-    }
     // A replacement connection keeps the device online.
     drop(presence);
     if !ctx.registry.is_online(&credentials.device_id) {
@@ -443,7 +456,7 @@ async fn drain(
     }
 }
 
-fn storage_trouble(err: &crate::store::StoreError) -> Ending {
+fn storage_trouble(err: &str) -> Ending {
     tracing::error!(error = %err, "storage failed during handshake");
     Ending::told(
         error_code::STORAGE_UNAVAILABLE,

@@ -166,24 +166,36 @@ impl Store {
     /// The device with this id, registering it first if it is unknown (a
     /// device presenting the provisioning key). `None` if it was revoked.
     ///
+    /// Reads first: only a device's first connection writes, so a fleet
+    /// reconnecting after a hub restart costs no write transactions.
+    ///
     /// # Errors
     /// A database failure.
     pub async fn register_self(&self, device_id: &str) -> Result<Option<Credentials>, StoreError> {
-        sqlx::query(
-            "INSERT INTO devices (device_id, created_ms) VALUES (?, ?)
-             ON CONFLICT (device_id) DO NOTHING",
-        )
-        .bind(device_id)
-        .bind(now_ms())
-        .execute(self.pool())
-        .await?;
-        let row = sqlx::query("SELECT id, revoked_ms IS NOT NULL FROM devices WHERE device_id = ?")
+        let find = || {
+            sqlx::query_as::<_, (i64, bool)>(
+                "SELECT id, revoked_ms IS NOT NULL FROM devices WHERE device_id = ?",
+            )
             .bind(device_id)
-            .fetch_one(self.pool())
-            .await?;
-        let revoked: bool = row.get(1);
+            .fetch_optional(self.pool())
+        };
+        let row = match find().await? {
+            Some(row) => row,
+            None => {
+                sqlx::query(
+                    "INSERT INTO devices (device_id, created_ms) VALUES (?, ?)
+                     ON CONFLICT (device_id) DO NOTHING",
+                )
+                .bind(device_id)
+                .bind(now_ms())
+                .execute(self.pool())
+                .await?;
+                find().await?.ok_or(sqlx::Error::RowNotFound)?
+            }
+        };
+        let (row, revoked) = row;
         Ok((!revoked).then(|| Credentials {
-            row: row.get(0),
+            row,
             device_id: device_id.to_owned(),
         }))
     }
@@ -193,6 +205,10 @@ impl Store {
     /// rows. A metric keeps its row across connections by name; its unit is
     /// updated if the device now reports another.
     ///
+    /// Reads first and writes only what changed, so the usual reconnect
+    /// (same firmware, same metrics) is a read: ten thousand devices coming
+    /// back at once do not queue for the write lock and its fsyncs.
+    ///
     /// # Errors
     /// A database failure.
     pub async fn register_hello(
@@ -200,17 +216,49 @@ impl Store {
         device_row: i64,
         hello: &Hello,
     ) -> Result<Registration, StoreError> {
+        let (model, firmware, last_seq): (Option<String>, Option<String>, i64) =
+            sqlx::query_as("SELECT model, firmware, last_seq FROM devices WHERE id = ?")
+                .bind(device_row)
+                .fetch_one(self.pool())
+                .await?;
+        let known: Vec<(i64, String, String)> =
+            sqlx::query_as("SELECT id, name, unit FROM metrics WHERE device = ?")
+                .bind(device_row)
+                .fetch_all(self.pool())
+                .await?;
+        let mut metric_rows = HashMap::with_capacity(hello.metrics.len());
+        let mut changed = model.as_deref() != Some(hello.model.as_str())
+            || firmware.as_deref() != Some(hello.firmware.as_str());
+        for metric in &hello.metrics {
+            match known.iter().find(|(_, name, _)| *name == metric.name) {
+                Some((row, _, unit)) if *unit == metric.unit => {
+                    metric_rows.insert(metric.id, *row);
+                }
+                _ => changed = true,
+            }
+        }
+        if changed {
+            metric_rows = self.write_hello(device_row, hello).await?;
+        }
+        Ok(Registration {
+            last_seq: u64::try_from(last_seq).unwrap_or(0),
+            metric_rows,
+        })
+    }
+
+    /// Writes a `Hello` that brings something new; returns the metric rows.
+    async fn write_hello(
+        &self,
+        device_row: i64,
+        hello: &Hello,
+    ) -> Result<HashMap<u16, i64>, StoreError> {
         let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let last_seq: i64 = sqlx::query_scalar(
-            "UPDATE devices SET model = ?, firmware = ?, last_seen_ms = ? WHERE id = ?
-             RETURNING last_seq",
-        )
-        .bind(&hello.model)
-        .bind(&hello.firmware)
-        .bind(now_ms())
-        .bind(device_row)
-        .fetch_one(&mut *tx)
-        .await?;
+        sqlx::query("UPDATE devices SET model = ?, firmware = ? WHERE id = ?")
+            .bind(&hello.model)
+            .bind(&hello.firmware)
+            .bind(device_row)
+            .execute(&mut *tx)
+            .await?;
         let mut metric_rows = HashMap::with_capacity(hello.metrics.len());
         for metric in &hello.metrics {
             let row: i64 = sqlx::query_scalar(
@@ -226,22 +274,6 @@ impl Store {
             metric_rows.insert(metric.id, row);
         }
         tx.commit().await?;
-        Ok(Registration {
-            last_seq: u64::try_from(last_seq).unwrap_or(0),
-            metric_rows,
-        })
-    }
-
-    /// Records when a device was last connected.
-    ///
-    /// # Errors
-    /// A database failure.
-    pub async fn touch_device(&self, device_row: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE devices SET last_seen_ms = ? WHERE id = ?")
-            .bind(now_ms())
-            .bind(device_row)
-            .execute(self.pool())
-            .await?;
-        Ok(())
+        Ok(metric_rows)
     }
 }
