@@ -31,7 +31,10 @@ fn bad_flags_are_refused_naming_the_flag() {
             "--clock-skew",
         ),
         (&["--token", "t", "--devices", "3"], "--token"),
-        (&["--provision-key", "k", "--id", "a", "--devices", "2"], "--id"),
+        (
+            &["--provision-key", "k", "--id", "a", "--devices", "2"],
+            "--id",
+        ),
         (&[][..], "--token"),
     ] {
         let out = sim(args);

@@ -13,8 +13,8 @@ use tracing_subscriber::prelude::*;
 use crate::ingest::session::Timing;
 use crate::live::subscription;
 use crate::server::{Hub, Retention, Settings};
-use crate::store::Store;
 use crate::store::devices::AddDeviceError;
+use crate::store::{PoolDurability, Store};
 
 /// Telemetry hub: devices stream readings over WebSocket, the hub stores them
 /// in SQLite and serves them to browsers and tools.
@@ -236,7 +236,7 @@ async fn device(command: DeviceCommand) -> anyhow::Result<()> {
 }
 
 async fn open(db: &DbArg) -> anyhow::Result<Store> {
-    Store::open(&db.db)
+    Store::open(&db.db, PoolDurability::EveryCommit)
         .await
         .with_context(|| format!("opening database {} (--db)", db.db.display()))
 }

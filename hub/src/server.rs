@@ -23,7 +23,7 @@ use crate::ingest::{self, registry::Registry, session};
 use crate::live::{Live, subscription};
 use crate::monitor;
 use crate::store::writer::OnCommit;
-use crate::store::{Store, retention, writer};
+use crate::store::{PoolDurability, Store, retention, writer};
 use crate::telemetry::Counters;
 
 /// Everything `hub serve` can be told.
@@ -81,7 +81,7 @@ impl Hub {
     /// # Errors
     /// The database cannot be opened or migrated, or the address not bound.
     pub async fn build(settings: Settings) -> anyhow::Result<Hub> {
-        let store = Store::open(&settings.db)
+        let store = Store::open(&settings.db, PoolDurability::WithWriter)
             .await
             .with_context(|| format!("opening database {}", settings.db.display()))?;
         let counters = Arc::new(Counters::default());

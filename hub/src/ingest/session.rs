@@ -265,15 +265,11 @@ async fn serve(socket: &mut WebSocket, auth: Auth, ctx: &Context) -> Ending {
     let credentials = match auth {
         Auth::Device(credentials) => credentials,
         Auth::Provisioning => {
-            match timeout(
-                ctx.timing.hello_timeout,
-                ctx.store.register_self(&hello.device_id),
-            )
-            .await
-            {
+            let registering = register_self(ctx, &hello.device_id);
+            match timeout(ctx.timing.hello_timeout, registering).await {
                 Ok(Ok(Some(credentials))) => credentials,
                 Ok(Ok(None)) => return Ending::kicked(Kick::Revoked),
-                Ok(Err(err)) => return storage_trouble(&err.to_string()),
+                Ok(Err(err)) => return storage_trouble(&err),
                 Err(_) => return storage_trouble("registration timed out"),
             }
         }
@@ -287,24 +283,17 @@ async fn serve(socket: &mut WebSocket, auth: Auth, ctx: &Context) -> Ending {
     let (mut kicked, mut commands) = (inbox.kicked, inbox.commands);
     // Bounded like the Hello itself: a session stuck behind a busy database
     // would not notice its device leave and would hold the socket.
-    let registration = match timeout(
-        ctx.timing.hello_timeout,
-        ctx.store.register_hello(credentials.row, &hello),
-    )
-    .await
-    {
+    let registering = register_hello(ctx, credentials.row, &hello);
+    let (last_seq, metric_rows) = match timeout(ctx.timing.hello_timeout, registering).await {
         Ok(Ok(registration)) => registration,
-        Ok(Err(err)) => return storage_trouble(&err.to_string()),
+        Ok(Err(err)) => return storage_trouble(&err),
         Err(_) => return storage_trouble("registration timed out"),
     };
-    ctx.live.register_metrics(
-        &credentials.device_id,
-        &hello.metrics,
-        &registration.metric_rows,
-    );
+    ctx.live
+        .register_metrics(&credentials.device_id, &hello.metrics, &metric_rows);
     let welcome = HubFrame::Welcome(Welcome {
         version: PROTOCOL_VERSION,
-        last_seq: registration.last_seq,
+        last_seq,
         sample_interval_ms: u32::try_from(ctx.timing.sample_interval.as_millis())
             .unwrap_or(u32::MAX),
     });
@@ -312,13 +301,9 @@ async fn serve(socket: &mut WebSocket, auth: Auth, ctx: &Context) -> Ending {
         return Ending::gone();
     }
     ctx.live.device_status(&credentials.device_id, true);
-    tracing::info!(
-        last_seq = registration.last_seq,
-        metrics = hello.metrics.len(),
-        "device connected"
-    );
+    tracing::info!(last_seq, metrics = hello.metrics.len(), "device connected");
 
-    let mut stream = BatchStream::new(registration.metric_rows);
+    let mut stream = BatchStream::new(metric_rows);
     let (outcome_tx, mut outcomes) = mpsc::channel(IN_FLIGHT);
     let mut in_flight = 0usize;
     // Commands sent and not yet answered. Bounded like the queue: while it
@@ -454,6 +439,43 @@ async fn drain(
             return;
         }
     }
+}
+
+/// The device presenting the provisioning key: found, or created by the
+/// writer. `None` if it was revoked.
+async fn register_self(ctx: &Context, device_id: &str) -> Result<Option<Credentials>, String> {
+    let found = ctx
+        .store
+        .find_device(device_id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (row, revoked) = match found {
+        Some(found) => found,
+        None => ctx.writer.register_device(device_id).await?,
+    };
+    Ok((!revoked).then(|| Credentials {
+        row,
+        device_id: device_id.to_owned(),
+    }))
+}
+
+/// What the session needs from its `Hello`: the last committed seq and the
+/// metric rows, written by the writer only when the `Hello` brings news.
+async fn register_hello(
+    ctx: &Context,
+    device_row: i64,
+    hello: &protocol::Hello,
+) -> Result<(u64, HashMap<u16, i64>), String> {
+    let (last_seq, known) = ctx
+        .store
+        .known_hello(device_row, hello)
+        .await
+        .map_err(|e| e.to_string())?;
+    let metric_rows = match known {
+        Some(rows) => rows,
+        None => ctx.writer.register_hello(device_row, hello).await?,
+    };
+    Ok((last_seq, metric_rows))
 }
 
 fn storage_trouble(err: &str) -> Ending {

@@ -1,13 +1,15 @@
 //! The device registry: provisioning, authentication, revocation and the
-//! per-connection registration of metrics. Short autocommit statements or
-//! small `BEGIN IMMEDIATE` transactions on the shared pool; the readings
-//! themselves go through the writer.
+//! per-connection registration of metrics. Reads run on the shared pool;
+//! while the hub runs, its writes (a device's first connection, a changed
+//! `Hello`) run in the writer's transactions through the functions at the
+//! end of this file. The CLI's changes are short statements of their own.
 
 use std::collections::HashMap;
 
 use protocol::{Hello, is_valid_device_id};
 use serde::Serialize;
 use sqlx::Row;
+use sqlx::sqlite::SqliteConnection;
 
 use super::{Store, StoreError, now_ms};
 use crate::auth;
@@ -45,15 +47,6 @@ pub struct Credentials {
     pub row: i64,
     /// The id the device must send in `Hello`.
     pub device_id: String,
-}
-
-/// What a connection learns from registering its `Hello`.
-#[derive(Debug, Clone)]
-pub struct Registration {
-    /// The last committed batch seq.
-    pub last_seq: u64,
-    /// The device's metric ids mapped to `metrics.id` rows.
-    pub metric_rows: HashMap<u16, i64>,
 }
 
 impl Store {
@@ -163,59 +156,34 @@ impl Store {
         }))
     }
 
-    /// The device with this id, registering it first if it is unknown (a
-    /// device presenting the provisioning key). `None` if it was revoked.
-    ///
-    /// Reads first: only a device's first connection writes, so a fleet
-    /// reconnecting after a hub restart costs no write transactions.
+    /// The device with this id: its row and whether it is revoked, or `None`
+    /// if it is unknown (a device presenting the provisioning key registers
+    /// through the writer then).
     ///
     /// # Errors
     /// A database failure.
-    pub async fn register_self(&self, device_id: &str) -> Result<Option<Credentials>, StoreError> {
-        let find = || {
-            sqlx::query_as::<_, (i64, bool)>(
-                "SELECT id, revoked_ms IS NOT NULL FROM devices WHERE device_id = ?",
-            )
-            .bind(device_id)
-            .fetch_optional(self.pool())
-        };
-        let row = match find().await? {
-            Some(row) => row,
-            None => {
-                sqlx::query(
-                    "INSERT INTO devices (device_id, created_ms) VALUES (?, ?)
-                     ON CONFLICT (device_id) DO NOTHING",
-                )
+    pub async fn find_device(&self, device_id: &str) -> Result<Option<(i64, bool)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT id, revoked_ms IS NOT NULL FROM devices WHERE device_id = ?")
                 .bind(device_id)
-                .bind(now_ms())
-                .execute(self.pool())
-                .await?;
-                find().await?.ok_or(sqlx::Error::RowNotFound)?
-            }
-        };
-        let (row, revoked) = row;
-        Ok((!revoked).then(|| Credentials {
-            row,
-            device_id: device_id.to_owned(),
-        }))
+                .fetch_optional(self.pool())
+                .await?,
+        )
     }
 
-    /// Records what a device's `Hello` says (model, firmware, metrics) and
-    /// returns what its session needs: the last committed seq and the metric
-    /// rows. A metric keeps its row across connections by name; its unit is
-    /// updated if the device now reports another.
-    ///
-    /// Reads first and writes only what changed, so the usual reconnect
-    /// (same firmware, same metrics) is a read: ten thousand devices coming
-    /// back at once do not queue for the write lock and its fsyncs.
+    /// What the database already knows of a device's `Hello`: the last
+    /// committed seq, and the metric rows if model, firmware and every
+    /// metric (by name and unit) are already stored. `None` for the rows
+    /// means the `Hello` brings something new, to be written by the writer.
+    /// The usual reconnect is thus a read only.
     ///
     /// # Errors
     /// A database failure.
-    pub async fn register_hello(
+    pub async fn known_hello(
         &self,
         device_row: i64,
         hello: &Hello,
-    ) -> Result<Registration, StoreError> {
+    ) -> Result<(u64, Option<HashMap<u16, i64>>), StoreError> {
         let (model, firmware, last_seq): (Option<String>, Option<String>, i64) =
             sqlx::query_as("SELECT model, firmware, last_seq FROM devices WHERE id = ?")
                 .bind(device_row)
@@ -226,54 +194,73 @@ impl Store {
                 .bind(device_row)
                 .fetch_all(self.pool())
                 .await?;
+        let last_seq = u64::try_from(last_seq).unwrap_or(0);
+        if model.as_deref() != Some(hello.model.as_str())
+            || firmware.as_deref() != Some(hello.firmware.as_str())
+        {
+            return Ok((last_seq, None));
+        }
         let mut metric_rows = HashMap::with_capacity(hello.metrics.len());
-        let mut changed = model.as_deref() != Some(hello.model.as_str())
-            || firmware.as_deref() != Some(hello.firmware.as_str());
         for metric in &hello.metrics {
             match known.iter().find(|(_, name, _)| *name == metric.name) {
                 Some((row, _, unit)) if *unit == metric.unit => {
                     metric_rows.insert(metric.id, *row);
                 }
-                _ => changed = true,
+                _ => return Ok((last_seq, None)),
             }
         }
-        if changed {
-            metric_rows = self.write_hello(device_row, hello).await?;
-        }
-        Ok(Registration {
-            last_seq: u64::try_from(last_seq).unwrap_or(0),
-            metric_rows,
-        })
+        Ok((last_seq, Some(metric_rows)))
     }
+}
 
-    /// Writes a `Hello` that brings something new; returns the metric rows.
-    async fn write_hello(
-        &self,
-        device_row: i64,
-        hello: &Hello,
-    ) -> Result<HashMap<u16, i64>, StoreError> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query("UPDATE devices SET model = ?, firmware = ? WHERE id = ?")
-            .bind(&hello.model)
-            .bind(&hello.firmware)
-            .bind(device_row)
-            .execute(&mut *tx)
-            .await?;
-        let mut metric_rows = HashMap::with_capacity(hello.metrics.len());
-        for metric in &hello.metrics {
-            let row: i64 = sqlx::query_scalar(
-                "INSERT INTO metrics (device, name, unit) VALUES (?, ?, ?)
-                 ON CONFLICT (device, name) DO UPDATE SET unit = excluded.unit
-                 RETURNING id",
-            )
-            .bind(device_row)
-            .bind(&metric.name)
-            .bind(&metric.unit)
-            .fetch_one(&mut *tx)
-            .await?;
-            metric_rows.insert(metric.id, row);
-        }
-        tx.commit().await?;
-        Ok(metric_rows)
+/// Creates a device registering itself with the provisioning key (or finds
+/// it, if it was created meanwhile). Run by the writer, in its transaction.
+pub(super) async fn insert_device(
+    conn: &mut SqliteConnection,
+    device_id: &str,
+) -> Result<(i64, bool), StoreError> {
+    sqlx::query(
+        "INSERT INTO devices (device_id, created_ms) VALUES (?, ?)
+         ON CONFLICT (device_id) DO NOTHING",
+    )
+    .bind(device_id)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(
+        sqlx::query_as("SELECT id, revoked_ms IS NOT NULL FROM devices WHERE device_id = ?")
+            .bind(device_id)
+            .fetch_one(&mut *conn)
+            .await?,
+    )
+}
+
+/// Writes a `Hello` that brings something new; returns the metric rows.
+/// Run by the writer, in its transaction.
+pub(super) async fn write_hello(
+    conn: &mut SqliteConnection,
+    device_row: i64,
+    hello: &Hello,
+) -> Result<HashMap<u16, i64>, StoreError> {
+    sqlx::query("UPDATE devices SET model = ?, firmware = ? WHERE id = ?")
+        .bind(&hello.model)
+        .bind(&hello.firmware)
+        .bind(device_row)
+        .execute(&mut *conn)
+        .await?;
+    let mut metric_rows = HashMap::with_capacity(hello.metrics.len());
+    for metric in &hello.metrics {
+        let row: i64 = sqlx::query_scalar(
+            "INSERT INTO metrics (device, name, unit) VALUES (?, ?, ?)
+             ON CONFLICT (device, name) DO UPDATE SET unit = excluded.unit
+             RETURNING id",
+        )
+        .bind(device_row)
+        .bind(&metric.name)
+        .bind(&metric.unit)
+        .fetch_one(&mut *conn)
+        .await?;
+        metric_rows.insert(metric.id, row);
     }
+    Ok(metric_rows)
 }

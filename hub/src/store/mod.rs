@@ -29,6 +29,21 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+/// When the pool's own commits (device registrations, retention, CLI
+/// changes) reach the disk. The writer's commits are always fsynced
+/// (`synchronous=FULL`): that is what an Ack promises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolDurability {
+    /// fsync at every commit: for one-off changes such as `hub device add`.
+    EveryCommit,
+    /// fsync with the writer's next commit. The WAL is written in order, so
+    /// the fsync of a later commit makes every earlier one durable, and a
+    /// device's readings are acknowledged only after such a commit. For the
+    /// running hub, where ten thousand devices registering at once must not
+    /// queue for an fsync each.
+    WithWriter,
+}
+
 /// A handle on the database, cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -42,19 +57,23 @@ impl Store {
     ///
     /// # Errors
     /// The file cannot be opened or a migration fails.
-    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+    pub async fn open(path: &Path, durability: PoolDurability) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str("sqlite:")?
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a commit survives power loss, which is what an Ack promises.
-            // Group commit pays the fsync once for many batches.
+            // FULL: a commit survives power loss. Group commit pays the fsync
+            // once for many batches.
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        let pool_sync = match durability {
+            PoolDurability::EveryCommit => SqliteSynchronous::Full,
+            PoolDurability::WithWriter => SqliteSynchronous::Normal,
+        };
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options.clone())
+            .connect_with(options.clone().synchronous(pool_sync))
             .await?;
         sqlx::migrate!("../migrations").run(&pool).await?;
         Ok(Store { pool, options })
@@ -65,8 +84,8 @@ impl Store {
         &self.pool
     }
 
-    /// A dedicated connection, for the writer, which keeps its prepared
-    /// statements for the life of the hub.
+    /// A dedicated connection with `synchronous=FULL`, for the writer, which
+    /// keeps its prepared statements for the life of the hub.
     pub(crate) async fn dedicated_connection(&self) -> Result<SqliteConnection, StoreError> {
         Ok(self.options.connect().await?)
     }

@@ -2,7 +2,10 @@
 //!
 //! Sessions hand it [`WriteRequest`]s; it takes everything queued (up to a
 //! limit), writes it in one `BEGIN IMMEDIATE … COMMIT`, and only after the
-//! commit tells each session its batch is stored. Under load, requests pile
+//! commit tells each session its batch is stored. It also writes what a
+//! device's first connection registers ([`Registration`]), in the same group
+//! commits: with one writer, nothing in the running hub waits in SQLite's
+//! busy handler (which sleeps, rather than waking when the lock frees). Under load, requests pile
 //! up while a commit runs and the next commit takes them all: one fsync pays
 //! for many batches (group commit) without adding a fixed delay at low load.
 //!
@@ -19,12 +22,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use protocol::Hello;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{Acquire, Connection};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Store, StoreError, now_ms};
+use super::{Store, StoreError, devices, now_ms};
 use crate::telemetry::Counters;
 
 /// Most rows queued for the writer across all sessions. A session that
@@ -89,6 +93,38 @@ pub struct WriteRequest {
     _permit: OwnedSemaphorePermit,
 }
 
+/// A registration write: what a device's connection brings that the
+/// database does not have yet.
+#[derive(Debug)]
+pub enum Registration {
+    /// Create the device if it is unknown (it presented the provisioning
+    /// key). Answers its row and whether it is revoked.
+    Device {
+        device_id: String,
+        reply: oneshot::Sender<Result<(i64, bool), String>>,
+    },
+    /// Record a `Hello`'s model, firmware and metrics. Answers the metric
+    /// rows by the device's metric ids.
+    Hello {
+        device_row: i64,
+        hello: Hello,
+        reply: oneshot::Sender<Result<HashMap<u16, i64>, String>>,
+    },
+}
+
+/// What the writer is asked to do.
+#[derive(Debug)]
+enum Job {
+    Batch(WriteRequest),
+    Register(Registration),
+}
+
+/// What a registration produced, answered after the commit.
+enum Registered {
+    Device(i64, bool),
+    Hello(HashMap<u16, i64>),
+}
+
 /// The writer has stopped (the hub is shutting down).
 #[derive(Debug, thiserror::Error)]
 #[error("the writer has stopped")]
@@ -97,7 +133,7 @@ pub struct WriterStopped;
 /// The sessions' handle on the writer. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct WriterHandle {
-    requests: mpsc::Sender<WriteRequest>,
+    requests: mpsc::Sender<Job>,
     rows: Arc<Semaphore>,
 }
 
@@ -125,7 +161,50 @@ impl WriterHandle {
             reply,
             _permit: permit,
         };
-        self.requests.send(request).await.map_err(|_| WriterStopped)
+        self.requests
+            .send(Job::Batch(request))
+            .await
+            .map_err(|_| WriterStopped)
+    }
+
+    /// Writes a registration in the next group commit and waits for it.
+    ///
+    /// # Errors
+    /// The writer has stopped or the transaction failed.
+    pub async fn register_device(&self, device_id: &str) -> Result<(i64, bool), String> {
+        let (reply, answer) = oneshot::channel();
+        let job = Registration::Device {
+            device_id: device_id.to_owned(),
+            reply,
+        };
+        self.requests
+            .send(Job::Register(job))
+            .await
+            .map_err(|_| WriterStopped.to_string())?;
+        answer.await.map_err(|_| WriterStopped.to_string())?
+    }
+
+    /// Writes a `Hello`'s model, firmware and metrics in the next group
+    /// commit and returns the metric rows.
+    ///
+    /// # Errors
+    /// The writer has stopped or the transaction failed.
+    pub async fn register_hello(
+        &self,
+        device_row: i64,
+        hello: &Hello,
+    ) -> Result<HashMap<u16, i64>, String> {
+        let (reply, answer) = oneshot::channel();
+        let job = Registration::Hello {
+            device_row,
+            hello: hello.clone(),
+            reply,
+        };
+        self.requests
+            .send(Job::Register(job))
+            .await
+            .map_err(|_| WriterStopped.to_string())?;
+        answer.await.map_err(|_| WriterStopped.to_string())?
     }
 }
 
@@ -170,9 +249,10 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<WriteRequest>, stop: CancellationToken) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Job>, stop: CancellationToken) {
         let mut pending = Vec::with_capacity(QUEUED_REQUESTS);
         let mut committed = Vec::new();
+        let mut registered = Vec::new();
         loop {
             let received = tokio::select! {
                 received = rx.recv_many(&mut pending, QUEUED_REQUESTS) => received,
@@ -187,11 +267,14 @@ impl Writer {
                 break;
             }
             committed.clear();
-            match self.commit(&pending, &mut committed).await {
+            registered.clear();
+            match self.commit(&pending, &mut committed, &mut registered).await {
                 Ok(()) => {
                     self.counters.record_commit(committed.len());
                     self.on_commit.committed(&committed);
-                    reply_all(&mut pending, |seq| WriteOutcome::Stored { seq });
+                    reply_all(&mut pending, registered.drain(..).map(Ok), |seq| {
+                        WriteOutcome::Stored { seq }
+                    });
                 }
                 Err(err) => {
                     tracing::error!(error = %err, batches = pending.len(), "commit failed; sessions will close and devices resend");
@@ -202,7 +285,8 @@ impl Writer {
                         Ok(next) => self.next_pos = next,
                         Err(err) => tracing::error!(error = %err, "cannot reload positions"),
                     }
-                    reply_all(&mut pending, |seq| WriteOutcome::Failed { seq });
+                    let failed = std::iter::repeat_with(|| Err(err.to_string()));
+                    reply_all(&mut pending, failed, |seq| WriteOutcome::Failed { seq });
                     // Do not spin against a failing disk.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -226,13 +310,34 @@ impl Writer {
 
     async fn commit(
         &mut self,
-        requests: &[WriteRequest],
+        jobs: &[Job],
         committed: &mut Vec<Committed>,
+        registered: &mut Vec<Registered>,
     ) -> Result<(), StoreError> {
         let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
         let conn = tx.acquire().await?;
+        // Registrations first: a batch in the same commit may depend on them.
+        for job in jobs {
+            match job {
+                Job::Register(Registration::Device { device_id, .. }) => {
+                    let (row, revoked) = devices::insert_device(conn, device_id).await?;
+                    registered.push(Registered::Device(row, revoked));
+                }
+                Job::Register(Registration::Hello {
+                    device_row, hello, ..
+                }) => {
+                    let rows = devices::write_hello(conn, *device_row, hello).await?;
+                    registered.push(Registered::Hello(rows));
+                }
+                Job::Batch(_) => {}
+            }
+        }
         let mut advanced: HashMap<i64, u64> = HashMap::new();
         let mut pos = self.next_pos;
+        let requests = jobs.iter().filter_map(|job| match job {
+            Job::Batch(request) => Some(request),
+            Job::Register(_) => None,
+        });
         for request in requests {
             let last = match advanced.get(&request.device_row) {
                 Some(&seq) => seq,
@@ -270,11 +375,37 @@ impl Writer {
     }
 }
 
-fn reply_all(pending: &mut Vec<WriteRequest>, outcome: impl Fn(u64) -> WriteOutcome) {
-    for request in pending.drain(..) {
-        // A closed channel means the session has gone; the device will learn
-        // the outcome from Welcome's last_seq when it reconnects.
-        let _ = request.reply.try_send(outcome(request.seq));
+/// Answers every job: batches with `outcome`, registrations (in order) with
+/// `registered`.
+fn reply_all(
+    pending: &mut Vec<Job>,
+    mut registered: impl Iterator<Item = Result<Registered, String>>,
+    outcome: impl Fn(u64) -> WriteOutcome,
+) {
+    for job in pending.drain(..) {
+        match job {
+            // A closed channel means the session has gone; the device will
+            // learn the outcome from Welcome's last_seq when it reconnects.
+            Job::Batch(request) => {
+                let _ = request.reply.try_send(outcome(request.seq));
+            }
+            Job::Register(Registration::Device { reply, .. }) => {
+                let answer = match registered.next() {
+                    Some(Ok(Registered::Device(row, revoked))) => Ok((row, revoked)),
+                    Some(Err(err)) => Err(err),
+                    _ => Err("registration out of step".into()),
+                };
+                let _ = reply.send(answer);
+            }
+            Job::Register(Registration::Hello { reply, .. }) => {
+                let answer = match registered.next() {
+                    Some(Ok(Registered::Hello(rows))) => Ok(rows),
+                    Some(Err(err)) => Err(err),
+                    _ => Err("registration out of step".into()),
+                };
+                let _ = reply.send(answer);
+            }
+        }
     }
 }
 
