@@ -209,6 +209,53 @@ async fn a_subscriber_that_never_reads_stalls_no_one_and_later_gets_everything()
 }
 
 #[tokio::test]
+async fn device_filtered_subscribers_follow_live_and_catch_up_when_they_lag() {
+    let hub = TestHub::start(&["--provision-key", "k"]).await.unwrap();
+    // One reads as events come, one stalls long enough for its inbox to
+    // overflow (more commits for its device than the inbox holds).
+    let mut reader = SseClient::connect(&hub.addr, "/v1/events?device=sim-2", &[])
+        .await
+        .unwrap();
+    let mut stalled = SseClient::connect(&hub.addr, "/v1/events?device=sim-2,sim-3", &[])
+        .await
+        .unwrap();
+    let mut config = fleet(&hub, 3, 2_000.0, 1_000);
+    config.device.batch = 5;
+    let run = tokio::spawn(fleet::run(config));
+
+    let db = hub.db().await.unwrap();
+    let wanted = |devices: &'static [&'static str]| {
+        let db = db.clone();
+        async move {
+            let all: Vec<(i64, String)> =
+                sqlx::query_as("SELECT pos, device FROM readings ORDER BY pos")
+                    .fetch_all(&db)
+                    .await
+                    .unwrap();
+            all.into_iter()
+                .filter(|(_, device)| devices.contains(&device.as_str()))
+                .map(|(pos, _)| pos)
+                .collect::<Vec<i64>>()
+        }
+    };
+    let mut got = Vec::new();
+    while got.len() < 1_000 {
+        let event = reader.next_of("reading").await.unwrap();
+        assert_eq!(event.json()["device"], "sim-2");
+        got.push(event.pos());
+    }
+    assert!(run.await.unwrap().complete());
+    assert_eq!(got, wanted(&["sim-2"]).await);
+
+    let expected = wanted(&["sim-2", "sim-3"]).await;
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        got.push(stalled.next_of("reading").await.unwrap().pos());
+    }
+    assert_eq!(got, expected);
+}
+
+#[tokio::test]
 async fn after_a_restart_history_comes_from_storage() {
     let hub = TestHub::start(&["--provision-key", "k"]).await.unwrap();
     let summary = fleet::run(fleet(&hub, 4, 1_000.0, 500)).await;

@@ -11,18 +11,24 @@
 //! event exactly once, a slow one costs the hub no memory of its own, and it
 //! never slows ingest or other subscribers: nobody waits for it.
 //!
+//! Subscribers filtered by device are not woken by every commit: each has a
+//! small inbox, and a commit is delivered only to the inboxes of the devices
+//! it contains. An inbox that overflows marks its subscriber, which then
+//! catches up through the ring or SQLite like any other.
+//!
 //! Device connect/disconnect `status` events are live-only (not stored, not
 //! replayed) and go through a small broadcast channel.
 
 pub mod format;
 pub mod subscription;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use axum::body::Bytes;
 use protocol::MetricDescriptor;
-use tokio::sync::{Semaphore, broadcast, watch};
+use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 
 use crate::store::Store;
 use crate::store::writer::{Committed, OnCommit};
@@ -30,6 +36,24 @@ use crate::store::writer::{Committed, OnCommit};
 /// Status events buffered for subscribers. One that lags further skips the
 /// oldest: presence is also in `/v1/devices`.
 const STATUS_BUFFER: usize = 1024;
+
+/// Commits a device-filtered subscriber may have waiting in its inbox; when
+/// full, the subscriber is marked and catches up from the ring or SQLite.
+const INBOX_CHUNKS: usize = 64;
+
+/// A device-filtered subscriber's inbox, as the fan-out sees it.
+#[derive(Debug)]
+struct Inbox {
+    chunks: mpsc::Sender<Arc<Chunk>>,
+    overflowed: Arc<AtomicBool>,
+}
+
+/// A device-filtered subscriber's side of its inbox.
+#[derive(Debug)]
+pub struct InboxReceiver {
+    pub(crate) chunks: mpsc::Receiver<Arc<Chunk>>,
+    pub(crate) overflowed: Arc<AtomicBool>,
+}
 
 /// One reading inside a chunk's text.
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +96,8 @@ pub struct Live {
     head: watch::Sender<i64>,
     catalog: RwLock<HashMap<i64, Arc<MetricMeta>>>,
     status: broadcast::Sender<(Arc<str>, Bytes)>,
+    /// Inboxes of device-filtered subscribers, by device.
+    inboxes: Mutex<HashMap<String, Vec<Inbox>>>,
     store: Store,
     /// Most bytes of formatted events the ring keeps.
     ring_bytes: usize,
@@ -89,6 +115,7 @@ impl Live {
             head: watch::Sender::new(head),
             catalog: RwLock::new(HashMap::new()),
             status: broadcast::Sender::new(STATUS_BUFFER),
+            inboxes: Mutex::new(HashMap::new()),
             store,
             ring_bytes,
             slots: Arc::new(Semaphore::new(max_subscribers)),
@@ -115,6 +142,41 @@ impl Live {
                         prefix: format::reading_prefix(&device, &metric.name, &metric.unit),
                     }),
                 );
+            }
+        }
+    }
+
+    /// Opens an inbox that receives every commit containing one of `devices`.
+    pub fn open_inbox(&self, devices: &std::collections::HashSet<String>) -> InboxReceiver {
+        let (sender, chunks) = mpsc::channel(INBOX_CHUNKS);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let mut inboxes = self.inboxes.lock().unwrap_or_else(PoisonError::into_inner);
+        for device in devices {
+            inboxes.entry(device.clone()).or_default().push(Inbox {
+                chunks: sender.clone(),
+                overflowed: Arc::clone(&overflowed),
+            });
+        }
+        InboxReceiver { chunks, overflowed }
+    }
+
+    /// Delivers a chunk to the inboxes of the devices it contains.
+    fn deliver(&self, chunk: &Arc<Chunk>, devices: &[Arc<str>]) {
+        let mut inboxes = self.inboxes.lock().unwrap_or_else(PoisonError::into_inner);
+        for device in devices {
+            let Some(list) = inboxes.get_mut(&**device) else {
+                continue;
+            };
+            list.retain(|inbox| !inbox.chunks.is_closed());
+            for inbox in list.iter() {
+                if let Err(mpsc::error::TrySendError::Full(_)) =
+                    inbox.chunks.try_send(Arc::clone(chunk))
+                {
+                    inbox.overflowed.store(true, Ordering::Release);
+                }
+            }
+            if list.is_empty() {
+                inboxes.remove(&**device);
             }
         }
     }
@@ -156,6 +218,14 @@ impl OnCommit for Live {
         };
         let mut text = String::with_capacity(rows.len() * 160);
         let mut events = Vec::with_capacity(rows.len());
+        // The devices in this commit, only if some subscriber filters by device.
+        let targeted = !self
+            .inboxes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty();
+        let mut devices: Vec<Arc<str>> = Vec::new();
+        let mut seen: HashSet<*const u8> = HashSet::new();
         let catalog = self.catalog.read().unwrap_or_else(PoisonError::into_inner);
         for row in rows {
             let Some(meta) = catalog.get(&row.sample.metric) else {
@@ -167,6 +237,9 @@ impl OnCommit for Live {
                 );
                 continue;
             };
+            if targeted && seen.insert(meta.device.as_ptr()) {
+                devices.push(Arc::clone(&meta.device));
+            }
             let start = text.len();
             format::reading(
                 &mut text,
@@ -192,7 +265,7 @@ impl OnCommit for Live {
         {
             let mut ring = self.lock_ring();
             ring.bytes += chunk.text.len();
-            ring.chunks.push_back(chunk);
+            ring.chunks.push_back(Arc::clone(&chunk));
             while ring.bytes > self.ring_bytes && ring.chunks.len() > 1 {
                 if let Some(old) = ring.chunks.pop_front() {
                     ring.bytes -= old.text.len();
@@ -200,5 +273,8 @@ impl OnCommit for Live {
             }
         }
         self.head.send_replace(last.pos);
+        if targeted {
+            self.deliver(&chunk, &devices);
+        }
     }
 }

@@ -7,9 +7,13 @@
 //! from the ring or, if the ring has moved past it, from SQLite. Events are
 //! sent strictly in position order and only if past the cursor, which is
 //! what makes a resume free of gaps and duplicates.
+//!
+//! A subscriber filtered by device, once caught up, follows its inbox
+//! instead of the head: it wakes only for commits of its devices.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -19,7 +23,7 @@ use tokio::sync::{OwnedSemaphorePermit, broadcast, watch};
 use tokio::time::{Instant, Interval};
 use tokio_util::sync::CancellationToken;
 
-use super::{Chunk, Live, format};
+use super::{Chunk, InboxReceiver, Live, format};
 use crate::store::StoreError;
 use crate::store::query::ReadingRow;
 
@@ -86,7 +90,17 @@ pub struct Subscription {
     shutdown: CancellationToken,
     /// The retention watermark already reported with a `reset`.
     reset_reported: i64,
+    /// For device-filtered subscribers: commits of their devices.
+    inbox: Option<InboxReceiver>,
+    /// Caught up, and woken only by the inbox.
+    following_inbox: bool,
     _slot: OwnedSemaphorePermit,
+}
+
+enum Inboxed {
+    Text(Bytes),
+    Nothing,
+    End,
 }
 
 enum RingRead {
@@ -108,8 +122,12 @@ impl Subscription {
         timing: Timing,
         shutdown: CancellationToken,
     ) -> Result<Self, StoreError> {
-        // Subscribe before reading the head so nothing published in between
-        // is missed.
+        // Subscribe (and open the inbox) before reading the head so nothing
+        // published in between is missed.
+        let inbox = filter
+            .devices
+            .as_ref()
+            .map(|devices| live.open_inbox(devices));
         let head = live.head.subscribe();
         let status = live.status.subscribe();
         let now = *head.borrow();
@@ -151,6 +169,8 @@ impl Subscription {
             ),
             shutdown,
             reset_reported,
+            inbox,
+            following_inbox: false,
             _slot: slot,
         })
     }
@@ -172,6 +192,13 @@ impl Subscription {
                     Err(TryRecvError::Empty | TryRecvError::Closed) => break,
                 }
             }
+            if self.following_inbox {
+                match self.next_from_inbox().await {
+                    Inboxed::Text(text) => return Some(text),
+                    Inboxed::Nothing => continue,
+                    Inboxed::End => return None,
+                }
+            }
             self.head.borrow_and_update();
             match self.read_ring() {
                 RingRead::Text(text) if text.is_empty() => continue,
@@ -184,6 +211,14 @@ impl Subscription {
                         return None;
                     }
                 },
+                RingRead::UpToDate if self.inbox.is_some() => {
+                    // Caught up: from now on only this subscriber's commits
+                    // wake it. Any that arrived meanwhile are in the inbox
+                    // (opened before the cursor was placed) and are skipped
+                    // up to the cursor.
+                    self.following_inbox = true;
+                    continue;
+                }
                 RingRead::UpToDate => {}
             }
             tokio::select! {
@@ -200,6 +235,42 @@ impl Subscription {
                 },
                 _ = self.keep_alive.tick() => return Some(Bytes::from_static(format::KEEP_ALIVE.as_bytes())),
             }
+        }
+    }
+
+    /// The next commit delivered to this device-filtered subscriber's inbox,
+    /// waiting for one (or a status event, or the keep-alive).
+    async fn next_from_inbox(&mut self) -> Inboxed {
+        let Some(inbox) = &mut self.inbox else {
+            return Inboxed::Nothing;
+        };
+        if inbox.overflowed.swap(false, Ordering::AcqRel) {
+            // Commits were not delivered: catch up from the cursor instead.
+            while inbox.chunks.try_recv().is_ok() {}
+            self.following_inbox = false;
+            return Inboxed::Nothing;
+        }
+        let chunk = tokio::select! {
+            () = self.shutdown.cancelled() => return Inboxed::End,
+            chunk = inbox.chunks.recv() => match chunk {
+                Some(chunk) => chunk,
+                None => return Inboxed::End,
+            },
+            status = self.status.recv() => return match status {
+                Ok((device, text)) if self.filter.wants_device(&device) => Inboxed::Text(text),
+                Ok(_) | Err(RecvError::Lagged(_)) => Inboxed::Nothing,
+                Err(RecvError::Closed) => Inboxed::End,
+            },
+            _ = self.keep_alive.tick() => return Inboxed::Text(Bytes::from_static(format::KEEP_ALIVE.as_bytes())),
+        };
+        if chunk.last_pos <= self.cursor {
+            return Inboxed::Nothing;
+        }
+        let text = self.take(&chunk);
+        if text.is_empty() {
+            Inboxed::Nothing
+        } else {
+            Inboxed::Text(text)
         }
     }
 
