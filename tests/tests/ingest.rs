@@ -134,6 +134,31 @@ async fn a_connection_without_hello_in_time_is_closed() {
     assert_eq!(closed.close_code, Some(1008));
 }
 
+#[tokio::test]
+async fn pings_keep_a_live_device_connected_and_drop_a_silent_one() {
+    let hub = TestHub::start(&["--ping-interval", "200ms"]).await.unwrap();
+    let token = hub.add_device("dev-1").await.unwrap();
+
+    // Reading its socket, the client answers the hub's pings by itself.
+    let mut alive = hub.connect(&token).await.unwrap();
+    alive.hello("dev-1").await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), alive.recv())
+            .await
+            .is_err(),
+        "no frame, only pings, for five ping intervals"
+    );
+    alive.send_acked(&batch(1, 0, 1)).await.unwrap();
+
+    // Not reading, it cannot answer: the hub gives up after two intervals.
+    let mut silent = hub.connect(&token).await.unwrap();
+    silent.hello("dev-1").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (closed, _) = silent.until_closed().await.unwrap();
+    assert_eq!(closed.error, Some(error_code::IDLE_TIMEOUT));
+    assert_eq!(closed.close_code, Some(1008));
+}
+
 /// What a misbehaving device does after connecting.
 enum Misbehaviour {
     Bytes(Vec<u8>),
