@@ -142,21 +142,7 @@ fn summarize(received: Vec<subscribers::Received>, started: f64) -> FanoutRun {
 async fn fanout_hub(subscribers: usize, messages: u64, batch: usize) -> anyhow::Result<FanoutRun> {
     let hub = HubProcess::start(&[]).await?;
     let stride = (messages * subscribers as u64 / 100_000).max(1);
-    let (ready_tx, mut ready) = tokio::sync::mpsc::channel(subscribers);
-    let mut subs = JoinSet::new();
-    for _ in 0..subscribers {
-        subs.spawn(subscribers::sse(
-            hub.addr.clone(),
-            "metric=latency".into(),
-            messages,
-            stride,
-            ready_tx.clone(),
-        ));
-    }
-    drop(ready_tx);
-    for _ in 0..subscribers {
-        ready_or_failure(&mut ready, &mut subs).await?;
-    }
+    let subs = sse_subscribers(&hub, subscribers, messages, stride).await?;
     let started = now_us();
     probe::run(ProbeSpec {
         url: hub.ws_url(),
@@ -196,6 +182,33 @@ async fn fanout_mosquitto(
     mosquitto::publish(broker.port, "bench/readings", messages, batch as u64, None).await?;
     let received = collect(subs).await?;
     Ok(summarize(received, started))
+}
+
+/// Opens `count` unfiltered-by-device SSE subscribers to the probes' metric,
+/// each reading until `expected` events arrived; returns once all are open.
+async fn sse_subscribers(
+    hub: &HubProcess,
+    count: usize,
+    expected: u64,
+    stride: u64,
+) -> anyhow::Result<JoinSet<anyhow::Result<subscribers::Received>>> {
+    let (ready_tx, mut ready) = tokio::sync::mpsc::channel(count);
+    let mut subs = JoinSet::new();
+    for _ in 0..count {
+        let query = "metric=latency".into();
+        subs.spawn(subscribers::sse(
+            hub.addr.clone(),
+            query,
+            expected,
+            stride,
+            ready_tx.clone(),
+        ));
+    }
+    drop(ready_tx);
+    for _ in 0..count {
+        ready_or_failure(&mut ready, &mut subs).await?;
+    }
+    Ok(subs)
 }
 
 /// Waits for one subscriber to be ready, or reports the one that failed.
@@ -435,20 +448,7 @@ pub async fn latency(size: Size, max_rate: f64) -> anyhow::Result<Value> {
         let hub = HubProcess::start(&[]).await?;
         let expected = batches * (devices * batch) as u64;
         let stride = (expected * subscribers as u64 / 200_000).max(1);
-        let (ready_tx, mut ready) = tokio::sync::mpsc::channel(subscribers);
-        let mut subs = JoinSet::new();
-        for _ in 0..subscribers {
-            subs.spawn(subscribers::sse(
-                hub.addr.clone(),
-                "metric=latency".into(),
-                expected,
-                stride,
-                ready_tx.clone(),
-            ));
-        }
-        for _ in 0..subscribers {
-            ready.recv().await.context("a subscriber failed")?;
-        }
+        let subs = sse_subscribers(&hub, subscribers, expected, stride).await?;
         let mut probes = JoinSet::new();
         for d in 0..devices {
             probes.spawn(probe::run(ProbeSpec {

@@ -167,21 +167,15 @@ impl WriterHandle {
             .map_err(|_| WriterStopped)
     }
 
-    /// Writes a registration in the next group commit and waits for it.
+    /// Creates a device registering itself with the provisioning key, in the
+    /// next group commit; answers its row and whether it is revoked.
     ///
     /// # Errors
     /// The writer has stopped or the transaction failed.
     pub async fn register_device(&self, device_id: &str) -> Result<(i64, bool), String> {
-        let (reply, answer) = oneshot::channel();
-        let job = Registration::Device {
-            device_id: device_id.to_owned(),
-            reply,
-        };
-        self.requests
-            .send(Job::Register(job))
+        let device_id = device_id.to_owned();
+        self.register(|reply| Registration::Device { device_id, reply })
             .await
-            .map_err(|_| WriterStopped.to_string())?;
-        answer.await.map_err(|_| WriterStopped.to_string())?
     }
 
     /// Writes a `Hello`'s model, firmware and metrics in the next group
@@ -194,14 +188,22 @@ impl WriterHandle {
         device_row: i64,
         hello: &Hello,
     ) -> Result<HashMap<u16, i64>, String> {
-        let (reply, answer) = oneshot::channel();
-        let job = Registration::Hello {
+        let hello = hello.clone();
+        self.register(|reply| Registration::Hello {
             device_row,
-            hello: hello.clone(),
+            hello,
             reply,
-        };
+        })
+        .await
+    }
+
+    async fn register<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Registration,
+    ) -> Result<T, String> {
+        let (reply, answer) = oneshot::channel();
         self.requests
-            .send(Job::Register(job))
+            .send(Job::Register(job(reply)))
             .await
             .map_err(|_| WriterStopped.to_string())?;
         answer.await.map_err(|_| WriterStopped.to_string())?
