@@ -42,7 +42,12 @@ impl HubProcess {
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("starting {}", hub.display()))?;
+            .with_context(|| {
+                format!(
+                    "starting {} (build both binaries: cargo build --release -p bench --bins)",
+                    hub.display()
+                )
+            })?;
         let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
         let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
             .await

@@ -1,4 +1,6 @@
-//! The benchmark harness: `cargo run --release -p bench -- <scenario>`.
+//! The benchmark harness: `cargo build --release -p bench --bins`, then
+//! `./target/release/bench <scenario>` (it starts `bench-hub`, its build of
+//! the hub, from the same folder).
 //!
 //! Starts the real hub as a process on loopback with a fresh database for
 //! every run, drives it with load devices, the simulator library, SSE and
