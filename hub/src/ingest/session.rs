@@ -148,11 +148,12 @@ impl Ending {
 
 /// Runs a device connection to its end.
 pub async fn run(mut socket: WebSocket, auth: Auth, ctx: Arc<Context>) {
-    let device = match &auth {
-        Auth::Device(credentials) => credentials.device_id.as_str(),
-        Auth::Provisioning => "",
-    };
-    let span = tracing::info_span!("device_session", device = device);
+    // A provisioning device's id is known only from its Hello; the handshake
+    // records it then.
+    let span = tracing::info_span!("device_session", device = tracing::field::Empty);
+    if let Auth::Device(credentials) = &auth {
+        span.record("device", credentials.device_id.as_str());
+    }
     async {
         ctx.counters.connection_opened();
         let ending = serve(&mut socket, auth, &ctx).await;
