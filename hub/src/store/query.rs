@@ -20,6 +20,19 @@ pub struct ReadingRow {
     pub value: Option<f64>,
 }
 
+/// The largest storage position ever assigned (0 if none). With
+/// AUTOINCREMENT, `sqlite_sequence` keeps it even after retention deleted
+/// the row.
+pub(super) async fn last_position<'e>(
+    executor: impl sqlx::SqliteExecutor<'e>,
+) -> Result<i64, StoreError> {
+    let pos: Option<i64> =
+        sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = 'samples'")
+            .fetch_optional(executor)
+            .await?;
+    Ok(pos.unwrap_or(0))
+}
+
 fn reading_row(row: SqliteRow) -> ReadingRow {
     ReadingRow {
         pos: row.get(0),
@@ -130,11 +143,7 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub async fn last_pos(&self) -> Result<i64, StoreError> {
-        let pos: Option<i64> =
-            sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = 'samples'")
-                .fetch_optional(self.pool())
-                .await?;
-        Ok(pos.unwrap_or(0))
+        last_position(self.pool()).await
     }
 
     /// The largest storage position retention has deleted (0 if none).

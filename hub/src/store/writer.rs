@@ -28,7 +28,7 @@ use sqlx::{Acquire, Connection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Store, StoreError, devices, now_ms};
+use super::{Store, StoreError, devices, now_ms, query};
 use crate::telemetry::Counters;
 
 /// Most rows queued for the writer across all sessions. A session that
@@ -301,13 +301,7 @@ impl Writer {
     }
 
     async fn load_next_pos(&mut self) -> Result<i64, StoreError> {
-        // With AUTOINCREMENT, sqlite_sequence keeps the largest position ever
-        // used, even after retention deleted it.
-        let last: Option<i64> =
-            sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = 'samples'")
-                .fetch_optional(&mut self.conn)
-                .await?;
-        Ok(last.unwrap_or(0) + 1)
+        Ok(query::last_position(&mut self.conn).await? + 1)
     }
 
     async fn commit(
