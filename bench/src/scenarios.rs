@@ -357,6 +357,7 @@ pub async fn connections(size: Size) -> anyhow::Result<Value> {
                 buffer: 1_000,
                 backoff: Backoff::default(),
                 clock_skew_ms: 0,
+                tls: None,
             },
         };
         let fleet = tokio::spawn(fleet::run(config));

@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -40,7 +40,7 @@ const INTERVAL_RANGE_MS: std::ops::RangeInclusive<u64> = 10..=86_400_000;
 /// What every device of a fleet shares.
 #[derive(Debug, Clone)]
 pub struct DeviceSettings {
-    /// The device endpoint, `ws://host:port/v1/ws`.
+    /// The device endpoint, `ws://host:port/v1/ws` or `wss://…`.
     pub url: String,
     pub kinds: Vec<SensorKind>,
     /// Readings per second; `None` follows the hub's `Welcome`.
@@ -56,6 +56,10 @@ pub struct DeviceSettings {
     pub backoff: Backoff,
     /// Added to the device's clock, in ms.
     pub clock_skew_ms: i64,
+    /// Whom a `wss://` hub's certificate must chain to (see [`crate::tls`]).
+    /// `None` reads the system's roots again at every connection: fleets
+    /// should build one and share it.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// The hub's device endpoint for a `--hub` address: `/v1/ws` is appended
@@ -152,6 +156,7 @@ async fn next_link_event(link: &mut Link) -> Event {
 
 async fn handshake(
     url: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
     credential: String,
     hello: DeviceFrame,
 ) -> anyhow::Result<(Box<Ws>, Welcome)> {
@@ -166,7 +171,12 @@ async fn handshake(
         .write_buffer_size(0);
     let (mut ws, _) = timeout(
         HANDSHAKE_TIMEOUT,
-        tokio_tungstenite::connect_async_with_config(request, Some(config), true),
+        tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(config),
+            true,
+            tls.map(Connector::Rustls),
+        ),
     )
     .await
     .context("connecting timed out")?
@@ -382,6 +392,7 @@ pub async fn run(
                 };
                 let handshake = Box::pin(handshake(
                     device.settings.url.clone(),
+                    device.settings.tls.clone(),
                     device.spec.credential.clone(),
                     device.hello(),
                 ));

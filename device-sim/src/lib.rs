@@ -5,6 +5,7 @@
 //!   in an [`outbox`] until acknowledged, reconnects with [`backoff`], and
 //!   hub commands (`ping`, `set_interval`).
 //! * [`fleet`]: N devices in one process, progress and summary ([`stats`]).
+//! * [`tls`]: whom a `wss://` hub must be vouched for by.
 //! * [`sensors`]: sensor models that look real on a chart, seeded by [`rng`].
 
 pub mod backoff;
@@ -14,3 +15,4 @@ pub mod outbox;
 pub mod rng;
 pub mod sensors;
 pub mod stats;
+pub mod tls;

@@ -1,5 +1,6 @@
 //! `device-sim`: run simulated devices against a hub.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -8,15 +9,21 @@ use device_sim::backoff::Backoff;
 use device_sim::device::{DeviceSettings, endpoint};
 use device_sim::fleet::{self, Credential, FleetConfig, Ids};
 use device_sim::sensors::SensorKind;
+use device_sim::tls;
 
 /// Simulated telemetry devices: one to ten thousand, reconnecting with
 /// backoff and resending whatever the hub has not acknowledged.
 #[derive(Debug, Parser)]
 #[command(name = "device-sim", version)]
 struct Args {
-    /// The hub: ws://host:port (the device path /v1/ws is added).
-    #[arg(long, env = "SIM_HUB", default_value = "ws://127.0.0.1:8080")]
+    /// The hub: ws://host:port or wss://host:port (the device path /v1/ws
+    /// is added unless a path is given).
+    #[arg(long, env = "SIM_HUB", default_value = "ws://127.0.0.1:8080", value_parser = parse_hub)]
     hub: String,
+    /// PEM file of the CA that signed a wss:// hub's certificate, trusted
+    /// besides the system's roots (for private or self-signed hubs).
+    #[arg(long, env = "SIM_CA_CERT")]
+    ca_cert: Option<PathBuf>,
     /// How many devices to simulate.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     devices: u64,
@@ -77,6 +84,16 @@ struct Args {
     json: bool,
 }
 
+fn parse_hub(text: &str) -> Result<String, String> {
+    if text.starts_with("ws://") || text.starts_with("wss://") {
+        Ok(endpoint(text))
+    } else {
+        Err(format!(
+            "{text:?} is not a WebSocket address (ws://host:port or wss://host:port)"
+        ))
+    }
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|err| format!("{err} (for example 500ms, 30s or 5m)"))
 }
@@ -123,6 +140,20 @@ async fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let tls = match (args.hub.starts_with("wss://"), &args.ca_cert) {
+        (true, ca_cert) => match tls::client_config(ca_cert.as_deref()) {
+            Ok(config) => Some(config),
+            Err(err) => {
+                eprintln!("error: --ca-cert: {err:#}");
+                return ExitCode::from(2);
+            }
+        },
+        (false, Some(_)) => {
+            eprintln!("error: --ca-cert applies only to a wss:// --hub");
+            return ExitCode::from(2);
+        }
+        (false, None) => None,
+    };
     let config = FleetConfig {
         devices: args.devices as usize,
         ids: match args.id {
@@ -135,7 +166,7 @@ async fn main() -> ExitCode {
         grace: Duration::from_secs(10),
         progress: !args.json,
         device: DeviceSettings {
-            url: endpoint(&args.hub),
+            url: args.hub,
             kinds: args.metrics,
             rate: args.rate,
             batch: args.batch as usize,
@@ -147,6 +178,7 @@ async fn main() -> ExitCode {
                 ..Backoff::default()
             },
             clock_skew_ms: args.clock_skew,
+            tls,
         },
     };
     let summary = fleet::run(config).await;

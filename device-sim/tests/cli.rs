@@ -36,6 +36,25 @@ fn bad_flags_are_refused_naming_the_flag() {
             "--id",
         ),
         (&[][..], "--token"),
+        (
+            &["--provision-key", "k", "--hub", "http://hub:8080"],
+            "--hub",
+        ),
+        (
+            &["--provision-key", "k", "--ca-cert", "ca.pem"],
+            "--ca-cert",
+        ),
+        (
+            &[
+                "--provision-key",
+                "k",
+                "--hub",
+                "wss://hub",
+                "--ca-cert",
+                "/nonexistent/ca.pem",
+            ],
+            "--ca-cert",
+        ),
     ] {
         let out = sim(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -5,6 +5,7 @@
 //! `main.rs`, which cargo builds before these tests run.
 
 pub mod browser;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -33,6 +33,7 @@ fn fleet(addr: &str, count: u64) -> FleetConfig {
                 cap: Duration::from_millis(500),
             },
             clock_skew_ms: 0,
+            tls: None,
         },
     }
 }

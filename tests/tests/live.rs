@@ -30,6 +30,7 @@ fn fleet(hub: &TestHub, devices: usize, rate: f64, count: u64) -> FleetConfig {
             buffer: 10_000,
             backoff: Backoff::default(),
             clock_skew_ms: 0,
+            tls: None,
         },
     }
 }

@@ -1,5 +1,5 @@
 //! device-sim against the real hub: fleets deliver exactly once, survive a
-//! hub restart, and obey set_interval.
+//! hub restart, obey set_interval, and reach a hub behind TLS (wss://).
 
 use std::time::Duration;
 
@@ -7,7 +7,9 @@ use device_sim::backoff::Backoff;
 use device_sim::device::{DeviceSettings, endpoint};
 use device_sim::fleet::{self, Credential, FleetConfig, Ids, Summary};
 use device_sim::sensors::SensorKind;
+use device_sim::tls;
 use e2e::TestHub;
+use e2e::tls::{TlsFront, fixture};
 
 fn fleet(
     hub_addr: &str,
@@ -44,6 +46,7 @@ fn settings(rate: Option<f64>, batch: usize, count: Option<u64>) -> DeviceSettin
             cap: Duration::from_millis(500),
         },
         clock_skew_ms: 0,
+        tls: None,
     }
 }
 
@@ -190,4 +193,49 @@ async fn set_interval_changes_the_rate_that_reaches_the_hub() {
         rate_after >= 4.0,
         "many more after set_interval 100 ms: {rate_after}"
     );
+}
+
+#[tokio::test]
+async fn a_fleet_delivers_over_wss_to_a_hub_behind_tls() {
+    let hub = TestHub::start(&["--provision-key", "k"]).await.unwrap();
+    let front = TlsFront::start(&hub.addr).await.unwrap();
+    let port = front.addr.rsplit(':').next().unwrap();
+    let mut config = fleet(
+        &hub.addr,
+        3,
+        Credential::ProvisionKey("k".into()),
+        settings(Some(100.0), 10, Some(50)),
+    );
+    config.device.url = endpoint(&format!("wss://localhost:{port}"));
+    config.device.tls = Some(tls::client_config(Some(&fixture("ca.pem"))).unwrap());
+    let summary = run_with_patience(config).await;
+    assert!(summary.complete(), "{summary:?}");
+    assert_eq!(stored(&hub).await, (150, 150));
+}
+
+#[tokio::test]
+async fn a_hub_whose_certificate_is_not_trusted_gets_nothing() {
+    let hub = TestHub::start(&["--provision-key", "k"]).await.unwrap();
+    let front = TlsFront::start(&hub.addr).await.unwrap();
+    let port = front.addr.rsplit(':').next().unwrap();
+    let mut config = fleet(
+        &hub.addr,
+        1,
+        Credential::ProvisionKey("k".into()),
+        settings(Some(100.0), 10, Some(20)),
+    );
+    config.duration = Some(Duration::from_secs(1));
+    config.grace = Duration::from_secs(1);
+    config.device.url = endpoint(&format!("wss://localhost:{port}"));
+    // Trusts no one: the test CA is not among the roots.
+    let trusts_no_one = rustls::ClientConfig::builder()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    config.device.tls = Some(std::sync::Arc::new(trusts_no_one));
+    let summary = run_with_patience(config).await;
+    assert!(!summary.complete(), "{summary:?}");
+    assert_eq!(summary.acked, 0);
+    let error = summary.last_error.clone().unwrap_or_default();
+    assert!(error.contains("certificate"), "{error}");
+    assert_eq!(stored(&hub).await, (0, 0));
 }
