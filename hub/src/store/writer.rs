@@ -40,10 +40,10 @@ const QUEUED_ROWS: usize = 128 * 1024;
 /// tighter bound); when full, `submit` waits, with the same backpressure.
 const QUEUED_REQUESTS: usize = 4096;
 
-/// Largest multi-row INSERT, in rows. sqlx hands each statement to its
+/// Most rows in one INSERT or UPDATE. sqlx hands each statement to its
 /// SQLite worker thread, so many rows per statement is what makes it fast;
 /// 256 rows × 4 columns stays far below SQLite's 32,766 parameters.
-const ROWS_PER_INSERT: usize = 256;
+const ROWS_PER_STATEMENT: usize = 256;
 
 /// One reading, ready to store.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -355,15 +355,7 @@ impl Writer {
             }
         }
         insert_samples(conn, committed).await?;
-        let seen = now_ms();
-        for (&device_row, &seq) in &advanced {
-            sqlx::query("UPDATE devices SET last_seq = ?, last_seen_ms = ? WHERE id = ?")
-                .bind(i64::try_from(seq).unwrap_or(i64::MAX))
-                .bind(seen)
-                .bind(device_row)
-                .execute(&mut *conn)
-                .await?;
-        }
+        record_last_seq(conn, &advanced, now_ms()).await?;
         tx.commit().await?;
         self.next_pos = pos;
         self.last_seq.extend(advanced);
@@ -413,35 +405,55 @@ async fn load_last_seq(conn: &mut SqliteConnection, device_row: i64) -> Result<u
     Ok(seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
 }
 
-/// `INSERT … VALUES (…),(…)` statements for 1, 2, 4 … [`ROWS_PER_INSERT`]
-/// rows: any count is written as full-size statements plus at most one of
-/// each smaller power of two, so only nine distinct statements are ever
-/// prepared and all stay in the connection's statement cache.
-static INSERT_SQL: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+/// Statements for 1, 2, 4 … [`ROWS_PER_STATEMENT`] rows of `row`
+/// placeholders each, made by `sql`: any count is written as full-size
+/// statements plus at most one of each smaller power of two, so only nine
+/// distinct statements of a kind are ever prepared and all stay in the
+/// connection's statement cache. The placeholders are bare `?`, numbered by
+/// their place in the text: with numbered ones (`?513`) SQLite looks each
+/// name up in a list, and a 1,024-parameter statement binds many times
+/// slower.
+fn power_of_two_statements(row: &str, sql: impl Fn(&str) -> String) -> Vec<&'static str> {
     let mut statements = Vec::new();
     let mut rows = 1;
-    while rows <= ROWS_PER_INSERT {
-        let values = vec!["(?, ?, ?, ?)"; rows].join(", ");
-        let sql = format!("INSERT INTO samples (pos, metric, ts_ms, value) VALUES {values}");
-        statements.push(&*sql.leak());
+    while rows <= ROWS_PER_STATEMENT {
+        let values = vec![row; rows].join(", ");
+        statements.push(&*sql(&values).leak());
         rows *= 2;
     }
     statements
+}
+
+/// Splits `items` into the chunks [`power_of_two_statements`] serves, each
+/// with the index of its statement.
+fn power_of_two_chunks<T>(mut rest: &[T]) -> impl Iterator<Item = (usize, &[T])> {
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let take = if rest.len() >= ROWS_PER_STATEMENT {
+            ROWS_PER_STATEMENT
+        } else {
+            1 << rest.len().ilog2()
+        };
+        let (chunk, tail) = rest.split_at(take);
+        rest = tail;
+        Some((take.ilog2() as usize, chunk))
+    })
+}
+
+static INSERT_SQL: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    power_of_two_statements("(?, ?, ?, ?)", |values| {
+        format!("INSERT INTO samples (pos, metric, ts_ms, value) VALUES {values}")
+    })
 });
 
 async fn insert_samples(
     conn: &mut SqliteConnection,
     committed: &[Committed],
 ) -> Result<(), StoreError> {
-    let mut rest = committed;
-    while !rest.is_empty() {
-        let take = if rest.len() >= ROWS_PER_INSERT {
-            ROWS_PER_INSERT
-        } else {
-            1 << rest.len().ilog2()
-        };
-        let (chunk, tail) = rest.split_at(take);
-        let mut query = sqlx::query(INSERT_SQL[take.ilog2() as usize]);
+    for (statement, chunk) in power_of_two_chunks(committed) {
+        let mut query = sqlx::query(INSERT_SQL[statement]);
         for row in chunk {
             query = query
                 .bind(row.pos)
@@ -450,7 +462,63 @@ async fn insert_samples(
                 .bind(row.sample.value);
         }
         query.execute(&mut *conn).await?;
-        rest = tail;
     }
     Ok(())
+}
+
+/// `UPDATE … FROM (VALUES …)`: every device of a commit in one statement,
+/// not one round trip to SQLite's thread per device. The first parameter
+/// (it comes first in the text) is the time seen.
+static LAST_SEQ_SQL: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    power_of_two_statements("(?, ?)", |values| {
+        format!(
+            "UPDATE devices SET last_seq = v.column2, last_seen_ms = ? \
+             FROM (VALUES {values}) AS v WHERE devices.id = v.column1"
+        )
+    })
+});
+
+/// Writes each device's last committed `seq` and when it was last seen.
+async fn record_last_seq(
+    conn: &mut SqliteConnection,
+    advanced: &HashMap<i64, u64>,
+    seen_ms: i64,
+) -> Result<(), StoreError> {
+    let advanced: Vec<(i64, u64)> = advanced.iter().map(|(&row, &seq)| (row, seq)).collect();
+    for (statement, chunk) in power_of_two_chunks(&advanced) {
+        let mut query = sqlx::query(LAST_SEQ_SQL[statement]).bind(seen_ms);
+        for &(device_row, seq) in chunk {
+            query = query
+                .bind(device_row)
+                .bind(i64::try_from(seq).unwrap_or(i64::MAX));
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn there_is_a_statement_for_every_power_of_two_up_to_the_largest() {
+        let statements = power_of_two_statements("(?)", |values| values.to_owned());
+        assert_eq!(statements.len(), 9);
+        assert_eq!(statements[0], "(?)");
+        assert_eq!(statements[1], "(?), (?)");
+        assert_eq!(statements[8].matches('?').count(), ROWS_PER_STATEMENT);
+    }
+
+    #[test]
+    fn any_count_is_covered_by_power_of_two_chunks() {
+        for count in [0, 1, 5, 255, 256, 257, 1000] {
+            let items: Vec<usize> = (0..count).collect();
+            let chunks: Vec<(usize, &[usize])> = power_of_two_chunks(&items).collect();
+            assert_eq!(chunks.iter().map(|(_, c)| c.len()).sum::<usize>(), count);
+            for (statement, chunk) in chunks {
+                assert_eq!(chunk.len(), 1 << statement);
+            }
+        }
+    }
 }
