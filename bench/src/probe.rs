@@ -25,8 +25,25 @@ pub struct ProbeSpec {
     pub device_id: String,
     pub batch: usize,
     pub batches: u64,
-    /// Batches per second; `None` sends as fast as acks allow.
-    pub rate: Option<f64>,
+    /// A fixed schedule; `None` sends as fast as acks allow.
+    pub pace: Option<Pace>,
+}
+
+/// A probe's sending schedule.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    pub batches_per_s: f64,
+    /// When the first batch is due, after the start: probes of one run are
+    /// spread over the interval, as a real fleet's devices are, rather than
+    /// sending in lockstep bursts.
+    pub offset: Duration,
+}
+
+/// Waits for `due`; at once when there is no schedule.
+async fn sleep_until_due(due: Option<Instant>) {
+    if let Some(due) = due {
+        tokio::time::sleep_until(due).await;
+    }
 }
 
 /// What a probe measured.
@@ -66,11 +83,35 @@ pub async fn run(spec: ProbeSpec) -> anyhow::Result<ProbeResult> {
     let mut next = 0u64;
     let started = Instant::now();
     while next < spec.batches || !in_flight.is_empty() {
-        if next < spec.batches && in_flight.len() < WINDOW {
-            if let Some(rate) = spec.rate {
-                tokio::time::sleep_until(started + Duration::from_secs_f64(next as f64 / rate))
-                    .await;
+        let room = next < spec.batches && in_flight.len() < WINDOW;
+        // Paced probes send on their schedule whether or not acks have come
+        // back, so a slow hub cannot hide its latency by delaying the sends
+        // (coordinated omission); unpaced ones fill the window first.
+        let due = spec.pace.map(|pace| {
+            started + pace.offset + Duration::from_secs_f64(next as f64 / pace.batches_per_s)
+        });
+        let send_now = tokio::select! {
+            biased;
+            () = sleep_until_due(due), if room => true,
+            frame = next_frame(&mut ws), if !in_flight.is_empty() => {
+                match frame? {
+                    HubFrame::Ack(ack) => {
+                        while let Some(&(seq, sent)) = in_flight.front() {
+                            if seq > ack.seq {
+                                break;
+                            }
+                            in_flight.pop_front();
+                            result.rtt_us.push(now_us() - sent);
+                            result.readings += spec.batch as u64;
+                        }
+                    }
+                    HubFrame::Error(error) => bail!("hub error {}: {}", error.code, error.message),
+                    _ => {}
+                }
+                false
             }
+        };
+        if send_now {
             let sent = now_us();
             let seq = first_seq + next;
             let batch = DeviceFrame::Batch(Batch {
@@ -87,24 +128,6 @@ pub async fn run(spec: ProbeSpec) -> anyhow::Result<ProbeResult> {
             ws.send(Message::Binary(batch.encode().into())).await?;
             in_flight.push_back((seq, sent));
             next += 1;
-            // Keep sending while the window has room and no ack is waiting.
-            if spec.rate.is_none() && in_flight.len() < WINDOW {
-                continue;
-            }
-        }
-        match next_frame(&mut ws).await? {
-            HubFrame::Ack(ack) => {
-                while let Some(&(seq, sent)) = in_flight.front() {
-                    if seq > ack.seq {
-                        break;
-                    }
-                    in_flight.pop_front();
-                    result.rtt_us.push(now_us() - sent);
-                    result.readings += spec.batch as u64;
-                }
-            }
-            HubFrame::Error(error) => bail!("hub error {}: {}", error.code, error.message),
-            _ => {}
         }
     }
     let _ = ws.close(None).await;

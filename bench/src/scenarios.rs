@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 
 use crate::hubproc::HubProcess;
 use crate::mosquitto::{self, Mosquitto};
-use crate::probe::{self, ProbeSpec};
+use crate::probe::{self, Pace, ProbeSpec};
 use crate::stats::{Repeated, now_us, percentiles_ms};
 use crate::subscribers;
 use crate::{Size, ceiling};
@@ -33,7 +33,7 @@ async fn ingest_once(devices: usize, batch: usize, batches: u64) -> anyhow::Resu
             device_id: format!("probe-{d}"),
             batch,
             batches,
-            rate: None,
+            pace: None,
         }));
     }
     let mut rtt = Vec::new();
@@ -149,7 +149,7 @@ async fn fanout_hub(subscribers: usize, messages: u64, batch: usize) -> anyhow::
         device_id: "probe-1".into(),
         batch,
         batches: messages / batch as u64,
-        rate: None,
+        pace: None,
     })
     .await?;
     let received = collect(subs).await?;
@@ -439,7 +439,7 @@ pub async fn latency(size: Size, max_rate: f64) -> anyhow::Result<Value> {
     let batches = (batches_per_s_per_device * seconds).ceil() as u64;
     println!("\n### end-to-end latency under load\n");
     println!(
-        "{devices} devices sending frames of {batch} at {target:.0} readings/s in all (half the measured maximum) for {seconds} s; {subscribers} unfiltered SSE subscribers. Median (min–max) of {} runs.\n",
+        "{devices} devices sending frames of {batch} at {target:.0} readings/s in all (half the measured maximum) for {seconds} s, their schedules spread evenly over the interval; {subscribers} unfiltered SSE subscribers. Median (min–max) of {} runs.\n",
         size.repeats()
     );
     println!("| readings/s | p50 ms | p99 ms | p999 ms |");
@@ -457,7 +457,12 @@ pub async fn latency(size: Size, max_rate: f64) -> anyhow::Result<Value> {
                 device_id: format!("probe-{d}"),
                 batch,
                 batches,
-                rate: Some(batches_per_s_per_device),
+                pace: Some(Pace {
+                    batches_per_s: batches_per_s_per_device,
+                    offset: Duration::from_secs_f64(
+                        d as f64 / devices as f64 / batches_per_s_per_device,
+                    ),
+                }),
             }));
         }
         while let Some(done) = probes.join_next().await {

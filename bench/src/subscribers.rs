@@ -47,10 +47,13 @@ pub async fn sse(
     let mut buf = vec![0u8; 64 * 1024];
     let mut received = Received::default();
     let mut head_done = false;
+    // Keep-alive comments arrive on an idle stream: only events count.
+    let mut last_event = tokio::time::Instant::now();
     while received.count < expected {
-        let n = tokio::time::timeout(Duration::from_secs(60), stream.read(&mut buf))
-            .await
-            .context("no events for 60 s")??;
+        let n =
+            tokio::time::timeout_at(last_event + Duration::from_secs(60), stream.read(&mut buf))
+                .await
+                .with_context(|| format!("no events for 60 s after {}", received.count))??;
         anyhow::ensure!(n > 0, "stream ended after {} events", received.count);
         raw.extend_from_slice(&buf[..n]);
         if !head_done {
@@ -73,6 +76,7 @@ pub async fn sse(
             consumed += end + 2;
             if event.starts_with(b"id: ") {
                 received.count += 1;
+                last_event = tokio::time::Instant::now();
                 if received.count % stride == 0
                     && let Some(sent) = value_of(event)
                 {
