@@ -67,6 +67,24 @@ async fn acknowledged_batches_are_stored_with_names_units_and_times() {
 }
 
 #[tokio::test]
+async fn the_largest_batch_is_stored_whole_across_many_socket_reads() {
+    let hub = TestHub::start(&[]).await.unwrap();
+    let token = hub.add_device("dev-1").await.unwrap();
+    let mut device = hub.connect(&token).await.unwrap();
+    device.hello("dev-1").await.unwrap();
+    let largest = u32::try_from(limits::MAX_READINGS_PER_BATCH).unwrap();
+    let frame = batch(1, 1_000_000, largest);
+    // Far larger than the hub's 1 KiB per-connection read buffer.
+    assert!(frame.encode().len() > 16 * 1024);
+    device.send_acked(&frame).await.unwrap();
+    device.send_acked(&batch(2, 2_000_000, 3)).await.unwrap();
+    assert_eq!(
+        count(&hub, "SELECT count(*) FROM readings").await,
+        i64::from(largest) + 3
+    );
+}
+
+#[tokio::test]
 async fn a_resent_batch_is_acknowledged_again_and_stored_once() {
     let hub = TestHub::start(&[]).await.unwrap();
     let token = hub.add_device("dev-1").await.unwrap();

@@ -31,9 +31,11 @@ use session::Auth;
 /// protocol's own limit answers with a typed `Error` frame.
 const WS_MESSAGE_LIMIT: usize = 2 * MAX_FRAME_BYTES;
 
-/// Per-connection read buffer. tokio-tungstenite's default (128 KiB) would
-/// cost over a gigabyte for ten thousand idle devices.
-const WS_READ_BUFFER: usize = 4 * 1024;
+/// Per-connection read buffer: what one socket read takes at most. Ten
+/// thousand idle devices pay it each (tokio-tungstenite's default, 128 KiB,
+/// would be over a gigabyte). A frame larger than this is still read whole:
+/// the buffer grows to the frame's announced length, in reads of this size.
+const WS_READ_BUFFER: usize = 1024;
 
 /// How often the registry is checked for revoked devices.
 const REVOCATION_POLL: Duration = Duration::from_millis(250);

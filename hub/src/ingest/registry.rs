@@ -43,7 +43,9 @@ pub enum Kick {
 struct Entry {
     session: u64,
     kick: oneshot::Sender<Kick>,
-    commands: mpsc::Sender<PendingCommand>,
+    /// Boxed: tokio allocates a channel's first block of 32 slots up front,
+    /// and 32 unboxed commands would cost every idle device 2 KiB.
+    commands: mpsc::Sender<Box<PendingCommand>>,
 }
 
 #[derive(Debug, Default)]
@@ -59,7 +61,7 @@ pub struct Inbox {
     /// Fires when the session must end.
     pub kicked: oneshot::Receiver<Kick>,
     /// Commands for the device.
-    pub commands: mpsc::Receiver<PendingCommand>,
+    pub commands: mpsc::Receiver<Box<PendingCommand>>,
 }
 
 /// The live sessions, shared by the ingest endpoint, the API and the
@@ -124,10 +126,10 @@ impl Registry {
         let id = inner.next_command;
         let entry = inner.live.get(device_id).ok_or(CommandRefused::Offline)?;
         let (reply, result) = oneshot::channel();
-        let pending = PendingCommand {
+        let pending = Box::new(PendingCommand {
             command: Command { id, name, args },
             reply,
-        };
+        });
         entry.commands.try_send(pending).map_err(|err| match err {
             mpsc::error::TrySendError::Full(_) => CommandRefused::QueueFull,
             mpsc::error::TrySendError::Closed(_) => CommandRefused::Offline,

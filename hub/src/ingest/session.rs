@@ -20,7 +20,7 @@ use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::registry::{COMMAND_QUEUE, Kick, Registry};
+use super::registry::{COMMAND_QUEUE, Kick, PendingCommand, Registry};
 use super::state::{BatchStream, Violation, check_hello};
 use crate::live::Live;
 use crate::store::Store;
@@ -335,12 +335,13 @@ async fn serve(socket: &mut WebSocket, auth: Auth, ctx: &Context) -> Ending {
                 }
             }
             Some(pending) = commands.recv(), if awaiting.len() < COMMAND_QUEUE => {
-                let frame = HubFrame::Command(pending.command);
+                let PendingCommand { command, reply } = *pending;
+                let frame = HubFrame::Command(command);
                 if send(socket, &frame).await.is_err() {
                     break Ending::gone();
                 }
                 if let HubFrame::Command(command) = frame {
-                    awaiting.insert(command.id, pending.reply);
+                    awaiting.insert(command.id, reply);
                 }
             }
             incoming = next_incoming(socket, &ctx.counters), if in_flight < IN_FLIGHT => {

@@ -256,6 +256,9 @@ impl OnCommit for Live {
             });
         }
         drop(catalog);
+        // The ring's budget counts text bytes; the allocation must not be
+        // larger than what is counted.
+        text.shrink_to_fit();
         let chunk = Arc::new(Chunk {
             first_pos: first.pos,
             last_pos: last.pos,
