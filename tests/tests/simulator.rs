@@ -195,19 +195,32 @@ async fn set_interval_changes_the_rate_that_reaches_the_hub() {
     );
 }
 
-#[tokio::test]
-async fn a_fleet_delivers_over_wss_to_a_hub_behind_tls() {
+/// A hub with a provisioning key behind a TLS front, and a fleet of
+/// `devices` sending `count` readings each to it over `wss://localhost`,
+/// trusting what `trust` trusts.
+async fn behind_tls(
+    devices: usize,
+    count: u64,
+    trust: rustls::ClientConfig,
+) -> (TestHub, TlsFront, FleetConfig) {
     let hub = TestHub::start(&["--provision-key", "k"]).await.unwrap();
     let front = TlsFront::start(&hub.addr).await.unwrap();
     let port = front.addr.rsplit(':').next().unwrap();
     let mut config = fleet(
         &hub.addr,
-        3,
+        devices,
         Credential::ProvisionKey("k".into()),
-        settings(Some(100.0), 10, Some(50)),
+        settings(Some(100.0), 10, Some(count)),
     );
     config.device.url = endpoint(&format!("wss://localhost:{port}"));
-    config.device.tls = Some(tls::client_config(Some(&fixture("ca.pem"))).unwrap());
+    config.device.tls = Some(std::sync::Arc::new(trust));
+    (hub, front, config)
+}
+
+#[tokio::test]
+async fn a_fleet_delivers_over_wss_to_a_hub_behind_tls() {
+    let trust = tls::client_config(Some(&fixture("ca.pem"))).unwrap();
+    let (hub, _front, config) = behind_tls(3, 50, (*trust).clone()).await;
     let summary = run_with_patience(config).await;
     assert!(summary.complete(), "{summary:?}");
     assert_eq!(stored(&hub).await, (150, 150));
@@ -215,23 +228,13 @@ async fn a_fleet_delivers_over_wss_to_a_hub_behind_tls() {
 
 #[tokio::test]
 async fn a_hub_whose_certificate_is_not_trusted_gets_nothing() {
-    let hub = TestHub::start(&["--provision-key", "k"]).await.unwrap();
-    let front = TlsFront::start(&hub.addr).await.unwrap();
-    let port = front.addr.rsplit(':').next().unwrap();
-    let mut config = fleet(
-        &hub.addr,
-        1,
-        Credential::ProvisionKey("k".into()),
-        settings(Some(100.0), 10, Some(20)),
-    );
-    config.duration = Some(Duration::from_secs(1));
-    config.grace = Duration::from_secs(1);
-    config.device.url = endpoint(&format!("wss://localhost:{port}"));
     // Trusts no one: the test CA is not among the roots.
     let trusts_no_one = rustls::ClientConfig::builder()
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth();
-    config.device.tls = Some(std::sync::Arc::new(trusts_no_one));
+    let (hub, _front, mut config) = behind_tls(1, 20, trusts_no_one).await;
+    config.duration = Some(Duration::from_secs(1));
+    config.grace = Duration::from_secs(1);
     let summary = run_with_patience(config).await;
     assert!(!summary.complete(), "{summary:?}");
     assert_eq!(summary.acked, 0);
