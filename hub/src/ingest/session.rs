@@ -336,13 +336,11 @@ async fn serve(socket: &mut WebSocket, auth: Auth, ctx: &Context) -> Ending {
             }
             Some(pending) = commands.recv(), if awaiting.len() < COMMAND_QUEUE => {
                 let PendingCommand { command, reply } = *pending;
-                let frame = HubFrame::Command(command);
-                if send(socket, &frame).await.is_err() {
+                let id = command.id;
+                if send(socket, &HubFrame::Command(command)).await.is_err() {
                     break Ending::gone();
                 }
-                if let HubFrame::Command(command) = frame {
-                    awaiting.insert(command.id, reply);
-                }
+                awaiting.insert(id, reply);
             }
             incoming = next_incoming(socket, &ctx.counters), if in_flight < IN_FLIGHT => {
                 last_heard = Instant::now();
