@@ -5,9 +5,60 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 /// Upper bounds of the rows-per-commit histogram buckets.
 const COMMIT_ROW_BUCKETS: [u64; 6] = [1, 10, 100, 1_000, 10_000, 100_000];
+
+/// Upper bounds, in microseconds, of the commit-duration histogram buckets:
+/// from one fsync on a fast disk to a checkpoint on a slow one.
+const COMMIT_MICROS_BUCKETS: [u64; 10] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+/// A cumulative Prometheus histogram over integer observations.
+#[derive(Debug)]
+struct Histogram<const N: usize> {
+    bounds: [u64; N],
+    buckets: [AtomicU64; N],
+    sum: AtomicU64,
+    count: AtomicU64,
+}
+
+impl<const N: usize> Histogram<N> {
+    fn new(bounds: [u64; N]) -> Self {
+        Histogram {
+            bounds,
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, value: u64) {
+        self.count.fetch_add(1, Relaxed);
+        self.sum.fetch_add(value, Relaxed);
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            if value <= *bound {
+                bucket.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Writes the histogram as `name`, dividing bounds and sum by `scale`
+    /// (1e6 to show microseconds as seconds).
+    fn render(&self, out: &mut String, name: &str, help: &str, scale: f64) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            let le = *bound as f64 / scale;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {}", bucket.load(Relaxed));
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum.load(Relaxed) as f64 / scale;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
 
 /// Why a device connection was refused or closed by the hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +97,7 @@ impl Reject {
 }
 
 /// The hub's counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Counters {
     connections_total: AtomicU64,
     connections_open: AtomicU64,
@@ -54,10 +105,25 @@ pub struct Counters {
     bytes_in: AtomicU64,
     readings_in: AtomicU64,
     rejects: [AtomicU64; Reject::ALL.len()],
-    commits: AtomicU64,
     commit_failures: AtomicU64,
-    rows_committed: AtomicU64,
-    commit_rows_buckets: [AtomicU64; COMMIT_ROW_BUCKETS.len()],
+    commit_rows: Histogram<{ COMMIT_ROW_BUCKETS.len() }>,
+    commit_micros: Histogram<{ COMMIT_MICROS_BUCKETS.len() }>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            connections_total: AtomicU64::default(),
+            connections_open: AtomicU64::default(),
+            frames_in: AtomicU64::default(),
+            bytes_in: AtomicU64::default(),
+            readings_in: AtomicU64::default(),
+            rejects: Default::default(),
+            commit_failures: AtomicU64::default(),
+            commit_rows: Histogram::new(COMMIT_ROW_BUCKETS),
+            commit_micros: Histogram::new(COMMIT_MICROS_BUCKETS),
+        }
+    }
 }
 
 impl Counters {
@@ -83,15 +149,12 @@ impl Counters {
         self.rejects[why as usize].fetch_add(1, Relaxed);
     }
 
-    pub fn record_commit(&self, rows: usize) {
-        let rows = rows as u64;
-        self.commits.fetch_add(1, Relaxed);
-        self.rows_committed.fetch_add(rows, Relaxed);
-        for (bound, bucket) in COMMIT_ROW_BUCKETS.iter().zip(&self.commit_rows_buckets) {
-            if rows <= *bound {
-                bucket.fetch_add(1, Relaxed);
-            }
-        }
+    /// A writer transaction committed `rows` readings and took `took` from
+    /// `BEGIN` to the end of `COMMIT` (its fsync, and any checkpoint).
+    pub fn record_commit(&self, rows: usize, took: Duration) {
+        self.commit_rows.observe(rows as u64);
+        self.commit_micros
+            .observe(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
     }
 
     pub fn record_commit_failure(&self) {
@@ -141,7 +204,7 @@ impl Counters {
             "hub_commits_total",
             "Writer transactions committed.",
             "counter",
-            self.commits.load(Relaxed),
+            self.commit_rows.count.load(Relaxed),
         );
         counter(
             "hub_commit_failures_total",
@@ -153,7 +216,7 @@ impl Counters {
             "hub_rows_committed_total",
             "Readings committed to storage.",
             "counter",
-            self.rows_committed.load(Relaxed),
+            self.commit_rows.sum.load(Relaxed),
         );
 
         let _ = writeln!(
@@ -168,25 +231,47 @@ impl Counters {
                 self.rejects[why as usize].load(Relaxed)
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP hub_commit_rows Readings per writer transaction.\n# TYPE hub_commit_rows histogram"
+        self.commit_rows.render(
+            &mut out,
+            "hub_commit_rows",
+            "Readings per writer transaction.",
+            1.0,
         );
-        for (bound, bucket) in COMMIT_ROW_BUCKETS.iter().zip(&self.commit_rows_buckets) {
-            let _ = writeln!(
-                out,
-                "hub_commit_rows_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Relaxed)
-            );
-        }
-        let commits = self.commits.load(Relaxed);
-        let _ = writeln!(out, "hub_commit_rows_bucket{{le=\"+Inf\"}} {commits}");
-        let _ = writeln!(
-            out,
-            "hub_commit_rows_sum {}",
-            self.rows_committed.load(Relaxed)
+        self.commit_micros.render(
+            &mut out,
+            "hub_commit_duration_seconds",
+            "Writer transaction time, BEGIN to durable COMMIT.",
+            1e6,
         );
-        let _ = writeln!(out, "hub_commit_rows_count {commits}");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_histogram_is_cumulative_and_scaled() {
+        let counters = Counters::default();
+        counters.record_commit(5, Duration::from_micros(700));
+        counters.record_commit(500, Duration::from_millis(30));
+        let text = counters.render();
+        for line in [
+            "hub_commits_total 2",
+            "hub_rows_committed_total 505",
+            "hub_commit_rows_bucket{le=\"1\"} 0",
+            "hub_commit_rows_bucket{le=\"10\"} 1",
+            "hub_commit_rows_bucket{le=\"1000\"} 2",
+            "hub_commit_rows_bucket{le=\"+Inf\"} 2",
+            "hub_commit_duration_seconds_bucket{le=\"0.0005\"} 0",
+            "hub_commit_duration_seconds_bucket{le=\"0.001\"} 1",
+            "hub_commit_duration_seconds_bucket{le=\"0.025\"} 1",
+            "hub_commit_duration_seconds_bucket{le=\"0.05\"} 2",
+            "hub_commit_duration_seconds_sum 0.0307",
+            "hub_commit_duration_seconds_count 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 }

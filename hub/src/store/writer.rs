@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use protocol::Hello;
 use sqlx::sqlite::SqliteConnection;
@@ -270,9 +270,11 @@ impl Writer {
             }
             committed.clear();
             registered.clear();
+            let began = Instant::now();
             match self.commit(&pending, &mut committed, &mut registered).await {
                 Ok(()) => {
-                    self.counters.record_commit(committed.len());
+                    self.counters
+                        .record_commit(committed.len(), began.elapsed());
                     self.on_commit.committed(&committed);
                     reply_all(&mut pending, registered.drain(..).map(Ok), |seq| {
                         WriteOutcome::Stored { seq }
