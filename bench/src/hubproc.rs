@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// A running hub, killed on drop.
@@ -99,6 +99,22 @@ impl HubProcess {
             .unwrap_or(0)
     }
 
+    /// The hub's `/metrics` text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let mut stream = tokio::net::TcpStream::connect(&self.addr).await?;
+        let request = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        let (_, body) = response
+            .split_once("\r\n\r\n")
+            .context("no end to the response head")?;
+        Ok(body.to_owned())
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/v1/ws", self.addr)
     }
@@ -108,4 +124,30 @@ impl HubProcess {
 /// Rust supports there (USER_HZ).
 fn clock_ticks_per_second() -> f64 {
     100.0
+}
+
+/// A sample's value in Prometheus text: the line that starts with `series`
+/// followed by a space.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_is_found_by_its_whole_series() {
+        let text =
+            "# HELP x\nhub_commits_total 12\nhub_commit_duration_seconds_bucket{le=\"0.01\"} 7\n";
+        assert_eq!(sample(text, "hub_commits_total"), Some(12.0));
+        assert_eq!(
+            sample(text, "hub_commit_duration_seconds_bucket{le=\"0.01\"}"),
+            Some(7.0)
+        );
+        assert_eq!(sample(text, "hub_commits"), None);
+    }
 }

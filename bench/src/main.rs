@@ -11,6 +11,7 @@
 
 mod ceiling;
 mod hubproc;
+mod machine;
 mod mosquitto;
 mod probe;
 mod scenarios;

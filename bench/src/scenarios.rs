@@ -7,7 +7,8 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-use crate::hubproc::HubProcess;
+use crate::hubproc::{self, HubProcess};
+use crate::machine::CpuTimes;
 use crate::mosquitto::{self, Mosquitto};
 use crate::probe::{self, Pace, ProbeSpec};
 use crate::stats::{Repeated, now_us, percentiles_ms};
@@ -431,6 +432,29 @@ async fn stored_readings(hub: &HubProcess) -> anyhow::Result<u64> {
     .await?
 }
 
+/// What the hub's `/metrics` says about its writer over a run.
+struct Commits {
+    rows_per_commit: f64,
+    mean_ms: f64,
+    /// Share of commits that took longer than 10 ms.
+    over_10ms: f64,
+}
+
+impl Commits {
+    async fn of(hub: &HubProcess) -> anyhow::Result<Commits> {
+        let text = hub.metrics().await?;
+        let read = |series: &str| {
+            hubproc::sample(&text, series).with_context(|| format!("{series} in /metrics"))
+        };
+        let count = read("hub_commit_duration_seconds_count")?.max(1.0);
+        Ok(Commits {
+            rows_per_commit: read("hub_commit_rows_sum")? / count,
+            mean_ms: read("hub_commit_duration_seconds_sum")? * 1e3 / count,
+            over_10ms: 1.0 - read("hub_commit_duration_seconds_bucket{le=\"0.01\"}")? / count,
+        })
+    }
+}
+
 /// Scenario 4: latency from device send to subscriber receipt while ingest
 /// runs at half of `max_rate` readings per second.
 pub async fn latency(size: Size, max_rate: f64) -> anyhow::Result<Value> {
@@ -446,11 +470,17 @@ pub async fn latency(size: Size, max_rate: f64) -> anyhow::Result<Value> {
         "{devices} devices sending frames of {batch} at {target:.0} readings/s in all (half the measured maximum) for {seconds} s, their schedules spread evenly over the interval; {subscribers} unfiltered SSE subscribers. Median (min–max) of {} runs.\n",
         size.repeats()
     );
-    println!("| readings/s | p50 ms | p99 ms | p999 ms |");
-    println!("|---:|---:|---:|---:|");
+    println!(
+        "| readings/s | p50 ms | p99 ms | p999 ms | ack p50 ms | ack p99 ms | rows per commit | commit mean ms | commits over 10 ms | machine busy % | steal % |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut runs = Vec::new();
+    let mut acks = Vec::new();
+    let mut commits = Vec::new();
+    let mut cpu = Vec::new();
     for _ in 0..size.repeats() {
         let hub = HubProcess::start(&[]).await?;
+        let machine_before = CpuTimes::now();
         let expected = batches * (devices * batch) as u64;
         let stride = (expected * subscribers as u64 / 200_000).max(1);
         let subs = sse_subscribers(&hub, subscribers, expected, stride).await?;
@@ -469,23 +499,53 @@ pub async fn latency(size: Size, max_rate: f64) -> anyhow::Result<Value> {
                 }),
             }));
         }
+        let mut rtt = Vec::new();
         while let Some(done) = probes.join_next().await {
-            done??;
+            rtt.extend(done??.rtt_us);
         }
+        cpu.push(CpuTimes::now().since(&machine_before));
+        acks.push(percentiles_ms(&mut rtt, &[0.5, 0.99]));
         let started = now_us();
         runs.push(summarize(collect(subs).await?, started));
+        commits.push(Commits::of(&hub).await?);
     }
     let p50 = Repeated::of(&runs.iter().map(|r| r.p50).collect::<Vec<_>>());
     let p99 = Repeated::of(&runs.iter().map(|r| r.p99).collect::<Vec<_>>());
     let p999 = Repeated::of(&runs.iter().map(|r| r.p999).collect::<Vec<_>>());
+    let ack50 = Repeated::of(&acks.iter().map(|p| p[0]).collect::<Vec<_>>());
+    let ack99 = Repeated::of(&acks.iter().map(|p| p[1]).collect::<Vec<_>>());
+    let rows = Repeated::of(
+        &commits
+            .iter()
+            .map(|c| c.rows_per_commit)
+            .collect::<Vec<_>>(),
+    );
+    let mean = Repeated::of(&commits.iter().map(|c| c.mean_ms).collect::<Vec<_>>());
+    let slow = Repeated::of(
+        &commits
+            .iter()
+            .map(|c| c.over_10ms * 100.0)
+            .collect::<Vec<_>>(),
+    );
+    let busy = Repeated::of(&cpu.iter().map(|c| c.busy).collect::<Vec<_>>());
+    let steal = Repeated::of(&cpu.iter().map(|c| c.steal).collect::<Vec<_>>());
     println!(
-        "| {target:.0} | {} | {} | {} |",
+        "| {target:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         p50.show(2),
         p99.show(2),
-        p999.show(2)
+        p999.show(2),
+        ack50.show(2),
+        ack99.show(2),
+        rows.show(0),
+        mean.show(2),
+        slow.show(1),
+        busy.show(0),
+        steal.show(0),
     );
     Ok(json!({
         "scenario": "latency", "repeats": size.repeats(), "readings_per_s": target, "devices": devices,
         "batch": batch, "subscribers": subscribers, "p50_ms": p50.json(), "p99_ms": p99.json(), "p999_ms": p999.json(),
+        "ack_p50_ms": ack50.json(), "ack_p99_ms": ack99.json(), "rows_per_commit": rows.json(), "commit_mean_ms": mean.json(), "commits_over_10ms_percent": slow.json(),
+        "machine_busy_percent": busy.json(), "steal_percent": steal.json(),
     }))
 }
