@@ -1,15 +1,14 @@
 //! The device registry: provisioning, authentication, revocation and the
 //! per-connection registration of metrics. Reads run on the shared pool;
 //! while the hub runs, its writes (a device's first connection, a changed
-//! `Hello`) run in the writer's transactions through the functions at the
-//! end of this file. The CLI's changes are short statements of their own.
+//! `Hello`) run in the writer's transactions (`writer::statements`). The
+//! CLI's changes are short statements of their own.
 
 use std::collections::HashMap;
 
 use protocol::{Hello, is_valid_device_id};
 use serde::Serialize;
 use sqlx::Row;
-use sqlx::sqlite::SqliteConnection;
 
 use super::{Store, StoreError, now_ms};
 use crate::auth;
@@ -211,56 +210,4 @@ impl Store {
         }
         Ok((last_seq, Some(metric_rows)))
     }
-}
-
-/// Creates a device registering itself with the provisioning key (or finds
-/// it, if it was created meanwhile). Run by the writer, in its transaction.
-pub(super) async fn insert_device(
-    conn: &mut SqliteConnection,
-    device_id: &str,
-) -> Result<(i64, bool), StoreError> {
-    sqlx::query(
-        "INSERT INTO devices (device_id, created_ms) VALUES (?, ?)
-         ON CONFLICT (device_id) DO NOTHING",
-    )
-    .bind(device_id)
-    .bind(now_ms())
-    .execute(&mut *conn)
-    .await?;
-    Ok(
-        sqlx::query_as("SELECT id, revoked_ms IS NOT NULL FROM devices WHERE device_id = ?")
-            .bind(device_id)
-            .fetch_one(&mut *conn)
-            .await?,
-    )
-}
-
-/// Writes a `Hello` that brings something new; returns the metric rows.
-/// Run by the writer, in its transaction.
-pub(super) async fn write_hello(
-    conn: &mut SqliteConnection,
-    device_row: i64,
-    hello: &Hello,
-) -> Result<HashMap<u16, i64>, StoreError> {
-    sqlx::query("UPDATE devices SET model = ?, firmware = ? WHERE id = ?")
-        .bind(&hello.model)
-        .bind(&hello.firmware)
-        .bind(device_row)
-        .execute(&mut *conn)
-        .await?;
-    let mut metric_rows = HashMap::with_capacity(hello.metrics.len());
-    for metric in &hello.metrics {
-        let row: i64 = sqlx::query_scalar(
-            "INSERT INTO metrics (device, name, unit) VALUES (?, ?, ?)
-             ON CONFLICT (device, name) DO UPDATE SET unit = excluded.unit
-             RETURNING id",
-        )
-        .bind(device_row)
-        .bind(&metric.name)
-        .bind(&metric.unit)
-        .fetch_one(&mut *conn)
-        .await?;
-        metric_rows.insert(metric.id, row);
-    }
-    Ok(metric_rows)
 }

@@ -10,15 +10,14 @@ pub mod query;
 pub mod retention;
 pub mod writer;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use sqlx::Connection;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Connection};
 
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +26,10 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("could not apply migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("writer's database error: {0}")]
+    Writer(#[from] rusqlite::Error),
+    #[error("cannot start the writer: {0}")]
+    Thread(#[from] std::io::Error),
 }
 
 /// When the pool's own commits (device registrations, retention, CLI
@@ -48,7 +51,7 @@ pub enum PoolDurability {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
-    options: SqliteConnectOptions,
+    path: PathBuf,
 }
 
 impl Store {
@@ -76,7 +79,10 @@ impl Store {
             .connect_with(options.clone().synchronous(pool_sync))
             .await?;
         sqlx::migrate!("../migrations").run(&pool).await?;
-        Ok(Store { pool, options })
+        Ok(Store {
+            pool,
+            path: path.to_owned(),
+        })
     }
 
     /// The connection pool, for readers and short writes.
@@ -84,10 +90,9 @@ impl Store {
         &self.pool
     }
 
-    /// A dedicated connection with `synchronous=FULL`, for the writer, which
-    /// keeps its prepared statements for the life of the hub.
-    pub(crate) async fn dedicated_connection(&self) -> Result<SqliteConnection, StoreError> {
-        Ok(self.options.connect().await?)
+    /// The database file, for the writer's own connection.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Checks that the database answers.

@@ -17,18 +17,24 @@
 //! Storage positions (`samples.pos`, the live event ids) are assigned here,
 //! in commit order, so they only grow and a reader that has seen position N
 //! has seen every committed position below it.
+//!
+//! The writer runs on its own OS thread (`hub-writer`) with its own rusqlite
+//! connection ([`statements`]): a commit is one thread's uninterrupted work,
+//! with no hand-off to a database thread and back for every statement.
+//! Sessions reach it through a bounded channel and hear back through theirs.
+
+mod statements;
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::Hello;
-use sqlx::sqlite::SqliteConnection;
-use sqlx::{Acquire, Connection};
+use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Store, StoreError, devices, now_ms, query};
+use super::{Store, StoreError, now_ms};
 use crate::telemetry::Counters;
 
 /// Most rows queued for the writer across all sessions. A session that
@@ -39,11 +45,6 @@ const QUEUED_ROWS: usize = 128 * 1024;
 /// Most requests queued for the writer (the rows budget above is usually the
 /// tighter bound); when full, `submit` waits, with the same backpressure.
 const QUEUED_REQUESTS: usize = 4096;
-
-/// Most rows in one INSERT or UPDATE. sqlx hands each statement to its
-/// SQLite worker thread, so many rows per statement is what makes it fast;
-/// 256 rows × 4 columns stays far below SQLite's 32,766 parameters.
-const ROWS_PER_STATEMENT: usize = 256;
 
 /// One reading, ready to store.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -117,6 +118,8 @@ pub enum Registration {
 enum Job {
     Batch(WriteRequest),
     Register(Registration),
+    /// The hub is stopping: refuse new jobs, finish the queued ones, exit.
+    Stop,
 }
 
 /// What a registration produced, answered after the commit.
@@ -210,38 +213,60 @@ impl WriterHandle {
     }
 }
 
-/// Starts the writer on its own connection. It runs until `stop` is
-/// cancelled, then commits what is queued and exits; the hub cancels `stop`
-/// only after every session has ended.
+/// Starts the writer on its own thread and connection. It runs until `stop`
+/// is cancelled, then commits what is queued and exits; the hub cancels
+/// `stop` only after every session has ended. The returned task ends when
+/// the thread has.
 ///
 /// # Errors
-/// The connection cannot be opened or its state read.
+/// The connection cannot be opened, its state read or the thread started.
 pub async fn spawn(
     store: &Store,
     counters: Arc<Counters>,
     on_commit: Arc<dyn OnCommit>,
     stop: CancellationToken,
 ) -> Result<(WriterHandle, tokio::task::JoinHandle<()>), StoreError> {
-    let conn = store.dedicated_connection().await?;
-    let mut writer = Writer {
+    let path = store.path().to_owned();
+    let (conn, next_pos) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+        let conn = statements::open(&path)?;
+        let next_pos = statements::last_position(&conn)? + 1;
+        Ok((conn, next_pos))
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    let writer = Writer {
         conn,
         last_seq: HashMap::new(),
-        next_pos: 0,
+        next_pos,
         counters,
         on_commit,
     };
-    writer.next_pos = writer.load_next_pos().await?;
     let (requests, rx) = mpsc::channel(QUEUED_REQUESTS);
+    let (exited, thread_done) = oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("hub-writer".into())
+        .spawn(move || {
+            writer.run(rx);
+            drop(exited);
+        })?;
+    // The thread blocks on its queue, so the stop arrives through it.
+    let stopper = requests.clone();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        let _ = stopper.send(Job::Stop).await;
+    });
     let handle = WriterHandle {
         requests,
         rows: Arc::new(Semaphore::new(QUEUED_ROWS)),
     };
-    let task = tokio::spawn(writer.run(rx, stop));
+    let task = tokio::spawn(async move {
+        let _ = thread_done.await;
+    });
     Ok((handle, task))
 }
 
 struct Writer {
-    conn: SqliteConnection,
+    conn: Connection,
     /// Last committed seq per `devices.id`, loaded on first use.
     last_seq: HashMap<i64, u64>,
     /// The position the next stored reading gets.
@@ -251,27 +276,21 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Job>, stop: CancellationToken) {
+    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut pending = Vec::with_capacity(QUEUED_REQUESTS);
         let mut committed = Vec::new();
         let mut registered = Vec::new();
-        loop {
-            let received = tokio::select! {
-                received = rx.recv_many(&mut pending, QUEUED_REQUESTS) => received,
-                // Refuse new requests; what is queued is still received below.
-                () = stop.cancelled(), if !rx.is_closed() => {
-                    rx.close();
-                    continue;
-                }
-            };
-            // 0 only once the queue is closed and empty.
-            if received == 0 {
-                break;
+        // 0 only once the queue is closed and empty.
+        while rx.blocking_recv_many(&mut pending, QUEUED_REQUESTS) > 0 {
+            if pending.iter().any(|job| matches!(job, Job::Stop)) {
+                // Refuse new requests; what is queued is still received.
+                rx.close();
+                pending.retain(|job| !matches!(job, Job::Stop));
             }
             committed.clear();
             registered.clear();
             let began = Instant::now();
-            match self.commit(&pending, &mut committed, &mut registered).await {
+            match self.commit(&pending, &mut committed, &mut registered) {
                 Ok(()) => {
                     self.counters
                         .record_commit(committed.len(), began.elapsed());
@@ -285,63 +304,60 @@ impl Writer {
                     self.counters.record_commit_failure();
                     // The in-memory view may be ahead of the database now.
                     self.last_seq.clear();
-                    match self.load_next_pos().await {
-                        Ok(next) => self.next_pos = next,
+                    match statements::last_position(&self.conn) {
+                        Ok(last) => self.next_pos = last + 1,
                         Err(err) => tracing::error!(error = %err, "cannot reload positions"),
                     }
                     let failed = std::iter::repeat_with(|| Err(err.to_string()));
                     reply_all(&mut pending, failed, |seq| WriteOutcome::Failed { seq });
                     // Do not spin against a failing disk.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    std::thread::sleep(Duration::from_millis(100));
                 }
             }
         }
-        if let Err(err) = self.conn.close().await {
+        if let Err((_, err)) = self.conn.close() {
             tracing::warn!(error = %err, "closing the writer's connection");
         }
         tracing::debug!("writer stopped");
     }
 
-    async fn load_next_pos(&mut self) -> Result<i64, StoreError> {
-        Ok(query::last_position(&mut self.conn).await? + 1)
-    }
-
-    async fn commit(
+    fn commit(
         &mut self,
         jobs: &[Job],
         committed: &mut Vec<Committed>,
         registered: &mut Vec<Registered>,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
-        let conn = tx.acquire().await?;
+    ) -> rusqlite::Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Registrations first: a batch in the same commit may depend on them.
         for job in jobs {
             match job {
                 Job::Register(Registration::Device { device_id, .. }) => {
-                    let (row, revoked) = devices::insert_device(conn, device_id).await?;
+                    let (row, revoked) = statements::insert_device(&tx, device_id)?;
                     registered.push(Registered::Device(row, revoked));
                 }
                 Job::Register(Registration::Hello {
                     device_row, hello, ..
                 }) => {
-                    let rows = devices::write_hello(conn, *device_row, hello).await?;
+                    let rows = statements::write_hello(&tx, *device_row, hello)?;
                     registered.push(Registered::Hello(rows));
                 }
-                Job::Batch(_) => {}
+                Job::Batch(_) | Job::Stop => {}
             }
         }
         let mut advanced: HashMap<i64, u64> = HashMap::new();
         let mut pos = self.next_pos;
         let requests = jobs.iter().filter_map(|job| match job {
             Job::Batch(request) => Some(request),
-            Job::Register(_) => None,
+            Job::Register(_) | Job::Stop => None,
         });
         for request in requests {
             let last = match advanced.get(&request.device_row) {
                 Some(&seq) => seq,
                 None => match self.last_seq.get(&request.device_row) {
                     Some(&seq) => seq,
-                    None => load_last_seq(conn, request.device_row).await?,
+                    None => statements::last_seq(&tx, request.device_row)?,
                 },
             };
             if request.seq <= last {
@@ -356,9 +372,9 @@ impl Writer {
                 pos += 1;
             }
         }
-        insert_samples(conn, committed).await?;
-        record_last_seq(conn, &advanced, now_ms()).await?;
-        tx.commit().await?;
+        statements::insert_samples(&tx, committed)?;
+        statements::record_last_seq(&tx, &advanced, now_ms())?;
+        tx.commit()?;
         self.next_pos = pos;
         self.last_seq.extend(advanced);
         Ok(())
@@ -395,132 +411,102 @@ fn reply_all(
                 };
                 let _ = reply.send(answer);
             }
+            Job::Stop => {}
         }
     }
-}
-
-async fn load_last_seq(conn: &mut SqliteConnection, device_row: i64) -> Result<u64, StoreError> {
-    let seq: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM devices WHERE id = ?")
-        .bind(device_row)
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
-}
-
-/// Statements for 1, 2, 4 … [`ROWS_PER_STATEMENT`] rows of `row`
-/// placeholders each, made by `sql`: any count is written as full-size
-/// statements plus at most one of each smaller power of two, so only nine
-/// distinct statements of a kind are ever prepared and all stay in the
-/// connection's statement cache. The placeholders are bare `?`, numbered by
-/// their place in the text: with numbered ones (`?513`) SQLite looks each
-/// name up in a list, and a 1,024-parameter statement binds many times
-/// slower.
-fn power_of_two_statements(row: &str, sql: impl Fn(&str) -> String) -> Vec<&'static str> {
-    let mut statements = Vec::new();
-    let mut rows = 1;
-    while rows <= ROWS_PER_STATEMENT {
-        let values = vec![row; rows].join(", ");
-        statements.push(&*sql(&values).leak());
-        rows *= 2;
-    }
-    statements
-}
-
-/// Splits `items` into the chunks [`power_of_two_statements`] serves, each
-/// with the index of its statement.
-fn power_of_two_chunks<T>(mut rest: &[T]) -> impl Iterator<Item = (usize, &[T])> {
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let take = if rest.len() >= ROWS_PER_STATEMENT {
-            ROWS_PER_STATEMENT
-        } else {
-            1 << rest.len().ilog2()
-        };
-        let (chunk, tail) = rest.split_at(take);
-        rest = tail;
-        Some((take.ilog2() as usize, chunk))
-    })
-}
-
-static INSERT_SQL: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
-    power_of_two_statements("(?, ?, ?, ?)", |values| {
-        format!("INSERT INTO samples (pos, metric, ts_ms, value) VALUES {values}")
-    })
-});
-
-async fn insert_samples(
-    conn: &mut SqliteConnection,
-    committed: &[Committed],
-) -> Result<(), StoreError> {
-    for (statement, chunk) in power_of_two_chunks(committed) {
-        let mut query = sqlx::query(INSERT_SQL[statement]);
-        for row in chunk {
-            query = query
-                .bind(row.pos)
-                .bind(row.sample.metric)
-                .bind(row.sample.ts_ms)
-                .bind(row.sample.value);
-        }
-        query.execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
-/// `UPDATE … FROM (VALUES …)`: every device of a commit in one statement,
-/// not one round trip to SQLite's thread per device. The first parameter
-/// (it comes first in the text) is the time seen.
-static LAST_SEQ_SQL: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
-    power_of_two_statements("(?, ?)", |values| {
-        format!(
-            "UPDATE devices SET last_seq = v.column2, last_seen_ms = ? \
-             FROM (VALUES {values}) AS v WHERE devices.id = v.column1"
-        )
-    })
-});
-
-/// Writes each device's last committed `seq` and when it was last seen.
-async fn record_last_seq(
-    conn: &mut SqliteConnection,
-    advanced: &HashMap<i64, u64>,
-    seen_ms: i64,
-) -> Result<(), StoreError> {
-    let advanced: Vec<(i64, u64)> = advanced.iter().map(|(&row, &seq)| (row, seq)).collect();
-    for (statement, chunk) in power_of_two_chunks(&advanced) {
-        let mut query = sqlx::query(LAST_SEQ_SQL[statement]).bind(seen_ms);
-        for &(device_row, seq) in chunk {
-            query = query
-                .bind(device_row)
-                .bind(i64::try_from(seq).unwrap_or(i64::MAX));
-        }
-        query.execute(&mut *conn).await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::sync::Mutex;
 
-    #[test]
-    fn there_is_a_statement_for_every_power_of_two_up_to_the_largest() {
-        let statements = power_of_two_statements("(?)", |values| values.to_owned());
-        assert_eq!(statements.len(), 9);
-        assert_eq!(statements[0], "(?)");
-        assert_eq!(statements[1], "(?), (?)");
-        assert_eq!(statements[8].matches('?').count(), ROWS_PER_STATEMENT);
+    use protocol::{MetricDescriptor, PROTOCOL_VERSION};
+
+    use super::*;
+    use crate::store::PoolDurability;
+
+    /// Keeps every committed row, as the live fan-out would see them.
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<Committed>>);
+
+    impl OnCommit for Seen {
+        fn committed(&self, rows: &[Committed]) {
+            self.0.lock().unwrap().extend_from_slice(rows);
+        }
     }
 
-    #[test]
-    fn any_count_is_covered_by_power_of_two_chunks() {
-        for count in [0, 1, 5, 255, 256, 257, 1000] {
-            let items: Vec<usize> = (0..count).collect();
-            let chunks: Vec<(usize, &[usize])> = power_of_two_chunks(&items).collect();
-            assert_eq!(chunks.iter().map(|(_, c)| c.len()).sum::<usize>(), count);
-            for (statement, chunk) in chunks {
-                assert_eq!(chunk.len(), 1 << statement);
-            }
+    fn hello() -> Hello {
+        Hello {
+            version: PROTOCOL_VERSION,
+            device_id: "dev-1".into(),
+            model: "m".into(),
+            firmware: "f".into(),
+            metrics: vec![MetricDescriptor {
+                id: 1,
+                name: "temperature".into(),
+                unit: "°C".into(),
+            }],
         }
+    }
+
+    #[tokio::test]
+    async fn batches_are_stored_once_in_position_order_and_the_thread_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("hub.db"), PoolDurability::WithWriter)
+            .await
+            .unwrap();
+        let seen = Arc::new(Seen::default());
+        let stop = CancellationToken::new();
+        let counters = Arc::new(Counters::default());
+        let (writer, task) = spawn(&store, counters, seen.clone(), stop.clone())
+            .await
+            .unwrap();
+
+        let (device, revoked) = writer.register_device("dev-1").await.unwrap();
+        assert!(!revoked);
+        let metrics = writer.register_hello(device, &hello()).await.unwrap();
+        let metric = metrics[&1];
+        let (reply, mut outcomes) = mpsc::channel(4);
+        let samples = |from: i64| -> Vec<Sample> {
+            (from..from + 300)
+                .map(|ts_ms| Sample {
+                    metric,
+                    ts_ms,
+                    value: Some(1.5),
+                })
+                .collect()
+        };
+        for seq in [1, 2, 2] {
+            writer
+                .submit(device, seq, samples(seq as i64 * 1000), reply.clone())
+                .await
+                .unwrap();
+            assert_eq!(outcomes.recv().await, Some(WriteOutcome::Stored { seq }));
+        }
+
+        let rows = seen.0.lock().unwrap().clone();
+        assert_eq!(rows.len(), 600, "the resent batch is not stored again");
+        assert!(rows.iter().zip(1..).all(|(row, pos)| row.pos == pos));
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM samples")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(stored, 600);
+        let last_seq: i64 = sqlx::query_scalar("SELECT last_seq FROM devices WHERE id = ?")
+            .bind(device)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(last_seq, 2);
+
+        stop.cancel();
+        task.await.unwrap();
+        assert!(
+            writer
+                .submit(device, 3, samples(3000), reply)
+                .await
+                .is_err(),
+            "a stopped writer refuses batches"
+        );
     }
 }

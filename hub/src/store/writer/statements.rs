@@ -1,0 +1,215 @@
+//! The writer's SQL, run on its own rusqlite connection and thread.
+//!
+//! Everything here is synchronous: a whole group commit runs on the writer's
+//! thread without handing each statement to another thread and waiting to be
+//! woken with its result.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use protocol::Hello;
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use super::Committed;
+use crate::store::now_ms;
+
+/// Most rows in one INSERT or UPDATE. One statement for many rows runs the
+/// statement machinery (bind, step, reset) once instead of per row;
+/// 256 rows × 4 columns stays far below SQLite's 32,766 parameters.
+const ROWS_PER_STATEMENT: usize = 256;
+
+/// Prepared statements kept per connection: nine sizes each of INSERT and
+/// UPDATE, and the few single statements below.
+const STATEMENT_CACHE: usize = 32;
+
+/// Opens the writer's connection to the database the store created and
+/// migrated. Only the writer's thread uses it, so SQLite's own per-call
+/// mutex is left out.
+pub(super) fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    // The pool's connections (retention, the CLI) write too, rarely.
+    conn.busy_timeout(Duration::from_secs(10))?;
+    // FULL: a commit survives power loss, and only then is a batch
+    // acknowledged. Group commit pays the fsync once for many batches.
+    // (WAL mode is a property of the file; the store set it.)
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
+/// The largest storage position ever assigned (0 if none). With
+/// AUTOINCREMENT, `sqlite_sequence` keeps it even after retention deleted
+/// the row.
+pub(super) fn last_position(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'samples'")?
+        .query_row([], |row| row.get(0))
+        .optional()
+        .map(Option::unwrap_or_default)
+}
+
+/// A device's last committed batch `seq` (0 if it never sent one).
+pub(super) fn last_seq(conn: &Connection, device_row: i64) -> rusqlite::Result<u64> {
+    let seq: Option<i64> = conn
+        .prepare_cached("SELECT last_seq FROM devices WHERE id = ?")?
+        .query_row([device_row], |row| row.get(0))
+        .optional()?;
+    Ok(seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
+}
+
+/// Creates a device registering itself with the provisioning key (or finds
+/// it, if it was created meanwhile). Answers its row and whether it is
+/// revoked.
+pub(super) fn insert_device(conn: &Connection, device_id: &str) -> rusqlite::Result<(i64, bool)> {
+    conn.prepare_cached(
+        "INSERT INTO devices (device_id, created_ms) VALUES (?, ?)
+         ON CONFLICT (device_id) DO NOTHING",
+    )?
+    .execute((device_id, now_ms()))?;
+    conn.prepare_cached("SELECT id, revoked_ms IS NOT NULL FROM devices WHERE device_id = ?")?
+        .query_row([device_id], |row| Ok((row.get(0)?, row.get(1)?)))
+}
+
+/// Records a `Hello`'s model, firmware and metrics; answers the metric rows
+/// by the device's metric ids.
+pub(super) fn write_hello(
+    conn: &Connection,
+    device_row: i64,
+    hello: &Hello,
+) -> rusqlite::Result<HashMap<u16, i64>> {
+    conn.prepare_cached("UPDATE devices SET model = ?, firmware = ? WHERE id = ?")?
+        .execute((&hello.model, &hello.firmware, device_row))?;
+    let mut upsert = conn.prepare_cached(
+        "INSERT INTO metrics (device, name, unit) VALUES (?, ?, ?)
+         ON CONFLICT (device, name) DO UPDATE SET unit = excluded.unit
+         RETURNING id",
+    )?;
+    let mut metric_rows = HashMap::with_capacity(hello.metrics.len());
+    for metric in &hello.metrics {
+        let row: i64 =
+            upsert.query_row((device_row, &metric.name, &metric.unit), |row| row.get(0))?;
+        metric_rows.insert(metric.id, row);
+    }
+    Ok(metric_rows)
+}
+
+/// Statements for 1, 2, 4 … [`ROWS_PER_STATEMENT`] rows of `row`
+/// placeholders each, made by `sql`: any count is written as full-size
+/// statements plus at most one of each smaller power of two, so only nine
+/// distinct statements of a kind are ever prepared and all stay in the
+/// connection's statement cache. The placeholders are bare `?`, numbered by
+/// their place in the text: with numbered ones (`?513`) SQLite looks each
+/// name up in a list, and a 1,024-parameter statement binds many times
+/// slower.
+fn power_of_two_statements(row: &str, sql: impl Fn(&str) -> String) -> Vec<&'static str> {
+    let mut statements = Vec::new();
+    let mut rows = 1;
+    while rows <= ROWS_PER_STATEMENT {
+        let values = vec![row; rows].join(", ");
+        statements.push(&*sql(&values).leak());
+        rows *= 2;
+    }
+    statements
+}
+
+/// Splits `items` into the chunks [`power_of_two_statements`] serves, each
+/// with the index of its statement.
+fn power_of_two_chunks<T>(mut rest: &[T]) -> impl Iterator<Item = (usize, &[T])> {
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let take = if rest.len() >= ROWS_PER_STATEMENT {
+            ROWS_PER_STATEMENT
+        } else {
+            1 << rest.len().ilog2()
+        };
+        let (chunk, tail) = rest.split_at(take);
+        rest = tail;
+        Some((take.ilog2() as usize, chunk))
+    })
+}
+
+static INSERT_SQL: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    power_of_two_statements("(?, ?, ?, ?)", |values| {
+        format!("INSERT INTO samples (pos, metric, ts_ms, value) VALUES {values}")
+    })
+});
+
+/// Inserts the readings of a commit, bound straight into cached statements.
+pub(super) fn insert_samples(conn: &Connection, committed: &[Committed]) -> rusqlite::Result<()> {
+    for (statement, chunk) in power_of_two_chunks(committed) {
+        let mut insert = conn.prepare_cached(INSERT_SQL[statement])?;
+        for (i, row) in chunk.iter().enumerate() {
+            let first = 4 * i + 1;
+            insert.raw_bind_parameter(first, row.pos)?;
+            insert.raw_bind_parameter(first + 1, row.sample.metric)?;
+            insert.raw_bind_parameter(first + 2, row.sample.ts_ms)?;
+            insert.raw_bind_parameter(first + 3, row.sample.value)?;
+        }
+        insert.raw_execute()?;
+    }
+    Ok(())
+}
+
+/// `UPDATE … FROM (VALUES …)`: every device of a commit in one statement.
+/// The first parameter (it comes first in the text) is the time seen.
+static LAST_SEQ_SQL: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    power_of_two_statements("(?, ?)", |values| {
+        format!(
+            "UPDATE devices SET last_seq = v.column2, last_seen_ms = ? \
+             FROM (VALUES {values}) AS v WHERE devices.id = v.column1"
+        )
+    })
+});
+
+/// Writes each device's last committed `seq` and when it was last seen.
+pub(super) fn record_last_seq(
+    conn: &Connection,
+    advanced: &HashMap<i64, u64>,
+    seen_ms: i64,
+) -> rusqlite::Result<()> {
+    let advanced: Vec<(i64, u64)> = advanced.iter().map(|(&row, &seq)| (row, seq)).collect();
+    for (statement, chunk) in power_of_two_chunks(&advanced) {
+        let mut update = conn.prepare_cached(LAST_SEQ_SQL[statement])?;
+        update.raw_bind_parameter(1, seen_ms)?;
+        for (i, &(device_row, seq)) in chunk.iter().enumerate() {
+            let first = 2 * i + 2;
+            update.raw_bind_parameter(first, device_row)?;
+            update.raw_bind_parameter(first + 1, i64::try_from(seq).unwrap_or(i64::MAX))?;
+        }
+        update.raw_execute()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn there_is_a_statement_for_every_power_of_two_up_to_the_largest() {
+        let statements = power_of_two_statements("(?)", |values| values.to_owned());
+        assert_eq!(statements.len(), 9);
+        assert_eq!(statements[0], "(?)");
+        assert_eq!(statements[1], "(?), (?)");
+        assert_eq!(statements[8].matches('?').count(), ROWS_PER_STATEMENT);
+    }
+
+    #[test]
+    fn any_count_is_covered_by_power_of_two_chunks() {
+        for count in [0, 1, 5, 255, 256, 257, 1000] {
+            let items: Vec<usize> = (0..count).collect();
+            let chunks: Vec<(usize, &[usize])> = power_of_two_chunks(&items).collect();
+            assert_eq!(chunks.iter().map(|(_, c)| c.len()).sum::<usize>(), count);
+            for (statement, chunk) in chunks {
+                assert_eq!(chunk.len(), 1 << statement);
+            }
+        }
+    }
+}
