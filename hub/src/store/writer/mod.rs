@@ -21,15 +21,21 @@
 //! The writer runs on its own OS thread (`hub-writer`) with its own rusqlite
 //! connection ([`statements`]): a commit is one thread's uninterrupted work,
 //! with no hand-off to a database thread and back for every statement.
-//! Sessions reach it through a bounded channel and hear back through theirs.
+//! Sessions reach it through a bounded channel. Each outcome goes on to the
+//! [`publisher`]'s thread, which hands the rows to the live fan-out and then
+//! answers the sessions, while the writer starts the next commit.
 
+mod publisher;
 mod statements;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
 use protocol::Hello;
+
+use publisher::Settled;
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -239,14 +245,20 @@ pub async fn spawn(
         last_seq: HashMap::new(),
         next_pos,
         counters,
-        on_commit,
     };
     let (requests, rx) = mpsc::channel(QUEUED_REQUESTS);
     let (exited, thread_done) = oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("hub-writer".into())
         .spawn(move || {
-            writer.run(rx);
+            match publisher::spawn(on_commit) {
+                Ok((publish, publisher)) => {
+                    writer.run(rx, &publish);
+                    drop(publish);
+                    let _ = publisher.join();
+                }
+                Err(err) => tracing::error!(error = %err, "cannot start the publisher thread"),
+            }
             drop(exited);
         })?;
     // The thread blocks on its queue, so the stop arrives through it.
@@ -272,14 +284,13 @@ struct Writer {
     /// The position the next stored reading gets.
     next_pos: i64,
     counters: Arc<Counters>,
-    on_commit: Arc<dyn OnCommit>,
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        let mut pending = Vec::with_capacity(QUEUED_REQUESTS);
-        let mut committed = Vec::new();
-        let mut registered = Vec::new();
+    /// Commits what `rx` brings until it is closed and empty, handing each
+    /// outcome to the publisher.
+    fn run(mut self, mut rx: mpsc::Receiver<Job>, publish: &SyncSender<Settled>) {
+        let mut pending = Vec::new();
         // 0 only once the queue is closed and empty.
         while rx.blocking_recv_many(&mut pending, QUEUED_REQUESTS) > 0 {
             if pending.iter().any(|job| matches!(job, Job::Stop)) {
@@ -287,20 +298,21 @@ impl Writer {
                 rx.close();
                 pending.retain(|job| !matches!(job, Job::Stop));
             }
-            committed.clear();
-            registered.clear();
+            let mut rows = Vec::new();
+            let mut registered = Vec::new();
             let began = Instant::now();
-            match self.commit(&pending, &mut committed, &mut registered) {
+            let jobs = std::mem::take(&mut pending);
+            let settled = match self.commit(&jobs, &mut rows, &mut registered) {
                 Ok(()) => {
-                    self.counters
-                        .record_commit(committed.len(), began.elapsed());
-                    self.on_commit.committed(&committed);
-                    reply_all(&mut pending, registered.drain(..).map(Ok), |seq| {
-                        WriteOutcome::Stored { seq }
-                    });
+                    self.counters.record_commit(rows.len(), began.elapsed());
+                    Settled::Committed {
+                        jobs,
+                        rows,
+                        registered,
+                    }
                 }
                 Err(err) => {
-                    tracing::error!(error = %err, batches = pending.len(), "commit failed; sessions will close and devices resend");
+                    tracing::error!(error = %err, batches = jobs.len(), "commit failed; sessions will close and devices resend");
                     self.counters.record_commit_failure();
                     // The in-memory view may be ahead of the database now.
                     self.last_seq.clear();
@@ -308,11 +320,19 @@ impl Writer {
                         Ok(last) => self.next_pos = last + 1,
                         Err(err) => tracing::error!(error = %err, "cannot reload positions"),
                     }
-                    let failed = std::iter::repeat_with(|| Err(err.to_string()));
-                    reply_all(&mut pending, failed, |seq| WriteOutcome::Failed { seq });
-                    // Do not spin against a failing disk.
-                    std::thread::sleep(Duration::from_millis(100));
+                    Settled::Failed {
+                        jobs,
+                        error: err.to_string(),
+                    }
                 }
+            };
+            let failed = matches!(settled, Settled::Failed { .. });
+            if publish.send(settled).is_err() {
+                tracing::error!("the publisher has stopped; requests go unanswered");
+            }
+            if failed {
+                // Do not spin against a failing disk.
+                std::thread::sleep(Duration::from_millis(100));
             }
         }
         if let Err((_, err)) = self.conn.close() {

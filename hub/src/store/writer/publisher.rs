@@ -1,0 +1,62 @@
+//! The publisher: the writer's second thread (`hub-publish`), which hands
+//! each commit to the live fan-out and then answers the commit's requests.
+//!
+//! Formatting a commit's readings as SSE text costs about a tenth of what
+//! storing them does. On the writer's thread it delayed the next commit;
+//! here it runs beside it. Commits are published and answered in commit
+//! order, and a batch is still acknowledged only after its readings are both
+//! committed and published.
+
+use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use super::{Committed, Job, OnCommit, Registered, WriteOutcome, reply_all};
+
+/// Commits waiting to be published. When full, the writer waits before its
+/// next commit; sessions' requests queue behind it as for a slow disk.
+const SETTLED_QUEUE: usize = 16;
+
+/// What became of one group commit.
+pub(super) enum Settled {
+    Committed {
+        jobs: Vec<Job>,
+        rows: Vec<Committed>,
+        registered: Vec<Registered>,
+    },
+    Failed {
+        jobs: Vec<Job>,
+        error: String,
+    },
+}
+
+/// Starts the publisher. It ends once the sender is dropped and every
+/// queued commit is answered.
+pub(super) fn spawn(
+    on_commit: Arc<dyn OnCommit>,
+) -> std::io::Result<(SyncSender<Settled>, JoinHandle<()>)> {
+    let (settled, queue) = sync_channel(SETTLED_QUEUE);
+    let thread = std::thread::Builder::new()
+        .name("hub-publish".into())
+        .spawn(move || {
+            for commit in queue {
+                match commit {
+                    Settled::Committed {
+                        mut jobs,
+                        rows,
+                        registered,
+                    } => {
+                        on_commit.committed(&rows);
+                        reply_all(&mut jobs, registered.into_iter().map(Ok), |seq| {
+                            WriteOutcome::Stored { seq }
+                        });
+                    }
+                    Settled::Failed { mut jobs, error } => {
+                        let failed = std::iter::repeat_with(|| Err(error.clone()));
+                        reply_all(&mut jobs, failed, |seq| WriteOutcome::Failed { seq });
+                    }
+                }
+            }
+        })?;
+    Ok((settled, thread))
+}
