@@ -248,17 +248,14 @@ pub async fn spawn(
     };
     let (requests, rx) = mpsc::channel(QUEUED_REQUESTS);
     let (exited, thread_done) = oneshot::channel::<()>();
+    let (publish, publisher) = publisher::spawn(on_commit)?;
     std::thread::Builder::new()
         .name("hub-writer".into())
         .spawn(move || {
-            match publisher::spawn(on_commit) {
-                Ok((publish, publisher)) => {
-                    writer.run(rx, &publish);
-                    drop(publish);
-                    let _ = publisher.join();
-                }
-                Err(err) => tracing::error!(error = %err, "cannot start the publisher thread"),
-            }
+            writer.run(rx, &publish);
+            // The publisher answers what is queued, then ends.
+            drop(publish);
+            let _ = publisher.join();
             drop(exited);
         })?;
     // The thread blocks on its queue, so the stop arrives through it.
@@ -528,5 +525,54 @@ mod tests {
                 .is_err(),
             "a stopped writer refuses batches"
         );
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_is_reported_stores_nothing_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("hub.db"), PoolDurability::WithWriter)
+            .await
+            .unwrap();
+        let seen = Arc::new(Seen::default());
+        let counters = Arc::new(Counters::default());
+        let stop = CancellationToken::new();
+        let (writer, task) = spawn(&store, Arc::clone(&counters), seen.clone(), stop.clone())
+            .await
+            .unwrap();
+        let (device, _) = writer.register_device("dev-1").await.unwrap();
+        let metric = writer.register_hello(device, &hello()).await.unwrap()[&1];
+        let (reply, mut outcomes) = mpsc::channel(4);
+        let sample = |metric| Sample {
+            metric,
+            ts_ms: 1,
+            value: None,
+        };
+
+        // No such metric row: the foreign key fails the whole transaction.
+        writer
+            .submit(device, 1, vec![sample(metric + 1000)], reply.clone())
+            .await
+            .unwrap();
+        assert_eq!(outcomes.recv().await, Some(WriteOutcome::Failed { seq: 1 }));
+        // The next batch, even with the same seq, is stored: nothing of the
+        // failed one was counted as committed.
+        writer
+            .submit(device, 1, vec![sample(metric)], reply)
+            .await
+            .unwrap();
+        assert_eq!(outcomes.recv().await, Some(WriteOutcome::Stored { seq: 1 }));
+
+        let rows = seen.0.lock().unwrap().clone();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].pos, 1, "the failed commit used no position");
+        assert_eq!(rows[0].sample.metric, metric);
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM samples")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(stored, 1);
+        assert!(counters.render().contains("hub_commit_failures_total 1"));
+        stop.cancel();
+        task.await.unwrap();
     }
 }
