@@ -7,6 +7,7 @@
 //! TCP instead of growing the hub's memory.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::registry::{COMMAND_QUEUE, Kick, PendingCommand, Registry};
+use super::registry::{COMMAND_QUEUE, Kick, PendingCommand, Presence, Registry};
 use super::state::{BatchStream, Violation, check_hello};
 use crate::live::Live;
 use crate::store::Store;
@@ -232,48 +233,54 @@ async fn send(socket: &mut WebSocket, frame: &HubFrame) -> Result<(), axum::Erro
 }
 
 async fn serve(socket: &mut WebSocket, auth: Auth, ctx: &Context) -> Ending {
-    // Handshake: Hello within the deadline, for the right device.
-    let first = match timeout(ctx.timing.hello_timeout, async {
-        loop {
-            match next_incoming(socket, &ctx.counters).await {
-                Incoming::Heartbeat => continue,
-                other => break other,
-            }
-        }
-    })
-    .await
-    {
-        Err(_) => {
-            return Ending::told(
-                error_code::HELLO_TIMEOUT,
-                &format!("no Hello within {:?}", ctx.timing.hello_timeout),
-                (close_code::POLICY, "no Hello in time"),
-                Reject::HelloTimeout,
-            );
-        }
-        Ok(Incoming::Frame(frame)) => frame,
-        Ok(Incoming::Bad(violation)) => return Ending::violation(violation),
-        Ok(Incoming::Heartbeat | Incoming::Gone) => return Ending::gone(),
+    let session = match handshake(socket, auth, ctx).await {
+        Ok(session) => session,
+        Err(ending) => return ending,
     };
+    let device = session.credentials.device_id.clone();
+    ctx.live.device_status(&device, true);
+    let ending = session.run(socket, ctx).await;
+    // The session (and its place in the registry) is gone now; a
+    // replacement connection keeps the device online.
+    if !ctx.registry.is_online(&device) {
+        ctx.live.device_status(&device, false);
+    }
+    ending
+}
+
+/// A device past its handshake: who it is, its place in the registry and
+/// the rules its batches must follow.
+struct Established {
+    credentials: Credentials,
+    /// Held for the session's life; dropping it leaves the registry.
+    _presence: Presence,
+    kicked: oneshot::Receiver<Kick>,
+    commands: mpsc::Receiver<Box<PendingCommand>>,
+    stream: BatchStream,
+}
+
+/// The handshake: a `Hello` within the deadline, for the right device;
+/// the device registered if it is new; its `Welcome` sent.
+///
+/// # Errors
+/// How the session ends instead, with what the device is told.
+async fn handshake(
+    socket: &mut WebSocket,
+    auth: Auth,
+    ctx: &Context,
+) -> Result<Established, Ending> {
+    let first = first_frame(socket, ctx).await?;
     let expected = match &auth {
         Auth::Device(credentials) => Some(credentials.device_id.as_str()),
         Auth::Provisioning => None,
     };
-    let hello = match check_hello(first, expected) {
-        Ok(hello) => hello,
-        Err(violation) => return Ending::violation(violation),
-    };
+    let hello = check_hello(first, expected).map_err(Ending::violation)?;
     let credentials = match auth {
         Auth::Device(credentials) => credentials,
-        Auth::Provisioning => {
-            let registering = register_self(ctx, &hello.device_id);
-            match timeout(ctx.timing.hello_timeout, registering).await {
-                Ok(Ok(Some(credentials))) => credentials,
-                Ok(Ok(None)) => return Ending::kicked(Kick::Revoked),
-                Ok(Err(err)) => return storage_trouble(&err),
-                Err(_) => return storage_trouble("registration timed out"),
-            }
-        }
+        Auth::Provisioning => match bounded(ctx, register_self(ctx, &hello.device_id)).await? {
+            Some(credentials) => credentials,
+            None => return Err(Ending::kicked(Kick::Revoked)),
+        },
     };
     tracing::Span::current().record("device", credentials.device_id.as_str());
 
@@ -281,15 +288,8 @@ async fn serve(socket: &mut WebSocket, auth: Auth, ctx: &Context) -> Ending {
     // is kicked first, and whatever it still had in the writer's queue is
     // recognised as a resend by the writer if the device sends it again.
     let (presence, inbox) = ctx.registry.register(&credentials.device_id);
-    let (mut kicked, mut commands) = (inbox.kicked, inbox.commands);
-    // Bounded like the Hello itself: a session stuck behind a busy database
-    // would not notice its device leave and would hold the socket.
-    let registering = register_hello(ctx, credentials.row, &hello);
-    let (last_seq, metric_rows) = match timeout(ctx.timing.hello_timeout, registering).await {
-        Ok(Ok(registration)) => registration,
-        Ok(Err(err)) => return storage_trouble(&err),
-        Err(_) => return storage_trouble("registration timed out"),
-    };
+    let (last_seq, metric_rows) =
+        bounded(ctx, register_hello(ctx, credentials.row, &hello)).await?;
     ctx.live
         .register_metrics(&credentials.device_id, &hello.metrics, &metric_rows);
     let welcome = HubFrame::Welcome(Welcome {
@@ -298,116 +298,184 @@ async fn serve(socket: &mut WebSocket, auth: Auth, ctx: &Context) -> Ending {
         sample_interval_ms: u32::try_from(ctx.timing.sample_interval.as_millis())
             .unwrap_or(u32::MAX),
     });
-    if send(socket, &welcome).await.is_err() {
-        return Ending::gone();
-    }
-    ctx.live.device_status(&credentials.device_id, true);
+    send(socket, &welcome).await.map_err(|_| Ending::gone())?;
     tracing::info!(last_seq, metrics = hello.metrics.len(), "device connected");
+    Ok(Established {
+        credentials,
+        _presence: presence,
+        kicked: inbox.kicked,
+        commands: inbox.commands,
+        stream: BatchStream::new(metric_rows),
+    })
+}
 
-    let mut stream = BatchStream::new(metric_rows);
-    let (outcome_tx, mut outcomes) = mpsc::channel(IN_FLIGHT);
-    let mut in_flight = 0usize;
-    // Commands sent and not yet answered. Bounded like the queue: while it
-    // is full, no more commands are taken from the queue.
-    let mut awaiting: HashMap<u64, oneshot::Sender<CommandResult>> = HashMap::new();
-    let mut last_heard = Instant::now();
-    let mut ping = tokio::time::interval_at(
-        Instant::now() + ctx.timing.ping_interval,
-        ctx.timing.ping_interval,
-    );
-    let ending = loop {
-        if awaiting.len() >= COMMAND_QUEUE {
-            // Callers that gave up waiting free their slots.
-            awaiting.retain(|_, reply| !reply.is_closed());
-        }
-        tokio::select! {
-            biased;
-            () = ctx.shutdown.cancelled() => break Ending::shutdown(),
-            kick = &mut kicked => break match kick {
-                Ok(kick) => Ending::kicked(kick),
-                // The registry itself is gone: the hub is stopping.
-                Err(_) => Ending::shutdown(),
-            },
-            Some(outcome) = outcomes.recv() => {
-                in_flight -= 1;
-                if let Err(ending) = report(socket, outcome).await {
-                    break ending;
-                }
-            }
-            Some(pending) = commands.recv(), if awaiting.len() < COMMAND_QUEUE => {
-                let PendingCommand { command, reply } = *pending;
-                let id = command.id;
-                if send(socket, &HubFrame::Command(command)).await.is_err() {
-                    break Ending::gone();
-                }
-                awaiting.insert(id, reply);
-            }
-            incoming = next_incoming(socket, &ctx.counters), if in_flight < IN_FLIGHT => {
-                last_heard = Instant::now();
-                match incoming {
-                    Incoming::Heartbeat => {}
-                    Incoming::Gone => break Ending::gone(),
-                    Incoming::Bad(violation) => break Ending::violation(violation),
-                    Incoming::Frame(DeviceFrame::Batch(batch)) => {
-                        let samples = match stream.accept(&batch) {
-                            Ok(samples) => samples,
-                            Err(violation) => break Ending::violation(violation),
-                        };
-                        ctx.counters.readings_in(samples.len());
-                        let submitted = ctx
-                            .writer
-                            .submit(credentials.row, batch.seq, samples, outcome_tx.clone())
-                            .await;
-                        if submitted.is_err() {
-                            break Ending::shutdown();
-                        }
-                        in_flight += 1;
-                    }
-                    Incoming::Frame(DeviceFrame::CommandResult(result)) => {
-                        tracing::info!(command = result.id, ok = result.ok, detail = %result.detail, "command result");
-                        // Whoever asked may have given up waiting; that is fine.
-                        if let Some(reply) = awaiting.remove(&result.id) {
-                            let _ = reply.send(result);
-                        }
-                    }
-                    Incoming::Frame(DeviceFrame::Hello(_)) => {
-                        break Ending::violation(Violation {
-                            code: error_code::UNEXPECTED_FRAME,
-                            message: "Hello may only be sent once per connection".into(),
-                        });
-                    }
-                }
-            }
-            _ = ping.tick() => {
-                if last_heard.elapsed() >= ctx.timing.ping_interval * 2 {
-                    break Ending::told(
-                        error_code::IDLE_TIMEOUT,
-                        "no frame or pong for two ping intervals",
-                        (close_code::POLICY, "idle timeout"),
-                        Reject::IdleTimeout,
-                    );
-                }
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
-                    break Ending::gone();
-                }
+/// The first frame, within the Hello deadline (pings before it are fine).
+async fn first_frame(socket: &mut WebSocket, ctx: &Context) -> Result<DeviceFrame, Ending> {
+    let first = timeout(ctx.timing.hello_timeout, async {
+        loop {
+            match next_incoming(socket, &ctx.counters).await {
+                Incoming::Heartbeat => continue,
+                other => break other,
             }
         }
-    };
+    })
+    .await;
+    match first {
+        Err(_) => Err(Ending::told(
+            error_code::HELLO_TIMEOUT,
+            &format!("no Hello within {:?}", ctx.timing.hello_timeout),
+            (close_code::POLICY, "no Hello in time"),
+            Reject::HelloTimeout,
+        )),
+        Ok(Incoming::Frame(frame)) => Ok(frame),
+        Ok(Incoming::Bad(violation)) => Err(Ending::violation(violation)),
+        Ok(Incoming::Heartbeat | Incoming::Gone) => Err(Ending::gone()),
+    }
+}
 
-    // On shutdown, everything already handed to the writer is committed and
-    // acknowledged before the close.
-    if ending
-        .close
-        .is_some_and(|(code, _)| code == close_code::GOING_AWAY)
-    {
-        drain(socket, &mut outcomes, in_flight).await;
+/// Storage work of the handshake, bounded like the Hello itself: a session
+/// stuck behind a busy database would not notice its device leave and
+/// would hold the socket.
+async fn bounded<T>(
+    ctx: &Context,
+    work: impl Future<Output = Result<T, String>>,
+) -> Result<T, Ending> {
+    match timeout(ctx.timing.hello_timeout, work).await {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(err)) => Err(storage_trouble(&err)),
+        Err(_) => Err(storage_trouble("registration timed out")),
     }
-    // A replacement connection keeps the device online.
-    drop(presence);
-    if !ctx.registry.is_online(&credentials.device_id) {
-        ctx.live.device_status(&credentials.device_id, false);
+}
+
+/// An established session's moving parts: batches in flight, commands
+/// awaiting results, and the liveness check.
+struct Flow {
+    outcome_tx: mpsc::Sender<WriteOutcome>,
+    outcomes: mpsc::Receiver<WriteOutcome>,
+    /// Batches handed to the writer and not yet acknowledged.
+    in_flight: usize,
+    /// Commands sent and not yet answered. Bounded like the queue: while it
+    /// is full, no more commands are taken from the queue.
+    awaiting: HashMap<u64, oneshot::Sender<CommandResult>>,
+    last_heard: Instant,
+}
+
+impl Established {
+    /// Runs the session until it ends: reads batches and command results,
+    /// acknowledges commits, forwards commands and pings. On shutdown,
+    /// everything already handed to the writer is committed and acknowledged
+    /// before the close.
+    async fn run(mut self, socket: &mut WebSocket, ctx: &Context) -> Ending {
+        let (outcome_tx, outcomes) = mpsc::channel(IN_FLIGHT);
+        let mut flow = Flow {
+            outcome_tx,
+            outcomes,
+            in_flight: 0,
+            awaiting: HashMap::new(),
+            last_heard: Instant::now(),
+        };
+        let mut ping = tokio::time::interval_at(
+            Instant::now() + ctx.timing.ping_interval,
+            ctx.timing.ping_interval,
+        );
+        let ending = loop {
+            if flow.awaiting.len() >= COMMAND_QUEUE {
+                // Callers that gave up waiting free their slots.
+                flow.awaiting.retain(|_, reply| !reply.is_closed());
+            }
+            let step = tokio::select! {
+                biased;
+                () = ctx.shutdown.cancelled() => Err(Ending::shutdown()),
+                kick = &mut self.kicked => Err(match kick {
+                    Ok(kick) => Ending::kicked(kick),
+                    // The registry itself is gone: the hub is stopping.
+                    Err(_) => Ending::shutdown(),
+                }),
+                Some(outcome) = flow.outcomes.recv() => {
+                    flow.in_flight -= 1;
+                    report(socket, outcome).await
+                }
+                Some(pending) = self.commands.recv(), if flow.awaiting.len() < COMMAND_QUEUE => {
+                    let PendingCommand { command, reply } = *pending;
+                    flow.awaiting.insert(command.id, reply);
+                    send(socket, &HubFrame::Command(command)).await.map_err(|_| Ending::gone())
+                }
+                incoming = next_incoming(socket, &ctx.counters), if flow.in_flight < IN_FLIGHT => {
+                    flow.last_heard = Instant::now();
+                    self.on_incoming(incoming, &mut flow, ctx).await
+                }
+                _ = ping.tick() => ping_or_drop(socket, &flow, ctx).await,
+            };
+            if let Err(ending) = step {
+                break ending;
+            }
+        };
+        if ending
+            .close
+            .is_some_and(|(code, _)| code == close_code::GOING_AWAY)
+        {
+            drain(socket, &mut flow.outcomes, flow.in_flight).await;
+        }
+        ending
     }
-    ending
+
+    /// Handles one message from the device.
+    async fn on_incoming(
+        &mut self,
+        incoming: Incoming,
+        flow: &mut Flow,
+        ctx: &Context,
+    ) -> Result<(), Ending> {
+        match incoming {
+            Incoming::Heartbeat => Ok(()),
+            Incoming::Gone => Err(Ending::gone()),
+            Incoming::Bad(violation) => Err(Ending::violation(violation)),
+            Incoming::Frame(DeviceFrame::Batch(batch)) => {
+                let samples = self.stream.accept(&batch).map_err(Ending::violation)?;
+                ctx.counters.readings_in(samples.len());
+                ctx.writer
+                    .submit(
+                        self.credentials.row,
+                        batch.seq,
+                        samples,
+                        flow.outcome_tx.clone(),
+                    )
+                    .await
+                    .map_err(|_| Ending::shutdown())?;
+                flow.in_flight += 1;
+                Ok(())
+            }
+            Incoming::Frame(DeviceFrame::CommandResult(result)) => {
+                tracing::info!(command = result.id, ok = result.ok, detail = %result.detail, "command result");
+                // Whoever asked may have given up waiting; that is fine.
+                if let Some(reply) = flow.awaiting.remove(&result.id) {
+                    let _ = reply.send(result);
+                }
+                Ok(())
+            }
+            Incoming::Frame(DeviceFrame::Hello(_)) => Err(Ending::violation(Violation {
+                code: error_code::UNEXPECTED_FRAME,
+                message: "Hello may only be sent once per connection".into(),
+            })),
+        }
+    }
+}
+
+/// At each ping interval: drops a device silent for two intervals, else
+/// pings it.
+async fn ping_or_drop(socket: &mut WebSocket, flow: &Flow, ctx: &Context) -> Result<(), Ending> {
+    if flow.last_heard.elapsed() >= ctx.timing.ping_interval * 2 {
+        return Err(Ending::told(
+            error_code::IDLE_TIMEOUT,
+            "no frame or pong for two ping intervals",
+            (close_code::POLICY, "idle timeout"),
+            Reject::IdleTimeout,
+        ));
+    }
+    socket
+        .send(Message::Ping(Default::default()))
+        .await
+        .map_err(|_| Ending::gone())
 }
 
 /// Sends the device what the writer said about one of its batches.
