@@ -62,16 +62,23 @@ pub struct DeviceSettings {
     pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
-/// The hub's device endpoint for a `--hub` address: `/v1/ws` is appended
-/// unless the address already names a path.
-pub fn endpoint(hub: &str) -> String {
-    let hub = hub.trim_end_matches('/');
-    let after_scheme = hub.split_once("://").map_or(hub, |(_, rest)| rest);
-    if after_scheme.contains('/') {
-        hub.to_owned()
-    } else {
-        format!("{hub}/v1/ws")
+/// The hub's device endpoint for a `--hub` address: a `ws://` or `wss://`
+/// URL with a host; `/v1/ws` becomes its path unless it names one. A query
+/// string is kept.
+///
+/// # Errors
+/// The address is not such a URL; the message says why.
+pub fn endpoint(hub: &str) -> Result<String, String> {
+    let mut url = url::Url::parse(hub).map_err(|err| format!("{hub:?}: {err}"))?;
+    if !matches!(url.scheme(), "ws" | "wss") || !url.has_host() {
+        return Err(format!(
+            "{hub:?} is not a WebSocket address (ws://host:port or wss://host:port)"
+        ));
     }
+    if url.path() == "/" {
+        url.set_path("/v1/ws");
+    }
+    Ok(url.into())
 }
 
 /// One device of the fleet.
@@ -556,9 +563,18 @@ mod tests {
 
     #[test]
     fn endpoints_get_the_device_path_unless_they_have_one() {
+        let endpoint = |hub| endpoint(hub).unwrap();
         assert_eq!(endpoint("ws://127.0.0.1:8080"), "ws://127.0.0.1:8080/v1/ws");
-        assert_eq!(endpoint("ws://hub:80/"), "ws://hub:80/v1/ws");
+        assert_eq!(endpoint("ws://hub:81/"), "ws://hub:81/v1/ws");
         assert_eq!(endpoint("wss://hub/custom/ws"), "wss://hub/custom/ws");
+        assert_eq!(endpoint("ws://hub:81?site=3"), "ws://hub:81/v1/ws?site=3");
+    }
+
+    #[test]
+    fn only_websocket_urls_with_a_host_are_endpoints() {
+        for hub in ["http://hub:80", "127.0.0.1:8080", "ws://", "hub"] {
+            assert!(endpoint(hub).is_err(), "{hub}");
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use device_sim::tls;
 struct Args {
     /// The hub: ws://host:port or wss://host:port (the device path /v1/ws
     /// is added unless a path is given).
-    #[arg(long, env = "SIM_HUB", default_value = "ws://127.0.0.1:8080", value_parser = parse_hub)]
+    #[arg(long, env = "SIM_HUB", default_value = "ws://127.0.0.1:8080", value_parser = endpoint)]
     hub: String,
     /// PEM file of the CA that signed a wss:// hub's certificate, trusted
     /// besides the system's roots (for private or self-signed hubs).
@@ -82,16 +82,6 @@ struct Args {
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
-}
-
-fn parse_hub(text: &str) -> Result<String, String> {
-    if text.starts_with("ws://") || text.starts_with("wss://") {
-        Ok(endpoint(text))
-    } else {
-        Err(format!(
-            "{text:?} is not a WebSocket address (ws://host:port or wss://host:port)"
-        ))
-    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -6,6 +6,7 @@
 //! hash of the token it presents.
 
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 /// A new random token, as 64 lowercase hex characters.
 ///
@@ -25,12 +26,7 @@ pub fn hash_token(token: &str) -> [u8; 32] {
 /// Compares two secrets in time that depends only on their lengths, so the
 /// provisioning key cannot be guessed byte by byte from response times.
 pub fn secrets_match(given: &str, expected: &str) -> bool {
-    given.len() == expected.len()
-        && given
-            .bytes()
-            .zip(expected.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    given.as_bytes().ct_eq(expected.as_bytes()).into()
 }
 
 /// The token of an `Authorization: Bearer <token>` header value.

@@ -21,7 +21,7 @@ fn fleet(addr: &str, count: u64) -> FleetConfig {
         grace: Duration::from_secs(5),
         progress: false,
         device: DeviceSettings {
-            url: endpoint(&format!("ws://{addr}")),
+            url: endpoint(&format!("ws://{addr}")).unwrap(),
             kinds: vec![SensorKind::Temperature, SensorKind::Pressure],
             rate: Some(40.0),
             batch: 4,

@@ -21,7 +21,7 @@ fn fleet(hub: &TestHub, devices: usize, rate: f64, count: u64) -> FleetConfig {
         grace: Duration::from_secs(5),
         progress: false,
         device: DeviceSettings {
-            url: endpoint(&format!("ws://{}", hub.addr)),
+            url: endpoint(&format!("ws://{}", hub.addr)).unwrap(),
             kinds: vec![SensorKind::Temperature, SensorKind::Humidity],
             rate: Some(rate),
             batch: 10,

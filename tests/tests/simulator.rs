@@ -26,7 +26,7 @@ fn fleet(
         grace: Duration::from_secs(5),
         progress: false,
         device: DeviceSettings {
-            url: endpoint(&format!("ws://{hub_addr}")),
+            url: endpoint(&format!("ws://{hub_addr}")).unwrap(),
             ..device
         },
     }
@@ -212,7 +212,7 @@ async fn behind_tls(
         Credential::ProvisionKey("k".into()),
         settings(Some(100.0), 10, Some(count)),
     );
-    config.device.url = endpoint(&format!("wss://localhost:{port}"));
+    config.device.url = endpoint(&format!("wss://localhost:{port}")).unwrap();
     config.device.tls = Some(std::sync::Arc::new(trust));
     (hub, front, config)
 }

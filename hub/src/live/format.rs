@@ -10,40 +10,27 @@
 //!
 //! ```
 //!
-//! The JSON is written by hand: the device/metric/unit part is escaped once
-//! per metric ([`reading_prefix`]) and only the numbers are formatted per
-//! reading, which keeps the writer's publishing cheap.
+//! The JSON is assembled here rather than serialized per event: the
+//! device/metric/unit part is escaped (by serde_json) once per metric
+//! ([`reading_prefix`]) and only the numbers are formatted per reading,
+//! which keeps publishing cheap.
 
 use std::fmt::Write;
 
-/// Escapes `text` as the inside of a JSON string.
-pub fn json_escape(text: &str, out: &mut String) {
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
+/// `text` as a JSON string, quotes included.
+fn json_string(text: &str) -> String {
+    serde_json::to_string(text).expect("a string always serializes")
 }
 
 /// `{"device":…,"metric":…,"unit":…,` — the part of a reading's JSON that
 /// is the same for every reading of one metric.
 pub fn reading_prefix(device: &str, metric: &str, unit: &str) -> String {
-    let mut out = String::from("{\"device\":\"");
-    json_escape(device, &mut out);
-    out.push_str("\",\"metric\":\"");
-    json_escape(metric, &mut out);
-    out.push_str("\",\"unit\":\"");
-    json_escape(unit, &mut out);
-    out.push_str("\",");
-    out
+    format!(
+        "{{\"device\":{},\"metric\":{},\"unit\":{},",
+        json_string(device),
+        json_string(metric),
+        json_string(unit)
+    )
 }
 
 /// Appends one `reading` event to `out`.
@@ -67,10 +54,10 @@ pub fn reading(out: &mut String, pos: i64, prefix: &str, ts_ms: i64, value: Opti
 /// A `status` event: a device connected or disconnected. It has no id: it
 /// is not stored, so it is not replayed.
 pub fn status(device: &str, online: bool, ts_ms: i64) -> String {
-    let mut out = String::from("event: status\ndata: {\"device\":\"");
-    json_escape(device, &mut out);
-    let _ = write!(out, "\",\"online\":{online},\"ts_ms\":{ts_ms}}}\n\n");
-    out
+    format!(
+        "event: status\ndata: {{\"device\":{},\"online\":{online},\"ts_ms\":{ts_ms}}}\n\n",
+        json_string(device)
+    )
 }
 
 /// A `reset` event: the subscriber asked to resume after `requested`, but
