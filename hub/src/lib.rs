@@ -23,6 +23,8 @@
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod commits;
+pub mod http_error;
 pub mod ingest;
 pub mod live;
 pub mod monitor;

@@ -1,6 +1,7 @@
-//! Assembles the hub: opens storage, starts the writer and the background
-//! tasks, binds the listener, serves HTTP and WebSocket, and shuts it all down
-//! in order.
+//! Assembles the hub: opens storage, starts the writer with its commit
+//! consumers and the background tasks, binds the listener, serves HTTP and
+//! WebSocket, and shuts it all down in order. The only module that knows
+//! every other; none of them imports it.
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::extract::FromRef;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
@@ -18,11 +20,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{self, error::ApiError};
-use crate::ingest::{self, registry::Registry, session};
+use crate::api::{self, monitor_auth::MonitorToken};
+use crate::commits::{Consumers, InlineConsumer};
+use crate::http_error::ApiError;
+use crate::ingest::{self, Ingest, registry::Registry, session};
 use crate::live::{Live, subscription};
 use crate::monitor;
-use crate::store::writer::OnCommit;
 use crate::store::{PoolDurability, Store, retention, writer};
 use crate::telemetry::Counters;
 
@@ -53,23 +56,27 @@ pub struct Retention {
     pub sweep_every: Duration,
 }
 
-/// What the HTTP handlers share.
-#[derive(Debug)]
-pub struct Shared {
-    pub sessions: Arc<session::Context>,
-    pub live: Arc<Live>,
-    pub live_timing: subscription::Timing,
-    pub monitor_token: Option<String>,
-    pub provision_key: Option<String>,
-    /// Tracks device sessions, which outlive their HTTP upgrade request.
-    pub tracker: TaskTracker,
+/// The hub's state as the router holds it. Handlers and middleware take
+/// only the parts they use, as axum sub-states (`State<Store>`,
+/// `State<Arc<Live>>`, …), so no module below this one depends on it.
+#[derive(Debug, Clone, FromRef)]
+struct AppState {
+    ingest: Arc<Ingest>,
+    store: Store,
+    registry: Registry,
+    counters: Arc<Counters>,
+    live: Arc<Live>,
+    live_timing: subscription::Timing,
+    monitor_token: MonitorToken,
+    /// The hub-wide stop: live streams watch it.
+    shutdown: CancellationToken,
 }
 
 /// A hub that is bound and ready to serve.
 #[derive(Debug)]
 pub struct Hub {
     listener: TcpListener,
-    shared: Arc<Shared>,
+    state: AppState,
     settings: Settings,
     writer: JoinHandle<()>,
     writer_stop: CancellationToken,
@@ -85,48 +92,53 @@ impl Hub {
             .await
             .with_context(|| format!("opening database {}", settings.db.display()))?;
         let counters = Arc::new(Counters::default());
-        let head = store
-            .last_pos()
+        let writer = writer::open(&store)
             .await
-            .context("reading the last position")?;
+            .context("opening the writer's connection")?;
+        // The commit consumers, in the order the publisher calls them.
+        let consumers = Consumers::new(writer.last_pos());
         let live = Arc::new(Live::new(
             store.clone(),
-            head,
+            consumers.head(),
             settings.max_subscribers,
             settings.live_buffer_bytes,
         ));
+        let consumers = consumers.with_inline(Arc::clone(&live) as Arc<dyn InlineConsumer>);
         let writer_stop = CancellationToken::new();
-        let (writer_handle, writer) = writer::spawn(
-            &store,
-            Arc::clone(&counters),
-            Arc::clone(&live) as Arc<dyn OnCommit>,
-            writer_stop.clone(),
-        )
-        .await
-        .context("starting the writer")?;
+        let (writer_handle, writer) = writer
+            .spawn(Arc::clone(&counters), consumers, writer_stop.clone())
+            .context("starting the writer")?;
         let listener = TcpListener::bind(&settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
+        let shutdown = CancellationToken::new();
+        let registry = Registry::default();
         let sessions = Arc::new(session::Context {
-            store,
+            store: store.clone(),
             live: Arc::clone(&live),
             writer: writer_handle,
-            registry: Registry::default(),
-            counters,
+            registry: registry.clone(),
+            counters: Arc::clone(&counters),
             timing: settings.timing,
-            shutdown: CancellationToken::new(),
+            shutdown: shutdown.clone(),
         });
-        let shared = Arc::new(Shared {
-            sessions,
+        let state = AppState {
+            ingest: Arc::new(Ingest {
+                sessions,
+                provision_key: settings.provision_key.clone(),
+                tracker: TaskTracker::new(),
+            }),
+            store,
+            registry,
+            counters,
             live,
             live_timing: settings.live,
-            monitor_token: settings.monitor_token.clone(),
-            provision_key: settings.provision_key.clone(),
-            tracker: TaskTracker::new(),
-        });
+            monitor_token: MonitorToken(settings.monitor_token.as_deref().map(Arc::from)),
+            shutdown,
+        };
         Ok(Hub {
             listener,
-            shared,
+            state,
             settings,
             writer,
             writer_stop,
@@ -153,18 +165,18 @@ impl Hub {
     ) -> anyhow::Result<()> {
         let Hub {
             listener,
-            shared,
+            state,
             settings,
             writer,
             writer_stop,
         } = self;
-        let cancel = shared.sessions.shutdown.clone();
-        let tracker = shared.tracker.clone();
-        let store = shared.sessions.store.clone();
+        let cancel = state.shutdown.clone();
+        let tracker = state.ingest.tracker.clone();
+        let store = state.store.clone();
 
         tracker.spawn(ingest::watch_revocations(
             store.clone(),
-            shared.sessions.registry.clone(),
+            state.registry.clone(),
             cancel.clone(),
         ));
         if let Some(retention) = settings.retention {
@@ -194,7 +206,7 @@ impl Hub {
                 tracing::warn!(error = %err, "cannot disable Nagle's algorithm");
             }
         });
-        let serving = axum::serve(listener, router(shared))
+        let serving = axum::serve(listener, router(state))
             .with_graceful_shutdown(signal)
             .into_future();
         // Graceful shutdown waits for every HTTP connection; a live stream
@@ -226,7 +238,7 @@ impl Hub {
 const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The hub's routes.
-pub fn router(shared: Arc<Shared>) -> Router {
+fn router(state: AppState) -> Router {
     // The monitor API: behind the monitor token when one is set.
     let monitor = Router::new()
         .route("/v1/events", get(api::events::events))
@@ -234,7 +246,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/devices/{id}/commands", post(api::commands::send))
         .route("/v1/readings", get(api::readings))
         .route_layer(middleware::from_fn_with_state(
-            Arc::clone(&shared),
+            state.clone(),
             api::monitor_auth::require,
         ));
     Router::new()
@@ -246,5 +258,5 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
-        .with_state(shared)
+        .with_state(state)
 }

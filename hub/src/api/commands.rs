@@ -8,7 +8,6 @@
 //! 504 when it does not answer in time.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -19,9 +18,9 @@ use axum::response::IntoResponse;
 use protocol::{Command, CommandArg, HubFrame};
 use serde::Deserialize;
 
-use super::error::ApiError;
-use crate::ingest::registry::CommandRefused;
-use crate::server::Shared;
+use crate::http_error::ApiError;
+use crate::ingest::registry::{COMMAND_QUEUE, CommandRefused, Registry};
+use crate::store::Store;
 
 const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 const MAX_TIMEOUT_MS: u64 = 60_000;
@@ -38,7 +37,8 @@ pub struct CommandRequest {
 
 /// Sends the command and waits for the device's answer.
 pub async fn send(
-    State(shared): State<Arc<Shared>>,
+    State(registry): State<Registry>,
+    State(store): State<Store>,
     Path(device): Path<String>,
     body: Result<Json<CommandRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -70,27 +70,17 @@ pub async fn send(
         ));
     }
 
-    let registry = &shared.sessions.registry;
     let (id, result) = match registry.send_command(&device, request.name, args) {
         Ok(sent) => sent,
         Err(CommandRefused::QueueFull) => {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "command_queue_full",
-                format!(
-                    "device {device:?} has {} commands waiting",
-                    crate::ingest::registry::COMMAND_QUEUE
-                ),
+                format!("device {device:?} has {COMMAND_QUEUE} commands waiting"),
             ));
         }
         Err(CommandRefused::Offline) => {
-            let known = shared
-                .sessions
-                .store
-                .list_devices()
-                .await?
-                .iter()
-                .any(|d| d.id == device);
+            let known = store.list_devices().await?.iter().any(|d| d.id == device);
             return Err(if known {
                 ApiError::new(
                     StatusCode::CONFLICT,

@@ -14,10 +14,11 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
+use tokio_util::sync::CancellationToken;
 
-use super::error::ApiError;
-use crate::live::subscription::{Filter, Start, Subscription};
-use crate::server::Shared;
+use crate::http_error::ApiError;
+use crate::live::Live;
+use crate::live::subscription::{Filter, Start, Subscription, Timing};
 
 fn list(value: &str) -> Option<HashSet<String>> {
     let items: HashSet<String> = value
@@ -77,13 +78,14 @@ fn event_id(name: &str, value: &str) -> Result<i64, ApiError> {
 
 /// Opens a live stream.
 pub async fn events(
-    State(shared): State<Arc<Shared>>,
+    State(live): State<Arc<Live>>,
+    State(timing): State<Timing>,
+    State(shutdown): State<CancellationToken>,
     Query(pairs): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (filter, start) = parse(&pairs, &headers)?;
-    let live = Arc::clone(&shared.live);
-    let Ok(slot) = Arc::clone(&live.slots).try_acquire_owned() else {
+    let Some(slot) = live.admit() else {
         let mut response = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_subscribers",
@@ -95,15 +97,7 @@ pub async fn events(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         return Ok(response);
     };
-    let subscription = Subscription::start(
-        live,
-        slot,
-        filter,
-        start,
-        shared.live_timing,
-        shared.sessions.shutdown.clone(),
-    )
-    .await?;
+    let subscription = Subscription::start(live, slot, filter, start, timing, shutdown).await?;
     let body = stream::unfold(subscription, |mut subscription| async move {
         let text = subscription.next_text().await?;
         Some((Ok::<_, Infallible>(text), subscription))

@@ -1,8 +1,8 @@
 //! The HTTP read API: devices, stored readings, health and counters.
-//! Every failure answers with [`error::ApiError`]'s JSON body.
+//! Every failure answers with [`ApiError`]'s JSON body. Each handler takes
+//! only the parts of the hub's state it uses (axum sub-states).
 
 pub mod commands;
-pub mod error;
 pub mod events;
 pub mod monitor_auth;
 mod readings;
@@ -15,10 +15,12 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use serde::Serialize;
 
-use crate::server::Shared;
+use crate::http_error::ApiError;
+use crate::ingest::registry::Registry;
+use crate::store::Store;
 use crate::store::devices::DeviceRecord;
 use crate::store::query::MetricInfo;
-use error::ApiError;
+use crate::telemetry::Counters;
 
 pub use readings::readings;
 
@@ -32,14 +34,16 @@ struct DeviceView {
 }
 
 /// `GET /v1/devices`: every device, whether it is connected and its metrics.
-pub async fn devices(State(shared): State<Arc<Shared>>) -> Result<impl IntoResponse, ApiError> {
-    let store = &shared.sessions.store;
+pub async fn devices(
+    State(store): State<Store>,
+    State(registry): State<Registry>,
+) -> Result<impl IntoResponse, ApiError> {
     let records = store.list_devices().await?;
     let mut metrics = store.metrics_by_device().await?;
     let devices: Vec<DeviceView> = records
         .into_iter()
         .map(|record| DeviceView {
-            online: shared.sessions.registry.is_online(&record.id),
+            online: registry.is_online(&record.id),
             metrics: metrics.remove(&record.id).unwrap_or_default(),
             record,
         })
@@ -48,15 +52,15 @@ pub async fn devices(State(shared): State<Arc<Shared>>) -> Result<impl IntoRespo
 }
 
 /// `GET /healthz`: 200 while the database answers.
-pub async fn health(State(shared): State<Arc<Shared>>) -> Result<impl IntoResponse, ApiError> {
-    shared.sessions.store.ping().await?;
+pub async fn health(State(store): State<Store>) -> Result<impl IntoResponse, ApiError> {
+    store.ping().await?;
     Ok(Json(serde_json::json!({ "status": "ok" })))
 }
 
 /// `GET /metrics`: the counters in Prometheus text format.
-pub async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+pub async fn metrics(State(counters): State<Arc<Counters>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        shared.sessions.counters.render(),
+        counters.render(),
     )
 }

@@ -10,9 +10,8 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::error::ApiError;
 use crate::auth;
-use crate::server::Shared;
+use crate::http_error::ApiError;
 
 fn presented(request: &Request) -> Option<String> {
     let headers = request.headers();
@@ -39,13 +38,21 @@ fn presented(request: &Request) -> Option<String> {
         .find_map(|(name, value)| (name == "token").then_some(value))
 }
 
+/// The token the monitor API needs; `None` leaves it open.
+#[derive(Debug, Clone, Default)]
+pub struct MonitorToken(pub Option<Arc<str>>);
+
 /// Refuses monitor requests without the token, when one is configured.
-pub async fn require(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
-    let Some(expected) = &shared.monitor_token else {
+pub async fn require(
+    State(MonitorToken(expected)): State<MonitorToken>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(expected) = expected else {
         return next.run(request).await;
     };
     match presented(&request) {
-        Some(token) if auth::secrets_match(&token, expected) => next.run(request).await,
+        Some(token) if auth::secrets_match(&token, &expected) => next.run(request).await,
         Some(_) => ApiError::unauthorized("wrong monitor token").into_response(),
         None => ApiError::unauthorized(
             "this hub needs its monitor token: Authorization: Bearer, the hub_token cookie, or ?token=",

@@ -1,15 +1,13 @@
 //! `GET /v1/readings?device=&metric=&from=&to=&limit=&format=json|csv`.
 
-use std::fmt::Write;
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use std::fmt::Write;
 
-use super::error::ApiError;
-use crate::server::Shared;
+use crate::http_error::ApiError;
+use crate::store::Store;
 use crate::store::query::{ReadingFilter, ReadingRow};
 
 const DEFAULT_LIMIT: u32 = 1_000;
@@ -88,14 +86,14 @@ fn parse(pairs: &[(String, String)]) -> Result<(ReadingFilter, Format), ApiError
 /// where `truncated` says more rows matched than `limit`. CSV: a header line
 /// `pos,device,metric,unit,ts_ms,value` and one line per reading.
 pub async fn readings(
-    State(shared): State<Arc<Shared>>,
+    State(store): State<Store>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     let (mut filter, format) = parse(&pairs)?;
     let limit = filter.limit as usize;
     // One row more than asked tells whether the answer is complete.
     filter.limit += 1;
-    let mut rows = shared.sessions.store.readings(&filter).await?;
+    let mut rows = store.readings(&filter).await?;
     let truncated = rows.len() > limit;
     rows.truncate(limit);
     Ok(match format {

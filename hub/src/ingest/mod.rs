@@ -18,10 +18,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use protocol::limits::MAX_FRAME_BYTES;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::api::error::ApiError;
 use crate::auth;
-use crate::server::Shared;
+use crate::http_error::ApiError;
 use crate::store::{Store, now_ms};
 use crate::telemetry::Reject;
 use registry::{Kick, Registry};
@@ -40,16 +40,27 @@ const WS_READ_BUFFER: usize = 1024;
 /// How often the registry is checked for revoked devices.
 const REVOCATION_POLL: Duration = Duration::from_millis(250);
 
+/// What the device endpoint needs.
+#[derive(Debug)]
+pub struct Ingest {
+    /// What every session shares.
+    pub sessions: Arc<session::Context>,
+    /// Lets unknown devices register themselves by presenting this key.
+    pub provision_key: Option<String>,
+    /// Tracks device sessions, which outlive their HTTP upgrade request.
+    pub tracker: TaskTracker,
+}
+
 /// `GET /v1/ws`: authenticates and upgrades a device connection.
 pub async fn upgrade(
-    State(shared): State<Arc<Shared>>,
+    State(ingest): State<Arc<Ingest>>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let auth = match authenticate(&shared, &headers).await {
+    let auth = match authenticate(&ingest, &headers).await {
         Ok(auth) => auth,
         Err(err) => {
-            shared.sessions.counters.reject(Reject::Unauthorized);
+            ingest.sessions.counters.reject(Reject::Unauthorized);
             return err.into_response();
         }
     };
@@ -64,8 +75,8 @@ pub async fn upgrade(
             .into_response();
         }
     };
-    let ctx = Arc::clone(&shared.sessions);
-    let tracker = shared.tracker.clone();
+    let ctx = Arc::clone(&ingest.sessions);
+    let tracker = ingest.tracker.clone();
     ws.read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(WS_MESSAGE_LIMIT)
@@ -73,18 +84,18 @@ pub async fn upgrade(
         .on_upgrade(move |socket| tracker.track_future(session::run(socket, auth, ctx)))
 }
 
-async fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Auth, ApiError> {
+async fn authenticate(ingest: &Ingest, headers: &HeaderMap) -> Result<Auth, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(auth::bearer)
         .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <device token>"))?;
-    if let Some(key) = &shared.provision_key
+    if let Some(key) = &ingest.provision_key
         && auth::secrets_match(token, key)
     {
         return Ok(Auth::Provisioning);
     }
-    match shared.sessions.store.authenticate(token).await? {
+    match ingest.sessions.store.authenticate(token).await? {
         Some(credentials) => Ok(Auth::Device(credentials)),
         None => Err(ApiError::unauthorized("unknown or revoked token")),
     }

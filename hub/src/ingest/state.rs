@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use protocol::{Batch, DeviceFrame, Hello, PROTOCOL_VERSION, error_code};
 
-use crate::store::writer::Sample;
+use crate::commits::Sample;
 
 /// A broken rule: the session sends an `Error` frame with this code and
 /// message, then closes the connection.

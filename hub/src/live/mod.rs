@@ -1,125 +1,84 @@
 //! Live: fan-out of committed readings to Server-Sent Events subscribers.
 //!
-//! After each commit the writer hands the new rows to [`Live::committed`],
-//! which formats every reading once as SSE text and appends the commit as
-//! one [`Chunk`] to a ring held in memory (at most `--live-buffer-mb`; the
-//! oldest commits are evicted first).
-//! Subscribers ([`subscription`]) keep a cursor — the last position they
-//! sent — and read the ring after it. One that falls behind the ring (or
+//! [`Live`] is an in-line commit consumer ([`crate::commits`]): on the
+//! publisher thread it formats every reading of a commit once as SSE text
+//! and appends the commit as one [`Chunk`] to the [`ring`] (at most
+//! `--live-buffer-mb`; the oldest commits are evicted first). Subscribers
+//! ([`subscription`]) are cursor consumers: each keeps the last position it
+//! sent and reads the ring after it; one that falls behind the ring (or
 //! resumes with an old `Last-Event-ID`) is caught up from SQLite, in order,
 //! until it reaches the ring again. So every subscriber gets every matching
 //! event exactly once, a slow one costs the hub no memory of its own, and it
 //! never slows ingest or other subscribers: nobody waits for it.
 //!
-//! Subscribers filtered by device are not woken by every commit: each has a
-//! small inbox, and a commit is delivered only to the inboxes of the devices
-//! it contains. An inbox that overflows marks its subscriber, which then
-//! catches up through the ring or SQLite like any other.
-//!
-//! Device connect/disconnect `status` events are live-only (not stored, not
-//! replayed) and go through a small broadcast channel.
+//! Beside the ring: the [`catalog`] of metric names, the device [`router`]
+//! (so an idle device-filtered subscriber is woken only by commits of its
+//! devices), the `status` broadcast of device connects and disconnects
+//! (live-only: not stored, not replayed) and the admission permits
+//! (`--max-subscribers`).
 
+mod catalog;
 pub mod format;
+mod ring;
+mod router;
 pub mod subscription;
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::body::Bytes;
 use protocol::MetricDescriptor;
-use tokio::sync::{Semaphore, broadcast, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 
-use crate::store::Store;
-use crate::store::writer::{Committed, OnCommit};
+use crate::commits::{Committed, Head, InlineConsumer};
+use crate::store::{Store, now_ms};
+use catalog::Catalog;
+pub use catalog::MetricMeta;
+pub use ring::Chunk;
+use ring::{EventSpan, Ring};
+use router::Router;
 
 /// Status events buffered for subscribers. One that lags further skips the
 /// oldest: presence is also in `/v1/devices`.
 const STATUS_BUFFER: usize = 1024;
 
-/// Commits a device-filtered subscriber may have waiting in its inbox; when
-/// full, the subscriber is marked and catches up from the ring or SQLite.
-const INBOX_CHUNKS: usize = 64;
+/// A status event: the device it is about, and its SSE text.
+type StatusEvent = (Arc<str>, Bytes);
 
-/// A device-filtered subscriber's inbox, as the fan-out sees it.
-#[derive(Debug)]
-struct Inbox {
-    chunks: mpsc::Sender<Arc<Chunk>>,
-    overflowed: Arc<AtomicBool>,
-}
-
-/// A device-filtered subscriber's side of its inbox.
-#[derive(Debug)]
-pub struct InboxReceiver {
-    pub(crate) chunks: mpsc::Receiver<Arc<Chunk>>,
-    pub(crate) overflowed: Arc<AtomicBool>,
-}
-
-/// One reading inside a chunk's text.
-#[derive(Debug, Clone, Copy)]
-struct EventSpan {
-    pos: i64,
-    metric: i64,
-    start: usize,
-    end: usize,
-}
-
-/// One commit's readings, formatted.
-#[derive(Debug)]
-pub struct Chunk {
-    first_pos: i64,
-    last_pos: i64,
-    text: Bytes,
-    events: Vec<EventSpan>,
-}
-
-/// What a metric's events need: who it belongs to, for filters, and its
-/// pre-escaped JSON prefix.
-#[derive(Debug)]
-pub struct MetricMeta {
-    pub device: Arc<str>,
-    pub name: Arc<str>,
-    prefix: String,
-}
-
-#[derive(Debug, Default)]
-struct Ring {
-    chunks: VecDeque<Arc<Chunk>>,
-    bytes: usize,
-}
-
-/// The fan-out hub shared by the writer and every subscriber.
+/// The fan-out shared by the publisher and every subscriber.
 #[derive(Debug)]
 pub struct Live {
     ring: Mutex<Ring>,
-    /// The last position published; subscribers wait for it to change.
-    head: watch::Sender<i64>,
-    catalog: RwLock<HashMap<i64, Arc<MetricMeta>>>,
-    status: broadcast::Sender<(Arc<str>, Bytes)>,
-    /// Inboxes of device-filtered subscribers, by device.
-    inboxes: Mutex<HashMap<String, Vec<Inbox>>>,
+    /// The last position published; subscribers follow it.
+    head: Head,
+    catalog: Catalog,
+    status: broadcast::Sender<StatusEvent>,
+    router: Router,
+    /// For catch-up reads.
     store: Store,
-    /// Most bytes of formatted events the ring keeps.
-    ring_bytes: usize,
     /// Permits for concurrent subscribers.
-    pub(crate) slots: Arc<Semaphore>,
+    slots: Arc<Semaphore>,
 }
 
 impl Live {
-    /// A fan-out starting after position `head` (the last stored), allowing
-    /// `max_subscribers` concurrent subscribers and keeping at most
-    /// `ring_bytes` of recent events in memory.
-    pub fn new(store: Store, head: i64, max_subscribers: usize, ring_bytes: usize) -> Self {
+    /// A fan-out following `head`, allowing `max_subscribers` concurrent
+    /// subscribers and keeping at most `ring_bytes` of recent events in
+    /// memory.
+    pub fn new(store: Store, head: Head, max_subscribers: usize, ring_bytes: usize) -> Self {
         Live {
-            ring: Mutex::new(Ring::default()),
-            head: watch::Sender::new(head),
-            catalog: RwLock::new(HashMap::new()),
+            ring: Mutex::new(Ring::new(ring_bytes)),
+            head,
+            catalog: Catalog::default(),
             status: broadcast::Sender::new(STATUS_BUFFER),
-            inboxes: Mutex::new(HashMap::new()),
+            router: Router::default(),
             store,
-            ring_bytes,
             slots: Arc::new(Semaphore::new(max_subscribers)),
         }
+    }
+
+    /// A permit for one more subscriber, if `--max-subscribers` allows it.
+    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.slots).try_acquire_owned().ok()
     }
 
     /// Records the names behind a connection's metric rows, before any of
@@ -130,103 +89,27 @@ impl Live {
         metrics: &[MetricDescriptor],
         rows: &HashMap<u16, i64>,
     ) {
-        let device: Arc<str> = device.into();
-        let mut catalog = self.catalog.write().unwrap_or_else(PoisonError::into_inner);
-        for metric in metrics {
-            if let Some(&row) = rows.get(&metric.id) {
-                catalog.insert(
-                    row,
-                    Arc::new(MetricMeta {
-                        device: Arc::clone(&device),
-                        name: metric.name.as_str().into(),
-                        prefix: format::reading_prefix(&device, &metric.name, &metric.unit),
-                    }),
-                );
-            }
-        }
-    }
-
-    /// Opens an inbox that receives every commit containing one of `devices`.
-    pub fn open_inbox(&self, devices: &std::collections::HashSet<String>) -> InboxReceiver {
-        let (sender, chunks) = mpsc::channel(INBOX_CHUNKS);
-        let overflowed = Arc::new(AtomicBool::new(false));
-        let mut inboxes = self.inboxes.lock().unwrap_or_else(PoisonError::into_inner);
-        for device in devices {
-            inboxes.entry(device.clone()).or_default().push(Inbox {
-                chunks: sender.clone(),
-                overflowed: Arc::clone(&overflowed),
-            });
-        }
-        InboxReceiver { chunks, overflowed }
-    }
-
-    /// Delivers a chunk to the inboxes of the devices it contains.
-    fn deliver(&self, chunk: &Arc<Chunk>, devices: &[Arc<str>]) {
-        let mut inboxes = self.inboxes.lock().unwrap_or_else(PoisonError::into_inner);
-        for device in devices {
-            let Some(list) = inboxes.get_mut(&**device) else {
-                continue;
-            };
-            list.retain(|inbox| !inbox.chunks.is_closed());
-            for inbox in list.iter() {
-                if let Err(mpsc::error::TrySendError::Full(_)) =
-                    inbox.chunks.try_send(Arc::clone(chunk))
-                {
-                    inbox.overflowed.store(true, Ordering::Release);
-                }
-            }
-            if list.is_empty() {
-                inboxes.remove(&**device);
-            }
-        }
+        self.catalog.register(device, metrics, rows);
     }
 
     /// Publishes a device's connect or disconnect.
     pub fn device_status(&self, device: &str, online: bool) {
-        let text = format::status(device, online, crate::store::now_ms());
+        let text = format::status(device, online, now_ms());
         // No subscribers is not an error.
         let _ = self.status.send((device.into(), Bytes::from(text)));
     }
 
-    fn metric(&self, row: i64) -> Option<Arc<MetricMeta>> {
-        self.catalog
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&row)
-            .cloned()
-    }
-
-    fn lock_ring(&self) -> std::sync::MutexGuard<'_, Ring> {
+    fn lock_ring(&self) -> MutexGuard<'_, Ring> {
         self.ring.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The last position published.
-    pub fn head(&self) -> i64 {
-        *self.head.borrow()
-    }
-
-    /// The store, for catch-up reads.
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-}
-
-impl OnCommit for Live {
-    fn committed(&self, rows: &[Committed]) {
-        let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
-            return;
-        };
+    /// Formats a commit as one chunk. `devices` gets the devices it
+    /// contains when `route` is set.
+    fn format(&self, rows: &[Committed], route: bool, devices: &mut Vec<Arc<str>>) -> Chunk {
         let mut text = String::with_capacity(rows.len() * 160);
         let mut events = Vec::with_capacity(rows.len());
-        // The devices in this commit, only if some subscriber filters by device.
-        let targeted = !self
-            .inboxes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_empty();
-        let mut devices: Vec<Arc<str>> = Vec::new();
         let mut seen: HashSet<*const u8> = HashSet::new();
-        let catalog = self.catalog.read().unwrap_or_else(PoisonError::into_inner);
+        let catalog = self.catalog.read();
         for row in rows {
             let Some(meta) = catalog.get(&row.sample.metric) else {
                 // Sessions register metrics before sending any batch, so
@@ -237,7 +120,7 @@ impl OnCommit for Live {
                 );
                 continue;
             };
-            if targeted && seen.insert(meta.device.as_ptr()) {
+            if route && seen.insert(meta.device.as_ptr()) {
                 devices.push(Arc::clone(&meta.device));
             }
             let start = text.len();
@@ -255,29 +138,26 @@ impl OnCommit for Live {
                 end: text.len(),
             });
         }
-        drop(catalog);
         // The ring's budget counts text bytes; the allocation must not be
         // larger than what is counted.
         text.shrink_to_fit();
-        let chunk = Arc::new(Chunk {
-            first_pos: first.pos,
-            last_pos: last.pos,
+        Chunk {
+            first_pos: rows.first().map_or(0, |row| row.pos),
+            last_pos: rows.last().map_or(0, |row| row.pos),
             text: Bytes::from(text),
             events,
-        });
-        {
-            let mut ring = self.lock_ring();
-            ring.bytes += chunk.text.len();
-            ring.chunks.push_back(Arc::clone(&chunk));
-            while ring.bytes > self.ring_bytes && ring.chunks.len() > 1 {
-                if let Some(old) = ring.chunks.pop_front() {
-                    ring.bytes -= old.text.len();
-                }
-            }
         }
-        self.head.send_replace(last.pos);
-        if targeted {
-            self.deliver(&chunk, &devices);
+    }
+}
+
+impl InlineConsumer for Live {
+    fn committed(&self, rows: &[Committed]) {
+        let route = !self.router.is_empty();
+        let mut devices = Vec::new();
+        let chunk = Arc::new(self.format(rows, route, &mut devices));
+        self.lock_ring().push(Arc::clone(&chunk));
+        if route {
+            self.router.deliver(&chunk, &devices);
         }
     }
 }

@@ -8,22 +8,26 @@
 //! sent strictly in position order and only if past the cursor, which is
 //! what makes a resume free of gaps and duplicates.
 //!
-//! A subscriber filtered by device, once caught up, follows its inbox
-//! instead of the head: it wakes only for commits of its devices.
+//! A subscriber is in one of two [`Mode`]s: reading (the ring, or SQLite,
+//! then waiting for the head) or, when filtered by device and caught up,
+//! following its inbox: it then wakes only for commits of its devices, and
+//! goes back to reading from its cursor if the inbox overflowed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use bytes::BytesMut;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio::sync::{OwnedSemaphorePermit, broadcast, watch};
+use tokio::sync::{OwnedSemaphorePermit, broadcast};
 use tokio::time::{Instant, Interval};
 use tokio_util::sync::CancellationToken;
 
-use super::{Chunk, InboxReceiver, Live, format};
+use super::ring::RingRead;
+use super::router::Inbox;
+use super::{Chunk, Live, format};
+use crate::commits::{Head, Position};
 use crate::store::StoreError;
 use crate::store::query::ReadingRow;
 
@@ -62,7 +66,7 @@ pub enum Start {
     Live,
     /// Everything after this position (`Last-Event-ID`); 0 is everything
     /// retained.
-    After(i64),
+    After(Position),
 }
 
 /// Timing of a subscription.
@@ -74,39 +78,50 @@ pub struct Timing {
     pub keep_alive: Duration,
 }
 
+/// What a subscriber is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Reading the ring, or SQLite when the ring has moved past the cursor;
+    /// when up to date, waiting for the head to move.
+    Reading,
+    /// Device-filtered and caught up: waiting on the inbox, which only
+    /// commits of its devices reach.
+    FollowingInbox,
+}
+
+/// What woke a waiting subscriber.
+enum Wake {
+    /// Text to send: a status event or a keep-alive.
+    Send(Bytes),
+    /// A commit of this subscriber's devices, from its inbox.
+    Commit(Arc<Chunk>),
+    /// Something to look at again (the head moved, a status event for
+    /// other devices).
+    Again,
+    /// The hub is stopping.
+    End,
+}
+
 /// A live subscriber.
 #[derive(Debug)]
 pub struct Subscription {
     live: Arc<Live>,
-    cursor: i64,
+    cursor: Position,
     filter: Filter,
     /// Per metric row: does this subscriber want it?
     verdicts: HashMap<i64, bool>,
-    head: watch::Receiver<i64>,
+    head: Head,
     status: broadcast::Receiver<(Arc<str>, Bytes)>,
     /// Text to send before anything else (retry hint, reset).
     preamble: Option<Bytes>,
     keep_alive: Interval,
     shutdown: CancellationToken,
     /// The retention watermark already reported with a `reset`.
-    reset_reported: i64,
+    reset_reported: Position,
     /// For device-filtered subscribers: commits of their devices.
-    inbox: Option<InboxReceiver>,
-    /// Caught up, and woken only by the inbox.
-    following_inbox: bool,
+    inbox: Option<Inbox>,
+    mode: Mode,
     _slot: OwnedSemaphorePermit,
-}
-
-enum Inboxed {
-    Text(Bytes),
-    Nothing,
-    End,
-}
-
-enum RingRead {
-    Text(Bytes),
-    Behind,
-    UpToDate,
 }
 
 impl Subscription {
@@ -127,28 +142,29 @@ impl Subscription {
         let inbox = filter
             .devices
             .as_ref()
-            .map(|devices| live.open_inbox(devices));
-        let head = live.head.subscribe();
+            .map(|devices| live.router.open(devices));
+        let mut head = live.head.clone();
         let status = live.status.subscribe();
-        let now = *head.borrow();
+        let now = head.current();
         let mut preamble = format::retry(timing.retry.as_millis() as u64);
         let mut reset_reported = 0;
+        let store = &live.store;
         let cursor = match start {
             Start::Live => now,
             Start::After(0) => {
                 // "Everything retained": what retention removed is not news.
-                reset_reported = live.store().retention_watermark().await?;
+                reset_reported = store.retention_watermark().await?;
                 0
             }
             Start::After(id) if id > now => {
-                let oldest = live.store().oldest_pos().await?;
+                let oldest = store.oldest_pos().await?;
                 preamble.push_str(&format::reset("unknown", id, oldest, now));
                 now
             }
             Start::After(id) => {
-                let watermark = live.store().retention_watermark().await?;
+                let watermark = store.retention_watermark().await?;
                 if id < watermark {
-                    let oldest = live.store().oldest_pos().await?;
+                    let oldest = store.oldest_pos().await?;
                     preamble.push_str(&format::reset("retention", id, oldest, id));
                     reset_reported = watermark;
                 }
@@ -170,7 +186,7 @@ impl Subscription {
             shutdown,
             reset_reported,
             inbox,
-            following_inbox: false,
+            mode: Mode::Reading,
             _slot: slot,
         })
     }
@@ -185,132 +201,114 @@ impl Subscription {
             if self.shutdown.is_cancelled() {
                 return None;
             }
-            loop {
-                match self.status.try_recv() {
-                    Ok((device, text)) if self.filter.wants_device(&device) => return Some(text),
-                    Ok(_) | Err(TryRecvError::Lagged(_)) => {}
-                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
-                }
+            if let Some(text) = self.queued_status() {
+                return Some(text);
             }
-            if self.following_inbox {
-                match self.next_from_inbox().await {
-                    Inboxed::Text(text) => return Some(text),
-                    Inboxed::Nothing => continue,
-                    Inboxed::End => return None,
-                }
-            }
-            self.head.borrow_and_update();
-            match self.read_ring() {
-                RingRead::Text(text) if text.is_empty() => continue,
-                RingRead::Text(text) => return Some(text),
-                RingRead::Behind => match self.catch_up().await {
+            if self.mode == Mode::Reading {
+                match self.read().await {
                     Ok(Some(text)) => return Some(text),
-                    Ok(None) => continue,
+                    Ok(None) => {}
                     Err(err) => {
                         tracing::warn!(error = %err, "catch-up from storage failed; ending the stream");
                         return None;
                     }
-                },
-                RingRead::UpToDate if self.inbox.is_some() => {
+                }
+                if self.head.peek() > self.cursor {
+                    continue; // more to read
+                }
+                if self.inbox.is_some() {
                     // Caught up: from now on only this subscriber's commits
                     // wake it. Any that arrived meanwhile are in the inbox
                     // (opened before the cursor was placed) and are skipped
                     // up to the cursor.
-                    self.following_inbox = true;
-                    continue;
+                    self.mode = Mode::FollowingInbox;
                 }
-                RingRead::UpToDate => {}
             }
-            tokio::select! {
-                () = self.shutdown.cancelled() => return None,
-                changed = self.head.changed() => {
-                    if changed.is_err() {
-                        return None;
+            match self.wait().await {
+                Wake::Send(text) => return Some(text),
+                Wake::Commit(chunk) => {
+                    if let Some(text) = self.take(&chunk) {
+                        return Some(text);
                     }
                 }
-                status = self.status.recv() => match status {
-                    Ok((device, text)) if self.filter.wants_device(&device) => return Some(text),
-                    Ok(_) | Err(RecvError::Lagged(_)) => {}
-                    Err(RecvError::Closed) => return None,
-                },
-                _ = self.keep_alive.tick() => return Some(Bytes::from_static(format::KEEP_ALIVE.as_bytes())),
+                Wake::Again => {}
+                Wake::End => return None,
             }
         }
     }
 
-    /// The next commit delivered to this device-filtered subscriber's inbox,
-    /// waiting for one (or a status event, or the keep-alive).
-    async fn next_from_inbox(&mut self) -> Inboxed {
-        let Some(inbox) = &mut self.inbox else {
-            return Inboxed::Nothing;
-        };
-        if inbox.overflowed.swap(false, Ordering::AcqRel) {
-            // Commits were not delivered: catch up from the cursor instead.
-            while inbox.chunks.try_recv().is_ok() {}
-            self.following_inbox = false;
-            return Inboxed::Nothing;
+    /// A status event already waiting for this subscriber, if any: they go
+    /// out before more readings, so a busy stream still shows presence.
+    fn queued_status(&mut self) -> Option<Bytes> {
+        loop {
+            match self.status.try_recv() {
+                Ok((device, text)) if self.filter.wants_device(&device) => return Some(text),
+                Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+                Err(TryRecvError::Empty | TryRecvError::Closed) => return None,
+            }
         }
-        let chunk = tokio::select! {
-            () = self.shutdown.cancelled() => return Inboxed::End,
-            chunk = inbox.chunks.recv() => match chunk {
-                Some(chunk) => chunk,
-                None => return Inboxed::End,
-            },
-            status = self.status.recv() => return match status {
-                Ok((device, text)) if self.filter.wants_device(&device) => Inboxed::Text(text),
-                Ok(_) | Err(RecvError::Lagged(_)) => Inboxed::Nothing,
-                Err(RecvError::Closed) => Inboxed::End,
-            },
-            _ = self.keep_alive.tick() => return Inboxed::Text(Bytes::from_static(format::KEEP_ALIVE.as_bytes())),
+    }
+
+    /// One step of [`Mode::Reading`]: the next text past the cursor from the
+    /// ring or SQLite, or `None` with nothing to send (yet).
+    async fn read(&mut self) -> Result<Option<Bytes>, StoreError> {
+        let head = self.head.current();
+        let read = self.live.lock_ring().after(self.cursor, head);
+        match read {
+            RingRead::Next(chunk) => Ok(self.take(&chunk)),
+            // Nothing past the head is read: the ring may hold a commit
+            // whose head has not moved yet, and the head will move.
+            RingRead::Behind if head > self.cursor => self.catch_up(head).await,
+            RingRead::Behind | RingRead::UpToDate => Ok(None),
+        }
+    }
+
+    /// Waits for whatever comes first: the hub stopping, a status event, the
+    /// keep-alive, or what the mode follows (the head, or the inbox).
+    async fn wait(&mut self) -> Wake {
+        let inbox = match (self.mode, &mut self.inbox) {
+            (Mode::FollowingInbox, Some(inbox)) => {
+                if inbox.take_overflow() {
+                    // Commits were not delivered: catch up from the cursor.
+                    self.mode = Mode::Reading;
+                    return Wake::Again;
+                }
+                Some(inbox)
+            }
+            _ => None,
         };
+        let following_inbox = inbox.is_some();
+        tokio::select! {
+            () = self.shutdown.cancelled() => Wake::End,
+            moved = self.head.moved(), if !following_inbox => {
+                if moved { Wake::Again } else { Wake::End }
+            }
+            chunk = async { inbox.expect("guarded").recv().await }, if following_inbox => {
+                chunk.map_or(Wake::End, Wake::Commit)
+            }
+            status = self.status.recv() => match status {
+                Ok((device, text)) if self.filter.wants_device(&device) => Wake::Send(text),
+                Ok(_) | Err(RecvError::Lagged(_)) => Wake::Again,
+                Err(RecvError::Closed) => Wake::End,
+            },
+            _ = self.keep_alive.tick() => Wake::Send(Bytes::from_static(format::KEEP_ALIVE.as_bytes())),
+        }
+    }
+
+    /// The part of `chunk` after the cursor that this subscriber wants
+    /// (`None` if nothing); moves the cursor to the chunk's end.
+    fn take(&mut self, chunk: &Chunk) -> Option<Bytes> {
         if chunk.last_pos <= self.cursor {
-            return Inboxed::Nothing;
+            return None;
         }
-        let text = self.take(&chunk);
-        if text.is_empty() {
-            Inboxed::Nothing
-        } else {
-            Inboxed::Text(text)
-        }
-    }
-
-    fn read_ring(&mut self) -> RingRead {
-        let chunk = {
-            let ring = self.live.lock_ring();
-            let Some(front) = ring.chunks.front() else {
-                return if self.live.head() > self.cursor {
-                    RingRead::Behind
-                } else {
-                    RingRead::UpToDate
-                };
-            };
-            if front.first_pos > self.cursor + 1 {
-                return RingRead::Behind;
-            }
-            let next = ring
-                .chunks
-                .partition_point(|chunk| chunk.last_pos <= self.cursor);
-            match ring.chunks.get(next) {
-                Some(chunk) => Arc::clone(chunk),
-                None => return RingRead::UpToDate,
-            }
-        };
-        RingRead::Text(self.take(&chunk))
-    }
-
-    /// The part of `chunk` after the cursor that this subscriber wants;
-    /// moves the cursor to the chunk's end.
-    fn take(&mut self, chunk: &Chunk) -> Bytes {
         let first = chunk.events.partition_point(|e| e.pos <= self.cursor);
         self.cursor = chunk.last_pos;
         let events = &chunk.events[first..];
-        let Some(start) = events.first().map(|e| e.start) else {
-            return Bytes::new();
-        };
+        let start = events.first()?.start;
         if self.filter.is_all() {
             // Shared, not copied: every unfiltered subscriber sends the same
             // bytes.
-            return chunk.text.slice(start..);
+            return Some(chunk.text.slice(start..));
         }
         let mut out = BytesMut::new();
         for event in events {
@@ -318,7 +316,7 @@ impl Subscription {
                 out.extend_from_slice(&chunk.text[event.start..event.end]);
             }
         }
-        out.freeze()
+        (!out.is_empty()).then(|| out.freeze())
     }
 
     fn wants_metric(&mut self, row: i64) -> bool {
@@ -327,16 +325,17 @@ impl Subscription {
         }
         let verdict = self
             .live
-            .metric(row)
+            .catalog
+            .get(row)
             .is_some_and(|meta| self.filter.wants(&meta.device, &meta.name));
         self.verdicts.insert(row, verdict);
         verdict
     }
 
-    /// Reads the next readings after the cursor from SQLite, reporting first
-    /// if retention deleted some of them.
-    async fn catch_up(&mut self) -> Result<Option<Bytes>, StoreError> {
-        let store = self.live.store();
+    /// Reads the next readings after the cursor, up to `head`, from SQLite,
+    /// reporting first if retention deleted some of them.
+    async fn catch_up(&mut self, head: Position) -> Result<Option<Bytes>, StoreError> {
+        let store = &self.live.store;
         let watermark = store.retention_watermark().await?;
         if self.cursor < watermark && watermark > self.reset_reported {
             self.reset_reported = watermark;
@@ -344,22 +343,17 @@ impl Subscription {
             let text = format::reset("retention", self.cursor, oldest, self.cursor);
             return Ok(Some(Bytes::from(text)));
         }
-        let upto = self.live.head();
-        let rows = store
-            .readings_after(
+        let page = store
+            .readings_page(
                 self.cursor,
-                upto,
+                head,
                 Filter::list(&self.filter.devices).as_deref(),
                 Filter::list(&self.filter.metrics).as_deref(),
                 CATCH_UP_ROWS,
             )
             .await?;
-        self.cursor = if rows.len() < CATCH_UP_ROWS as usize {
-            upto
-        } else {
-            rows.last().map_or(upto, |row| row.pos)
-        };
-        Ok((!rows.is_empty()).then(|| format_rows(&rows)))
+        self.cursor = page.read_through;
+        Ok((!page.rows.is_empty()).then(|| format_rows(&page.rows)))
     }
 }
 
@@ -370,4 +364,220 @@ fn format_rows(rows: &[ReadingRow]) -> Bytes {
         format::reading(&mut text, row.pos, &prefix, row.ts_ms, row.value);
     }
     Bytes::from(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap as Map;
+
+    use protocol::{Hello, MetricDescriptor, PROTOCOL_VERSION};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::commits::{Committed, Consumers, InlineConsumer, Sample};
+    use crate::store::writer::{self, WriteOutcome};
+    use crate::store::{PoolDurability, Store};
+    use crate::telemetry::Counters;
+
+    const TIMING: Timing = Timing {
+        retry: Duration::from_secs(2),
+        keep_alive: Duration::from_secs(15),
+    };
+
+    /// The ids of the reading events in a piece of the stream.
+    fn ids(text: &[u8]) -> Vec<Position> {
+        std::str::from_utf8(text)
+            .unwrap()
+            .lines()
+            .filter_map(|line| line.strip_prefix("id: "))
+            .map(|id| id.parse().unwrap())
+            .collect()
+    }
+
+    fn temperature() -> Vec<MetricDescriptor> {
+        vec![MetricDescriptor {
+            id: 1,
+            name: "temperature".into(),
+            unit: "°C".into(),
+        }]
+    }
+
+    async fn subscribe(live: &Arc<Live>, filter: Filter, start: Start) -> Subscription {
+        let slot = live.admit().unwrap();
+        let shutdown = CancellationToken::new();
+        Subscription::start(Arc::clone(live), slot, filter, start, TIMING, shutdown)
+            .await
+            .unwrap()
+    }
+
+    /// Reads the stream until a keep-alive says it is caught up (with time
+    /// paused, the keep-alive comes as soon as nothing else can), returning
+    /// every reading id sent.
+    async fn read_until_idle(subscription: &mut Subscription) -> Vec<Position> {
+        let mut seen = Vec::new();
+        loop {
+            let text = subscription.next_text().await.expect("the stream goes on");
+            if &text[..] == format::KEEP_ALIVE.as_bytes() {
+                return seen;
+            }
+            seen.extend(ids(&text));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_behind_the_ring_reads_sqlite_then_the_ring_with_no_gap_or_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("hub.db"), PoolDurability::WithWriter)
+            .await
+            .unwrap();
+        let opened = writer::open(&store).await.unwrap();
+        let consumers = Consumers::new(opened.last_pos());
+        // Room for about five commits of 100 readings.
+        let live = Arc::new(Live::new(store.clone(), consumers.head(), 10, 60_000));
+        let consumers = consumers.with_inline(Arc::clone(&live) as Arc<dyn InlineConsumer>);
+        let stop = CancellationToken::new();
+        let (writer, task) = opened
+            .spawn(Arc::new(Counters::default()), consumers, stop.clone())
+            .unwrap();
+        let (device, _) = writer.register_device("dev-1").await.unwrap();
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            device_id: "dev-1".into(),
+            model: "m".into(),
+            firmware: "f".into(),
+            metrics: temperature(),
+        };
+        let rows = writer.register_hello(device, &hello).await.unwrap();
+        live.register_metrics("dev-1", &hello.metrics, &rows);
+        let (reply, mut outcomes) = mpsc::channel(1);
+        for seq in 1..=25u64 {
+            let samples = (0..100)
+                .map(|i| Sample {
+                    metric: rows[&1],
+                    ts_ms: 1_000_000 + seq as i64 * 100 + i,
+                    value: Some(1.5),
+                })
+                .collect();
+            writer
+                .submit(device, seq, samples, reply.clone())
+                .await
+                .unwrap();
+            assert_eq!(outcomes.recv().await, Some(WriteOutcome::Stored { seq }));
+        }
+        {
+            let ring = live.lock_ring();
+            assert!(matches!(ring.after(0, 2_500), RingRead::Behind));
+            assert!(matches!(ring.after(1_000, 2_500), RingRead::Behind));
+            assert!(matches!(ring.after(2_000, 2_500), RingRead::Next(_)));
+        }
+        // What the ring holds is now only in the ring: a subscriber that
+        // still gets it has switched from SQLite to the ring.
+        sqlx::query("DELETE FROM samples WHERE pos > 2000")
+            .execute(store.pool())
+            .await
+            .unwrap();
+
+        let mut subscription = subscribe(&live, Filter::default(), Start::After(0)).await;
+        subscription.next_text().await.unwrap(); // retry hint
+        let mut seen = Vec::new();
+        while seen.len() < 2_500 {
+            let text = tokio::time::timeout(Duration::from_secs(15), subscription.next_text())
+                .await
+                .expect("the stream keeps up")
+                .expect("the stream goes on");
+            seen.extend(ids(&text));
+        }
+        assert_eq!(seen, (1..=2_500).collect::<Vec<_>>());
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    /// A fan-out with no writer: commits are handed to it directly, and its
+    /// (empty) database is never needed while the ring holds them.
+    async fn bare_live() -> (Arc<Live>, Consumers, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("hub.db"), PoolDurability::WithWriter)
+            .await
+            .unwrap();
+        let consumers = Consumers::new(0);
+        let live = Arc::new(Live::new(store, consumers.head(), 10, 1 << 20));
+        let consumers = consumers.with_inline(Arc::clone(&live) as Arc<dyn InlineConsumer>);
+        let rows = Map::from([(1, 1)]);
+        live.register_metrics("dev-1", &temperature(), &rows);
+        let rows = Map::from([(1, 2)]);
+        live.register_metrics("dev-2", &temperature(), &rows);
+        (live, consumers, dir)
+    }
+
+    fn reading(pos: Position, metric: i64) -> Committed {
+        Committed {
+            pos,
+            sample: Sample {
+                metric,
+                ts_ms: pos,
+                value: Some(1.0),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn an_overflowing_inbox_is_caught_up_from_the_cursor_exactly_once() {
+        let (live, consumers, _dir) = bare_live().await;
+        tokio::time::pause();
+        let devices = Some(HashSet::from(["dev-1".to_owned()]));
+        let filter = Filter {
+            devices,
+            metrics: None,
+        };
+        let mut subscription = subscribe(&live, filter, Start::Live).await;
+        subscription.next_text().await.unwrap(); // retry hint
+        assert!(read_until_idle(&mut subscription).await.is_empty());
+        assert_eq!(subscription.mode, Mode::FollowingInbox);
+
+        // Twice the inbox's room of dev-1 commits, each beside a dev-2 one.
+        let commits = 2 * super::super::router::INBOX_CHUNKS as i64;
+        for n in 0..commits {
+            consumers.publish(&[reading(2 * n + 1, 1)]);
+            consumers.publish(&[reading(2 * n + 2, 2)]);
+        }
+        let first = subscription.next_text().await.unwrap();
+        assert_eq!(
+            subscription.mode,
+            Mode::Reading,
+            "the overflow sends the subscriber back to its cursor"
+        );
+        let mut seen = ids(&first);
+        seen.extend(read_until_idle(&mut subscription).await);
+        let dev_1: Vec<Position> = (0..commits).map(|n| 2 * n + 1).collect();
+        assert_eq!(seen, dev_1);
+        assert_eq!(subscription.mode, Mode::FollowingInbox);
+
+        consumers.publish(&[reading(1_000, 1)]);
+        assert_eq!(read_until_idle(&mut subscription).await, [1_000]);
+    }
+
+    #[tokio::test]
+    async fn a_metric_filter_sends_only_its_metric_from_a_shared_commit() {
+        let (live, consumers, _dir) = bare_live().await;
+        tokio::time::pause();
+        let filter = Filter {
+            devices: None,
+            metrics: Some(HashSet::from(["temperature".to_owned()])),
+        };
+        let mut everything = subscribe(&live, Filter::default(), Start::Live).await;
+        let mut dev_2 = subscribe(
+            &live,
+            Filter {
+                devices: Some(HashSet::from(["dev-2".to_owned()])),
+                ..filter
+            },
+            Start::Live,
+        )
+        .await;
+        everything.next_text().await.unwrap();
+        dev_2.next_text().await.unwrap();
+        consumers.publish(&[reading(1, 1), reading(2, 2), reading(3, 1)]);
+        assert_eq!(read_until_idle(&mut everything).await, [1, 2, 3]);
+        assert_eq!(read_until_idle(&mut dev_2).await, [2]);
+    }
 }

@@ -8,29 +8,17 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{Store, StoreError};
+use crate::commits::Position;
 
 /// One stored reading, as the API and the `readings` view show it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReadingRow {
-    pub pos: i64,
+    pub pos: Position,
     pub device: String,
     pub metric: String,
     pub unit: String,
     pub ts_ms: i64,
     pub value: Option<f64>,
-}
-
-/// The largest storage position ever assigned (0 if none). With
-/// AUTOINCREMENT, `sqlite_sequence` keeps it even after retention deleted
-/// the row.
-pub(super) async fn last_position<'e>(
-    executor: impl sqlx::SqliteExecutor<'e>,
-) -> Result<i64, StoreError> {
-    let pos: Option<i64> =
-        sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = 'samples'")
-            .fetch_optional(executor)
-            .await?;
-    Ok(pos.unwrap_or(0))
 }
 
 fn reading_row(row: SqliteRow) -> ReadingRow {
@@ -42,6 +30,15 @@ fn reading_row(row: SqliteRow) -> ReadingRow {
         ts_ms: row.get(4),
         value: row.get(5),
     }
+}
+
+/// One page of a cursor consumer's catch-up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub rows: Vec<ReadingRow>,
+    /// Where the cursor stands after this page: every position up to it was
+    /// read (those not in `rows` did not match, or are gone).
+    pub read_through: Position,
 }
 
 /// Which readings to return.
@@ -92,20 +89,22 @@ impl Store {
         Ok(rows.into_iter().map(reading_row).collect())
     }
 
-    /// Readings with `after < pos <= upto`, in position order, at most
-    /// `limit`, of the given devices and metrics (`None`: all). This is how
-    /// live subscribers catch up.
+    /// The next page for a cursor consumer at `after` following a head at
+    /// `upto`: readings with `after < pos <= upto`, in position order, at
+    /// most `limit`, of the given devices and metrics (`None`: all). This is
+    /// how live subscribers catch up, and how any cursor consumer reads what
+    /// it has missed.
     ///
     /// # Errors
     /// A database failure.
-    pub async fn readings_after(
+    pub async fn readings_page(
         &self,
-        after: i64,
-        upto: i64,
+        after: Position,
+        upto: Position,
         devices: Option<&[String]>,
         metrics: Option<&[String]>,
         limit: u32,
-    ) -> Result<Vec<ReadingRow>, StoreError> {
+    ) -> Result<Page, StoreError> {
         let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
             "SELECT pos, device, metric, unit, ts_ms, value FROM readings WHERE pos > ",
         );
@@ -123,8 +122,20 @@ impl Store {
         query
             .push(" ORDER BY pos LIMIT ")
             .push_bind(i64::from(limit));
-        let rows = query.build().fetch_all(self.pool()).await?;
-        Ok(rows.into_iter().map(reading_row).collect())
+        let rows: Vec<ReadingRow> = query
+            .build()
+            .fetch_all(self.pool())
+            .await?
+            .into_iter()
+            .map(reading_row)
+            .collect();
+        // A short page read everything up to the head, matching or not.
+        let read_through = if rows.len() < limit as usize {
+            upto
+        } else {
+            rows.last().map_or(upto, |row| row.pos)
+        };
+        Ok(Page { rows, read_through })
     }
 
     /// The oldest storage position still held (0 if none).
@@ -136,14 +147,6 @@ impl Store {
             .fetch_one(self.pool())
             .await?;
         Ok(pos.unwrap_or(0))
-    }
-
-    /// The largest storage position ever assigned (0 if none).
-    ///
-    /// # Errors
-    /// A database failure.
-    pub async fn last_pos(&self) -> Result<i64, StoreError> {
-        last_position(self.pool()).await
     }
 
     /// The largest storage position retention has deleted (0 if none).

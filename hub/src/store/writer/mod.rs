@@ -22,8 +22,9 @@
 //! connection ([`statements`]): a commit is one thread's uninterrupted work,
 //! with no hand-off to a database thread and back for every statement.
 //! Sessions reach it through a bounded channel. Each outcome goes on to the
-//! [`publisher`]'s thread, which hands the rows to the live fan-out and then
-//! answers the sessions, while the writer starts the next commit.
+//! [`publisher`]'s thread, which hands the rows to the commit consumers
+//! ([`crate::commits`]) and then answers the sessions, while the writer
+//! starts the next commit.
 
 mod publisher;
 mod statements;
@@ -41,6 +42,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{Store, StoreError, now_ms};
+use crate::commits::{Committed, Consumers, Position, Sample};
 use crate::telemetry::Counters;
 
 /// Most rows queued for the writer across all sessions. A session that
@@ -51,32 +53,6 @@ const QUEUED_ROWS: usize = 128 * 1024;
 /// Most requests queued for the writer (the rows budget above is usually the
 /// tighter bound); when full, `submit` waits, with the same backpressure.
 const QUEUED_REQUESTS: usize = 4096;
-
-/// One reading, ready to store.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sample {
-    /// The `metrics.id` row.
-    pub metric: i64,
-    /// Device time, ms since the Unix epoch.
-    pub ts_ms: i64,
-    /// `None` for NaN and infinities.
-    pub value: Option<f64>,
-}
-
-/// A stored reading, as the writer reports it after commit.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Committed {
-    /// The storage position (event id).
-    pub pos: i64,
-    pub sample: Sample,
-}
-
-/// Told of every commit, after it is durable and before any session hears
-/// of it (the live fan-out).
-pub trait OnCommit: Send + Sync {
-    /// `rows` are the readings just committed, in position order.
-    fn committed(&self, rows: &[Committed]);
-}
 
 /// What the writer tells a session about one of its batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,59 +195,82 @@ impl WriterHandle {
     }
 }
 
-/// Starts the writer on its own thread and connection. It runs until `stop`
-/// is cancelled, then commits what is queued and exits; the hub cancels
-/// `stop` only after every session has ended. The returned task ends when
-/// the thread has.
+/// The writer's connection, opened but not yet running: it knows the last
+/// stored position, which the commit consumers start from.
+#[derive(Debug)]
+pub struct Opened {
+    conn: Connection,
+    last_pos: Position,
+}
+
+/// Opens the writer's own connection and reads where storage stands.
 ///
 /// # Errors
-/// The connection cannot be opened, its state read or the thread started.
-pub async fn spawn(
-    store: &Store,
-    counters: Arc<Counters>,
-    on_commit: Arc<dyn OnCommit>,
-    stop: CancellationToken,
-) -> Result<(WriterHandle, tokio::task::JoinHandle<()>), StoreError> {
+/// The connection cannot be opened or its state read.
+pub async fn open(store: &Store) -> Result<Opened, StoreError> {
     let path = store.path().to_owned();
-    let (conn, next_pos) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+    tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
         let conn = statements::open(&path)?;
-        let next_pos = statements::last_position(&conn)? + 1;
-        Ok((conn, next_pos))
+        let last_pos = statements::last_position(&conn)?;
+        Ok(Opened { conn, last_pos })
     })
     .await
-    .map_err(std::io::Error::other)??;
-    let writer = Writer {
-        conn,
-        last_seq: HashMap::new(),
-        next_pos,
-        counters,
-    };
-    let (requests, rx) = mpsc::channel(QUEUED_REQUESTS);
-    let (exited, thread_done) = oneshot::channel::<()>();
-    let (publish, publisher) = publisher::spawn(on_commit)?;
-    std::thread::Builder::new()
-        .name("hub-writer".into())
-        .spawn(move || {
-            writer.run(rx, &publish);
-            // The publisher answers what is queued, then ends.
-            drop(publish);
-            let _ = publisher.join();
-            drop(exited);
-        })?;
-    // The thread blocks on its queue, so the stop arrives through it.
-    let stopper = requests.clone();
-    tokio::spawn(async move {
-        stop.cancelled().await;
-        let _ = stopper.send(Job::Stop).await;
-    });
-    let handle = WriterHandle {
-        requests,
-        rows: Arc::new(Semaphore::new(QUEUED_ROWS)),
-    };
-    let task = tokio::spawn(async move {
-        let _ = thread_done.await;
-    });
-    Ok((handle, task))
+    .map_err(std::io::Error::other)?
+}
+
+impl Opened {
+    /// The last position stored: the head the commit consumers start at.
+    pub fn last_pos(&self) -> Position {
+        self.last_pos
+    }
+
+    /// Starts the writer on its own thread, publishing every commit to
+    /// `consumers`. It runs until `stop` is cancelled, then commits what is
+    /// queued and exits; the hub cancels `stop` only after every session has
+    /// ended. The returned task ends when the thread has.
+    ///
+    /// # Errors
+    /// A thread cannot be started.
+    pub fn spawn(
+        self,
+        counters: Arc<Counters>,
+        consumers: Consumers,
+        stop: CancellationToken,
+    ) -> Result<(WriterHandle, tokio::task::JoinHandle<()>), StoreError> {
+        let Opened { conn, last_pos } = self;
+        let writer = Writer {
+            conn,
+            last_seq: HashMap::new(),
+            next_pos: last_pos + 1,
+            counters,
+        };
+        let (requests, rx) = mpsc::channel(QUEUED_REQUESTS);
+        let (exited, thread_done) = oneshot::channel::<()>();
+        let (publish, publisher) = publisher::spawn(consumers)?;
+        std::thread::Builder::new()
+            .name("hub-writer".into())
+            .spawn(move || {
+                writer.run(rx, &publish);
+                // The publisher answers what is queued, then ends.
+                drop(publish);
+                let _ = publisher.join();
+                drop(exited);
+            })?;
+        // The thread blocks on its queue, so the stop arrives through it.
+        let stopper = requests.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            let _ = stopper.send(Job::Stop).await;
+        });
+        let handle = WriterHandle {
+            requests,
+            rows: Arc::new(Semaphore::new(QUEUED_ROWS)),
+        };
+        let task = tokio::spawn(async move {
+            let _ = thread_done.await;
+        });
+        Ok((handle, task))
+    }
 }
 
 struct Writer {
@@ -279,7 +278,7 @@ struct Writer {
     /// Last committed seq per `devices.id`, loaded on first use.
     last_seq: HashMap<i64, u64>,
     /// The position the next stored reading gets.
-    next_pos: i64,
+    next_pos: Position,
     counters: Arc<Counters>,
 }
 
@@ -440,16 +439,21 @@ mod tests {
     use protocol::{MetricDescriptor, PROTOCOL_VERSION};
 
     use super::*;
+    use crate::commits::InlineConsumer;
     use crate::store::PoolDurability;
 
     /// Keeps every committed row, as the live fan-out would see them.
     #[derive(Default)]
     struct Seen(Mutex<Vec<Committed>>);
 
-    impl OnCommit for Seen {
+    impl InlineConsumer for Seen {
         fn committed(&self, rows: &[Committed]) {
             self.0.lock().unwrap().extend_from_slice(rows);
         }
+    }
+
+    fn consumers(seen: &Arc<Seen>) -> Consumers {
+        Consumers::new(0).with_inline(Arc::clone(seen) as Arc<dyn InlineConsumer>)
     }
 
     fn hello() -> Hello {
@@ -475,8 +479,10 @@ mod tests {
         let seen = Arc::new(Seen::default());
         let stop = CancellationToken::new();
         let counters = Arc::new(Counters::default());
-        let (writer, task) = spawn(&store, counters, seen.clone(), stop.clone())
+        let (writer, task) = open(&store)
             .await
+            .unwrap()
+            .spawn(counters, consumers(&seen), stop.clone())
             .unwrap();
 
         let (device, revoked) = writer.register_device("dev-1").await.unwrap();
@@ -536,8 +542,10 @@ mod tests {
         let seen = Arc::new(Seen::default());
         let counters = Arc::new(Counters::default());
         let stop = CancellationToken::new();
-        let (writer, task) = spawn(&store, Arc::clone(&counters), seen.clone(), stop.clone())
+        let (writer, task) = open(&store)
             .await
+            .unwrap()
+            .spawn(Arc::clone(&counters), consumers(&seen), stop.clone())
             .unwrap();
         let (device, _) = writer.register_device("dev-1").await.unwrap();
         let metric = writer.register_hello(device, &hello()).await.unwrap()[&1];

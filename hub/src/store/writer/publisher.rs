@@ -1,17 +1,18 @@
 //! The publisher: the writer's second thread (`hub-publish`), which hands
-//! each commit to the live fan-out and then answers the commit's requests.
+//! each commit to the commit consumers ([`Consumers::publish`]) and then
+//! answers the commit's requests.
 //!
-//! Formatting a commit's readings as SSE text costs about a tenth of what
-//! storing them does. On the writer's thread it delayed the next commit;
-//! here it runs beside it. Commits are published and answered in commit
-//! order, and a batch is still acknowledged only after its readings are both
-//! committed and published.
+//! Formatting a commit's readings as SSE text (the live fan-out, an in-line
+//! consumer) costs about a tenth of what storing them does. On the writer's
+//! thread it delayed the next commit; here it runs beside it. Commits are
+//! published and answered in commit order, and a batch is acknowledged only
+//! after its readings are both committed and published.
 
-use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
-use super::{Committed, Job, OnCommit, Registered, WriteOutcome, reply_all};
+use super::{Job, Registered, WriteOutcome, reply_all};
+use crate::commits::{Committed, Consumers};
 
 /// Commits waiting to be published. When full, the writer waits before its
 /// next commit; sessions' requests queue behind it as for a slow disk.
@@ -33,7 +34,7 @@ pub(super) enum Settled {
 /// Starts the publisher. It ends once the sender is dropped and every
 /// queued commit is answered.
 pub(super) fn spawn(
-    on_commit: Arc<dyn OnCommit>,
+    consumers: Consumers,
 ) -> std::io::Result<(SyncSender<Settled>, JoinHandle<()>)> {
     let (settled, queue) = sync_channel(SETTLED_QUEUE);
     let thread = std::thread::Builder::new()
@@ -46,7 +47,7 @@ pub(super) fn spawn(
                         rows,
                         registered,
                     } => {
-                        on_commit.committed(&rows);
+                        consumers.publish(&rows);
                         reply_all(&mut jobs, registered.into_iter().map(Ok), |seq| {
                             WriteOutcome::Stored { seq }
                         });

@@ -12,7 +12,7 @@ use std::time::Duration;
 use protocol::Hello;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use super::Committed;
+use crate::commits::Committed;
 use crate::store::now_ms;
 
 /// Most rows in one INSERT or UPDATE. One statement for many rows runs the

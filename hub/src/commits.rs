@@ -1,0 +1,189 @@
+//! Commits: the seam between the writer and everything that consumes
+//! committed readings.
+//!
+//! The types here are what flows along the pipeline — a [`Sample`] on its
+//! way in, a [`Committed`] reading on its way out, its [`Position`] — and
+//! the two ways of consuming commits. They depend on nothing else in the
+//! hub, so `ingest`, `store` and every consumer (`live`, later the MQTT
+//! bridge, roll-ups, a cluster log) can use them without importing each
+//! other.
+//!
+//! * **In-line consumers** ([`InlineConsumer`]) run on the writer's
+//!   publisher thread, in commit order, after the commit is durable and
+//!   before any session sends its Ack. They must never block: a slow one
+//!   delays every Ack. The live fan-out is one (it formats each reading once
+//!   and appends it to its ring).
+//! * **Cursor consumers** keep their own [`Position`] and follow the
+//!   [`Head`]: when it moves past them they read what they lack from memory
+//!   or from SQLite (`store::query::Page`), at their own pace. Nothing waits
+//!   for them, so a slow or failed one costs the writer nothing and resumes
+//!   from its cursor. An SSE subscriber is one (its cursor is the browser's
+//!   `Last-Event-ID`); the MQTT bridge will be one (its cursor in SQLite).
+
+use std::fmt;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+/// A storage position: `samples.pos`, the SSE event id. Assigned by the
+/// writer in commit order, it only grows and is never reused, so a consumer
+/// that has seen position N has seen every committed position below it.
+pub type Position = i64;
+
+/// One reading, ready to store.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// The `metrics.id` row.
+    pub metric: i64,
+    /// Device time, ms since the Unix epoch.
+    pub ts_ms: i64,
+    /// `None` for NaN and infinities.
+    pub value: Option<f64>,
+}
+
+/// A stored reading, as the writer reports it after commit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Committed {
+    pub pos: Position,
+    pub sample: Sample,
+}
+
+/// Told of every commit on the publisher thread, in commit order, after it
+/// is durable and before any session hears of it.
+pub trait InlineConsumer: Send + Sync {
+    /// `rows` are the readings just committed, in position order (never
+    /// empty). Must not block or wait for I/O: every Ack waits for it.
+    fn committed(&self, rows: &[Committed]);
+}
+
+/// Every consumer of commits, in the order the publisher calls them.
+pub struct Consumers {
+    inline: Vec<Arc<dyn InlineConsumer>>,
+    head: watch::Sender<Position>,
+}
+
+impl fmt::Debug for Consumers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumers")
+            .field("inline", &self.inline.len())
+            .field("head", &*self.head.borrow())
+            .finish()
+    }
+}
+
+impl Consumers {
+    /// Consumers of the commits after `head`, the last position stored.
+    pub fn new(head: Position) -> Self {
+        Consumers {
+            inline: Vec::new(),
+            head: watch::Sender::new(head),
+        }
+    }
+
+    /// Adds an in-line consumer, called after those added before it.
+    #[must_use]
+    pub fn with_inline(mut self, consumer: Arc<dyn InlineConsumer>) -> Self {
+        self.inline.push(consumer);
+        self
+    }
+
+    /// The head for cursor consumers to follow.
+    pub fn head(&self) -> Head {
+        Head(self.head.subscribe())
+    }
+
+    /// Hands a commit to every in-line consumer, then moves the head: a
+    /// cursor consumer woken by the head finds the commit in every in-line
+    /// consumer already (the live ring, for one).
+    pub fn publish(&self, rows: &[Committed]) {
+        let Some(last) = rows.last() else {
+            return;
+        };
+        for consumer in &self.inline {
+            consumer.committed(rows);
+        }
+        self.head.send_replace(last.pos);
+    }
+}
+
+/// The last committed position, for cursor consumers to follow. Cheap to
+/// clone; each clone waits on its own.
+#[derive(Debug, Clone)]
+pub struct Head(watch::Receiver<Position>);
+
+impl Head {
+    /// The last position published; marks it seen for [`Head::moved`].
+    pub fn current(&mut self) -> Position {
+        *self.0.borrow_and_update()
+    }
+
+    /// The last position published, without marking it seen.
+    pub fn peek(&self) -> Position {
+        *self.0.borrow()
+    }
+
+    /// Waits until a position newer than the last one seen is published.
+    /// `false` once the publisher has gone (the hub is stopping).
+    pub async fn moved(&mut self) -> bool {
+        self.0.changed().await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(&'static str, Position)>>);
+
+    struct Named(&'static str, Arc<Recorder>, Head);
+
+    impl InlineConsumer for Named {
+        fn committed(&self, rows: &[Committed]) {
+            // The head has not moved yet when in-line consumers run.
+            assert!(self.2.peek() < rows[0].pos);
+            self.1.0.lock().unwrap().push((self.0, rows[0].pos));
+        }
+    }
+
+    fn row(pos: Position) -> Committed {
+        Committed {
+            pos,
+            sample: Sample {
+                metric: 1,
+                ts_ms: 0,
+                value: None,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn in_line_consumers_run_in_order_before_the_head_moves() {
+        let seen = Arc::new(Recorder::default());
+        let consumers = Consumers::new(0);
+        let (probe_1, probe_2) = (consumers.head(), consumers.head());
+        let consumers = consumers
+            .with_inline(Arc::new(Named("first", seen.clone(), probe_1)))
+            .with_inline(Arc::new(Named("second", seen.clone(), probe_2)));
+        let mut head = consumers.head();
+        assert_eq!(head.current(), 0);
+
+        consumers.publish(&[row(1), row(2)]);
+        assert!(head.moved().await);
+        assert_eq!(head.current(), 2);
+        assert_eq!(*seen.0.lock().unwrap(), [("first", 1), ("second", 1)]);
+    }
+
+    #[tokio::test]
+    async fn an_empty_commit_does_not_move_the_head() {
+        let consumers = Consumers::new(5);
+        let mut head = consumers.head();
+        head.current();
+        consumers.publish(&[]);
+        assert_eq!(head.peek(), 5);
+        drop(consumers);
+        assert!(!head.moved().await, "the head reports the publisher's end");
+    }
+}
