@@ -14,7 +14,7 @@ use protocol::{
     Command, CommandResult, DeviceFrame, Hello, HubFrame, PROTOCOL_VERSION, Reading, Welcome,
 };
 use tokio::net::TcpStream;
-use tokio::time::{Instant, MissedTickBehavior, sleep_until, timeout};
+use tokio::time::{Instant, Interval, MissedTickBehavior, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -138,6 +138,12 @@ enum Link {
     Up(Box<Ws>),
 }
 
+impl Link {
+    fn is_up(&self) -> bool {
+        matches!(self, Link::Up(_))
+    }
+}
+
 enum Event {
     Retry,
     Handshake(anyhow::Result<(Box<Ws>, Welcome)>),
@@ -241,11 +247,29 @@ struct Device {
     unsealed: Vec<(u64, u16, f64)>,
     flush_at: Instant,
     generated: u64,
+    /// Ticks at the sampling interval.
+    ticker: Interval,
     interval: Duration,
     sampling: bool,
 }
 
+/// A ticker every `interval`, first ticking one interval from now, that
+/// waits out a late tick rather than bursting to catch up.
+fn ticker(interval: Duration) -> Interval {
+    let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker
+}
+
 impl Device {
+    /// Samples every `interval` from now on.
+    fn set_interval(&mut self, interval: Duration) {
+        if interval != self.interval {
+            self.interval = interval;
+            self.ticker = ticker(interval);
+        }
+    }
+
     fn hello(&self) -> DeviceFrame {
         DeviceFrame::Hello(Hello {
             version: PROTOCOL_VERSION,
@@ -356,14 +380,15 @@ pub async fn run(
         unsealed: Vec::new(),
         flush_at: Instant::now(),
         generated: 0,
+        ticker: ticker(interval),
         interval,
         sampling: settings.count != Some(0),
         spec,
         settings,
         stats,
     };
-    let mut ticker = tokio::time::interval(device.interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The first sample is taken at once.
+    device.ticker.reset_immediately();
     let mut link = Link::Down {
         retry_at: Instant::now() + device.spec.start_delay,
         attempt: 0,
@@ -376,10 +401,10 @@ pub async fn run(
             () = abort.cancelled() => Event::Abort,
             () = stop.cancelled(), if !stopping => Event::Stop,
             event = next_link_event(&mut link) => event,
-            _ = ticker.tick(), if device.sampling => Event::Tick,
+            _ = device.ticker.tick(), if device.sampling => Event::Tick,
             () = sleep_until(device.flush_at), if !device.unsealed.is_empty() => Event::Flush,
         };
-        let was_up = matches!(link, Link::Up(_));
+        let was_up = link.is_up();
         match event {
             Event::Abort => break,
             Event::Stop => {
@@ -406,17 +431,15 @@ pub async fn run(
                 link = Link::Connecting { attempt, handshake };
             }
             Event::Handshake(Ok((ws, welcome))) => {
-                device.stats.connected.fetch_add(1, Relaxed);
                 let settled = device.outbox.resume(welcome.last_seq);
                 device
                     .stats
                     .acked
                     .fetch_add(settled.readings as u64, Relaxed);
                 if device.settings.rate.is_none() && welcome.sample_interval_ms > 0 {
-                    device.interval = Duration::from_millis(u64::from(welcome.sample_interval_ms));
-                    ticker =
-                        tokio::time::interval_at(Instant::now() + device.interval, device.interval);
-                    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                    device.set_interval(Duration::from_millis(u64::from(
+                        welcome.sample_interval_ms,
+                    )));
                 }
                 link = Link::Up(ws);
             }
@@ -444,15 +467,9 @@ pub async fn run(
                 }
                 Ok(HubFrame::Command(command)) => {
                     device.stats.commands.fetch_add(1, Relaxed);
-                    let before = device.interval;
-                    let result = execute(&command, &mut device.interval);
-                    if device.interval != before {
-                        ticker = tokio::time::interval_at(
-                            Instant::now() + device.interval,
-                            device.interval,
-                        );
-                        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-                    }
+                    let mut interval = device.interval;
+                    let result = execute(&command, &mut interval);
+                    device.set_interval(interval);
                     if let Link::Up(ws) = &mut link
                         && ws
                             .send(Message::Binary(
@@ -483,16 +500,18 @@ pub async fn run(
                 link = device.lost(0);
             }
         }
-        if was_up && !matches!(link, Link::Up(_)) {
-            device.stats.connected.fetch_sub(1, Relaxed);
-        }
         if let Link::Up(ws) = &mut link
             && !device.send_unsent(ws).await
         {
-            device.stats.connected.fetch_sub(1, Relaxed);
             device.stats.reconnects.fetch_add(1, Relaxed);
             link = device.lost(0);
         }
+        // The one place the connected gauge follows the link.
+        match (was_up, link.is_up()) {
+            (false, true) => device.stats.connected.fetch_add(1, Relaxed),
+            (true, false) => device.stats.connected.fetch_sub(1, Relaxed),
+            _ => 0,
+        };
         if device.finished() {
             break;
         }
