@@ -8,31 +8,22 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
 use protocol::{
     Command, CommandResult, DeviceFrame, Hello, HubFrame, PROTOCOL_VERSION, Reading, Welcome,
 };
-use tokio::net::TcpStream;
-use tokio::time::{Instant, Interval, MissedTickBehavior, sleep_until, timeout};
+use tokio::time::{Instant, Interval, MissedTickBehavior, sleep_until};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::link::{Ws, handshake};
 use crate::outbox::Outbox;
 use crate::rng::Rng;
 use crate::sensors::{SensorKind, Sensors};
 use crate::stats::Stats;
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Handshake = Pin<Box<dyn Future<Output = anyhow::Result<(Box<Ws>, Welcome)>> + Send>>;
-
-/// How long connecting, or waiting for `Welcome`, may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Shortest and longest interval `set_interval` accepts, in ms.
 const INTERVAL_RANGE_MS: std::ops::RangeInclusive<u64> = 10..=86_400_000;
@@ -60,6 +51,27 @@ pub struct DeviceSettings {
     /// `None` reads the system's roots again at every connection: fleets
     /// should build one and share it.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl DeviceSettings {
+    /// Devices of the hub at `url` (a device endpoint, see [`endpoint`]) with
+    /// the command line's defaults: temperature and humidity at the hub's
+    /// rate, batches of 10 sent within a second, 1,000 batches kept while
+    /// offline, no clock skew, the system's TLS roots.
+    pub fn new(url: String) -> Self {
+        DeviceSettings {
+            url,
+            kinds: vec![SensorKind::Temperature, SensorKind::Humidity],
+            rate: None,
+            batch: 10,
+            flush: Duration::from_secs(1),
+            count: None,
+            buffer: 1_000,
+            backoff: Backoff::default(),
+            clock_skew_ms: 0,
+            tls: None,
+        }
+    }
 }
 
 /// The hub's device endpoint for a `--hub` address: a `ws://` or `wss://`
@@ -167,66 +179,6 @@ async fn next_link_event(link: &mut Link) -> Event {
     }
 }
 
-async fn handshake(
-    url: String,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    credential: String,
-    hello: DeviceFrame,
-) -> anyhow::Result<(Box<Ws>, Welcome)> {
-    let mut request = url.into_client_request()?;
-    request.headers_mut().insert(
-        "authorization",
-        HeaderValue::from_str(&format!("Bearer {credential}"))?,
-    );
-    // Small buffers: ten thousand devices in one process.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0);
-    let (mut ws, _) = timeout(
-        HANDSHAKE_TIMEOUT,
-        tokio_tungstenite::connect_async_tls_with_config(
-            request,
-            Some(config),
-            true,
-            tls.map(Connector::Rustls),
-        ),
-    )
-    .await
-    .context("connecting timed out")?
-    .map_err(|err| match err {
-        tokio_tungstenite::tungstenite::Error::Http(response) => {
-            let body = response
-                .body()
-                .as_deref()
-                .map(String::from_utf8_lossy)
-                .unwrap_or_default();
-            anyhow::anyhow!(
-                "hub refused the connection: HTTP {} {body}",
-                response.status()
-            )
-        }
-        other => anyhow::Error::from(other).context("connecting"),
-    })?;
-    ws.send(Message::Binary(hello.encode().into())).await?;
-    loop {
-        let message = timeout(HANDSHAKE_TIMEOUT, ws.next())
-            .await
-            .context("no Welcome in time")?
-            .context("hub closed before Welcome")??;
-        match message {
-            Message::Binary(bytes) => match HubFrame::decode(&bytes)? {
-                HubFrame::Welcome(welcome) => return Ok((Box::new(ws), welcome)),
-                HubFrame::Error(error) => {
-                    bail!("hub refused Hello: {} (code {})", error.message, error.code)
-                }
-                other => bail!("expected Welcome, got {other:?}"),
-            },
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => bail!("expected Welcome, got {other:?}"),
-        }
-    }
-}
-
 fn device_time_ms(skew_ms: i64) -> u64 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -270,14 +222,14 @@ impl Device {
         }
     }
 
-    fn hello(&self) -> DeviceFrame {
-        DeviceFrame::Hello(Hello {
+    fn hello(&self) -> Hello {
+        Hello {
             version: PROTOCOL_VERSION,
             device_id: self.spec.id.clone(),
             model: "device-sim".into(),
             firmware: env!("CARGO_PKG_VERSION").into(),
             metrics: self.sensors.descriptors(),
-        })
+        }
     }
 
     fn finished(&self) -> bool {
@@ -437,9 +389,8 @@ pub async fn run(
                     .acked
                     .fetch_add(settled.readings as u64, Relaxed);
                 if device.settings.rate.is_none() && welcome.sample_interval_ms > 0 {
-                    device.set_interval(Duration::from_millis(u64::from(
-                        welcome.sample_interval_ms,
-                    )));
+                    device
+                        .set_interval(Duration::from_millis(u64::from(welcome.sample_interval_ms)));
                 }
                 link = Link::Up(ws);
             }

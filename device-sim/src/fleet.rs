@@ -49,6 +49,23 @@ pub struct FleetConfig {
     pub device: DeviceSettings,
 }
 
+impl FleetConfig {
+    /// `devices` devices `sim-01`, `sim-02`, … presenting `credential`,
+    /// sampling until stopped, quietly (no progress line), seed 1.
+    pub fn new(devices: usize, credential: Credential, device: DeviceSettings) -> Self {
+        FleetConfig {
+            devices,
+            ids: Ids::Numbered("sim-".into()),
+            credential,
+            seed: 1,
+            duration: None,
+            grace: Duration::from_secs(5),
+            progress: false,
+            device,
+        }
+    }
+}
+
 /// What a fleet did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {

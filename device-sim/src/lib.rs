@@ -4,6 +4,8 @@
 //! * [`device`]: one device: sensors sampled on its own clock, batches kept
 //!   in an [`outbox`] until acknowledged, reconnects with [`backoff`], and
 //!   hub commands (`ping`, `set_interval`).
+//! * [`link`]: the connection handshake (`Hello`, `Welcome`), shared with the
+//!   end-to-end tests and the benchmark harness.
 //! * [`fleet`]: N devices in one process, progress and summary ([`stats`]).
 //! * [`tls`]: whom a `wss://` hub must be vouched for by.
 //! * [`sensors`]: sensor models that look real on a chart, seeded by [`rng`].
@@ -11,6 +13,7 @@
 pub mod backoff;
 pub mod device;
 pub mod fleet;
+pub mod link;
 pub mod outbox;
 pub mod rng;
 pub mod sensors;

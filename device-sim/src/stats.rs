@@ -1,17 +1,20 @@
 //! Fleet-wide counters and the ack round-trip histogram, shared by every
-//! device task. Atomics only: ten thousand devices update them.
+//! device task. Counters are atomics (ten thousand devices update them);
+//! the histogram is an HDR histogram behind a mutex held for one record.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
-/// Histogram buckets per doubling: bucket bounds grow by 2^(1/4) ≈ 19%,
-/// which is the precision of the reported percentiles.
-const SUB_BUCKETS: f64 = 4.0;
-/// Covers 1 µs to about 70 minutes.
-const BUCKETS: usize = 128;
+/// Significant digits the round-trip histogram keeps: percentiles are
+/// within 0.1 % of the truth.
+const RTT_DIGITS: u8 = 3;
+/// The longest round trip told apart, in µs (an hour); longer ones count
+/// as an hour.
+const RTT_MAX_US: u64 = 3_600_000_000;
 
 /// Counters of a running fleet.
 #[derive(Debug)]
@@ -22,7 +25,8 @@ pub struct Stats {
     pub dropped: AtomicU64,
     pub reconnects: AtomicU64,
     pub commands: AtomicU64,
-    rtt_us: [AtomicU64; BUCKETS],
+    /// Send-to-ack times, in µs.
+    rtt_us: Mutex<Histogram<u64>>,
     last_error: Mutex<Option<String>>,
 }
 
@@ -35,23 +39,13 @@ impl Default for Stats {
             dropped: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             commands: AtomicU64::new(0),
-            rtt_us: std::array::from_fn(|_| AtomicU64::new(0)),
+            rtt_us: Mutex::new(
+                Histogram::new_with_bounds(1, RTT_MAX_US, RTT_DIGITS)
+                    .expect("valid histogram bounds"),
+            ),
             last_error: Mutex::new(None),
         }
     }
-}
-
-fn bucket_of(us: u64) -> usize {
-    if us <= 1 {
-        return 0;
-    }
-    ((us as f64).log2() * SUB_BUCKETS)
-        .ceil()
-        .min((BUCKETS - 1) as f64) as usize
-}
-
-fn upper_bound_us(bucket: usize) -> f64 {
-    (bucket as f64 / SUB_BUCKETS).exp2()
 }
 
 /// Round-trip percentiles, in milliseconds.
@@ -76,35 +70,25 @@ impl Stats {
         self.last_error.lock().ok().and_then(|last| last.clone())
     }
 
+    fn rtt_histogram(&self) -> MutexGuard<'_, Histogram<u64>> {
+        self.rtt_us.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Records one batch's send-to-ack time.
     pub fn record_rtt(&self, rtt: Duration) {
         let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
-        self.rtt_us[bucket_of(us)].fetch_add(1, Relaxed);
+        self.rtt_histogram().saturating_record(us);
     }
 
-    /// Percentiles of every round trip so far (upper bucket bounds).
+    /// Percentiles of every round trip so far.
     pub fn rtt(&self) -> RttSummary {
-        let counts: Vec<u64> = self.rtt_us.iter().map(|b| b.load(Relaxed)).collect();
-        let total: u64 = counts.iter().sum();
-        let at = |quantile: f64| -> f64 {
-            if total == 0 {
-                return 0.0;
-            }
-            let rank = ((total as f64) * quantile).ceil().max(1.0) as u64;
-            let mut seen = 0;
-            for (bucket, count) in counts.iter().enumerate() {
-                seen += count;
-                if seen >= rank {
-                    return upper_bound_us(bucket) / 1_000.0;
-                }
-            }
-            0.0
-        };
+        let histogram = self.rtt_histogram();
+        let ms = |us: u64| round3(us as f64 / 1_000.0);
         RttSummary {
-            count: total,
-            p50_ms: round3(at(0.5)),
-            p99_ms: round3(at(0.99)),
-            max_ms: round3(at(1.0)),
+            count: histogram.len(),
+            p50_ms: ms(histogram.value_at_quantile(0.5)),
+            p99_ms: ms(histogram.value_at_quantile(0.99)),
+            max_ms: ms(histogram.max()),
         }
     }
 }
@@ -118,16 +102,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percentiles_are_within_a_bucket_of_the_truth() {
+    fn percentiles_are_within_a_tenth_of_a_percent_of_the_truth() {
         let stats = Stats::default();
         for ms in 1..=100 {
             stats.record_rtt(Duration::from_millis(ms));
         }
         let rtt = stats.rtt();
         assert_eq!(rtt.count, 100);
-        assert!((50.0..=60.0).contains(&rtt.p50_ms), "{rtt:?}");
-        assert!((99.0..=118.0).contains(&rtt.p99_ms), "{rtt:?}");
-        assert!(rtt.max_ms >= 100.0);
+        assert!((50.0..=50.05).contains(&rtt.p50_ms), "{rtt:?}");
+        assert!((99.0..=99.1).contains(&rtt.p99_ms), "{rtt:?}");
+        assert!((100.0..=100.1).contains(&rtt.max_ms), "{rtt:?}");
     }
 
     #[test]

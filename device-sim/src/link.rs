@@ -1,0 +1,114 @@
+//! The device side of the connection handshake: open the WebSocket with a
+//! bearer token, send `Hello`, wait for `Welcome`. The simulator's devices
+//! use it, and so do the end-to-end tests and the benchmark harness, so
+//! every client of the hub in this workspace shakes hands the same way.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use protocol::{DeviceFrame, Hello, HubFrame, Welcome};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+/// A device's WebSocket connection to the hub.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long connecting, or waiting for `Welcome`, may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens the device connection to `url` with `token` as its bearer token;
+/// `tls` is whom a `wss://` hub must chain to (`None`: the system's roots).
+///
+/// # Errors
+/// The connection fails or times out, or the hub refuses it (the error
+/// says the HTTP status and body, such as a 401 for a bad token).
+pub async fn connect(
+    url: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    token: &str,
+) -> anyhow::Result<Ws> {
+    let mut request = url.into_client_request()?;
+    request.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}"))?,
+    );
+    // Small buffers: ten thousand devices in one process.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0);
+    let (ws, _) = timeout(
+        HANDSHAKE_TIMEOUT,
+        tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(config),
+            true,
+            tls.map(Connector::Rustls),
+        ),
+    )
+    .await
+    .context("connecting timed out")?
+    .map_err(|err| match err {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            let body = response
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            anyhow::anyhow!(
+                "hub refused the connection: HTTP {} {body}",
+                response.status()
+            )
+        }
+        other => anyhow::Error::from(other).context("connecting"),
+    })?;
+    Ok(ws)
+}
+
+/// Sends `hello` and waits for the hub's `Welcome` (pings aside).
+///
+/// # Errors
+/// The hub answers with an `Error` frame (its message and code are in the
+/// error), anything else, nothing in time, or closes.
+pub async fn hello(ws: &mut Ws, hello: Hello) -> anyhow::Result<Welcome> {
+    ws.send(Message::Binary(DeviceFrame::Hello(hello).encode().into()))
+        .await?;
+    loop {
+        let message = timeout(HANDSHAKE_TIMEOUT, ws.next())
+            .await
+            .context("no Welcome in time")?
+            .context("hub closed before Welcome")??;
+        match message {
+            Message::Binary(bytes) => match HubFrame::decode(&bytes)? {
+                HubFrame::Welcome(welcome) => return Ok(welcome),
+                HubFrame::Error(error) => {
+                    bail!("hub refused Hello: {} (code {})", error.message, error.code)
+                }
+                other => bail!("expected Welcome, got {other:?}"),
+            },
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => bail!("expected Welcome, got {other:?}"),
+        }
+    }
+}
+
+/// [`connect`], then [`hello`].
+///
+/// # Errors
+/// Either step fails.
+pub async fn handshake(
+    url: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    token: String,
+    hello_frame: Hello,
+) -> anyhow::Result<(Box<Ws>, Welcome)> {
+    let mut ws = connect(&url, tls, &token).await?;
+    let welcome = hello(&mut ws, hello_frame).await?;
+    Ok((Box::new(ws), welcome))
+}
