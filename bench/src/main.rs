@@ -58,11 +58,19 @@ struct Args {
     /// readings per second (`all` measures it first).
     #[arg(long, default_value_t = 100_000.0)]
     max_rate: f64,
+    /// The hub binary to measure, instead of `bench-hub` beside this one:
+    /// another build, for a side-by-side comparison in one session.
+    #[arg(long, value_name = "PATH")]
+    hub: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(hub) = &args.hub {
+        anyhow::ensure!(hub.is_file(), "--hub {}: no such file", hub.display());
+    }
+    hubproc::use_binary(args.hub.clone());
     let size = if args.quick { Size::Quick } else { Size::Full };
     let mut results = Vec::new();
     let mut max_rate = args.max_rate;

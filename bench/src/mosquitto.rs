@@ -1,64 +1,11 @@
-//! Mosquitto, the system's broker, started on a free loopback port for the
-//! side-by-side fan-out measurement, and a QoS 0 publisher for it.
+//! The publisher for the side-by-side fan-out measurement against
+//! Mosquitto (the broker itself is the kit's, on a free port).
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::Context;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
-use tokio::process::{Child, Command};
 
 use crate::stats::now_us;
-
-const MOSQUITTO: &str = "/usr/sbin/mosquitto";
-
-/// A broker process, killed on drop.
-#[derive(Debug)]
-pub struct Mosquitto {
-    pub port: u16,
-    _child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Mosquitto {
-    pub async fn start() -> anyhow::Result<Mosquitto> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let dir = tempfile::tempdir()?;
-        let config = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n"
-            ),
-        )?;
-        let child = Command::new(MOSQUITTO)
-            .arg("-c")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {MOSQUITTO} (Debian's mosquitto package)"))?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "mosquitto did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(Mosquitto {
-            port,
-            _child: child,
-            _dir: dir,
-        })
-    }
-}
 
 /// Publishes `messages` readings to `topic` at QoS 0, in the same JSON as the
 /// hub's SSE data, each carrying its send time. `batch` messages are sent

@@ -7,13 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
 use protocol::{Batch, DeviceFrame, Hello, HubFrame, MetricDescriptor, PROTOCOL_VERSION, Reading};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::stats::now_us;
+use crate::stats::{latency_histogram, now_us, record_since};
 
 /// Batches a probe keeps unacknowledged; the hub reads at most 32.
 const WINDOW: usize = 32;
@@ -47,21 +46,16 @@ async fn sleep_until_due(due: Option<Instant>) {
 }
 
 /// What a probe measured.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ProbeResult {
     /// Send-to-ack times, in microseconds.
-    pub rtt_us: Vec<f64>,
+    pub rtt_us: Histogram<u64>,
     pub readings: u64,
 }
 
 /// Runs one probe device to the end: every batch sent and acknowledged.
 pub async fn run(spec: ProbeSpec) -> anyhow::Result<ProbeResult> {
-    let mut request = spec.url.as_str().into_client_request()?;
-    request
-        .headers_mut()
-        .insert("authorization", HeaderValue::from_static("Bearer bench"));
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true).await?;
-    let hello = DeviceFrame::Hello(Hello {
+    let hello = Hello {
         version: PROTOCOL_VERSION,
         device_id: spec.device_id.clone(),
         model: "bench".into(),
@@ -71,14 +65,15 @@ pub async fn run(spec: ProbeSpec) -> anyhow::Result<ProbeResult> {
             name: "latency".into(),
             unit: "us".into(),
         }],
-    });
-    ws.send(Message::Binary(hello.encode().into())).await?;
-    let first_seq = match next_frame(&mut ws).await? {
-        HubFrame::Welcome(welcome) => welcome.last_seq + 1,
-        other => bail!("expected Welcome, got {other:?}"),
     };
+    let (mut ws, welcome) =
+        device_sim::link::handshake(spec.url.clone(), None, "bench".into(), hello).await?;
+    let first_seq = welcome.last_seq + 1;
 
-    let mut result = ProbeResult::default();
+    let mut result = ProbeResult {
+        rtt_us: latency_histogram(),
+        readings: 0,
+    };
     let mut in_flight: VecDeque<(u64, f64)> = VecDeque::with_capacity(WINDOW);
     let mut next = 0u64;
     let started = Instant::now();
@@ -101,7 +96,7 @@ pub async fn run(spec: ProbeSpec) -> anyhow::Result<ProbeResult> {
                                 break;
                             }
                             in_flight.pop_front();
-                            result.rtt_us.push(now_us() - sent);
+                            record_since(&mut result.rtt_us, sent);
                             result.readings += spec.batch as u64;
                         }
                     }
@@ -130,7 +125,7 @@ pub async fn run(spec: ProbeSpec) -> anyhow::Result<ProbeResult> {
             next += 1;
         }
     }
-    let _ = ws.close(None).await;
+    let _ = (*ws).close(None).await;
     Ok(result)
 }
 

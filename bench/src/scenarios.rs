@@ -7,11 +7,14 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-use crate::hubproc::{self, HubProcess};
+use testkit::hub::HubProcess;
+use testkit::mosquitto::Mosquitto;
+
+use crate::hubproc;
 use crate::machine::CpuTimes;
-use crate::mosquitto::{self, Mosquitto};
+use crate::mosquitto;
 use crate::probe::{self, Pace, ProbeSpec};
-use crate::stats::{Repeated, now_us, percentiles_ms};
+use crate::stats::{Repeated, latency_histogram, now_us, percentiles_ms};
 use crate::subscribers;
 use crate::{Size, ceiling};
 
@@ -24,7 +27,7 @@ struct IngestRun {
 }
 
 async fn ingest_once(devices: usize, batch: usize, batches: u64) -> anyhow::Result<IngestRun> {
-    let hub = HubProcess::start(&[]).await?;
+    let hub = hubproc::start(&[]).await?;
     let mut probes = JoinSet::new();
     let cpu_before = hub.cpu_seconds();
     let started = now_us();
@@ -37,16 +40,16 @@ async fn ingest_once(devices: usize, batch: usize, batches: u64) -> anyhow::Resu
             pace: None,
         }));
     }
-    let mut rtt = Vec::new();
+    let mut rtt = latency_histogram();
     let mut readings = 0;
     while let Some(done) = probes.join_next().await {
         let result = done??;
         readings += result.readings;
-        rtt.extend(result.rtt_us);
+        rtt.add(&result.rtt_us)?;
     }
     let elapsed_s = (now_us() - started) / 1e6;
     let cpu = hub.cpu_seconds() - cpu_before;
-    let p = percentiles_ms(&mut rtt, &[0.5, 0.99]);
+    let p = percentiles_ms(&rtt, &[0.5, 0.99]);
     Ok(IngestRun {
         readings_per_s: readings as f64 / elapsed_s,
         cpu_s_per_million: cpu / (readings as f64 / 1e6),
@@ -130,8 +133,13 @@ fn summarize(received: Vec<subscribers::Received>, started: f64) -> FanoutRun {
         .iter()
         .map(|r| r.done_at_us)
         .fold(started, f64::max);
-    let mut latency: Vec<f64> = received.into_iter().flat_map(|r| r.latency_us).collect();
-    let p = percentiles_ms(&mut latency, &[0.5, 0.99, 0.999]);
+    let mut latency = latency_histogram();
+    for r in &received {
+        latency
+            .add(&r.latency_us)
+            .expect("histograms of the same bounds");
+    }
+    let p = percentiles_ms(&latency, &[0.5, 0.99, 0.999]);
     FanoutRun {
         delivered_per_s: delivered as f64 / ((done - started) / 1e6),
         p50: p[0],
@@ -141,7 +149,7 @@ fn summarize(received: Vec<subscribers::Received>, started: f64) -> FanoutRun {
 }
 
 async fn fanout_hub(subscribers: usize, messages: u64, batch: usize) -> anyhow::Result<FanoutRun> {
-    let hub = HubProcess::start(&[]).await?;
+    let hub = hubproc::start(&[]).await?;
     let stride = (messages * subscribers as u64 / 100_000).max(1);
     let subs = sse_subscribers(&hub, subscribers, messages, stride).await?;
     let started = now_us();
@@ -298,7 +306,6 @@ pub async fn fanout(size: Size) -> anyhow::Result<Value> {
 /// subscribers: memory per connection, CPU at rest, and that every reading
 /// arrives.
 pub async fn connections(size: Size) -> anyhow::Result<Value> {
-    use device_sim::backoff::Backoff;
     use device_sim::device::DeviceSettings;
     use device_sim::fleet::{self, Credential, FleetConfig, Ids};
     use device_sim::sensors::SensorKind;
@@ -326,8 +333,7 @@ pub async fn connections(size: Size) -> anyhow::Result<Value> {
         // The live ring fills with the fleet's readings (up to 32 MiB by
         // default) however few connections bring them: it is data, not
         // connections, so it is held to 1 MiB here.
-        let hub =
-            HubProcess::start(&["--max-subscribers", "100000", "--live-buffer-mb", "1"]).await?;
+        let hub = hubproc::start(&["--max-subscribers", "100000", "--live-buffer-mb", "1"]).await?;
         let rss_before = hub.rss_kib();
         let (ready_tx, mut ready) = tokio::sync::mpsc::channel(idle.max(1));
         let mut subs = JoinSet::new();
@@ -344,26 +350,17 @@ pub async fn connections(size: Size) -> anyhow::Result<Value> {
         for _ in 0..idle {
             ready.recv().await.context("an idle subscriber failed")?;
         }
+        let device = DeviceSettings {
+            kinds: vec![SensorKind::Temperature],
+            rate: Some(1.0),
+            batch: 1,
+            count: Some(readings),
+            ..DeviceSettings::new(hub.ws_url())
+        };
         let config = FleetConfig {
-            devices,
             ids: Ids::Numbered("dev-".into()),
-            credential: Credential::ProvisionKey("bench".into()),
-            seed: 1,
-            duration: None,
             grace: Duration::from_secs(10),
-            progress: false,
-            device: DeviceSettings {
-                url: hub.ws_url(),
-                kinds: vec![SensorKind::Temperature],
-                rate: Some(1.0),
-                batch: 1,
-                flush: Duration::from_secs(1),
-                count: Some(readings),
-                buffer: 1_000,
-                backoff: Backoff::default(),
-                clock_skew_ms: 0,
-                tls: None,
-            },
+            ..FleetConfig::new(devices, Credential::ProvisionKey("bench".into()), device)
         };
         let fleet = tokio::spawn(fleet::run(config));
         // The fleet ramps up over five seconds; measure in the steady middle.
@@ -422,7 +419,7 @@ pub async fn connections(size: Size) -> anyhow::Result<Value> {
 }
 
 async fn stored_readings(hub: &HubProcess) -> anyhow::Result<u64> {
-    let db = hub.db.clone();
+    let db = hub.db_path();
     tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
         let conn = rusqlite::Connection::open(db)?;
         Ok(conn.query_row("SELECT count(*) FROM samples", [], |row| {
@@ -442,7 +439,7 @@ struct Commits {
 
 impl Commits {
     async fn of(hub: &HubProcess) -> anyhow::Result<Commits> {
-        let text = hub.metrics().await?;
+        let text = hubproc::metrics(hub).await?;
         let read = |series: &str| {
             hubproc::sample(&text, series).with_context(|| format!("{series} in /metrics"))
         };
@@ -479,7 +476,7 @@ pub async fn latency(size: Size, max_rate: f64) -> anyhow::Result<Value> {
     let mut commits = Vec::new();
     let mut cpu = Vec::new();
     for _ in 0..size.repeats() {
-        let hub = HubProcess::start(&[]).await?;
+        let hub = hubproc::start(&[]).await?;
         let machine_before = CpuTimes::now();
         let expected = batches * (devices * batch) as u64;
         let stride = (expected * subscribers as u64 / 200_000).max(1);
@@ -499,12 +496,12 @@ pub async fn latency(size: Size, max_rate: f64) -> anyhow::Result<Value> {
                 }),
             }));
         }
-        let mut rtt = Vec::new();
+        let mut rtt = latency_histogram();
         while let Some(done) = probes.join_next().await {
-            rtt.extend(done??.rtt_us);
+            rtt.add(&done??.rtt_us)?;
         }
         cpu.push(CpuTimes::now().since(&machine_before));
-        acks.push(percentiles_ms(&mut rtt, &[0.5, 0.99]));
+        acks.push(percentiles_ms(&rtt, &[0.5, 0.99]));
         let started = now_us();
         runs.push(summarize(collect(subs).await?, started));
         commits.push(Commits::of(&hub).await?);

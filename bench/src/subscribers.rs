@@ -5,16 +5,28 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::stats::now_us;
+use crate::stats::{latency_histogram, now_us, record_since};
+
+impl Default for Received {
+    fn default() -> Self {
+        Received {
+            count: 0,
+            latency_us: latency_histogram(),
+            done_at_us: 0.0,
+        }
+    }
+}
 
 /// What one subscriber saw.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Received {
     pub count: u64,
-    pub latency_us: Vec<f64>,
+    pub latency_us: Histogram<u64>,
     /// When the last expected event arrived (µs since the epoch).
     pub done_at_us: f64,
 }
@@ -31,6 +43,10 @@ fn value_of(json: &[u8]) -> Option<f64> {
 /// Subscribes to the hub's `/v1/events?<query>`, reads until `expected`
 /// readings arrived, and keeps every `stride`-th latency. The subscription
 /// is open when `ready` is sent.
+///
+/// The body comes from reqwest (which undoes the chunking); events are
+/// counted by scanning for `id: ` at the start of each block rather than
+/// parsed, so the receiving side costs what the MQTT one does.
 pub async fn sse(
     addr: String,
     query: String,
@@ -38,38 +54,29 @@ pub async fn sse(
     stride: u64,
     ready: tokio::sync::mpsc::Sender<()>,
 ) -> anyhow::Result<Received> {
-    let mut stream = TcpStream::connect(&addr).await?;
-    stream
-        .write_all(format!("GET /v1/events?{query} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+    let response = testkit::http::client()
+        .get(format!("http://{addr}/v1/events?{query}"))
+        .timeout(Duration::MAX)
+        .send()
         .await?;
-    let mut raw: Vec<u8> = Vec::with_capacity(64 * 1024);
+    anyhow::ensure!(
+        response.status().is_success(),
+        "the hub answered {}",
+        response.status()
+    );
+    let _ = ready.send(()).await;
+    let mut body_stream = response.bytes_stream();
     let mut body: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut buf = vec![0u8; 64 * 1024];
     let mut received = Received::default();
-    let mut head_done = false;
     // Keep-alive comments arrive on an idle stream: only events count.
     let mut last_event = tokio::time::Instant::now();
     while received.count < expected {
-        let n =
-            tokio::time::timeout_at(last_event + Duration::from_secs(60), stream.read(&mut buf))
+        let chunk =
+            tokio::time::timeout_at(last_event + Duration::from_secs(60), body_stream.next())
                 .await
-                .with_context(|| format!("no events for 60 s after {}", received.count))??;
-        anyhow::ensure!(n > 0, "stream ended after {} events", received.count);
-        raw.extend_from_slice(&buf[..n]);
-        if !head_done {
-            let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-                continue;
-            };
-            anyhow::ensure!(
-                raw.starts_with(b"HTTP/1.1 200"),
-                "{}",
-                String::from_utf8_lossy(&raw[..end])
-            );
-            raw.drain(..end + 4);
-            head_done = true;
-            let _ = ready.send(()).await;
-        }
-        dechunk(&mut raw, &mut body)?;
+                .with_context(|| format!("no events for 60 s after {}", received.count))?
+                .with_context(|| format!("stream ended after {} events", received.count))??;
+        body.extend_from_slice(&chunk);
         let mut consumed = 0;
         while let Some(end) = body[consumed..].windows(2).position(|w| w == b"\n\n") {
             let event = &body[consumed..consumed + end];
@@ -80,7 +87,7 @@ pub async fn sse(
                 if received.count % stride == 0
                     && let Some(sent) = value_of(event)
                 {
-                    received.latency_us.push(now_us() - sent);
+                    record_since(&mut received.latency_us, sent);
                 }
             }
         }
@@ -88,22 +95,6 @@ pub async fn sse(
     }
     received.done_at_us = now_us();
     Ok(received)
-}
-
-/// Moves complete HTTP chunks from `raw` into `body`.
-fn dechunk(raw: &mut Vec<u8>, body: &mut Vec<u8>) -> anyhow::Result<()> {
-    let mut at = 0;
-    while let Some(line) = raw[at..].windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(std::str::from_utf8(&raw[at..at + line])?.trim(), 16)?;
-        let start = at + line + 2;
-        if raw.len() < start + size + 2 {
-            break;
-        }
-        body.extend_from_slice(&raw[start..start + size]);
-        at = start + size + 2;
-    }
-    raw.drain(..at);
-    Ok(())
 }
 
 /// Subscribes to `topic` on the broker at `port` over a plain TCP MQTT 3.1.1
@@ -152,7 +143,7 @@ pub async fn mqtt(
                     if received.count % stride == 0 {
                         let topic_len = usize::from(u16::from_be_bytes([raw[body], raw[body + 1]]));
                         if let Some(sent) = value_of(&raw[body + 2 + topic_len..next]) {
-                            received.latency_us.push(now_us() - sent);
+                            record_since(&mut received.latency_us, sent);
                         }
                     }
                 }
@@ -253,17 +244,5 @@ mod tests {
     fn long_mqtt_lengths_take_several_bytes() {
         let frame = mqtt_frame(0x30, &[0; 200]);
         assert_eq!(&frame[..3], &[0x30, 0xc8, 0x01]);
-    }
-
-    #[test]
-    fn chunks_are_joined_across_reads() {
-        let mut raw = b"5\r\nhello\r\n7\r\n wor".to_vec();
-        let mut body = Vec::new();
-        dechunk(&mut raw, &mut body).unwrap();
-        assert_eq!(body, b"hello");
-        raw.extend_from_slice(b"ld!\r\n");
-        dechunk(&mut raw, &mut body).unwrap();
-        assert_eq!(body, b"hello world!");
-        assert!(raw.is_empty());
     }
 }

@@ -9,7 +9,8 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-use crate::{PATIENCE, free_port, http_request};
+use testkit::http::request as http_request;
+use testkit::{PATIENCE, free_port};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -41,17 +42,7 @@ impl Browser {
             .spawn()
             .context("starting chromedriver")?;
         let driver_addr = format!("127.0.0.1:{port}");
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while http_request(&driver_addr, "GET", "/status", &[], None)
-            .await
-            .is_err()
-        {
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "chromedriver did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        testkit::wait_until_listening(&driver_addr, "chromedriver", PATIENCE).await?;
         let profile = tempfile::tempdir()?;
         // Root, no display, and a closed network: no sandbox, no GPU, and no
         // background traffic to hosts that cannot be reached.

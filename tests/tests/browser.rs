@@ -6,41 +6,33 @@ use std::time::Duration;
 
 use device_sim::backoff::Backoff;
 use device_sim::device::{DeviceSettings, endpoint};
-use device_sim::fleet::{self, Credential, FleetConfig, Ids};
+use device_sim::fleet::{self, Credential, FleetConfig};
 use device_sim::sensors::SensorKind;
 use e2e::TestHub;
 use e2e::browser::Browser;
 
 fn fleet(addr: &str, count: u64) -> FleetConfig {
-    FleetConfig {
-        devices: 3,
-        ids: Ids::Numbered("sim-".into()),
-        credential: Credential::ProvisionKey("k".into()),
-        seed: 11,
-        duration: None,
-        grace: Duration::from_secs(5),
-        progress: false,
-        device: DeviceSettings {
-            url: endpoint(&format!("ws://{addr}")).unwrap(),
-            kinds: vec![SensorKind::Temperature, SensorKind::Pressure],
-            rate: Some(40.0),
-            batch: 4,
-            flush: Duration::from_millis(50),
-            count: Some(count),
-            buffer: 1_000,
-            backoff: Backoff {
-                base: Duration::from_millis(50),
-                cap: Duration::from_millis(500),
-            },
-            clock_skew_ms: 0,
-            tls: None,
+    let device = DeviceSettings {
+        kinds: vec![SensorKind::Temperature, SensorKind::Pressure],
+        rate: Some(40.0),
+        batch: 4,
+        flush: Duration::from_millis(50),
+        count: Some(count),
+        backoff: Backoff {
+            base: Duration::from_millis(50),
+            cap: Duration::from_millis(500),
         },
+        ..DeviceSettings::new(endpoint(&format!("ws://{addr}")).unwrap())
+    };
+    FleetConfig {
+        seed: 11,
+        ..FleetConfig::new(3, Credential::ProvisionKey("k".into()), device)
     }
 }
 
 #[tokio::test]
 async fn the_monitor_page_shows_live_readings_and_resumes_after_a_hub_restart() {
-    let listen = format!("127.0.0.1:{}", e2e::free_port());
+    let listen = format!("127.0.0.1:{}", testkit::free_port());
     let dir = tempfile::tempdir().unwrap();
     let args = ["--provision-key", "k", "--sse-retry", "200ms"];
     let hub = TestHub::start_in(dir, &listen, &args).await.unwrap();

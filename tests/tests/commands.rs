@@ -12,7 +12,7 @@ async fn a_command_reaches_the_device_and_its_result_comes_back() {
 
     let addr = hub.addr.clone();
     let request = tokio::spawn(async move {
-        e2e::http_request(
+        testkit::http::request(
             &addr,
             "POST",
             "/v1/devices/dev-1/commands",

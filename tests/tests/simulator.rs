@@ -17,24 +17,15 @@ fn fleet(
     credential: Credential,
     device: DeviceSettings,
 ) -> FleetConfig {
+    let url = endpoint(&format!("ws://{hub_addr}")).unwrap();
     FleetConfig {
-        devices,
-        ids: Ids::Numbered("sim-".into()),
-        credential,
         seed: 7,
-        duration: None,
-        grace: Duration::from_secs(5),
-        progress: false,
-        device: DeviceSettings {
-            url: endpoint(&format!("ws://{hub_addr}")).unwrap(),
-            ..device
-        },
+        ..FleetConfig::new(devices, credential, DeviceSettings { url, ..device })
     }
 }
 
 fn settings(rate: Option<f64>, batch: usize, count: Option<u64>) -> DeviceSettings {
     DeviceSettings {
-        url: String::new(),
         kinds: vec![SensorKind::Temperature],
         rate,
         batch,
@@ -45,8 +36,7 @@ fn settings(rate: Option<f64>, batch: usize, count: Option<u64>) -> DeviceSettin
             base: Duration::from_millis(50),
             cap: Duration::from_millis(500),
         },
-        clock_skew_ms: 0,
-        tls: None,
+        ..DeviceSettings::new(String::new())
     }
 }
 
@@ -86,7 +76,7 @@ async fn a_fleet_delivers_every_reading_exactly_once() {
 
 #[tokio::test]
 async fn a_hub_restart_mid_run_loses_and_duplicates_nothing() {
-    let listen = format!("127.0.0.1:{}", e2e::free_port());
+    let listen = format!("127.0.0.1:{}", testkit::free_port());
     let dir = tempfile::tempdir().unwrap();
     let hub = TestHub::start_in(dir, &listen, &["--provision-key", "k"])
         .await

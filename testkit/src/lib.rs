@@ -1,0 +1,74 @@
+//! The test kit: what the end-to-end tests (`tests/`) and the benchmark
+//! harness (`bench/`) share, so that both drive the hub the same way.
+//!
+//! * [`hub`]: the real hub binary as a process on a free port, with its own
+//!   temporary database.
+//! * [`http`]: requests to the hub (or any local HTTP service) with reqwest.
+//! * [`sse`]: a Server-Sent Events client that parses as a browser's
+//!   `EventSource` does (eventsource-stream), and keeps the raw text.
+//! * [`mosquitto`]: a real Mosquitto on a free port with its own config.
+//!
+//! The device side lives in `device_sim::link` (the simulator's own
+//! handshake), which the tests and the harness use too.
+
+pub mod http;
+pub mod hub;
+pub mod mosquitto;
+pub mod sse;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long a test waits for anything before failing.
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+/// Path of a workspace binary built next to the running executable (a test
+/// in `target/<profile>/deps/`, or the harness in `target/<profile>/`).
+///
+/// # Panics
+/// The binary is missing: it was not built by the command that built the
+/// caller.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the running executable's path");
+    let mut dir = exe.parent().expect("a target directory");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target/<profile>");
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it with cargo (cargo test, or cargo build --release -p bench --bins)",
+        path.display()
+    );
+    path
+}
+
+/// A loopback port that was free a moment ago, for a service that must come
+/// back on the same address after a restart, or that cannot pick its own.
+///
+/// # Panics
+/// No port can be bound on loopback.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Waits until something accepts TCP connections at `addr`.
+///
+/// # Errors
+/// Nothing listens there within `patience`; the error names `what`.
+pub async fn wait_until_listening(
+    addr: &str,
+    what: &str,
+    patience: Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + patience;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not start listening on {addr} within {patience:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
