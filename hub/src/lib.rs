@@ -1,24 +1,37 @@
 //! The telemetry hub.
 //!
-//! Data flows through these stages, each one module:
+//! Data flows through these stages, each one module; dependencies point the
+//! same way (ingest → store → commit consumers), and only [`server`] knows
+//! them all:
 //!
 //! ```text
 //! device ──WebSocket──▶ ingest ──WriteRequest──▶ store::writer ──COMMIT──▶ SQLite
-//!   ▲                     │                          │
-//!   └──────── Ack ────────┴──────── WriteOutcome ────┘
-//!                                                   api ◀── SELECT ── SQLite
+//!   ▲                     │                          │ publisher thread
+//!   └──────── Ack ────────┴──── WriteOutcome ◀───────┤
+//!                                                    ▼
+//!                          commits::Consumers ── in-line: live (ring) ──▶ SSE
+//!                                     └──────── Head ──▶ cursor consumers
+//!                                                      (SSE subscribers, …)
+//! HTTP ──▶ api ── SELECT ──▶ SQLite
 //! ```
 //!
+//! * [`commits`]: what flows (samples, committed readings, positions) and
+//!   the seam through which every commit reaches its consumers, in order.
 //! * [`ingest`]: the `/v1/ws` endpoint. Authenticates the upgrade, runs one
 //!   [`ingest::session`] per device (handshake rules in [`ingest::state`]),
 //!   and knows who is online ([`ingest::registry`]).
-//! * [`store`]: the SQLite file. [`store::writer`] is the only task that
-//!   inserts readings, group-committing batches from every session and
-//!   reporting each commit back so the session can `Ack`. The device
-//!   registry, read queries and retention live beside it.
-//! * [`api`]: the HTTP read API and its JSON errors.
-//! * [`server`]: wires the stages together and shuts them down in order.
-//! * [`cli`]: the `hub` command line. [`telemetry`]: counters.
+//! * [`store`]: the SQLite file. [`store::writer`] is the only writer of the
+//!   running hub: it group-commits batches and registrations from every
+//!   session, publishes each commit to the consumers and then answers the
+//!   sessions. Device lookups, read queries and retention live beside it.
+//! * [`live`]: the SSE fan-out, an in-line consumer (the ring of formatted
+//!   commits) with cursor-consumer subscribers.
+//! * [`api`]: the HTTP API (devices, readings, events, commands, health,
+//!   metrics); [`http_error`]: its one JSON error shape; [`monitor`]: the
+//!   page at `/`.
+//! * [`server`]: the app state, the routes, the wiring and the ordered
+//!   shutdown. [`cli`]: the `hub` command line. [`auth`]: tokens and
+//!   secrets. [`telemetry`]: counters.
 
 pub mod api;
 pub mod auth;

@@ -1,9 +1,11 @@
 //! Storage: the SQLite file that is the source of truth.
 //!
-//! [`Store`] opens the database (WAL, migrations applied) and owns the small
-//! read and write queries that sessions, the API and the CLI need. Readings
-//! are written only by the [`writer`], one group-committed transaction at a
-//! time; nothing else inserts into `samples`.
+//! [`Store`] opens the database (WAL, migrations applied) through a sqlx
+//! pool, which serves every read (sessions' lookups, the API, SSE catch-up),
+//! retention's deletes and the CLI's changes. While the hub runs, everything
+//! else is written by the [`writer`] on its own connection, one
+//! group-committed transaction at a time: readings, positions, and what a
+//! device's connection registers.
 
 pub mod devices;
 pub mod query;
@@ -32,9 +34,9 @@ pub enum StoreError {
     Thread(#[from] std::io::Error),
 }
 
-/// When the pool's own commits (device registrations, retention, CLI
-/// changes) reach the disk. The writer's commits are always fsynced
-/// (`synchronous=FULL`): that is what an Ack promises.
+/// When the pool's own commits (retention, CLI changes) reach the disk. The
+/// writer's commits are always fsynced (`synchronous=FULL`, set on its own
+/// connection): that is what an Ack promises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolDurability {
     /// fsync at every commit: for one-off changes such as `hub device add`.
@@ -65,9 +67,6 @@ impl Store {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a commit survives power loss. Group commit pays the fsync
-            // once for many batches.
-            .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         let pool_sync = match durability {
@@ -76,7 +75,7 @@ impl Store {
         };
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options.clone().synchronous(pool_sync))
+            .connect_with(options.synchronous(pool_sync))
             .await?;
         sqlx::migrate!("../migrations").run(&pool).await?;
         Ok(Store {
