@@ -598,3 +598,52 @@ fn truncate(text: &mut String, max: usize) {
         text.truncate(end);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn violation(code: u16) -> Violation {
+        Violation {
+            code,
+            message: "m".into(),
+        }
+    }
+
+    #[test]
+    fn a_too_large_frame_closes_with_1009_and_other_violations_with_1008() {
+        let too_large = Ending::violation(violation(error_code::TOO_LARGE));
+        assert_eq!(too_large.close.map(|c| c.0), Some(close_code::TOO_BIG));
+        let malformed = Ending::violation(violation(error_code::MALFORMED));
+        assert_eq!(malformed.close.map(|c| c.0), Some(close_code::POLICY));
+        for ending in [too_large, malformed] {
+            assert_eq!(ending.reject, Some(Reject::Protocol));
+            assert!(ending.error.is_some(), "the device is told why");
+        }
+    }
+
+    #[test]
+    fn kicks_tell_the_device_whether_it_was_replaced_or_revoked() {
+        let replaced = Ending::kicked(Kick::Replaced);
+        let revoked = Ending::kicked(Kick::Revoked);
+        assert_eq!(replaced.error.map(|e| e.code), Some(error_code::REPLACED));
+        assert_eq!(revoked.error.map(|e| e.code), Some(error_code::REVOKED));
+        assert_eq!(revoked.close.map(|c| c.1), Some("revoked"));
+    }
+
+    #[test]
+    fn shutdown_closes_going_away_and_a_vanished_device_is_not_written_to() {
+        let shutdown = Ending::shutdown();
+        assert_eq!(shutdown.close.map(|c| c.0), Some(close_code::GOING_AWAY));
+        assert!(shutdown.error.is_none() && shutdown.reject.is_none());
+        let gone = Ending::gone();
+        assert!(gone.close.is_none() && gone.error.is_none());
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        let mut text = "é".repeat(10);
+        truncate(&mut text, 5);
+        assert_eq!(text, "éé");
+    }
+}

@@ -583,4 +583,32 @@ mod tests {
         stop.cancel();
         task.await.unwrap();
     }
+
+    #[tokio::test]
+    async fn a_registration_whose_commit_fails_gets_the_error_and_the_next_one_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("hub.db"), PoolDurability::WithWriter)
+            .await
+            .unwrap();
+        let stop = CancellationToken::new();
+        let seen = Arc::new(Seen::default());
+        let (writer, task) = open(&store)
+            .await
+            .unwrap()
+            .spawn(
+                Arc::new(Counters::default()),
+                consumers(&seen),
+                stop.clone(),
+            )
+            .unwrap();
+
+        // No device row 404: the metrics' foreign key fails the commit.
+        let err = writer.register_hello(404, &hello()).await.unwrap_err();
+        assert!(err.contains("FOREIGN KEY"), "{err}");
+        let (device, _) = writer.register_device("dev-1").await.unwrap();
+        let metrics = writer.register_hello(device, &hello()).await.unwrap();
+        assert_eq!(metrics.len(), 1);
+        stop.cancel();
+        task.await.unwrap();
+    }
 }
