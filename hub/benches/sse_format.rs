@@ -1,5 +1,5 @@
-//! Formatting readings as SSE events: the work the writer does once per
-//! committed reading for every live subscriber.
+//! Formatting readings as SSE events: the work the live fan-out does once
+//! per committed reading, on the publisher thread, for every subscriber.
 
 use std::hint::black_box;
 
