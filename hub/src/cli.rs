@@ -188,7 +188,7 @@ async fn device(command: DeviceCommand) -> anyhow::Result<()> {
         DeviceCommand::Add { id, name, db } => {
             let store = open(&db).await?;
             match store.add_device(&id, name.as_deref()).await {
-                Ok(token) => println!("{token}"),
+                Ok(token) => print_out(&format!("{token}\n"))?,
                 Err(err @ (AddDeviceError::InvalidId | AddDeviceError::Exists(_))) => {
                     anyhow::bail!("{err}")
                 }
@@ -199,11 +199,11 @@ async fn device(command: DeviceCommand) -> anyhow::Result<()> {
         DeviceCommand::List { json, db } => {
             let store = open(&db).await?;
             let devices = store.list_devices().await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&devices)?);
+            let text = if json {
+                format!("{}\n", serde_json::to_string_pretty(&devices)?)
             } else {
-                println!(
-                    "{:<24} {:<20} {:>10} {:<8}",
+                let mut text = format!(
+                    "{:<24} {:<20} {:>10} {:<8}\n",
                     "ID", "NAME", "LAST SEQ", "STATE"
                 );
                 for device in devices {
@@ -212,16 +212,18 @@ async fn device(command: DeviceCommand) -> anyhow::Result<()> {
                     } else {
                         "active"
                     };
-                    println!(
-                        "{:<24} {:<20} {:>10} {:<8}",
+                    text.push_str(&format!(
+                        "{:<24} {:<20} {:>10} {:<8}\n",
                         device.id,
                         device.name.as_deref().unwrap_or("-"),
                         device.last_seq,
                         state
-                    );
+                    ));
                 }
-            }
+                text
+            };
             store.close().await;
+            print_out(&text)?;
         }
         DeviceCommand::Revoke { id, db } => {
             let store = open(&db).await?;
@@ -233,6 +235,17 @@ async fn device(command: DeviceCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Writes `text` to standard output. A reader that has gone (`| head`) is
+/// not an error: the command's work is done, and it exits quietly.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written.context("writing to standard output"),
+    }
 }
 
 async fn open(db: &DbArg) -> anyhow::Result<Store> {

@@ -111,3 +111,32 @@ fn devices_are_added_listed_and_revoked() {
     assert_eq!(list[0]["name"], "Boiler room");
     assert!(list[0]["revoked_ms"].is_i64());
 }
+
+#[test]
+fn a_listing_piped_into_a_reader_that_stops_exits_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let db = db.to_str().unwrap();
+    for i in 0..3 {
+        let id = format!("sensor-{i}");
+        assert!(hub(&["device", "add", &id, "--db", db]).status.success());
+    }
+    // `hub device list | head -0`: the reading end is closed before the
+    // listing is written.
+    for json in [true, false] {
+        let mut args = vec!["device", "list", "--db", db];
+        if json {
+            args.push("--json");
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hub"))
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    }
+}

@@ -81,8 +81,16 @@ async fn commands_for_absent_devices_and_bad_bodies_are_refused_in_json() {
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("unknown_device"));
 
+    let seventeen_args: Vec<String> = (0..17).map(|i| format!(r#""a{i}": "v""#)).collect();
+    let seventeen_args = format!(
+        r#"{{"name": "x", "args": {{{}}}}}"#,
+        seventeen_args.join(", ")
+    );
+    let long_value = format!(r#"{{"name": "x", "args": {{"a": "{}"}}}}"#, "v".repeat(300));
     for (bad, field) in [
         (r#"{"name": ""}"#, Some("name")),
+        (&seventeen_args, Some("args")),
+        (&long_value, Some("args")),
         (r#"{"name": "ping", "timeout_ms": 0}"#, Some("timeout_ms")),
         (r#"{"nom": "ping"}"#, None),
         ("not json", None),

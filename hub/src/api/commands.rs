@@ -15,12 +15,26 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use protocol::{Command, CommandArg, HubFrame};
+use protocol::{Command, CommandArg, DecodeError, HubFrame};
 use serde::Deserialize;
 
 use crate::http_error::ApiError;
 use crate::ingest::registry::{COMMAND_QUEUE, CommandRefused, Registry};
 use crate::store::Store;
+
+/// The body field a protocol limit was broken in: the name, or the args.
+fn field_at_fault(err: &DecodeError) -> &'static str {
+    match err {
+        DecodeError::TooLong { field, .. }
+        | DecodeError::TooMany { field, .. }
+        | DecodeError::Empty { field }
+            if *field == "command name" =>
+        {
+            "name"
+        }
+        _ => "args",
+    }
+}
 
 const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 const MAX_TIMEOUT_MS: u64 = 60_000;
@@ -65,7 +79,7 @@ pub async fn send(
     });
     if let Err(err) = probe.validate() {
         return Err(ApiError::bad_field(
-            "name",
+            field_at_fault(&err),
             format!("not a valid command: {err}"),
         ));
     }

@@ -64,11 +64,13 @@ fn parse(pairs: &[(String, String)]) -> Result<(ReadingFilter, Format), ApiError
                     }
                 }
             }
+            // Read by the monitor-token check.
+            "token" => {}
             _ => {
                 return Err(ApiError::bad_parameter(
                     name,
                     format!(
-                        "unknown parameter {name:?}; known: device, metric, from, to, limit, format"
+                        "unknown parameter {name:?}; known: device, metric, from, to, limit, format, token"
                     ),
                 ));
             }
@@ -192,6 +194,11 @@ mod tests {
             assert_eq!(body["parameter"], name, "{name}={value}");
             assert_eq!(body["error"], "bad_parameter");
         }
+    }
+
+    #[test]
+    fn the_monitor_token_may_come_in_the_query() {
+        assert!(parse(&pairs(&[("token", "secret"), ("limit", "5")])).is_ok());
     }
 
     #[test]
