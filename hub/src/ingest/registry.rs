@@ -149,6 +149,14 @@ impl Registry {
     }
 }
 
+impl Presence {
+    /// This session's number: sessions are numbered in the order they
+    /// register, so a device's newer connection has a larger one.
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+}
+
 impl Drop for Presence {
     fn drop(&mut self) {
         let mut inner = self.registry.lock();

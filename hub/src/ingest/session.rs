@@ -26,7 +26,7 @@ use super::state::{BatchStream, Violation, check_hello};
 use crate::live::Live;
 use crate::store::Store;
 use crate::store::devices::Credentials;
-use crate::store::writer::{WriteOutcome, WriterHandle};
+use crate::store::writer::{Origin, WriteOutcome, WriterHandle};
 use crate::telemetry::{Counters, Reject};
 
 /// Most batches a session has handed to the writer and not yet acknowledged.
@@ -253,7 +253,7 @@ async fn serve(socket: &mut WebSocket, auth: Auth, ctx: &Context) -> Ending {
 struct Established {
     credentials: Credentials,
     /// Held for the session's life; dropping it leaves the registry.
-    _presence: Presence,
+    presence: Presence,
     kicked: oneshot::Receiver<Kick>,
     commands: mpsc::Receiver<Box<PendingCommand>>,
     stream: BatchStream,
@@ -302,7 +302,7 @@ async fn handshake(
     tracing::info!(last_seq, metrics = hello.metrics.len(), "device connected");
     Ok(Established {
         credentials,
-        _presence: presence,
+        presence,
         kicked: inbox.kicked,
         commands: inbox.commands,
         stream: BatchStream::new(metric_rows),
@@ -357,7 +357,43 @@ struct Flow {
     /// Commands sent and not yet answered. Bounded like the queue: while it
     /// is full, no more commands are taken from the queue.
     awaiting: HashMap<u64, oneshot::Sender<CommandResult>>,
+    /// When the device last sent anything the hub read.
     last_heard: Instant,
+}
+
+impl Flow {
+    fn new(now: Instant) -> Self {
+        let (outcome_tx, outcomes) = mpsc::channel(IN_FLIGHT);
+        Flow {
+            outcome_tx,
+            outcomes,
+            in_flight: 0,
+            awaiting: HashMap::new(),
+            last_heard: now,
+        }
+    }
+
+    /// Whether the socket is read: not while the window is full.
+    fn reading(&self) -> bool {
+        self.in_flight < IN_FLIGHT
+    }
+
+    /// One batch was answered. If the window was full, the socket was not
+    /// read meanwhile: the device's silence was the hub's doing, so its
+    /// idle clock starts again.
+    fn answered(&mut self, now: Instant) {
+        if !self.reading() {
+            self.last_heard = now;
+        }
+        self.in_flight -= 1;
+    }
+
+    /// Whether the device has said nothing for two ping intervals while
+    /// the hub was listening. A device whose batches wait on a slow writer
+    /// is not idle.
+    fn is_idle(&self, now: Instant, ping_interval: Duration) -> bool {
+        self.reading() && now.duration_since(self.last_heard) >= ping_interval * 2
+    }
 }
 
 impl Established {
@@ -366,14 +402,7 @@ impl Established {
     /// everything already handed to the writer is committed and acknowledged
     /// before the close.
     async fn run(mut self, socket: &mut WebSocket, ctx: &Context) -> Ending {
-        let (outcome_tx, outcomes) = mpsc::channel(IN_FLIGHT);
-        let mut flow = Flow {
-            outcome_tx,
-            outcomes,
-            in_flight: 0,
-            awaiting: HashMap::new(),
-            last_heard: Instant::now(),
-        };
+        let mut flow = Flow::new(Instant::now());
         let mut ping = tokio::time::interval_at(
             Instant::now() + ctx.timing.ping_interval,
             ctx.timing.ping_interval,
@@ -392,7 +421,7 @@ impl Established {
                     Err(_) => Ending::shutdown(),
                 }),
                 Some(outcome) = flow.outcomes.recv() => {
-                    flow.in_flight -= 1;
+                    flow.answered(Instant::now());
                     report(socket, outcome).await
                 }
                 Some(pending) = self.commands.recv(), if flow.awaiting.len() < COMMAND_QUEUE => {
@@ -400,7 +429,7 @@ impl Established {
                     flow.awaiting.insert(command.id, reply);
                     send(socket, &HubFrame::Command(command)).await.map_err(|_| Ending::gone())
                 }
-                incoming = next_incoming(socket, &ctx.counters), if flow.in_flight < IN_FLIGHT => {
+                incoming = next_incoming(socket, &ctx.counters), if flow.reading() => {
                     flow.last_heard = Instant::now();
                     self.on_incoming(incoming, &mut flow, ctx).await
                 }
@@ -435,7 +464,10 @@ impl Established {
                 ctx.counters.readings_in(samples.len());
                 ctx.writer
                     .submit(
-                        self.credentials.row,
+                        Origin {
+                            device_row: self.credentials.row,
+                            session: self.presence.session(),
+                        },
                         batch.seq,
                         samples,
                         flow.outcome_tx.clone(),
@@ -464,7 +496,7 @@ impl Established {
 /// At each ping interval: drops a device silent for two intervals, else
 /// pings it.
 async fn ping_or_drop(socket: &mut WebSocket, flow: &Flow, ctx: &Context) -> Result<(), Ending> {
-    if flow.last_heard.elapsed() >= ctx.timing.ping_interval * 2 {
+    if flow.is_idle(Instant::now(), ctx.timing.ping_interval) {
         return Err(Ending::told(
             error_code::IDLE_TIMEOUT,
             "no frame or pong for two ping intervals",
@@ -638,6 +670,33 @@ mod tests {
         assert!(shutdown.error.is_none() && shutdown.reject.is_none());
         let gone = Ending::gone();
         assert!(gone.close.is_none() && gone.error.is_none());
+    }
+
+    #[test]
+    fn a_device_is_idle_after_two_silent_ping_intervals() {
+        let start = Instant::now();
+        let flow = Flow::new(start);
+        let ping = Duration::from_secs(20);
+        assert!(!flow.is_idle(start + Duration::from_secs(39), ping));
+        assert!(flow.is_idle(start + Duration::from_secs(40), ping));
+    }
+
+    #[test]
+    fn a_device_waiting_on_a_full_window_is_not_idle() {
+        let start = Instant::now();
+        let ping = Duration::from_secs(20);
+        let mut flow = Flow::new(start);
+        flow.in_flight = IN_FLIGHT;
+        let later = start + Duration::from_secs(300);
+        assert!(
+            !flow.is_idle(later, ping),
+            "the hub is not reading its socket"
+        );
+        // The writer answers: the hub listens again, and the device gets two
+        // whole intervals from then.
+        flow.answered(later);
+        assert!(!flow.is_idle(later + Duration::from_secs(39), ping));
+        assert!(flow.is_idle(later + Duration::from_secs(40), ping));
     }
 
     #[test]

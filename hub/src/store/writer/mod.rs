@@ -63,10 +63,18 @@ pub enum WriteOutcome {
     Failed { seq: u64 },
 }
 
+/// Where a batch comes from: the device's `devices.id` row, and the session
+/// (one connection, numbered by the registry in order) that read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub device_row: i64,
+    pub session: u64,
+}
+
 /// One device batch on its way to the database.
 #[derive(Debug)]
 pub struct WriteRequest {
-    pub device_row: i64,
+    pub origin: Origin,
     pub seq: u64,
     pub samples: Vec<Sample>,
     /// The session's outcome channel. Its capacity is the session's in-flight
@@ -129,7 +137,7 @@ impl WriterHandle {
     /// The writer has stopped.
     pub async fn submit(
         &self,
-        device_row: i64,
+        origin: Origin,
         seq: u64,
         samples: Vec<Sample>,
         reply: mpsc::Sender<WriteOutcome>,
@@ -140,7 +148,7 @@ impl WriterHandle {
             .await
             .map_err(|_| WriterStopped)?;
         let request = WriteRequest {
-            device_row,
+            origin,
             seq,
             samples,
             reply,
@@ -242,6 +250,7 @@ impl Opened {
             conn,
             last_seq: HashMap::new(),
             next_pos: last_pos + 1,
+            refused: HashMap::new(),
             counters,
         };
         let (requests, rx) = mpsc::channel(QUEUED_REQUESTS);
@@ -279,6 +288,13 @@ struct Writer {
     last_seq: HashMap<i64, u64>,
     /// The position the next stored reading gets.
     next_pos: Position,
+    /// Devices with a batch in a failed commit, and the newest session
+    /// that sent one: later batches of that session or an older one are
+    /// refused, so nothing is stored past the gap the failure left (and a
+    /// `Welcome`'s `last_seq` never covers a batch that was not stored). A
+    /// newer session (the device reconnected and resends from that
+    /// `last_seq`) lifts it.
+    refused: HashMap<i64, u64>,
     counters: Arc<Counters>,
 }
 
@@ -297,7 +313,7 @@ impl Writer {
             let mut rows = Vec::new();
             let mut registered = Vec::new();
             let began = Instant::now();
-            let jobs = std::mem::take(&mut pending);
+            let jobs = self.refuse_after_failures(std::mem::take(&mut pending));
             let settled = match self.commit(&jobs, &mut rows, &mut registered) {
                 Ok(()) => {
                     self.counters.record_commit(rows.len(), began.elapsed());
@@ -310,6 +326,7 @@ impl Writer {
                 Err(err) => {
                     tracing::error!(error = %err, batches = jobs.len(), "commit failed; sessions will close and devices resend");
                     self.counters.record_commit_failure();
+                    self.remember_failed(&jobs);
                     // The in-memory view may be ahead of the database now.
                     self.last_seq.clear();
                     match statements::last_position(&self.conn) {
@@ -335,6 +352,52 @@ impl Writer {
             tracing::warn!(error = %err, "closing the writer's connection");
         }
         tracing::debug!("writer stopped");
+    }
+
+    /// Answers `Failed` at once to the batches of sessions that had a batch
+    /// fail, and returns the other jobs.
+    fn refuse_after_failures(&mut self, jobs: Vec<Job>) -> Vec<Job> {
+        if self.refused.is_empty() {
+            return jobs;
+        }
+        jobs.into_iter()
+            .filter_map(|job| {
+                let Job::Batch(request) = &job else {
+                    return Some(job);
+                };
+                let Origin {
+                    device_row,
+                    session,
+                } = request.origin;
+                match self.refused.get(&device_row) {
+                    Some(&failed) if session <= failed => {
+                        let _ = request
+                            .reply
+                            .try_send(WriteOutcome::Failed { seq: request.seq });
+                        None
+                    }
+                    Some(_) => {
+                        self.refused.remove(&device_row);
+                        Some(job)
+                    }
+                    None => Some(job),
+                }
+            })
+            .collect()
+    }
+
+    /// Records the sessions whose batches were in a failed commit.
+    fn remember_failed(&mut self, jobs: &[Job]) {
+        for job in jobs {
+            if let Job::Batch(request) = job {
+                let Origin {
+                    device_row,
+                    session,
+                } = request.origin;
+                let failed = self.refused.entry(device_row).or_insert(session);
+                *failed = (*failed).max(session);
+            }
+        }
     }
 
     fn commit(
@@ -369,17 +432,18 @@ impl Writer {
             Job::Register(_) | Job::Stop => None,
         });
         for request in requests {
-            let last = match advanced.get(&request.device_row) {
+            let device_row = request.origin.device_row;
+            let last = match advanced.get(&device_row) {
                 Some(&seq) => seq,
-                None => match self.last_seq.get(&request.device_row) {
+                None => match self.last_seq.get(&device_row) {
                     Some(&seq) => seq,
-                    None => statements::last_seq(&tx, request.device_row)?,
+                    None => statements::last_seq(&tx, device_row)?,
                 },
             };
             if request.seq <= last {
                 continue; // a resend: acknowledged again, stored once
             }
-            advanced.insert(request.device_row, request.seq);
+            advanced.insert(device_row, request.seq);
             for sample in &request.samples {
                 committed.push(Committed {
                     pos,
@@ -452,6 +516,13 @@ mod tests {
         }
     }
 
+    fn session(device_row: i64, session: u64) -> Origin {
+        Origin {
+            device_row,
+            session,
+        }
+    }
+
     fn consumers(seen: &Arc<Seen>) -> Consumers {
         Consumers::new(0).with_inline(Arc::clone(seen) as Arc<dyn InlineConsumer>)
     }
@@ -501,7 +572,12 @@ mod tests {
         };
         for seq in [1, 2, 2] {
             writer
-                .submit(device, seq, samples(seq as i64 * 1000), reply.clone())
+                .submit(
+                    session(device, 1),
+                    seq,
+                    samples(seq as i64 * 1000),
+                    reply.clone(),
+                )
                 .await
                 .unwrap();
             assert_eq!(outcomes.recv().await, Some(WriteOutcome::Stored { seq }));
@@ -526,7 +602,7 @@ mod tests {
         task.await.unwrap();
         assert!(
             writer
-                .submit(device, 3, samples(3000), reply)
+                .submit(session(device, 1), 3, samples(3000), reply)
                 .await
                 .is_err(),
             "a stopped writer refuses batches"
@@ -558,14 +634,19 @@ mod tests {
 
         // No such metric row: the foreign key fails the whole transaction.
         writer
-            .submit(device, 1, vec![sample(metric + 1000)], reply.clone())
+            .submit(
+                session(device, 1),
+                1,
+                vec![sample(metric + 1000)],
+                reply.clone(),
+            )
             .await
             .unwrap();
         assert_eq!(outcomes.recv().await, Some(WriteOutcome::Failed { seq: 1 }));
-        // The next batch, even with the same seq, is stored: nothing of the
-        // failed one was counted as committed.
+        // The device's next connection resends it, and it is stored: nothing
+        // of the failed one was counted as committed.
         writer
-            .submit(device, 1, vec![sample(metric)], reply)
+            .submit(session(device, 2), 1, vec![sample(metric)], reply)
             .await
             .unwrap();
         assert_eq!(outcomes.recv().await, Some(WriteOutcome::Stored { seq: 1 }));
@@ -608,6 +689,81 @@ mod tests {
         let (device, _) = writer.register_device("dev-1").await.unwrap();
         let metrics = writer.register_hello(device, &hello()).await.unwrap();
         assert_eq!(metrics.len(), 1);
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_commit_later_batches_of_that_session_are_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("hub.db"), PoolDurability::WithWriter)
+            .await
+            .unwrap();
+        let stop = CancellationToken::new();
+        let seen = Arc::new(Seen::default());
+        let (writer, task) = open(&store)
+            .await
+            .unwrap()
+            .spawn(
+                Arc::new(Counters::default()),
+                consumers(&seen),
+                stop.clone(),
+            )
+            .unwrap();
+        let (device, _) = writer.register_device("dev-1").await.unwrap();
+        let metric = writer.register_hello(device, &hello()).await.unwrap()[&1];
+        let (reply, mut outcomes) = mpsc::channel(4);
+        let sample = |metric| Sample {
+            metric,
+            ts_ms: 1,
+            value: Some(1.0),
+        };
+
+        // Batch 1 fails (no such metric row); batch 2 of the same connection,
+        // behind it, must not be stored: last_seq would then say 2 and the
+        // device would drop batch 1 as acknowledged.
+        writer
+            .submit(
+                session(device, 7),
+                1,
+                vec![sample(metric + 1000)],
+                reply.clone(),
+            )
+            .await
+            .unwrap();
+        writer
+            .submit(session(device, 7), 2, vec![sample(metric)], reply.clone())
+            .await
+            .unwrap();
+        // In one commit or two: both are answered Failed.
+        let mut failed = Vec::new();
+        for _ in 0..2 {
+            match outcomes.recv().await {
+                Some(WriteOutcome::Failed { seq }) => failed.push(seq),
+                other => panic!("expected a failure, got {other:?}"),
+            }
+        }
+        failed.sort_unstable();
+        assert_eq!(failed, [1, 2]);
+        let last_seq = || async {
+            sqlx::query_scalar::<_, i64>("SELECT last_seq FROM devices WHERE id = ?")
+                .bind(device)
+                .fetch_one(store.pool())
+                .await
+                .unwrap()
+        };
+        assert_eq!(last_seq().await, 0, "nothing past the failure is stored");
+
+        // The device reconnects and resends from last_seq + 1.
+        for seq in [1, 2] {
+            writer
+                .submit(session(device, 8), seq, vec![sample(metric)], reply.clone())
+                .await
+                .unwrap();
+            assert_eq!(outcomes.recv().await, Some(WriteOutcome::Stored { seq }));
+        }
+        assert_eq!(last_seq().await, 2);
+        assert_eq!(seen.0.lock().unwrap().len(), 2);
         stop.cancel();
         task.await.unwrap();
     }
