@@ -22,6 +22,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use tokio::sync::watch;
 
@@ -126,6 +127,24 @@ impl Head {
     /// `false` once the publisher has gone (the hub is stopping).
     pub async fn moved(&mut self) -> bool {
         self.0.changed().await.is_ok()
+    }
+}
+
+/// The device time (ms since the epoch) below which retention deletes
+/// readings; 0 while nothing is deleted. Retention raises it before each
+/// sweep; a consumer that serves readings from memory skips those below
+/// it, so it never hands out a reading that storage no longer holds.
+#[derive(Debug, Clone, Default)]
+pub struct RetentionCutoff(Arc<AtomicI64>);
+
+impl RetentionCutoff {
+    /// Readings older than `ts_ms` are being deleted. Never lowers it.
+    pub fn raise(&self, ts_ms: i64) {
+        self.0.fetch_max(ts_ms, Ordering::AcqRel);
+    }
+
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Acquire)
     }
 }
 

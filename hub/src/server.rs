@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, monitor_auth::MonitorToken};
-use crate::commits::{Consumers, InlineConsumer};
+use crate::commits::{Consumers, InlineConsumer, RetentionCutoff};
 use crate::http_error::ApiError;
 use crate::ingest::{self, Ingest, registry::Registry, session};
 use crate::live::{Live, subscription};
@@ -80,6 +80,8 @@ pub struct Hub {
     settings: Settings,
     writer: JoinHandle<()>,
     writer_stop: CancellationToken,
+    /// Shared by retention (which raises it) and the live fan-out.
+    retention_cutoff: RetentionCutoff,
 }
 
 impl Hub {
@@ -97,9 +99,11 @@ impl Hub {
             .context("opening the writer's connection")?;
         // The commit consumers, in the order the publisher calls them.
         let consumers = Consumers::new(writer.last_pos());
+        let retention = RetentionCutoff::default();
         let live = Arc::new(Live::new(
             store.clone(),
             consumers.head(),
+            retention.clone(),
             settings.max_subscribers,
             settings.live_buffer_bytes,
         ));
@@ -142,6 +146,7 @@ impl Hub {
             settings,
             writer,
             writer_stop,
+            retention_cutoff: retention,
         })
     }
 
@@ -169,6 +174,7 @@ impl Hub {
             settings,
             writer,
             writer_stop,
+            retention_cutoff,
         } = self;
         let cancel = state.shutdown.clone();
         let tracker = state.ingest.tracker.clone();
@@ -184,6 +190,7 @@ impl Hub {
                 store.clone(),
                 retention.keep,
                 retention.sweep_every,
+                retention_cutoff,
                 cancel.clone(),
             ));
         }

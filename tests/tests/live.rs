@@ -286,22 +286,47 @@ async fn an_id_older_than_retention_or_unknown_gets_a_reset_event() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // Nothing the database no longer holds is served, though the hub still
+    // has the expired readings in memory.
     let mut sse = SseClient::connect(&hub.addr, "/v1/events?last_event_id=2", &[])
         .await
         .unwrap();
     let reset = sse.next_event().await.unwrap().unwrap();
     assert_eq!(reset.event, "reset");
     assert_eq!(reset.json()["reason"], "retention");
+    assert_eq!(reset.json()["requested"], 2);
     assert_eq!(reset.json()["oldest"], 6);
-    assert_eq!(reset.json()["resume_after"], 2);
-    // Then whatever after 2 is still held (the hub may still have the
-    // expired readings in memory), in order, through 10.
+    assert_eq!(reset.json()["resume_after"], 5);
     let mut got = Vec::new();
-    while got.last() != Some(&10) {
+    while got.len() < 5 {
         got.push(sse.next_of("reading").await.unwrap().pos());
     }
-    assert!(got.windows(2).all(|w| w[0] < w[1]) && got[0] > 2, "{got:?}");
-    assert!((6..=10).all(|pos| got.contains(&pos)), "{got:?}");
+    assert_eq!(got, [6, 7, 8, 9, 10]);
+
+    // A late batch of old readings gets new positions (11 to 15), and
+    // retention deletes them as well: a subscriber at 10 is told, and gets
+    // only what comes after.
+    device
+        .send_acked(&batch(3, now - 2 * 3_600_000, 5))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + e2e::PATIENCE;
+    while positions(&hub, 0).await.len() != 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut sse = SseClient::connect(&hub.addr, "/v1/events?last_event_id=10", &[])
+        .await
+        .unwrap();
+    let reset = sse.next_event().await.unwrap().unwrap();
+    assert_eq!(reset.event, "reset");
+    assert_eq!(reset.json()["resume_after"], 10);
+    device.send_acked(&batch(4, now, 2)).await.unwrap(); // positions 16, 17
+    let next = sse.next_of("reading").await.unwrap().pos();
+    assert_eq!(next, 16, "the deleted 11 to 15 are not served");
 
     let mut sse = SseClient::connect(&hub.addr, "/v1/events", &[("Last-Event-ID", "999")])
         .await
@@ -309,14 +334,19 @@ async fn an_id_older_than_retention_or_unknown_gets_a_reset_event() {
     let reset = sse.next_event().await.unwrap().unwrap();
     assert_eq!(reset.event, "reset");
     assert_eq!(reset.json()["reason"], "unknown");
-    assert_eq!(reset.json()["resume_after"], 10);
+    assert_eq!(reset.json()["resume_after"], 17);
 
-    // Asking for everything retained is not news.
+    // Asking for everything retained is not news, and is what is retained.
     let mut sse = SseClient::connect(&hub.addr, "/v1/events?last_event_id=0", &[])
         .await
         .unwrap();
-    let first = sse.next_event().await.unwrap().unwrap();
-    assert_eq!(first.event, "reading");
+    let mut got = Vec::new();
+    while got.len() < 7 {
+        let event = sse.next_event().await.unwrap().unwrap();
+        assert_eq!(event.event, "reading");
+        got.push(event.pos());
+    }
+    assert_eq!(got, [6, 7, 8, 9, 10, 16, 17]);
 }
 
 #[tokio::test]
@@ -352,6 +382,14 @@ async fn the_monitor_token_is_required_when_configured() {
     SseClient::connect(&hub.addr, "/v1/events?token=s3cret%2F%2B", &[])
         .await
         .unwrap();
+    // ?token= works on every monitor endpoint, as the README says.
+    for path in ["/v1/devices", "/v1/readings"] {
+        let (status, body) = hub
+            .get(&format!("{path}?token=s3cret%2F%2B"))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{path}: {body}");
+    }
     // Devices, health and the page do not use the monitor token.
     let (status, _) = hub.get("/healthz").await.unwrap();
     assert_eq!(status, 200);

@@ -30,7 +30,7 @@ use axum::body::Bytes;
 use protocol::MetricDescriptor;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 
-use crate::commits::{Committed, Head, InlineConsumer};
+use crate::commits::{Committed, Head, InlineConsumer, RetentionCutoff};
 use crate::store::{Store, now_ms};
 use catalog::Catalog;
 pub use catalog::MetricMeta;
@@ -56,6 +56,8 @@ pub struct Live {
     router: Router,
     /// For catch-up reads.
     store: Store,
+    /// What retention is deleting: never served from the ring.
+    retention: RetentionCutoff,
     /// Permits for concurrent subscribers.
     slots: Arc<Semaphore>,
 }
@@ -63,11 +65,18 @@ pub struct Live {
 impl Live {
     /// A fan-out following `head`, allowing `max_subscribers` concurrent
     /// subscribers and keeping at most `ring_bytes` of recent events in
-    /// memory.
-    pub fn new(store: Store, head: Head, max_subscribers: usize, ring_bytes: usize) -> Self {
+    /// memory. Readings below `retention` are not served from memory.
+    pub fn new(
+        store: Store,
+        head: Head,
+        retention: RetentionCutoff,
+        max_subscribers: usize,
+        ring_bytes: usize,
+    ) -> Self {
         Live {
             ring: Mutex::new(Ring::new(ring_bytes)),
             head,
+            retention,
             catalog: Catalog::default(),
             status: broadcast::Sender::new(STATUS_BUFFER),
             router: Router::default(),
@@ -109,6 +118,7 @@ impl Live {
         let mut text = String::with_capacity(rows.len() * 160);
         let mut events = Vec::with_capacity(rows.len());
         let mut seen: HashSet<*const u8> = HashSet::new();
+        let mut min_ts = i64::MAX;
         let catalog = self.catalog.read();
         for row in rows {
             let Some(meta) = catalog.get(&row.sample.metric) else {
@@ -131,9 +141,11 @@ impl Live {
                 row.sample.ts_ms,
                 row.sample.value,
             );
+            min_ts = min_ts.min(row.sample.ts_ms);
             events.push(EventSpan {
                 pos: row.pos,
                 metric: row.sample.metric,
+                ts_ms: row.sample.ts_ms,
                 start,
                 end: text.len(),
             });
@@ -144,6 +156,7 @@ impl Live {
         Chunk {
             first_pos: rows.first().map_or(0, |row| row.pos),
             last_pos: rows.last().map_or(0, |row| row.pos),
+            min_ts,
             text: Bytes::from(text),
             events,
         }

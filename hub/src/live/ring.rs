@@ -16,6 +16,8 @@ pub(super) struct EventSpan {
     pub pos: Position,
     /// The `metrics.id` row, for filters.
     pub metric: i64,
+    /// Device time, for retention.
+    pub ts_ms: i64,
     pub start: usize,
     pub end: usize,
 }
@@ -25,6 +27,8 @@ pub(super) struct EventSpan {
 pub struct Chunk {
     pub(super) first_pos: Position,
     pub(super) last_pos: Position,
+    /// The oldest device time among its readings.
+    pub(super) min_ts: i64,
     pub(super) text: Bytes,
     pub(super) events: Vec<EventSpan>,
 }
@@ -104,6 +108,7 @@ mod tests {
             .map(|(pos, i)| EventSpan {
                 pos,
                 metric: 1,
+                ts_ms: 0,
                 start: i * 10,
                 end: i * 10 + 10,
             })
@@ -111,6 +116,7 @@ mod tests {
         Arc::new(Chunk {
             first_pos: first,
             last_pos: last,
+            min_ts: 0,
             text: Bytes::from(vec![b'x'; events.len() * 10]),
             events,
         })

@@ -154,7 +154,7 @@ impl Subscription {
             Start::After(0) => {
                 // "Everything retained": what retention removed is not news.
                 reset_reported = store.retention_watermark().await?;
-                0
+                resume_point(0, store.oldest_pos().await?, now)
             }
             Start::After(id) if id > now => {
                 let oldest = store.oldest_pos().await?;
@@ -165,10 +165,13 @@ impl Subscription {
                 let watermark = store.retention_watermark().await?;
                 if id < watermark {
                     let oldest = store.oldest_pos().await?;
-                    preamble.push_str(&format::reset("retention", id, oldest, id));
+                    let resume = resume_point(id, oldest, now);
+                    preamble.push_str(&format::reset("retention", id, oldest, resume));
                     reset_reported = watermark;
+                    resume
+                } else {
+                    id
                 }
-                id
             }
         };
         Ok(Subscription {
@@ -305,14 +308,16 @@ impl Subscription {
         self.cursor = chunk.last_pos;
         let events = &chunk.events[first..];
         let start = events.first()?.start;
-        if self.filter.is_all() {
+        let cutoff = self.live.retention.get();
+        if self.filter.is_all() && chunk.min_ts >= cutoff {
             // Shared, not copied: every unfiltered subscriber sends the same
             // bytes.
             return Some(chunk.text.slice(start..));
         }
         let mut out = BytesMut::new();
         for event in events {
-            if self.wants_metric(event.metric) {
+            // Retention is deleting what is older: SQLite may not hold it.
+            if event.ts_ms >= cutoff && self.wants_metric(event.metric) {
                 out.extend_from_slice(&chunk.text[event.start..event.end]);
             }
         }
@@ -340,7 +345,9 @@ impl Subscription {
         if self.cursor < watermark && watermark > self.reset_reported {
             self.reset_reported = watermark;
             let oldest = store.oldest_pos().await?;
-            let text = format::reset("retention", self.cursor, oldest, self.cursor);
+            let requested = self.cursor;
+            self.cursor = resume_point(requested, oldest, head);
+            let text = format::reset("retention", requested, oldest, self.cursor);
             return Ok(Some(Bytes::from(text)));
         }
         let page = store
@@ -354,6 +361,17 @@ impl Subscription {
             .await?;
         self.cursor = page.read_through;
         Ok((!page.rows.is_empty()).then(|| format_rows(&page.rows)))
+    }
+}
+
+/// Where a cursor at `after` continues once retention has deleted readings:
+/// past everything below the oldest position still held (`oldest`, 0 when
+/// nothing is), never before `after` itself.
+fn resume_point(after: Position, oldest: Position, head: Position) -> Position {
+    if oldest == 0 {
+        after.max(head)
+    } else {
+        after.max(oldest - 1)
     }
 }
 
@@ -374,7 +392,7 @@ mod tests {
     use tokio::sync::mpsc;
 
     use super::*;
-    use crate::commits::{Committed, Consumers, InlineConsumer, Sample};
+    use crate::commits::{Committed, Consumers, InlineConsumer, RetentionCutoff, Sample};
     use crate::store::writer::{self, WriteOutcome};
     use crate::store::{PoolDurability, Store};
     use crate::telemetry::Counters;
@@ -433,7 +451,13 @@ mod tests {
         let opened = writer::open(&store).await.unwrap();
         let consumers = Consumers::new(opened.last_pos());
         // Room for about five commits of 100 readings.
-        let live = Arc::new(Live::new(store.clone(), consumers.head(), 10, 60_000));
+        let live = Arc::new(Live::new(
+            store.clone(),
+            consumers.head(),
+            RetentionCutoff::default(),
+            10,
+            60_000,
+        ));
         let consumers = consumers.with_inline(Arc::clone(&live) as Arc<dyn InlineConsumer>);
         let stop = CancellationToken::new();
         let (writer, task) = opened
@@ -459,7 +483,15 @@ mod tests {
                 })
                 .collect();
             writer
-                .submit(device, seq, samples, reply.clone())
+                .submit(
+                    writer::Origin {
+                        device_row: device,
+                        session: 1,
+                    },
+                    seq,
+                    samples,
+                    reply.clone(),
+                )
                 .await
                 .unwrap();
             assert_eq!(outcomes.recv().await, Some(WriteOutcome::Stored { seq }));
@@ -494,19 +526,26 @@ mod tests {
 
     /// A fan-out with no writer: commits are handed to it directly, and its
     /// (empty) database is never needed while the ring holds them.
-    async fn bare_live() -> (Arc<Live>, Consumers, tempfile::TempDir) {
+    async fn bare_live() -> (Arc<Live>, Consumers, RetentionCutoff, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("hub.db"), PoolDurability::WithWriter)
             .await
             .unwrap();
         let consumers = Consumers::new(0);
-        let live = Arc::new(Live::new(store, consumers.head(), 10, 1 << 20));
+        let retention = RetentionCutoff::default();
+        let live = Arc::new(Live::new(
+            store,
+            consumers.head(),
+            retention.clone(),
+            10,
+            1 << 20,
+        ));
         let consumers = consumers.with_inline(Arc::clone(&live) as Arc<dyn InlineConsumer>);
         let rows = Map::from([(1, 1)]);
         live.register_metrics("dev-1", &temperature(), &rows);
         let rows = Map::from([(1, 2)]);
         live.register_metrics("dev-2", &temperature(), &rows);
-        (live, consumers, dir)
+        (live, consumers, retention, dir)
     }
 
     fn reading(pos: Position, metric: i64) -> Committed {
@@ -522,7 +561,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_overflowing_inbox_is_caught_up_from_the_cursor_exactly_once() {
-        let (live, consumers, _dir) = bare_live().await;
+        let (live, consumers, _retention, _dir) = bare_live().await;
         tokio::time::pause();
         let devices = Some(HashSet::from(["dev-1".to_owned()]));
         let filter = Filter {
@@ -558,7 +597,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_metric_filter_sends_only_its_metric_from_a_shared_commit() {
-        let (live, consumers, _dir) = bare_live().await;
+        let (live, consumers, _retention, _dir) = bare_live().await;
         tokio::time::pause();
         let filter = Filter {
             devices: None,
@@ -579,5 +618,28 @@ mod tests {
         consumers.publish(&[reading(1, 1), reading(2, 2), reading(3, 1)]);
         assert_eq!(read_until_idle(&mut everything).await, [1, 2, 3]);
         assert_eq!(read_until_idle(&mut dev_2).await, [2]);
+    }
+
+    #[tokio::test]
+    async fn what_retention_is_deleting_is_not_served_from_the_ring() {
+        let (live, consumers, retention, _dir) = bare_live().await;
+        tokio::time::pause();
+        let mut everything = subscribe(&live, Filter::default(), Start::Live).await;
+        everything.next_text().await.unwrap();
+        // ts_ms is the position in these readings: 1 and 3 are older than
+        // the cutoff, 5 and 6 are not.
+        retention.raise(4);
+        consumers.publish(&[reading(1, 1), reading(5, 2)]);
+        consumers.publish(&[reading(3, 2)]);
+        consumers.publish(&[reading(6, 1)]);
+        assert_eq!(read_until_idle(&mut everything).await, [5, 6]);
+    }
+
+    #[test]
+    fn after_retention_a_cursor_resumes_past_what_is_gone() {
+        assert_eq!(resume_point(3, 11, 20), 10, "1 to 10 are gone");
+        assert_eq!(resume_point(15, 11, 20), 15, "never backwards");
+        assert_eq!(resume_point(0, 1, 20), 0, "nothing is gone");
+        assert_eq!(resume_point(3, 0, 20), 20, "everything is gone");
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{Store, StoreError, now_ms};
+use crate::commits::RetentionCutoff;
 
 /// Rows deleted per transaction. Small enough that a chunk takes a few
 /// milliseconds, so ingest stalls no longer than that.
@@ -68,8 +69,15 @@ impl Store {
 }
 
 /// Runs a retention sweep every `every`, deleting readings older than
-/// `keep`, until `shutdown`.
-pub async fn run(store: Store, keep: Duration, every: Duration, shutdown: CancellationToken) {
+/// `keep`, until `shutdown`. `cutoff` is raised before each sweep, so
+/// consumers stop serving what it is about to delete.
+pub async fn run(
+    store: Store,
+    keep: Duration,
+    every: Duration,
+    cutoff: RetentionCutoff,
+    shutdown: CancellationToken,
+) {
     let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
     let mut tick = tokio::time::interval(every);
     loop {
@@ -77,7 +85,9 @@ pub async fn run(store: Store, keep: Duration, every: Duration, shutdown: Cancel
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match store.delete_before(now_ms().saturating_sub(keep_ms)).await {
+        let before = now_ms().saturating_sub(keep_ms);
+        cutoff.raise(before);
+        match store.delete_before(before).await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "retention removed old readings"),
             Err(err) => tracing::warn!(error = %err, "retention sweep failed; will retry"),
