@@ -26,7 +26,8 @@ use crate::http_error::ApiError;
 use crate::ingest::{self, Ingest, registry::Registry, session};
 use crate::live::{Live, subscription};
 use crate::monitor;
-use crate::store::{PoolDurability, Store, retention, writer};
+use crate::store::writer::{self, WriterHealth};
+use crate::store::{PoolDurability, Store, retention};
 use crate::telemetry::Counters;
 
 /// Everything `hub serve` can be told.
@@ -65,6 +66,7 @@ struct AppState {
     store: Store,
     registry: Registry,
     counters: Arc<Counters>,
+    writer_health: WriterHealth,
     live: Arc<Live>,
     live_timing: subscription::Timing,
     monitor_token: MonitorToken,
@@ -117,6 +119,7 @@ impl Hub {
             .with_context(|| format!("binding {}", settings.listen))?;
         let shutdown = CancellationToken::new();
         let registry = Registry::default();
+        let writer_health = writer_handle.health().clone();
         let sessions = Arc::new(session::Context {
             store: store.clone(),
             live: Arc::clone(&live),
@@ -135,6 +138,7 @@ impl Hub {
             store,
             registry,
             counters,
+            writer_health,
             live,
             live_timing: settings.live,
             monitor_token: MonitorToken(settings.monitor_token.as_deref().map(Arc::from)),
@@ -179,6 +183,7 @@ impl Hub {
         let cancel = state.shutdown.clone();
         let tracker = state.ingest.tracker.clone();
         let store = state.store.clone();
+        let writer_health = state.writer_health.clone();
 
         tracker.spawn(ingest::watch_revocations(
             store.clone(),
@@ -237,7 +242,13 @@ impl Hub {
             tracing::error!(error = %err, "the writer task failed");
         }
         store.close().await;
-        served.context("serving HTTP")
+        served.context("serving HTTP")?;
+        // A hub whose writer died did not do its job: say so in the exit
+        // status, for whatever supervises it.
+        match writer_health.failure() {
+            Some(reason) => anyhow::bail!("the storage writer had stopped: {reason}"),
+            None => Ok(()),
+        }
     }
 }
 

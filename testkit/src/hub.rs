@@ -36,7 +36,23 @@ impl HubProcess {
         listen: &str,
         args: &[&str],
     ) -> anyhow::Result<HubProcess> {
+        Self::start_with_env(binary, dir, listen, args, &[]).await
+    }
+
+    /// [`HubProcess::start`] with environment variables set for the hub
+    /// (such as a test fault).
+    ///
+    /// # Errors
+    /// As for [`HubProcess::start`].
+    pub async fn start_with_env(
+        binary: &Path,
+        dir: tempfile::TempDir,
+        listen: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<HubProcess> {
         let mut child = Command::new(binary)
+            .envs(env.iter().copied())
             .args(["serve", "--listen", listen, "--db"])
             .arg(dir.path().join(DB_FILE))
             .args(args)

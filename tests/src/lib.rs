@@ -57,9 +57,20 @@ impl TestHub {
         listen: &str,
         extra: &[&str],
     ) -> anyhow::Result<TestHub> {
+        Self::start_with_env(dir, listen, extra, &[]).await
+    }
+
+    /// Starts `hub serve` with environment variables set, such as
+    /// `HUB_TEST_FAULT`.
+    pub async fn start_with_env(
+        dir: tempfile::TempDir,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<TestHub> {
         let mut args = vec!["--log", "warn"];
         args.extend_from_slice(extra);
-        let process = HubProcess::start(&hub_binary(), dir, listen, &args).await?;
+        let process = HubProcess::start_with_env(&hub_binary(), dir, listen, &args, env).await?;
         Ok(TestHub { process })
     }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde::Serialize;
 
@@ -20,6 +20,7 @@ use crate::ingest::registry::Registry;
 use crate::store::Store;
 use crate::store::devices::DeviceRecord;
 use crate::store::query::MetricInfo;
+use crate::store::writer::WriterHealth;
 use crate::telemetry::Counters;
 
 pub use readings::readings;
@@ -51,8 +52,19 @@ pub async fn devices(
     Ok(Json(serde_json::json!({ "devices": devices })))
 }
 
-/// `GET /healthz`: 200 while the database answers.
-pub async fn health(State(store): State<Store>) -> Result<impl IntoResponse, ApiError> {
+/// `GET /healthz`: 200 while the database answers and the writer runs;
+/// 503 with the reason otherwise.
+pub async fn health(
+    State(store): State<Store>,
+    State(writer): State<WriterHealth>,
+) -> Result<impl IntoResponse, ApiError> {
+    if let Some(reason) = writer.failure() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "writer_stopped",
+            reason,
+        ));
+    }
     store.ping().await?;
     Ok(Json(serde_json::json!({ "status": "ok" })))
 }

@@ -57,6 +57,16 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    if let Some(reason) = ingest.sessions.writer.health().failure() {
+        // A session could store nothing: say so before the upgrade.
+        ingest.sessions.counters.reject(Reject::Storage);
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            format!("this hub cannot store readings: {reason}"),
+        )
+        .into_response();
+    }
     let auth = match authenticate(&ingest, &headers).await {
         Ok(auth) => auth,
         Err(err) => {

@@ -420,6 +420,9 @@ impl Established {
                     // The registry itself is gone: the hub is stopping.
                     Err(_) => Ending::shutdown(),
                 }),
+                () = ctx.writer.health().failed() => {
+                    Err(storage_lost(ctx.writer.health().failure().unwrap_or_default()))
+                }
                 Some(outcome) = flow.outcomes.recv() => {
                     flow.answered(Instant::now());
                     report(socket, outcome).await
@@ -443,7 +446,7 @@ impl Established {
             .close
             .is_some_and(|(code, _)| code == close_code::GOING_AWAY)
         {
-            drain(socket, &mut flow.outcomes, flow.in_flight).await;
+            drain(socket, &mut flow.outcomes, flow.in_flight, &ctx.writer).await;
         }
         ending
     }
@@ -473,7 +476,7 @@ impl Established {
                         flow.outcome_tx.clone(),
                     )
                     .await
-                    .map_err(|_| Ending::shutdown())?;
+                    .map_err(|_| writer_gone(ctx))?;
                 flow.in_flight += 1;
                 Ok(())
             }
@@ -525,13 +528,20 @@ async fn report(socket: &mut WebSocket, outcome: WriteOutcome) -> Result<(), End
     }
 }
 
+/// Acknowledges what is in flight before a close; gives up if the writer
+/// has stopped, since those answers will never come.
 async fn drain(
     socket: &mut WebSocket,
     outcomes: &mut mpsc::Receiver<WriteOutcome>,
     mut in_flight: usize,
+    writer: &WriterHandle,
 ) {
     while in_flight > 0 {
-        let Some(outcome) = outcomes.recv().await else {
+        let outcome = tokio::select! {
+            outcome = outcomes.recv() => outcome,
+            () = writer.health().failed() => None,
+        };
+        let Some(outcome) = outcome else {
             return;
         };
         in_flight -= 1;
@@ -576,6 +586,27 @@ async fn register_hello(
         None => ctx.writer.register_hello(device_row, hello).await?,
     };
     Ok((last_seq, metric_rows))
+}
+
+/// The writer refused a batch: the hub is stopping, or the writer died.
+fn writer_gone(ctx: &Context) -> Ending {
+    match ctx.writer.health().failure() {
+        Some(reason) => storage_lost(reason),
+        None => Ending::shutdown(),
+    }
+}
+
+/// The writer stopped unexpectedly: nothing more can be stored or
+/// acknowledged, so the device had better reconnect (to this hub once it
+/// is restarted, or to another).
+fn storage_lost(reason: &str) -> Ending {
+    tracing::warn!(reason, "closing: the storage writer stopped");
+    Ending::told(
+        error_code::STORAGE_UNAVAILABLE,
+        "the hub's storage writer stopped; reconnect later and resend",
+        (close_code::INTERNAL, "storage unavailable"),
+        Reject::Storage,
+    )
 }
 
 fn storage_trouble(err: &str) -> Ending {

@@ -26,8 +26,11 @@
 //! ([`crate::commits`]) and then answers the sessions, while the writer
 //! starts the next commit.
 
+mod health;
 mod publisher;
 mod statements;
+
+pub use health::WriterHealth;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -128,9 +131,15 @@ pub struct WriterStopped;
 pub struct WriterHandle {
     requests: mpsc::Sender<Job>,
     rows: Arc<Semaphore>,
+    health: WriterHealth,
 }
 
 impl WriterHandle {
+    /// Whether the writer still runs.
+    pub fn health(&self) -> &WriterHealth {
+        &self.health
+    }
+
     /// Queues a batch, waiting while the writer is behind.
     ///
     /// # Errors
@@ -199,7 +208,11 @@ impl WriterHandle {
             .send(Job::Register(job(reply)))
             .await
             .map_err(|_| WriterStopped.to_string())?;
-        answer.await.map_err(|_| WriterStopped.to_string())?
+        // A dead publisher would never answer.
+        tokio::select! {
+            answer = answer => answer.map_err(|_| WriterStopped.to_string())?,
+            () = self.health.failed() => Err(self.health.failure().unwrap_or_default().to_owned()),
+        }
     }
 }
 
@@ -246,20 +259,25 @@ impl Opened {
         stop: CancellationToken,
     ) -> Result<(WriterHandle, tokio::task::JoinHandle<()>), StoreError> {
         let Opened { conn, last_pos } = self;
+        let health = WriterHealth::default();
+        let faults = health::Faults::from_env();
         let writer = Writer {
             conn,
             last_seq: HashMap::new(),
             next_pos: last_pos + 1,
             refused: HashMap::new(),
             counters,
+            health: health.clone(),
+            faults,
         };
         let (requests, rx) = mpsc::channel(QUEUED_REQUESTS);
         let (exited, thread_done) = oneshot::channel::<()>();
-        let (publish, publisher) = publisher::spawn(consumers)?;
+        let (publish, publisher) = publisher::spawn(consumers, health.clone(), faults)?;
+        let writer_health = health.clone();
         std::thread::Builder::new()
             .name("hub-writer".into())
             .spawn(move || {
-                writer.run(rx, &publish);
+                health::guard(&writer_health, "writer", || writer.run(rx, &publish));
                 // The publisher answers what is queued, then ends.
                 drop(publish);
                 let _ = publisher.join();
@@ -274,6 +292,7 @@ impl Opened {
         let handle = WriterHandle {
             requests,
             rows: Arc::new(Semaphore::new(QUEUED_ROWS)),
+            health,
         };
         let task = tokio::spawn(async move {
             let _ = thread_done.await;
@@ -296,6 +315,8 @@ struct Writer {
     /// `last_seq`) lifts it.
     refused: HashMap<i64, u64>,
     counters: Arc<Counters>,
+    health: WriterHealth,
+    faults: health::Faults,
 }
 
 impl Writer {
@@ -303,8 +324,11 @@ impl Writer {
     /// outcome to the publisher.
     fn run(mut self, mut rx: mpsc::Receiver<Job>, publish: &SyncSender<Settled>) {
         let mut pending = Vec::new();
+        let mut commits = 0;
         // 0 only once the queue is closed and empty.
         while rx.blocking_recv_many(&mut pending, QUEUED_REQUESTS) > 0 {
+            commits += 1;
+            health::trip(self.faults.writer_panics_at, commits, "writer");
             if pending.iter().any(|job| matches!(job, Job::Stop)) {
                 // Refuse new requests; what is queued is still received.
                 rx.close();
@@ -341,7 +365,10 @@ impl Writer {
             };
             let failed = matches!(settled, Settled::Failed { .. });
             if publish.send(settled).is_err() {
-                tracing::error!("the publisher has stopped; requests go unanswered");
+                // Nothing could be answered any more: stop taking requests,
+                // so sessions see the writer gone rather than wait.
+                self.health.fail("the publisher thread has stopped".into());
+                break;
             }
             if failed {
                 // Do not spin against a failing disk.

@@ -8,9 +8,10 @@
 //! published and answered in commit order, and a batch is acknowledged only
 //! after its readings are both committed and published.
 
-use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
+use super::health::{Faults, WriterHealth, guard, trip};
 use super::{Job, Registered, WriteOutcome, reply_all};
 use crate::commits::{Committed, Consumers};
 
@@ -35,29 +36,40 @@ pub(super) enum Settled {
 /// queued commit is answered.
 pub(super) fn spawn(
     consumers: Consumers,
+    health: WriterHealth,
+    faults: Faults,
 ) -> std::io::Result<(SyncSender<Settled>, JoinHandle<()>)> {
     let (settled, queue) = sync_channel(SETTLED_QUEUE);
     let thread = std::thread::Builder::new()
         .name("hub-publish".into())
         .spawn(move || {
-            for commit in queue {
-                match commit {
-                    Settled::Committed {
-                        mut jobs,
-                        rows,
-                        registered,
-                    } => {
-                        consumers.publish(&rows);
-                        reply_all(&mut jobs, registered.into_iter().map(Ok), |seq| {
-                            WriteOutcome::Stored { seq }
-                        });
-                    }
-                    Settled::Failed { mut jobs, error } => {
-                        let failed = std::iter::repeat_with(|| Err(error.clone()));
-                        reply_all(&mut jobs, failed, |seq| WriteOutcome::Failed { seq });
-                    }
-                }
-            }
+            guard(&health, "publisher", || {
+                publish_all(&queue, &consumers, faults);
+            });
         })?;
     Ok((settled, thread))
+}
+
+/// Publishes and answers every settled commit, in order, until the writer
+/// drops its end of the queue.
+fn publish_all(queue: &Receiver<Settled>, consumers: &Consumers, faults: Faults) {
+    for (n, commit) in (1..).zip(queue) {
+        trip(faults.publisher_panics_at, n, "publisher");
+        match commit {
+            Settled::Committed {
+                mut jobs,
+                rows,
+                registered,
+            } => {
+                consumers.publish(&rows);
+                reply_all(&mut jobs, registered.into_iter().map(Ok), |seq| {
+                    WriteOutcome::Stored { seq }
+                });
+            }
+            Settled::Failed { mut jobs, error } => {
+                let failed = std::iter::repeat_with(|| Err(error.clone()));
+                reply_all(&mut jobs, failed, |seq| WriteOutcome::Failed { seq });
+            }
+        }
+    }
 }
