@@ -193,6 +193,7 @@ impl Hub {
         if let Some(retention) = settings.retention {
             tracker.spawn(retention::run(
                 store.clone(),
+                state.ingest.sessions.writer.clone(),
                 retention.keep,
                 retention.sweep_every,
                 retention_cutoff,

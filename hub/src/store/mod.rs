@@ -1,11 +1,10 @@
 //! Storage: the SQLite file that is the source of truth.
 //!
 //! [`Store`] opens the database (WAL, migrations applied) through a sqlx
-//! pool, which serves every read (sessions' lookups, the API, SSE catch-up),
-//! retention's deletes and the CLI's changes. While the hub runs, everything
-//! else is written by the [`writer`] on its own connection, one
-//! group-committed transaction at a time: readings, positions, and what a
-//! device's connection registers.
+//! pool, which serves every read (sessions' lookups, the API, SSE catch-up,
+//! what retention must sweep) and the CLI's changes. While the hub runs,
+//! everything is written by the [`writer`] on its own connection: readings,
+//! positions, what a device's connection registers, retention's deletes.
 
 pub mod devices;
 pub mod query;
@@ -34,7 +33,7 @@ pub enum StoreError {
     Thread(#[from] std::io::Error),
 }
 
-/// When the pool's own commits (retention, CLI changes) reach the disk. The
+/// When the pool's own commits (the CLI's changes) reach the disk. The
 /// writer's commits are always fsynced (`synchronous=FULL`, set on its own
 /// connection): that is what an Ack promises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,71 +1,69 @@
 //! Retention: deletes readings older than the configured age, by device
-//! time, in small chunks so the writer never waits long for the lock.
+//! time. Finding what is due is a read on the pool (it takes no lock the
+//! writer needs); the deletes themselves go through the writer, a chunk at a
+//! time between its group commits, so the running hub keeps a single writer
+//! and nobody waits in SQLite's busy handler. A sweep with nothing due
+//! writes nothing.
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::writer::WriterHandle;
 use super::{Store, StoreError, now_ms};
 use crate::commits::RetentionCutoff;
 
-/// Rows deleted per transaction. Small enough that a chunk takes a few
-/// milliseconds, so ingest stalls no longer than that.
-const CHUNK_ROWS: i64 = 2_000;
-
-impl Store {
-    /// Deletes every reading with `ts_ms < cutoff_ms`, one metric and one
-    /// chunk at a time through the (metric, ts_ms) index. Returns how many
-    /// were deleted.
-    ///
-    /// # Errors
-    /// A database failure.
-    pub async fn delete_before(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
-        let metrics: Vec<i64> = sqlx::query_scalar("SELECT id FROM metrics ORDER BY id")
-            .fetch_all(self.pool())
-            .await?;
-        let mut deleted = 0;
-        for metric in metrics {
-            loop {
-                let chunk = self.delete_chunk(metric, cutoff_ms).await?;
-                deleted += chunk;
-                if chunk < CHUNK_ROWS as u64 {
-                    break;
-                }
-                // Let the writer take the lock between chunks.
-                tokio::task::yield_now().await;
-            }
-        }
-        Ok(deleted)
-    }
+/// Why a sweep stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error("reading what is due: {0}")]
+    Store(#[from] StoreError),
+    #[error("deleting: {0}")]
+    Writer(String),
 }
 
 impl Store {
-    /// Deletes one chunk of a metric's old readings and raises the retention
-    /// watermark (the largest position deleted) in the same transaction, so
-    /// live subscribers can tell they missed something.
-    async fn delete_chunk(&self, metric: i64, cutoff_ms: i64) -> Result<u64, StoreError> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let positions: Vec<i64> = sqlx::query_scalar(
-            "DELETE FROM samples WHERE pos IN (
-                 SELECT pos FROM samples WHERE metric = ? AND ts_ms < ? LIMIT ?)
-             RETURNING pos",
+    /// The metrics that hold readings older than `before_ms`: one index seek
+    /// per metric, on a reader connection.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn metrics_with_readings_before(
+        &self,
+        before_ms: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM metrics
+             WHERE EXISTS (SELECT 1 FROM samples WHERE metric = metrics.id AND ts_ms < ?)
+             ORDER BY id",
         )
-        .bind(metric)
-        .bind(cutoff_ms)
-        .bind(CHUNK_ROWS)
-        .fetch_all(&mut *tx)
-        .await?;
-        if let Some(&max) = positions.iter().max() {
-            sqlx::query(
-                "UPDATE hub_state SET value = max(value, ?) WHERE key = 'retention_deleted_through'",
-            )
-            .bind(max)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(positions.len() as u64)
+        .bind(before_ms)
+        .fetch_all(self.pool())
+        .await?)
     }
+}
+
+/// Deletes every reading older than `before_ms`, chunk by chunk through the
+/// writer. Returns how many were deleted.
+///
+/// # Errors
+/// The due metrics cannot be read, or the writer fails a chunk.
+pub async fn sweep(
+    store: &Store,
+    writer: &WriterHandle,
+    before_ms: i64,
+) -> Result<usize, SweepError> {
+    let mut due = store.metrics_with_readings_before(before_ms).await?;
+    let mut deleted = 0;
+    while !due.is_empty() {
+        let chunk = writer
+            .retain(due.clone(), before_ms)
+            .await
+            .map_err(SweepError::Writer)?;
+        deleted += chunk.deleted;
+        due.drain(..chunk.finished);
+    }
+    Ok(deleted)
 }
 
 /// Runs a retention sweep every `every`, deleting readings older than
@@ -73,6 +71,7 @@ impl Store {
 /// consumers stop serving what it is about to delete.
 pub async fn run(
     store: Store,
+    writer: WriterHandle,
     keep: Duration,
     every: Duration,
     cutoff: RetentionCutoff,
@@ -87,7 +86,11 @@ pub async fn run(
         }
         let before = now_ms().saturating_sub(keep_ms);
         cutoff.raise(before);
-        match store.delete_before(before).await {
+        let swept = tokio::select! {
+            () = shutdown.cancelled() => return,
+            swept = sweep(&store, &writer, before) => swept,
+        };
+        match swept {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "retention removed old readings"),
             Err(err) => tracing::warn!(error = %err, "retention sweep failed; will retry"),

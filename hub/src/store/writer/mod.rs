@@ -1,11 +1,12 @@
-//! The writer: the only task that inserts readings.
+//! The writer: the only writer of the running hub.
 //!
 //! Sessions hand it [`WriteRequest`]s; it takes everything queued (up to a
 //! limit), writes it in one `BEGIN IMMEDIATE … COMMIT`, and only after the
 //! commit tells each session its batch is stored. It also writes what a
 //! device's first connection registers ([`Registration`]), in the same group
-//! commits: with one writer, nothing in the running hub waits in SQLite's
-//! busy handler (which sleeps, rather than waking when the lock frees). Under load, requests pile
+//! commits, and retention's deletes, a chunk at a time after a group commit:
+//! with one writer, nothing in the running hub waits in SQLite's busy
+//! handler (which sleeps, rather than waking when the lock frees). Under load, requests pile
 //! up while a commit runs and the next commit takes them all: one fsync pays
 //! for many batches (group commit) without adding a fixed delay at low load.
 //!
@@ -111,8 +112,34 @@ pub enum Registration {
 enum Job {
     Batch(WriteRequest),
     Register(Registration),
+    /// Retention's deletes, run by the writer so that nothing else in the
+    /// running hub takes SQLite's write lock.
+    Retain(RetainChunk),
     /// The hub is stopping: refuse new jobs, finish the queued ones, exit.
     Stop,
+}
+
+/// Rows one retention chunk deletes at most: a few milliseconds of the
+/// writer's time, between two group commits.
+const RETAIN_ROWS: usize = 2_000;
+
+/// One chunk of retention: delete readings older than `before_ms` of
+/// `metrics`, in order, up to [`RETAIN_ROWS`].
+#[derive(Debug)]
+struct RetainChunk {
+    metrics: Vec<i64>,
+    before_ms: i64,
+    reply: oneshot::Sender<Result<Retained, String>>,
+}
+
+/// What a retention chunk did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retained {
+    /// Readings deleted.
+    pub deleted: usize,
+    /// How many of the metrics asked for have nothing older left; the
+    /// rest need another chunk.
+    pub finished: usize,
 }
 
 /// What a registration produced, answered after the commit.
@@ -197,6 +224,26 @@ impl WriterHandle {
             reply,
         })
         .await
+    }
+
+    /// Deletes one chunk (at most 2,000 readings) older than `before_ms` of
+    /// `metrics`, taken in order, between two group commits. Call again
+    /// with the metrics not yet `finished`.
+    ///
+    /// # Errors
+    /// The writer has stopped or the delete failed.
+    pub async fn retain(&self, metrics: Vec<i64>, before_ms: i64) -> Result<Retained, String> {
+        let (reply, answer) = oneshot::channel();
+        let chunk = RetainChunk {
+            metrics,
+            before_ms,
+            reply,
+        };
+        self.requests
+            .send(Job::Retain(chunk))
+            .await
+            .map_err(|_| WriterStopped.to_string())?;
+        answer.await.map_err(|_| WriterStopped.to_string())?
     }
 
     async fn register<T>(
@@ -327,58 +374,99 @@ impl Writer {
         let mut commits = 0;
         // 0 only once the queue is closed and empty.
         while rx.blocking_recv_many(&mut pending, QUEUED_REQUESTS) > 0 {
-            commits += 1;
-            health::trip(self.faults.writer_panics_at, commits, "writer");
             if pending.iter().any(|job| matches!(job, Job::Stop)) {
                 // Refuse new requests; what is queued is still received.
                 rx.close();
                 pending.retain(|job| !matches!(job, Job::Stop));
             }
-            let mut rows = Vec::new();
-            let mut registered = Vec::new();
-            let began = Instant::now();
-            let jobs = self.refuse_after_failures(std::mem::take(&mut pending));
-            let settled = match self.commit(&jobs, &mut rows, &mut registered) {
-                Ok(()) => {
-                    self.counters.record_commit(rows.len(), began.elapsed());
-                    Settled::Committed {
-                        jobs,
-                        rows,
-                        registered,
-                    }
-                }
-                Err(err) => {
-                    tracing::error!(error = %err, batches = jobs.len(), "commit failed; sessions will close and devices resend");
-                    self.counters.record_commit_failure();
-                    self.remember_failed(&jobs);
-                    // The in-memory view may be ahead of the database now.
-                    self.last_seq.clear();
-                    match statements::last_position(&self.conn) {
-                        Ok(last) => self.next_pos = last + 1,
-                        Err(err) => tracing::error!(error = %err, "cannot reload positions"),
-                    }
-                    Settled::Failed {
-                        jobs,
-                        error: err.to_string(),
-                    }
-                }
+            let mut jobs = std::mem::take(&mut pending);
+            let retains: Vec<Job> = if jobs.iter().any(|job| matches!(job, Job::Retain(_))) {
+                let (retains, batches) = jobs
+                    .into_iter()
+                    .partition(|job| matches!(job, Job::Retain(_)));
+                jobs = batches;
+                retains
+            } else {
+                Vec::new()
             };
-            let failed = matches!(settled, Settled::Failed { .. });
-            if publish.send(settled).is_err() {
-                // Nothing could be answered any more: stop taking requests,
-                // so sessions see the writer gone rather than wait.
-                self.health.fail("the publisher thread has stopped".into());
-                break;
+            let jobs = self.refuse_after_failures(jobs);
+            if !jobs.is_empty() {
+                commits += 1;
+                health::trip(self.faults.writer_panics_at, commits, "writer");
+                if !self.group_commit(jobs, publish) {
+                    break;
+                }
             }
-            if failed {
-                // Do not spin against a failing disk.
-                std::thread::sleep(Duration::from_millis(100));
+            // Retention after the batches: it never delays a queued Ack.
+            for job in retains {
+                if let Job::Retain(chunk) = job {
+                    self.retain(chunk);
+                }
             }
         }
         if let Err((_, err)) = self.conn.close() {
             tracing::warn!(error = %err, "closing the writer's connection");
         }
         tracing::debug!("writer stopped");
+    }
+
+    /// Commits `jobs` in one transaction and hands the outcome to the
+    /// publisher. `false` if the publisher has gone.
+    fn group_commit(&mut self, jobs: Vec<Job>, publish: &SyncSender<Settled>) -> bool {
+        let mut rows = Vec::new();
+        let mut registered = Vec::new();
+        let began = Instant::now();
+        let settled = match self.commit(&jobs, &mut rows, &mut registered) {
+            Ok(()) => {
+                self.counters.record_commit(rows.len(), began.elapsed());
+                Settled::Committed {
+                    jobs,
+                    rows,
+                    registered,
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, batches = jobs.len(), "commit failed; sessions will close and devices resend");
+                self.counters.record_commit_failure();
+                self.remember_failed(&jobs);
+                // The in-memory view may be ahead of the database now.
+                self.last_seq.clear();
+                match statements::last_position(&self.conn) {
+                    Ok(last) => self.next_pos = last + 1,
+                    Err(err) => tracing::error!(error = %err, "cannot reload positions"),
+                }
+                Settled::Failed {
+                    jobs,
+                    error: err.to_string(),
+                }
+            }
+        };
+        let failed = matches!(settled, Settled::Failed { .. });
+        if publish.send(settled).is_err() {
+            // Nothing could be answered any more: stop taking requests, so
+            // sessions see the writer gone rather than wait.
+            self.health.fail("the publisher thread has stopped".into());
+            return false;
+        }
+        if failed {
+            // Do not spin against a failing disk.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        true
+    }
+
+    /// Deletes one chunk of old readings, in its own transaction: a failure
+    /// here fails no batch.
+    fn retain(&mut self, chunk: RetainChunk) {
+        let RetainChunk {
+            metrics,
+            before_ms,
+            reply,
+        } = chunk;
+        let result = statements::delete_old(&mut self.conn, &metrics, before_ms, RETAIN_ROWS)
+            .map(|(deleted, finished)| Retained { deleted, finished })
+            .map_err(|err| err.to_string());
+        let _ = reply.send(result);
     }
 
     /// Answers `Failed` at once to the batches of sessions that had a batch
@@ -449,14 +537,14 @@ impl Writer {
                     let rows = statements::write_hello(&tx, *device_row, hello)?;
                     registered.push(Registered::Hello(rows));
                 }
-                Job::Batch(_) | Job::Stop => {}
+                Job::Batch(_) | Job::Retain(_) | Job::Stop => {}
             }
         }
         let mut advanced: HashMap<i64, u64> = HashMap::new();
         let mut pos = self.next_pos;
         let requests = jobs.iter().filter_map(|job| match job {
             Job::Batch(request) => Some(request),
-            Job::Register(_) | Job::Stop => None,
+            Job::Register(_) | Job::Retain(_) | Job::Stop => None,
         });
         for request in requests {
             let device_row = request.origin.device_row;
@@ -518,7 +606,8 @@ fn reply_all(
                 };
                 let _ = reply.send(answer);
             }
-            Job::Stop => {}
+            // Never part of a group commit (the writer runs them apart).
+            Job::Retain(_) | Job::Stop => {}
         }
     }
 }
@@ -791,6 +880,73 @@ mod tests {
         }
         assert_eq!(last_seq().await, 2);
         assert_eq!(seen.0.lock().unwrap().len(), 2);
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn retention_deletes_through_the_writer_chunk_by_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("hub.db"), PoolDurability::WithWriter)
+            .await
+            .unwrap();
+        let stop = CancellationToken::new();
+        let seen = Arc::new(Seen::default());
+        let (writer, task) = open(&store)
+            .await
+            .unwrap()
+            .spawn(
+                Arc::new(Counters::default()),
+                consumers(&seen),
+                stop.clone(),
+            )
+            .unwrap();
+        let (device, _) = writer.register_device("dev-1").await.unwrap();
+        let metric = writer.register_hello(device, &hello()).await.unwrap()[&1];
+        let (reply, mut outcomes) = mpsc::channel(4);
+        // More old readings than one chunk deletes, then a few new ones.
+        let readings = |times: std::ops::Range<i64>| -> Vec<Sample> {
+            times
+                .map(|ts_ms| Sample {
+                    metric,
+                    ts_ms,
+                    value: None,
+                })
+                .collect()
+        };
+        for (seq, times) in [(1, 0..2 * RETAIN_ROWS as i64 + 10), (2, 10_000..10_010)] {
+            writer
+                .submit(session(device, 1), seq, readings(times), reply.clone())
+                .await
+                .unwrap();
+            assert_eq!(outcomes.recv().await, Some(WriteOutcome::Stored { seq }));
+        }
+
+        let old = 2 * RETAIN_ROWS + 10;
+        let deleted = crate::store::retention::sweep(&store, &writer, 5_000)
+            .await
+            .unwrap();
+        assert_eq!(deleted, old);
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM samples")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(left, 10);
+        assert_eq!(store.retention_watermark().await.unwrap(), old as i64);
+        // Nothing due: nothing to ask the writer.
+        assert!(
+            store
+                .metrics_with_readings_before(5_000)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            crate::store::retention::sweep(&store, &writer, 5_000)
+                .await
+                .unwrap(),
+            0
+        );
         stop.cancel();
         task.await.unwrap();
     }

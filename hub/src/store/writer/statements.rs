@@ -188,6 +188,52 @@ pub(super) fn record_last_seq(
     Ok(())
 }
 
+/// Deletes readings older than `before_ms` of `metrics`, in that order, at
+/// most `max_rows` in all, and raises the retention watermark (the largest
+/// position deleted) in the same transaction. Returns how many rows went
+/// and how many of `metrics` have nothing older left.
+pub(super) fn delete_old(
+    conn: &mut Connection,
+    metrics: &[i64],
+    before_ms: i64,
+    max_rows: usize,
+) -> rusqlite::Result<(usize, usize)> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let (mut deleted, mut finished, mut watermark) = (0, 0, 0i64);
+    {
+        let mut delete = tx.prepare_cached(
+            "DELETE FROM samples WHERE pos IN (
+                 SELECT pos FROM samples WHERE metric = ? AND ts_ms < ? LIMIT ?)
+             RETURNING pos",
+        )?;
+        for &metric in metrics {
+            let room = max_rows - deleted;
+            if room == 0 {
+                break;
+            }
+            let limit = i64::try_from(room).unwrap_or(i64::MAX);
+            let positions = delete
+                .query_map(rusqlite::params![metric, before_ms, limit], |row| {
+                    row.get::<_, i64>(0)
+                })?
+                .collect::<rusqlite::Result<Vec<i64>>>()?;
+            deleted += positions.len();
+            watermark = positions.iter().copied().fold(watermark, i64::max);
+            if positions.len() < room {
+                finished += 1;
+            }
+        }
+    }
+    if watermark > 0 {
+        tx.prepare_cached(
+            "UPDATE hub_state SET value = max(value, ?) WHERE key = 'retention_deleted_through'",
+        )?
+        .execute([watermark])?;
+    }
+    tx.commit()?;
+    Ok((deleted, finished))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
