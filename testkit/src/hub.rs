@@ -117,6 +117,16 @@ impl HubProcess {
         Ok((exit, self.dir))
     }
 
+    /// Kills the hub with SIGKILL (no shutdown of any kind, as a crash or
+    /// the OOM killer would) and hands back its folder.
+    ///
+    /// # Errors
+    /// The hub had exited already.
+    pub async fn kill(mut self) -> anyhow::Result<tempfile::TempDir> {
+        self.child.kill().await.context("killing the hub")?;
+        Ok(self.dir)
+    }
+
     /// User plus system CPU seconds the hub has used.
     pub fn cpu_seconds(&self) -> f64 {
         let stat =

@@ -117,6 +117,11 @@ impl TestHub {
         self.process.terminate().await
     }
 
+    /// Kills the hub with SIGKILL and hands back its folder.
+    pub async fn kill(self) -> anyhow::Result<tempfile::TempDir> {
+        self.process.kill().await
+    }
+
     /// Opens a device connection with `token`, without sending anything.
     pub async fn connect(&self, token: &str) -> Result<RawDevice, tungstenite::Error> {
         RawDevice::connect(&self.addr, Some(token)).await

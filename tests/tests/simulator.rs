@@ -74,8 +74,29 @@ async fn a_fleet_delivers_every_reading_exactly_once() {
     assert_eq!(stored(&hub).await, (2_000, 2_000));
 }
 
+/// How the hub goes down in the middle of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// SIGTERM: it commits and acknowledges what it read, then exits.
+    Terminate,
+    /// SIGKILL: gone at once, mid-commit perhaps.
+    Kill,
+}
+
 #[tokio::test]
 async fn a_hub_restart_mid_run_loses_and_duplicates_nothing() {
+    restart_mid_run(Stop::Terminate).await;
+}
+
+#[tokio::test]
+async fn a_hub_killed_mid_run_loses_nothing_acknowledged_and_stores_nothing_twice() {
+    restart_mid_run(Stop::Kill).await;
+}
+
+/// Five devices stream 300 readings each while the hub is stopped and
+/// started again on the same database and address: when the fleet says
+/// everything was acknowledged, the database holds every reading once.
+async fn restart_mid_run(stop: Stop) {
     let listen = format!("127.0.0.1:{}", testkit::free_port());
     let dir = tempfile::tempdir().unwrap();
     let hub = TestHub::start_in(dir, &listen, &["--provision-key", "k"])
@@ -102,8 +123,14 @@ async fn a_hub_restart_mid_run_loses_and_duplicates_nothing() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     db.close().await;
-    let (status, dir) = hub.terminate().await.unwrap();
-    assert!(status.success());
+    let dir = match stop {
+        Stop::Terminate => {
+            let (status, dir) = hub.terminate().await.unwrap();
+            assert!(status.success());
+            dir
+        }
+        Stop::Kill => hub.kill().await.unwrap(),
+    };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let hub = TestHub::start_in(dir, &listen, &["--provision-key", "k"])
         .await
