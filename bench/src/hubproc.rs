@@ -24,7 +24,17 @@ pub fn use_binary(path: Option<PathBuf>) {
 /// The hub does not start.
 pub async fn start(extra: &[&str]) -> anyhow::Result<HubProcess> {
     let binary = BINARY.get_or_init(|| testkit::binary("bench-hub"));
-    let mut args = vec!["--log", "error", "--provision-key", "bench"];
+    // Load devices send far past what one real device should: no budget.
+    let mut args = vec![
+        "--log",
+        "error",
+        "--provision-key",
+        "bench",
+        "--device-max-frames-per-s",
+        "0",
+        "--device-max-readings-per-s",
+        "0",
+    ];
     args.extend_from_slice(extra);
     HubProcess::start(binary, tempfile::tempdir()?, "127.0.0.1:0", &args)
         .await

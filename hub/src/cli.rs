@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
-use crate::ingest::session::Timing;
+use crate::ingest::session::{Limits, Timing};
 use crate::live::subscription;
 use crate::server::{Hub, Retention, Settings};
 use crate::store::devices::AddDeviceError;
@@ -62,6 +62,17 @@ struct ServeArgs {
     /// How often the hub pings devices; one silent for two intervals is closed.
     #[arg(long, env = "HUB_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
     ping_interval: Duration,
+    /// Most concurrent device connections; more get 503 with Retry-After
+    /// before the WebSocket upgrade.
+    #[arg(long, env = "HUB_MAX_DEVICES", default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..))]
+    max_devices: u32,
+    /// Frames one device may send a second (a second's worth may come at
+    /// once); past it the device gets Error 13 and close 1008. 0: no limit.
+    #[arg(long, env = "HUB_DEVICE_MAX_FRAMES_PER_S", default_value_t = 1_000)]
+    device_max_frames_per_s: u32,
+    /// Readings one device may send a second, as above. 0: no limit.
+    #[arg(long, env = "HUB_DEVICE_MAX_READINGS_PER_S", default_value_t = 100_000)]
+    device_max_readings_per_s: u32,
     /// Sampling interval announced to devices in Welcome.
     #[arg(long, env = "HUB_SAMPLE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     sample_interval: Duration,
@@ -160,6 +171,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ping_interval: args.ping_interval,
             sample_interval: args.sample_interval,
         },
+        device_limits: Limits {
+            frames_per_s: (args.device_max_frames_per_s > 0)
+                .then_some(args.device_max_frames_per_s),
+            readings_per_s: (args.device_max_readings_per_s > 0)
+                .then_some(args.device_max_readings_per_s),
+        },
+        max_devices: args.max_devices as usize,
         retention: args.retention.map(|keep| Retention {
             keep,
             sweep_every: args.retention_sweep,

@@ -16,6 +16,7 @@ use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::{Router, middleware};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -40,6 +41,10 @@ pub struct Settings {
     /// Lets unknown devices register themselves by presenting this key.
     pub provision_key: Option<String>,
     pub timing: session::Timing,
+    /// What one device may send a second.
+    pub device_limits: session::Limits,
+    /// Most concurrent device connections.
+    pub max_devices: usize,
     pub retention: Option<Retention>,
     /// When set, the monitor API needs this token.
     pub monitor_token: Option<String>,
@@ -127,12 +132,14 @@ impl Hub {
             registry: registry.clone(),
             counters: Arc::clone(&counters),
             timing: settings.timing,
+            limits: settings.device_limits,
             shutdown: shutdown.clone(),
         });
         let state = AppState {
             ingest: Arc::new(Ingest {
                 sessions,
                 provision_key: settings.provision_key.clone(),
+                slots: Arc::new(Semaphore::new(settings.max_devices)),
                 tracker: TaskTracker::new(),
             }),
             store,

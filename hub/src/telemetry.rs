@@ -70,10 +70,12 @@ pub enum Reject {
     Revoked,
     IdleTimeout,
     Storage,
+    RateLimited,
+    TooManyDevices,
 }
 
 impl Reject {
-    const ALL: [Reject; 7] = [
+    const ALL: [Reject; 9] = [
         Reject::Unauthorized,
         Reject::Protocol,
         Reject::HelloTimeout,
@@ -81,6 +83,8 @@ impl Reject {
         Reject::Revoked,
         Reject::IdleTimeout,
         Reject::Storage,
+        Reject::RateLimited,
+        Reject::TooManyDevices,
     ];
 
     fn label(self) -> &'static str {
@@ -92,6 +96,8 @@ impl Reject {
             Reject::Revoked => "revoked",
             Reject::IdleTimeout => "idle_timeout",
             Reject::Storage => "storage",
+            Reject::RateLimited => "rate_limited",
+            Reject::TooManyDevices => "too_many_devices",
         }
     }
 }

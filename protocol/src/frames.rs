@@ -175,4 +175,7 @@ pub mod error_code {
     pub const STORAGE_UNAVAILABLE: u16 = 11;
     /// The connection sent nothing, not even a pong, for too long.
     pub const IDLE_TIMEOUT: u16 = 12;
+    /// The device sent frames or readings faster than the hub's per-device
+    /// budget allows.
+    pub const RATE_LIMITED: u16 = 13;
 }

@@ -604,3 +604,67 @@ async fn metrics_keep_their_history_by_name_when_a_device_renumbers_them() {
         3
     );
 }
+
+#[tokio::test]
+async fn a_device_past_its_frame_budget_is_closed_while_others_stream_on() {
+    let hub = TestHub::start(&["--device-max-frames-per-s", "20"])
+        .await
+        .unwrap();
+    let noisy_token = hub.add_device("noisy").await.unwrap();
+    let calm_token = hub.add_device("calm").await.unwrap();
+    let mut noisy = hub.connect(&noisy_token).await.unwrap();
+    noisy.hello("noisy").await.unwrap();
+    let mut calm = hub.connect(&calm_token).await.unwrap();
+    calm.hello("calm").await.unwrap();
+
+    // A second's worth (20) may come at once; the 21st and later may not.
+    let now = now_ms();
+    for seq in 1..=40 {
+        if noisy
+            .send(&batch(seq, now + seq * 10_000, 1))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let (closed, acks) = noisy.until_closed().await.unwrap();
+    assert_eq!(closed.error, Some(error_code::RATE_LIMITED));
+    assert_eq!(closed.close_code, Some(1008));
+    assert!(acks.len() <= 22, "{acks:?}");
+
+    for seq in 1..=5 {
+        calm.send_acked(&batch(seq, now + seq * 10_000, 3))
+            .await
+            .unwrap();
+    }
+    // What came within the budget was stored (acknowledged or not: the
+    // device learns which from its next Welcome); nothing past it was.
+    let stored = count(&hub, "SELECT count(*) FROM readings WHERE device = 'noisy'").await;
+    assert!((20..=22).contains(&stored), "{stored}");
+    let (_, metrics) = hub.get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains("hub_rejects_total{reason=\"rate_limited\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn devices_past_max_devices_get_503_before_the_upgrade() {
+    let hub = TestHub::start(&["--max-devices", "1"]).await.unwrap();
+    let token = hub.add_device("dev-1").await.unwrap();
+    let mut first = hub.connect(&token).await.unwrap();
+    first.hello("dev-1").await.unwrap();
+    assert_eq!(status_of(hub.connect(&token).await.unwrap_err()), 503);
+    // The first goes on; when it leaves, the slot is free again.
+    first.send_acked(&batch(1, now_ms(), 2)).await.unwrap();
+    drop(first);
+    let deadline = tokio::time::Instant::now() + e2e::PATIENCE;
+    while hub.connect(&token).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use protocol::limits::MAX_FRAME_BYTES;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -47,6 +48,8 @@ pub struct Ingest {
     pub sessions: Arc<session::Context>,
     /// Lets unknown devices register themselves by presenting this key.
     pub provision_key: Option<String>,
+    /// One permit per device connection (`--max-devices`).
+    pub slots: Arc<Semaphore>,
     /// Tracks device sessions, which outlive their HTTP upgrade request.
     pub tracker: TaskTracker,
 }
@@ -67,6 +70,19 @@ pub async fn upgrade(
         )
         .into_response();
     }
+    let Ok(slot) = Arc::clone(&ingest.slots).try_acquire_owned() else {
+        ingest.sessions.counters.reject(Reject::TooManyDevices);
+        let mut response = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_devices",
+            "the hub serves as many device connections as it is allowed to; retry shortly",
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return response;
+    };
     let auth = match authenticate(&ingest, &headers).await {
         Ok(auth) => auth,
         Err(err) => {
@@ -91,7 +107,12 @@ pub async fn upgrade(
         .write_buffer_size(0)
         .max_message_size(WS_MESSAGE_LIMIT)
         .max_frame_size(WS_MESSAGE_LIMIT)
-        .on_upgrade(move |socket| tracker.track_future(session::run(socket, auth, ctx)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                session::run(socket, auth, ctx).await;
+                drop(slot);
+            })
+        })
 }
 
 async fn authenticate(ingest: &Ingest, headers: &HeaderMap) -> Result<Auth, ApiError> {

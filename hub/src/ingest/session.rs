@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::registry::{COMMAND_QUEUE, Kick, PendingCommand, Presence, Registry};
-use super::state::{BatchStream, Violation, check_hello};
+use super::state::{BatchStream, Budget, Violation, check_hello};
 use crate::live::Live;
 use crate::store::Store;
 use crate::store::devices::Credentials;
@@ -54,6 +54,8 @@ pub struct Timing {
     pub sample_interval: Duration,
 }
 
+pub use super::state::Limits;
+
 /// What every session shares.
 #[derive(Debug)]
 pub struct Context {
@@ -63,6 +65,8 @@ pub struct Context {
     pub registry: Registry,
     pub counters: Arc<Counters>,
     pub timing: Timing,
+    /// What one device may send a second.
+    pub limits: Limits,
     pub shutdown: CancellationToken,
 }
 
@@ -98,6 +102,14 @@ impl Ending {
             }),
             close: Some(close),
             reject: Some(Reject::Protocol),
+        }
+    }
+
+    /// Over its budget: a rule broken, counted apart from the others.
+    fn rate_limited(violation: Violation) -> Self {
+        Ending {
+            reject: Some(Reject::RateLimited),
+            ..Ending::violation(violation)
         }
     }
 
@@ -257,6 +269,7 @@ struct Established {
     kicked: oneshot::Receiver<Kick>,
     commands: mpsc::Receiver<Box<PendingCommand>>,
     stream: BatchStream,
+    budget: Budget,
 }
 
 /// The handshake: a `Hello` within the deadline, for the right device;
@@ -306,6 +319,7 @@ async fn handshake(
         kicked: inbox.kicked,
         commands: inbox.commands,
         stream: BatchStream::new(metric_rows),
+        budget: Budget::new(ctx.limits, Instant::now()),
     })
 }
 
@@ -463,6 +477,9 @@ impl Established {
             Incoming::Gone => Err(Ending::gone()),
             Incoming::Bad(violation) => Err(Ending::violation(violation)),
             Incoming::Frame(DeviceFrame::Batch(batch)) => {
+                self.budget
+                    .spend(batch.readings.len(), Instant::now())
+                    .map_err(Ending::rate_limited)?;
                 let samples = self.stream.accept(&batch).map_err(Ending::violation)?;
                 ctx.counters.readings_in(samples.len());
                 ctx.writer
@@ -481,6 +498,9 @@ impl Established {
                 Ok(())
             }
             Incoming::Frame(DeviceFrame::CommandResult(result)) => {
+                self.budget
+                    .spend(0, Instant::now())
+                    .map_err(Ending::rate_limited)?;
                 tracing::info!(command = result.id, ok = result.ok, detail = %result.detail, "command result");
                 // Whoever asked may have given up waiting; that is fine.
                 if let Some(reply) = flow.awaiting.remove(&result.id) {

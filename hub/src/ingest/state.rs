@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use protocol::{Batch, DeviceFrame, Hello, PROTOCOL_VERSION, error_code};
+use tokio::time::Instant;
 
 use crate::commits::Sample;
 
@@ -125,6 +126,87 @@ impl BatchStream {
             .collect::<Result<Vec<_>, Violation>>()?;
         self.previous_seq = Some(batch.seq);
         Ok(samples)
+    }
+}
+
+/// A token bucket: `rate` a second, up to one second's worth at once.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32, now: Instant) -> Self {
+        Bucket {
+            rate: f64::from(rate),
+            tokens: f64::from(rate),
+            last: now,
+        }
+    }
+
+    /// Takes `n` tokens if there are that many.
+    fn take(&mut self, n: f64, now: Instant) -> bool {
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.rate.max(n));
+        self.last = now;
+        if self.tokens >= n {
+            self.tokens -= n;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// How much one device may send; `None` is no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub frames_per_s: Option<u32>,
+    pub readings_per_s: Option<u32>,
+}
+
+/// A connection's budget of frames and readings a second.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    frames: Option<Bucket>,
+    readings: Option<Bucket>,
+}
+
+impl Budget {
+    pub fn new(limits: Limits, now: Instant) -> Self {
+        Budget {
+            frames: limits.frames_per_s.map(|rate| Bucket::new(rate, now)),
+            readings: limits.readings_per_s.map(|rate| Bucket::new(rate, now)),
+        }
+    }
+
+    /// Spends one frame carrying `readings` readings.
+    ///
+    /// # Errors
+    /// The device is over its budget (`RATE_LIMITED`).
+    pub fn spend(&mut self, readings: usize, now: Instant) -> Result<(), Violation> {
+        if let Some(frames) = &mut self.frames
+            && !frames.take(1.0, now)
+        {
+            return Err(Violation::new(
+                error_code::RATE_LIMITED,
+                format!(
+                    "more than {} frames a second; send fewer, larger batches",
+                    frames.rate
+                ),
+            ));
+        }
+        if let Some(bucket) = &mut self.readings
+            && !bucket.take(readings as f64, now)
+        {
+            return Err(Violation::new(
+                error_code::RATE_LIMITED,
+                format!("more than {} readings a second", bucket.rate),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -264,5 +346,62 @@ mod tests {
             stream().accept(&huge).unwrap_err().code,
             error_code::MALFORMED
         );
+    }
+
+    fn limits(frames: Option<u32>, readings: Option<u32>) -> Limits {
+        Limits {
+            frames_per_s: frames,
+            readings_per_s: readings,
+        }
+    }
+
+    #[test]
+    fn a_second_of_frames_may_come_at_once_and_then_one_more_is_refused() {
+        let start = Instant::now();
+        let mut budget = Budget::new(limits(Some(10), None), start);
+        for _ in 0..10 {
+            assert!(budget.spend(1, start).is_ok());
+        }
+        let refused = budget.spend(1, start).unwrap_err();
+        assert_eq!(refused.code, error_code::RATE_LIMITED);
+        assert!(refused.message.contains("10 frames"), "{}", refused.message);
+    }
+
+    #[test]
+    fn the_budget_refills_at_its_rate() {
+        let start = Instant::now();
+        let mut budget = Budget::new(limits(Some(10), None), start);
+        for _ in 0..10 {
+            budget.spend(1, start).unwrap();
+        }
+        let later = start + std::time::Duration::from_millis(500);
+        for _ in 0..5 {
+            assert!(budget.spend(1, later).is_ok());
+        }
+        assert!(budget.spend(1, later).is_err());
+    }
+
+    #[test]
+    fn readings_are_counted_apart_from_frames() {
+        let start = Instant::now();
+        let mut budget = Budget::new(limits(None, Some(1_000)), start);
+        assert!(budget.spend(600, start).is_ok());
+        assert!(
+            budget.spend(600, start).is_err(),
+            "1,200 readings in no time"
+        );
+        // A single batch larger than a second's worth still fits once full.
+        let mut budget = Budget::new(limits(None, Some(100)), start);
+        let later = start + std::time::Duration::from_secs(5);
+        assert!(budget.spend(150, later).is_ok());
+    }
+
+    #[test]
+    fn no_limits_refuse_nothing() {
+        let start = Instant::now();
+        let mut budget = Budget::new(limits(None, None), start);
+        for _ in 0..10_000 {
+            assert!(budget.spend(4_096, start).is_ok());
+        }
     }
 }
