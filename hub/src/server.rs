@@ -277,7 +277,13 @@ fn router(state: AppState) -> Router {
         ));
     Router::new()
         .merge(monitor)
-        .route("/", get(monitor::page))
+        .route(
+            "/",
+            get(monitor::page).route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                api::monitor_auth::trade_token_for_cookie,
+            )),
+        )
         .route("/v1/ws", get(ingest::upgrade))
         .route("/healthz", get(api::health))
         .route("/metrics", get(api::metrics))

@@ -15,6 +15,8 @@ static CLIENT: LazyLock<reqwest::Client> = LazyLock::new(|| {
         // The services are on loopback; a proxy in the environment must not
         // take the requests elsewhere.
         .no_proxy()
+        // Tests look at answers as the server gave them, redirects too.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("an HTTP client without TLS always builds")
 });

@@ -34,10 +34,22 @@ fn fleet(addr: &str, count: u64) -> FleetConfig {
 async fn the_monitor_page_shows_live_readings_and_resumes_after_a_hub_restart() {
     let listen = format!("127.0.0.1:{}", testkit::free_port());
     let dir = tempfile::tempdir().unwrap();
-    let args = ["--provision-key", "k", "--sse-retry", "200ms"];
+    let args = [
+        "--provision-key",
+        "k",
+        "--sse-retry",
+        "200ms",
+        "--monitor-token",
+        "t0k3n",
+    ];
     let hub = TestHub::start_in(dir, &listen, &args).await.unwrap();
     let browser = Browser::start().await.unwrap();
-    browser.goto(&format!("http://{listen}/")).await.unwrap();
+    // The token is traded for a cookie: it leaves the address bar, scripts
+    // cannot read it, and the page's requests (and ours below) carry it.
+    browser
+        .goto(&format!("http://{listen}/?token=t0k3n"))
+        .await
+        .unwrap();
     browser
         .wait_for(
             "the live badge",
@@ -45,6 +57,14 @@ async fn the_monitor_page_shows_live_readings_and_resumes_after_a_hub_restart() 
         )
         .await
         .unwrap();
+    assert_eq!(
+        browser
+            .eval("return [location.search, document.cookie]")
+            .await
+            .unwrap(),
+        serde_json::json!(["", ""]),
+        "no token in the address, and an HttpOnly cookie"
+    );
     // Beside the page's own stream, record every id a plain EventSource sees.
     browser
         .eval(

@@ -479,3 +479,44 @@ async fn streams_end_promptly_when_the_hub_stops() {
     // Bounded by the hub's 5 s HTTP grace, far below the test's patience.
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[tokio::test]
+async fn the_page_trades_its_token_for_a_strict_cookie_that_other_sites_cannot_use() {
+    let hub = TestHub::start(&["--monitor-token", "t0k3n"]).await.unwrap();
+    hub.add_device("dev-1").await.unwrap();
+    let client = testkit::http::client();
+    let response = client.get(hub.url("/?token=t0k3n")).send().await.unwrap();
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], "/");
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(cookie.starts_with("hub_token=t0k3n;"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    // A wrong token gets the page, not a cookie.
+    let response = client.get(hub.url("/?token=wrong")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("set-cookie").is_none());
+
+    let command = |origin: String| {
+        client
+            .post(hub.url("/v1/devices/dev-1/commands"))
+            .header("cookie", "hub_token=t0k3n")
+            .header("origin", origin)
+            .header("content-type", "application/json")
+            .body(r#"{"name": "ping"}"#)
+            .send()
+    };
+    // From another site, the cookie does not authorize a command...
+    let response = command("https://evil.example".into()).await.unwrap();
+    assert_eq!(response.status(), 403);
+    let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "cross_site");
+    // ...from the hub's own page it does (the device is offline: 409).
+    let own = format!("http://{}", hub.addr);
+    assert_eq!(command(own).await.unwrap().status(), 409);
+}

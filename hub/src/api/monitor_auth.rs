@@ -2,45 +2,86 @@
 //! devices, readings, commands) needs it as `Authorization: Bearer <token>`,
 //! the `hub_token` cookie, or the `token` query parameter — the last two
 //! because a browser's `EventSource` cannot set headers.
+//!
+//! Opening the page as `/?token=…` trades the token for an `HttpOnly`,
+//! `SameSite=Strict` cookie and redirects to `/`, so the token leaves the
+//! address bar and history, and scripts on the page never see it. A
+//! request that carries only the cookie and changes something (`POST`) must
+//! come from the hub's own origin: another site cannot make a browser send
+//! commands with it (CSRF). The hub never logs request URLs or tokens.
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 
 use crate::auth;
 use crate::http_error::ApiError;
 
-fn presented(request: &Request) -> Option<String> {
+/// The cookie the page's token is traded for.
+const COOKIE: &str = "hub_token";
+
+/// The token the monitor API needs; `None` leaves it open.
+#[derive(Debug, Clone, Default)]
+pub struct MonitorToken(pub Option<Arc<str>>);
+
+/// How a request presented a token.
+#[derive(Debug, PartialEq, Eq)]
+enum Presented {
+    /// A header or the query: the client chose to send it.
+    Explicit(String),
+    /// The cookie: a browser sends it by itself, even when another site
+    /// makes the request.
+    Cookie(String),
+}
+
+fn presented(request: &Request) -> Option<Presented> {
     let headers = request.headers();
     if let Some(token) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(auth::bearer)
     {
-        return Some(token.to_owned());
+        return Some(Presented::Explicit(token.to_owned()));
     }
-    let from_cookie = headers
+    if let Some(token) = query_token(request.uri().query()) {
+        return Some(Presented::Explicit(token));
+    }
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|pair| pair.trim().strip_prefix("hub_token=").map(str::to_owned));
-    if from_cookie.is_some() {
-        return from_cookie;
-    }
-    let query = request.uri().query()?;
-    serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == COOKIE).then(|| Presented::Cookie(value.to_owned()))
+        })
+}
+
+fn query_token(query: Option<&str>) -> Option<String> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(query?)
         .ok()?
         .into_iter()
         .find_map(|(name, value)| (name == "token").then_some(value))
 }
 
-/// The token the monitor API needs; `None` leaves it open.
-#[derive(Debug, Clone, Default)]
-pub struct MonitorToken(pub Option<Arc<str>>);
+/// Whether a browser says the request comes from another site: its
+/// `Sec-Fetch-Site`, or else an `Origin` whose host is not this one.
+fn cross_site(headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return !matches!(site.as_bytes(), b"same-origin" | b"none");
+    }
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        // Not a browser's cross-site request: browsers send Origin on every
+        // cross-origin POST.
+        return false;
+    };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+    origin_host != host
+}
 
 /// Refuses monitor requests without the token, when one is configured.
 pub async fn require(
@@ -51,12 +92,95 @@ pub async fn require(
     let Some(expected) = expected else {
         return next.run(request).await;
     };
-    match presented(&request) {
-        Some(token) if auth::secrets_match(&token, &expected) => next.run(request).await,
-        Some(_) => ApiError::unauthorized("wrong monitor token").into_response(),
-        None => ApiError::unauthorized(
-            "this hub needs its monitor token: Authorization: Bearer, the hub_token cookie, or ?token=",
+    let (token, by_cookie) = match presented(&request) {
+        Some(Presented::Explicit(token)) => (token, false),
+        Some(Presented::Cookie(token)) => (token, true),
+        None => {
+            return ApiError::unauthorized(
+                "this hub needs its monitor token: Authorization: Bearer, the hub_token cookie, or ?token=",
+            )
+            .into_response();
+        }
+    };
+    if !auth::secrets_match(&token, &expected) {
+        return ApiError::unauthorized("wrong monitor token").into_response();
+    }
+    if by_cookie && request.method() != Method::GET && cross_site(request.headers()) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross_site",
+            "a request from another site cannot use the monitor cookie; send the token as Authorization: Bearer",
         )
-        .into_response(),
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// `GET /?token=…` with the right token: sets the cookie and sends the
+/// browser to `/` without the token in its address. Anything else is the
+/// page itself (which reports a missing or wrong token when it calls the
+/// API).
+pub async fn trade_token_for_cookie(
+    State(MonitorToken(expected)): State<MonitorToken>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let (Some(expected), Some(token)) = (expected, query_token(request.uri().query()))
+        && auth::secrets_match(&token, &expected)
+        && let Ok(cookie) = HeaderValue::from_str(&format!(
+            "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"
+        ))
+    {
+        let mut response = Redirect::to("/").into_response();
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+        return response;
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| {
+                (
+                    header::HeaderName::from_static(name),
+                    HeaderValue::from_static(value),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn requests_from_the_hubs_own_origin_are_not_cross_site() {
+        assert!(!cross_site(&headers(&[
+            ("host", "hub:8080"),
+            ("origin", "http://hub:8080")
+        ])));
+        assert!(!cross_site(&headers(&[("sec-fetch-site", "same-origin")])));
+        assert!(!cross_site(&headers(&[("host", "hub:8080")])), "curl");
+    }
+
+    #[test]
+    fn another_origin_or_a_cross_site_fetch_is() {
+        assert!(cross_site(&headers(&[
+            ("host", "hub:8080"),
+            ("origin", "https://evil.example")
+        ])));
+        assert!(cross_site(&headers(&[("sec-fetch-site", "cross-site")])));
+        assert!(cross_site(&headers(&[("sec-fetch-site", "same-site")])));
+    }
+
+    #[test]
+    fn the_query_token_is_decoded() {
+        assert_eq!(
+            query_token(Some("a=1&token=s3cret%2F%2B")),
+            Some("s3cret/+".into())
+        );
+        assert_eq!(query_token(Some("a=1")), None);
+        assert_eq!(query_token(None), None);
     }
 }
