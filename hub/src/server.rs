@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::extract::FromRef;
+use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
@@ -269,7 +269,10 @@ fn router(state: AppState) -> Router {
     let monitor = Router::new()
         .route("/v1/events", get(api::events::events))
         .route("/v1/devices", get(api::devices))
-        .route("/v1/devices/{id}/commands", post(api::commands::send))
+        .route(
+            "/v1/devices/{id}/commands",
+            post(api::commands::send).layer(DefaultBodyLimit::max(api::commands::MAX_BODY_BYTES)),
+        )
         .route("/v1/readings", get(api::readings))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -104,4 +104,13 @@ async fn commands_for_absent_devices_and_bad_bodies_are_refused_in_json() {
             assert_eq!(body["error"], "bad_body", "{bad}");
         }
     }
+    // A body far past any command the protocol allows is refused unread.
+    let huge = format!(
+        r#"{{"name": "x", "args": {{"a": "{}"}}}}"#,
+        "v".repeat(100_000)
+    );
+    let (status, body) = hub.post("/v1/devices/dev-1/commands", &huge).await.unwrap();
+    assert_eq!(status, 413, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"], "bad_body");
 }

@@ -36,6 +36,10 @@ fn field_at_fault(err: &DecodeError) -> &'static str {
     }
 }
 
+/// The largest body a command request may have: a command the protocol
+/// allows (16 args of 256-byte names and values) is far below it.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
 const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 const MAX_TIMEOUT_MS: u64 = 60_000;
 
@@ -57,7 +61,13 @@ pub async fn send(
     body: Result<Json<CommandRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Json(request) = body.map_err(|rejection| {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_body", rejection.body_text())
+        // 413 past MAX_BODY_BYTES, 415 without a JSON content type, 400 for
+        // any other body that is not a command request.
+        let status = match rejection.status() {
+            status @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => status,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, "bad_body", rejection.body_text())
     })?;
     let timeout_ms = request.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
     if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
