@@ -226,3 +226,13 @@ fn a_bad_bool_is_malformed() {
         Err(DecodeError::Malformed(_))
     ));
 }
+
+#[test]
+fn a_non_canonical_varint_reads_as_its_value() {
+    // Batch seq 1 is `01`; `81 00` spells 1 with a needless continuation.
+    let bytes = batch(1, 1).encode();
+    assert_eq!(&bytes[..2], &[0x01, 0x01]);
+    let mut long = vec![bytes[0], 0x81, 0x00];
+    long.extend_from_slice(&bytes[2..]);
+    assert_eq!(DeviceFrame::decode(&long), Ok(batch(1, 1)));
+}
