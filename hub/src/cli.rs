@@ -11,6 +11,7 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
 use crate::ingest::session::{Limits, Timing};
+use crate::listener;
 use crate::live::subscription;
 use crate::server::{Hub, Retention, Settings};
 use crate::store::devices::AddDeviceError;
@@ -73,6 +74,17 @@ struct ServeArgs {
     /// Readings one device may send a second, as above. 0: no limit.
     #[arg(long, env = "HUB_DEVICE_MAX_READINGS_PER_S", default_value_t = 100_000)]
     device_max_readings_per_s: u32,
+    /// How long an HTTP request's headers may take to arrive; a connection
+    /// slower than that is closed (slowloris).
+    #[arg(long, env = "HUB_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    header_read_timeout: Duration,
+    /// The most bytes of HTTP request headers; more get 431.
+    #[arg(long, env = "HUB_MAX_HEADER_BYTES", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(8_192..=1_048_576))]
+    max_header_bytes: u32,
+    /// The most connections that have not yet sent their first request's
+    /// headers; past it, new connections are closed at once.
+    #[arg(long, env = "HUB_MAX_HANDSHAKES", default_value_t = 1_024, value_parser = clap::value_parser!(u32).range(1..))]
+    max_handshakes: u32,
     /// Sampling interval announced to devices in Welcome.
     #[arg(long, env = "HUB_SAMPLE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     sample_interval: Duration,
@@ -178,6 +190,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .then_some(args.device_max_readings_per_s),
         },
         max_devices: args.max_devices as usize,
+        http: listener::Limits {
+            header_read_timeout: args.header_read_timeout,
+            max_header_bytes: args.max_header_bytes as usize,
+            max_handshakes: args.max_handshakes as usize,
+        },
         retention: args.retention.map(|keep| Retention {
             keep,
             sweep_every: args.retention_sweep,

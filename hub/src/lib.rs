@@ -29,6 +29,8 @@
 //! * [`api`]: the HTTP API (devices, readings, events, commands, health,
 //!   metrics); [`http_error`]: its one JSON error shape; [`monitor`]: the
 //!   page at `/`.
+//! * [`listener`]: the accept loop (header deadline and size, the cap on
+//!   connections without a request yet, graceful close).
 //! * [`server`]: the app state, the routes, the wiring and the ordered
 //!   shutdown. [`cli`]: the `hub` command line. [`auth`]: tokens and
 //!   secrets. [`telemetry`]: counters.
@@ -39,6 +41,7 @@ pub mod cli;
 pub mod commits;
 pub mod http_error;
 pub mod ingest;
+pub mod listener;
 pub mod live;
 pub mod monitor;
 pub mod server;

@@ -3,7 +3,7 @@
 //! WebSocket, and shuts it all down in order. The only module that knows
 //! every other; none of them imports it.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +13,6 @@ use anyhow::Context as _;
 use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::{Router, middleware};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -26,10 +25,10 @@ use crate::commits::{Consumers, InlineConsumer, RetentionCutoff};
 use crate::http_error::ApiError;
 use crate::ingest::{self, Ingest, registry::Registry, session};
 use crate::live::{Live, subscription};
-use crate::monitor;
 use crate::store::writer::{self, WriterHealth};
 use crate::store::{PoolDurability, Store, retention};
 use crate::telemetry::Counters;
+use crate::{listener, monitor};
 
 /// Everything `hub serve` can be told.
 #[derive(Debug, Clone)]
@@ -45,6 +44,8 @@ pub struct Settings {
     pub device_limits: session::Limits,
     /// Most concurrent device connections.
     pub max_devices: usize,
+    /// What an HTTP connection may do before it is served.
+    pub http: listener::Limits,
     pub retention: Option<Retention>,
     /// When set, the monitor API needs this token.
     pub monitor_token: Option<String>,
@@ -208,7 +209,7 @@ impl Hub {
             ));
         }
 
-        let signal = {
+        tokio::spawn({
             let cancel = cancel.clone();
             async move {
                 tokio::select! {
@@ -218,29 +219,17 @@ impl Hub {
                 tracing::info!("shutting down");
                 cancel.cancel();
             }
-        };
-        // Acks, events and pings are small writes that must leave at once:
-        // with Nagle's algorithm they wait for the peer's delayed ACK (40 ms).
-        let listener = listener.tap_io(|tcp| {
-            if let Err(err) = tcp.set_nodelay(true) {
-                tracing::warn!(error = %err, "cannot disable Nagle's algorithm");
-            }
         });
-        let serving = axum::serve(listener, router(state))
-            .with_graceful_shutdown(signal)
-            .into_future();
-        // Graceful shutdown waits for every HTTP connection; a live stream
-        // whose client stopped reading would hold it forever.
-        let served = tokio::select! {
-            served = serving => served,
-            () = async {
-                cancel.cancelled().await;
-                tokio::time::sleep(HTTP_SHUTDOWN_GRACE).await;
-            } => {
-                tracing::warn!("HTTP connections still open after {HTTP_SHUTDOWN_GRACE:?}; closing them");
-                Ok(())
-            }
-        };
+        // Graceful shutdown waits for HTTP connections only so long: a live
+        // stream whose client stopped reading would hold it forever.
+        listener::serve(
+            listener,
+            router(state),
+            settings.http,
+            cancel.clone(),
+            HTTP_SHUTDOWN_GRACE,
+        )
+        .await;
         // Whatever ended serving, the sessions and tasks must stop too.
         cancel.cancel();
         tracker.close();
@@ -250,7 +239,6 @@ impl Hub {
             tracing::error!(error = %err, "the writer task failed");
         }
         store.close().await;
-        served.context("serving HTTP")?;
         // A hub whose writer died did not do its job: say so in the exit
         // status, for whatever supervises it.
         match writer_health.failure() {

@@ -196,7 +196,11 @@ fn hello(device_id: &str) -> DeviceFrame {
 
 #[tokio::test]
 async fn bad_frames_get_an_error_and_a_close_while_another_device_keeps_streaming() {
-    let hub = TestHub::start(&[]).await.unwrap();
+    // The good device sends as fast as acks come back, past any sensible
+    // per-device budget: that is not what this test is about.
+    let hub = TestHub::start(&["--device-max-frames-per-s", "0"])
+        .await
+        .unwrap();
     let good_token = hub.add_device("good").await.unwrap();
     let bad_token = hub.add_device("bad").await.unwrap();
 
@@ -667,4 +671,56 @@ async fn devices_past_max_devices_get_503_before_the_upgrade() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_off_and_idle_connections_are_capped_while_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hub = TestHub::start(&["--header-read-timeout", "300ms", "--max-handshakes", "3"])
+        .await
+        .unwrap();
+    // A slowloris: part of a request head, then nothing. The hub closes it.
+    let mut slow = tokio::net::TcpStream::connect(&hub.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(e2e::PATIENCE, slow.read_to_end(&mut rest))
+        .await
+        .expect("the hub closed the slow connection")
+        .ok();
+
+    // Three connections that say nothing fill the cap; a fourth is closed at
+    // once, without waiting for the deadline.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(tokio::net::TcpStream::connect(&hub.addr).await.unwrap());
+    }
+    // Accepted in the order they connected: the fourth finds the cap full.
+    let mut fourth = tokio::net::TcpStream::connect(&hub.addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_millis(250), fourth.read(&mut buf))
+        .await
+        .expect("closed before the header deadline");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // Once the idle ones time out, the hub serves again.
+    drop(idle);
+    let deadline = tokio::time::Instant::now() + e2e::PATIENCE;
+    loop {
+        match hub.get("/healthz").await {
+            Ok((200, _)) => break,
+            other => assert!(
+                tokio::time::Instant::now() < deadline,
+                "never served again: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Headers past the limit get 431.
+    let big = "x".repeat(32 * 1024);
+    let (status, _) = testkit::http::get(&hub.addr, "/healthz", &[("x-big", &big)])
+        .await
+        .unwrap();
+    assert_eq!(status, 431);
 }

@@ -1,0 +1,129 @@
+//! The accept loop: every TCP connection of the hub, before HTTP routing.
+//!
+//! It owns what axum's `serve` does not let one set and a hub open to the
+//! network needs (Mosquitto and ntfy set the same): a deadline for a
+//! request's headers (a client that opens a connection and trickles bytes
+//! — slowloris — is dropped), a maximum header size (431 past it), and a
+//! cap on connections that have not yet sent their first request's headers
+//! (past it, new connections are closed at once, so a flood of idle
+//! connections costs a bounded number of sockets and never the accept loop
+//! itself). It disables Nagle's algorithm (acks and events are small writes
+//! that must leave at once), lets WebSocket upgrades go, and shuts down
+//! gracefully: it stops accepting, tells every connection to finish its
+//! request and close, and gives them `grace` before it drops the rest.
+//!
+//! It knows nothing of routes: it serves whatever `Router` it is given.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
+
+/// What a connection may do before it is served.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How long a request's headers may take to arrive (the first request's
+    /// counts from the connection's accept).
+    pub header_read_timeout: Duration,
+    /// The most bytes of request headers; past it, 431.
+    pub max_header_bytes: usize,
+    /// The most connections still waiting for their first request's
+    /// headers.
+    pub max_handshakes: usize,
+}
+
+/// Serves `router` on `listener` until `shutdown`, then shuts connections
+/// down gracefully, dropping those still open after `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
+    let connections = TaskTracker::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors, most likely: wait rather than
+                    // spin, and keep serving the connections we have.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(handshake) = Arc::clone(&handshakes).try_acquire_owned() else {
+            tracing::debug!(%peer, "too many connections without a request yet; closing");
+            continue;
+        };
+        connections.spawn(serve_connection(
+            tcp,
+            router.clone(),
+            limits,
+            handshake,
+            shutdown.clone(),
+        ));
+    }
+    connections.close();
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP connections still open after {grace:?}; closing them");
+    }
+}
+
+/// One connection, from accept to close.
+async fn serve_connection(
+    tcp: TcpStream,
+    router: Router,
+    limits: Limits,
+    handshake: OwnedSemaphorePermit,
+    shutdown: CancellationToken,
+) {
+    if let Err(err) = tcp.set_nodelay(true) {
+        tracing::warn!(error = %err, "cannot disable Nagle's algorithm");
+    }
+    // The permit goes back when the first request's headers are in.
+    let handshake = Arc::new(Mutex::new(Some(handshake)));
+    let service = router.map_request(move |request: Request<hyper::body::Incoming>| {
+        handshake
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        request.map(axum::body::Body::new)
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes);
+    let connection = builder
+        .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service))
+        .with_upgrades();
+    tokio::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(err) = served {
+        tracing::debug!(error = %err, "HTTP connection ended with an error");
+    }
+}
