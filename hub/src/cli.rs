@@ -29,7 +29,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the hub: device WebSocket ingest and the HTTP API.
-    Serve(ServeArgs),
+    // Boxed: the serve flags outweigh the other commands many times over.
+    Serve(Box<ServeArgs>),
     /// Provision, list and revoke devices (works while the hub runs).
     #[command(subcommand)]
     Device(DeviceCommand),
@@ -163,7 +164,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Whatever the command failed with, for the binary to print.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Device(command) => device(command).await,
     }
 }
