@@ -286,7 +286,12 @@ impl Subscription {
             moved = self.head.moved(), if !following_inbox => {
                 if moved { Wake::Again } else { Wake::End }
             }
-            chunk = async { inbox.expect("guarded").recv().await }, if following_inbox => {
+            chunk = async {
+                match inbox {
+                    Some(inbox) => inbox.recv().await,
+                    None => std::future::pending().await,
+                }
+            }, if following_inbox => {
                 chunk.map_or(Wake::End, Wake::Commit)
             }
             status = self.status.recv() => match status {
