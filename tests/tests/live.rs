@@ -260,6 +260,18 @@ async fn after_a_restart_history_comes_from_storage() {
     assert_eq!(got, expected);
 }
 
+/// Waits until retention has left `count` readings.
+async fn retention_leaves(hub: &TestHub, count: usize) {
+    let deadline = tokio::time::Instant::now() + e2e::PATIENCE;
+    while positions(hub, 0).await.len() != count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn an_id_older_than_retention_or_unknown_gets_a_reset_event() {
     let hub = TestHub::start(&["--retention", "1h", "--retention-sweep", "100ms"])
@@ -277,14 +289,7 @@ async fn an_id_older_than_retention_or_unknown_gets_a_reset_event() {
         .await
         .unwrap(); // positions 1..=5, expired
     device.send_acked(&batch(2, now, 5)).await.unwrap(); // positions 6..=10
-    let deadline = tokio::time::Instant::now() + e2e::PATIENCE;
-    while positions(&hub, 0).await.len() != 5 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "retention did not run"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    retention_leaves(&hub, 5).await;
 
     // Nothing the database no longer holds is served, though the hub still
     // has the expired readings in memory.
@@ -310,14 +315,7 @@ async fn an_id_older_than_retention_or_unknown_gets_a_reset_event() {
         .send_acked(&batch(3, now - 2 * 3_600_000, 5))
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + e2e::PATIENCE;
-    while positions(&hub, 0).await.len() != 5 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "retention did not run"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    retention_leaves(&hub, 5).await;
     let mut sse = SseClient::connect(&hub.addr, "/v1/events?last_event_id=10", &[])
         .await
         .unwrap();

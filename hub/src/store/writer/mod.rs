@@ -632,13 +632,6 @@ mod tests {
         }
     }
 
-    fn session(device_row: i64, session: u64) -> Origin {
-        Origin {
-            device_row,
-            session,
-        }
-    }
-
     fn consumers(seen: &Arc<Seen>) -> Consumers {
         Consumers::new(0).with_inline(Arc::clone(seen) as Arc<dyn InlineConsumer>)
     }
@@ -657,68 +650,121 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn batches_are_stored_once_in_position_order_and_the_thread_stops() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("hub.db"), PoolDurability::WithWriter)
-            .await
-            .unwrap();
-        let seen = Arc::new(Seen::default());
-        let stop = CancellationToken::new();
-        let counters = Arc::new(Counters::default());
-        let (writer, task) = open(&store)
-            .await
-            .unwrap()
-            .spawn(counters, consumers(&seen), stop.clone())
-            .unwrap();
+    /// A running writer on a fresh database, with `dev-1` registered with
+    /// one metric, recording what it publishes.
+    struct Rig {
+        store: Store,
+        writer: WriterHandle,
+        task: tokio::task::JoinHandle<()>,
+        stop: CancellationToken,
+        seen: Arc<Seen>,
+        counters: Arc<Counters>,
+        device: i64,
+        metric: i64,
+        _dir: tempfile::TempDir,
+    }
 
-        let (device, revoked) = writer.register_device("dev-1").await.unwrap();
-        assert!(!revoked);
-        let metrics = writer.register_hello(device, &hello()).await.unwrap();
-        let metric = metrics[&1];
-        let (reply, mut outcomes) = mpsc::channel(4);
-        let samples = |from: i64| -> Vec<Sample> {
-            (from..from + 300)
-                .map(|ts_ms| Sample {
-                    metric,
-                    ts_ms,
-                    value: Some(1.5),
-                })
-                .collect()
-        };
-        for seq in [1, 2, 2] {
-            writer
+    impl Rig {
+        async fn start() -> Rig {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&dir.path().join("hub.db"), PoolDurability::WithWriter)
+                .await
+                .unwrap();
+            let seen = Arc::new(Seen::default());
+            let stop = CancellationToken::new();
+            let counters = Arc::new(Counters::default());
+            let (writer, task) = open(&store)
+                .await
+                .unwrap()
+                .spawn(Arc::clone(&counters), consumers(&seen), stop.clone())
+                .unwrap();
+            let (device, revoked) = writer.register_device("dev-1").await.unwrap();
+            assert!(!revoked);
+            let metric = writer.register_hello(device, &hello()).await.unwrap()[&1];
+            Rig {
+                store,
+                writer,
+                task,
+                stop,
+                seen,
+                counters,
+                device,
+                metric,
+                _dir: dir,
+            }
+        }
+
+        /// Submits a batch from `session` of dev-1.
+        async fn submit(
+            &self,
+            session: u64,
+            seq: u64,
+            samples: Vec<Sample>,
+            reply: &mpsc::Sender<WriteOutcome>,
+        ) {
+            self.writer
                 .submit(
-                    session(device, 1),
+                    Origin {
+                        device_row: self.device,
+                        session,
+                    },
                     seq,
-                    samples(seq as i64 * 1000),
+                    samples,
                     reply.clone(),
                 )
                 .await
                 .unwrap();
+        }
+
+        async fn count(&self, sql: &'static str) -> i64 {
+            sqlx::query_scalar(sql)
+                .fetch_one(self.store.pool())
+                .await
+                .unwrap()
+        }
+
+        async fn stop(self) {
+            self.stop.cancel();
+            self.task.await.unwrap();
+        }
+    }
+
+    fn samples(metric: i64, times: std::ops::Range<i64>) -> Vec<Sample> {
+        times
+            .map(|ts_ms| Sample {
+                metric,
+                ts_ms,
+                value: Some(1.5),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn batches_are_stored_once_in_position_order_and_the_thread_stops() {
+        let rig = Rig::start().await;
+        let (reply, mut outcomes) = mpsc::channel(4);
+        for seq in [1, 2, 2] {
+            let from = seq as i64 * 1000;
+            rig.submit(1, seq, samples(rig.metric, from..from + 300), &reply)
+                .await;
             assert_eq!(outcomes.recv().await, Some(WriteOutcome::Stored { seq }));
         }
 
-        let rows = seen.0.lock().unwrap().clone();
+        let rows = rig.seen.0.lock().unwrap().clone();
         assert_eq!(rows.len(), 600, "the resent batch is not stored again");
         assert!(rows.iter().zip(1..).all(|(row, pos)| row.pos == pos));
-        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM samples")
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
-        assert_eq!(stored, 600);
-        let last_seq: i64 = sqlx::query_scalar("SELECT last_seq FROM devices WHERE id = ?")
-            .bind(device)
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
-        assert_eq!(last_seq, 2);
+        assert_eq!(rig.count("SELECT count(*) FROM samples").await, 600);
+        assert_eq!(rig.count("SELECT last_seq FROM devices").await, 2);
 
-        stop.cancel();
-        task.await.unwrap();
+        let (writer, device, metric) = (rig.writer.clone(), rig.device, rig.metric);
+        rig.stop().await;
+        let origin = Origin {
+            device_row: device,
+            session: 1,
+        };
         assert!(
             writer
-                .submit(session(device, 1), 3, samples(3000), reply)
+                .submit(origin, 3, samples(metric, 0..1), reply)
                 .await
                 .is_err(),
             "a stopped writer refuses batches"
@@ -727,130 +773,52 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_commit_is_reported_stores_nothing_and_the_writer_goes_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("hub.db"), PoolDurability::WithWriter)
-            .await
-            .unwrap();
-        let seen = Arc::new(Seen::default());
-        let counters = Arc::new(Counters::default());
-        let stop = CancellationToken::new();
-        let (writer, task) = open(&store)
-            .await
-            .unwrap()
-            .spawn(Arc::clone(&counters), consumers(&seen), stop.clone())
-            .unwrap();
-        let (device, _) = writer.register_device("dev-1").await.unwrap();
-        let metric = writer.register_hello(device, &hello()).await.unwrap()[&1];
+        let rig = Rig::start().await;
         let (reply, mut outcomes) = mpsc::channel(4);
-        let sample = |metric| Sample {
-            metric,
-            ts_ms: 1,
-            value: None,
-        };
-
         // No such metric row: the foreign key fails the whole transaction.
-        writer
-            .submit(
-                session(device, 1),
-                1,
-                vec![sample(metric + 1000)],
-                reply.clone(),
-            )
-            .await
-            .unwrap();
+        rig.submit(1, 1, samples(rig.metric + 1000, 1..2), &reply)
+            .await;
         assert_eq!(outcomes.recv().await, Some(WriteOutcome::Failed { seq: 1 }));
         // The device's next connection resends it, and it is stored: nothing
         // of the failed one was counted as committed.
-        writer
-            .submit(session(device, 2), 1, vec![sample(metric)], reply)
-            .await
-            .unwrap();
+        rig.submit(2, 1, samples(rig.metric, 1..2), &reply).await;
         assert_eq!(outcomes.recv().await, Some(WriteOutcome::Stored { seq: 1 }));
 
-        let rows = seen.0.lock().unwrap().clone();
+        let rows = rig.seen.0.lock().unwrap().clone();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].pos, 1, "the failed commit used no position");
-        assert_eq!(rows[0].sample.metric, metric);
-        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM samples")
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
-        assert_eq!(stored, 1);
-        assert!(counters.render().contains("hub_commit_failures_total 1"));
-        stop.cancel();
-        task.await.unwrap();
+        assert_eq!(rows[0].sample.metric, rig.metric);
+        assert_eq!(rig.count("SELECT count(*) FROM samples").await, 1);
+        assert!(
+            rig.counters
+                .render()
+                .contains("hub_commit_failures_total 1")
+        );
+        rig.stop().await;
     }
 
     #[tokio::test]
     async fn a_registration_whose_commit_fails_gets_the_error_and_the_next_one_succeeds() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("hub.db"), PoolDurability::WithWriter)
-            .await
-            .unwrap();
-        let stop = CancellationToken::new();
-        let seen = Arc::new(Seen::default());
-        let (writer, task) = open(&store)
-            .await
-            .unwrap()
-            .spawn(
-                Arc::new(Counters::default()),
-                consumers(&seen),
-                stop.clone(),
-            )
-            .unwrap();
-
+        let rig = Rig::start().await;
         // No device row 404: the metrics' foreign key fails the commit.
-        let err = writer.register_hello(404, &hello()).await.unwrap_err();
+        let err = rig.writer.register_hello(404, &hello()).await.unwrap_err();
         assert!(err.contains("FOREIGN KEY"), "{err}");
-        let (device, _) = writer.register_device("dev-1").await.unwrap();
-        let metrics = writer.register_hello(device, &hello()).await.unwrap();
+        let (device, _) = rig.writer.register_device("dev-2").await.unwrap();
+        let metrics = rig.writer.register_hello(device, &hello()).await.unwrap();
         assert_eq!(metrics.len(), 1);
-        stop.cancel();
-        task.await.unwrap();
+        rig.stop().await;
     }
 
     #[tokio::test]
     async fn after_a_failed_commit_later_batches_of_that_session_are_not_stored() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("hub.db"), PoolDurability::WithWriter)
-            .await
-            .unwrap();
-        let stop = CancellationToken::new();
-        let seen = Arc::new(Seen::default());
-        let (writer, task) = open(&store)
-            .await
-            .unwrap()
-            .spawn(
-                Arc::new(Counters::default()),
-                consumers(&seen),
-                stop.clone(),
-            )
-            .unwrap();
-        let (device, _) = writer.register_device("dev-1").await.unwrap();
-        let metric = writer.register_hello(device, &hello()).await.unwrap()[&1];
+        let rig = Rig::start().await;
         let (reply, mut outcomes) = mpsc::channel(4);
-        let sample = |metric| Sample {
-            metric,
-            ts_ms: 1,
-            value: Some(1.0),
-        };
-
         // Batch 1 fails (no such metric row); batch 2 of the same connection,
         // behind it, must not be stored: last_seq would then say 2 and the
         // device would drop batch 1 as acknowledged.
-        writer
-            .submit(
-                session(device, 7),
-                1,
-                vec![sample(metric + 1000)],
-                reply.clone(),
-            )
-            .await
-            .unwrap();
-        writer
-            .submit(session(device, 7), 2, vec![sample(metric)], reply.clone())
-            .await
-            .unwrap();
+        rig.submit(7, 1, samples(rig.metric + 1000, 1..2), &reply)
+            .await;
+        rig.submit(7, 2, samples(rig.metric, 1..2), &reply).await;
         // In one commit or two: both are answered Failed.
         let mut failed = Vec::new();
         for _ in 0..2 {
@@ -861,93 +829,40 @@ mod tests {
         }
         failed.sort_unstable();
         assert_eq!(failed, [1, 2]);
-        let last_seq = || async {
-            sqlx::query_scalar::<_, i64>("SELECT last_seq FROM devices WHERE id = ?")
-                .bind(device)
-                .fetch_one(store.pool())
-                .await
-                .unwrap()
-        };
-        assert_eq!(last_seq().await, 0, "nothing past the failure is stored");
+        let last_seq = "SELECT last_seq FROM devices";
+        assert_eq!(rig.count(last_seq).await, 0, "nothing past the failure");
 
         // The device reconnects and resends from last_seq + 1.
         for seq in [1, 2] {
-            writer
-                .submit(session(device, 8), seq, vec![sample(metric)], reply.clone())
-                .await
-                .unwrap();
+            rig.submit(8, seq, samples(rig.metric, 1..2), &reply).await;
             assert_eq!(outcomes.recv().await, Some(WriteOutcome::Stored { seq }));
         }
-        assert_eq!(last_seq().await, 2);
-        assert_eq!(seen.0.lock().unwrap().len(), 2);
-        stop.cancel();
-        task.await.unwrap();
+        assert_eq!(rig.count(last_seq).await, 2);
+        assert_eq!(rig.seen.0.lock().unwrap().len(), 2);
+        rig.stop().await;
     }
 
     #[tokio::test]
     async fn retention_deletes_through_the_writer_chunk_by_chunk() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("hub.db"), PoolDurability::WithWriter)
-            .await
-            .unwrap();
-        let stop = CancellationToken::new();
-        let seen = Arc::new(Seen::default());
-        let (writer, task) = open(&store)
-            .await
-            .unwrap()
-            .spawn(
-                Arc::new(Counters::default()),
-                consumers(&seen),
-                stop.clone(),
-            )
-            .unwrap();
-        let (device, _) = writer.register_device("dev-1").await.unwrap();
-        let metric = writer.register_hello(device, &hello()).await.unwrap()[&1];
+        let rig = Rig::start().await;
         let (reply, mut outcomes) = mpsc::channel(4);
         // More old readings than one chunk deletes, then a few new ones.
-        let readings = |times: std::ops::Range<i64>| -> Vec<Sample> {
-            times
-                .map(|ts_ms| Sample {
-                    metric,
-                    ts_ms,
-                    value: None,
-                })
-                .collect()
-        };
-        for (seq, times) in [(1, 0..2 * RETAIN_ROWS as i64 + 10), (2, 10_000..10_010)] {
-            writer
-                .submit(session(device, 1), seq, readings(times), reply.clone())
-                .await
-                .unwrap();
+        let old = 2 * RETAIN_ROWS + 10;
+        let batches = [(1, 0..old as i64), (2, 10_000..10_010)];
+        for (seq, times) in batches {
+            rig.submit(1, seq, samples(rig.metric, times), &reply).await;
             assert_eq!(outcomes.recv().await, Some(WriteOutcome::Stored { seq }));
         }
 
-        let old = 2 * RETAIN_ROWS + 10;
-        let deleted = crate::store::retention::sweep(&store, &writer, 5_000)
-            .await
-            .unwrap();
-        assert_eq!(deleted, old);
-        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM samples")
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
-        assert_eq!(left, 10);
-        assert_eq!(store.retention_watermark().await.unwrap(), old as i64);
+        let sweep = || crate::store::retention::sweep(&rig.store, &rig.writer, 5_000);
+        assert_eq!(sweep().await.unwrap(), old);
+        assert_eq!(rig.count("SELECT count(*) FROM samples").await, 10);
+        let watermark = rig.store.retention_watermark().await.unwrap();
+        assert_eq!(watermark, old as i64);
         // Nothing due: nothing to ask the writer.
-        assert!(
-            store
-                .metrics_with_readings_before(5_000)
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        assert_eq!(
-            crate::store::retention::sweep(&store, &writer, 5_000)
-                .await
-                .unwrap(),
-            0
-        );
-        stop.cancel();
-        task.await.unwrap();
+        let due = rig.store.metrics_with_readings_before(5_000).await.unwrap();
+        assert!(due.is_empty());
+        assert_eq!(sweep().await.unwrap(), 0);
+        rig.stop().await;
     }
 }
