@@ -1,10 +1,16 @@
-//! A dying component, against the real hub process: a writer or publisher
-//! thread that stops (made to, with the debug build's `HUB_TEST_FAULT`) is
-//! reported by `/healthz`, devices are told to reconnect, nothing is
-//! acknowledged that was not stored, and SIGTERM still ends the hub.
+//! Faults, against the real hub process: a writer or publisher thread that
+//! stops (made to, with the debug build's `HUB_TEST_FAULT`) and a disk that
+//! fills up. `/healthz` says what is wrong, devices are told to reconnect,
+//! nothing is acknowledged that was not stored, nothing is stored twice, and
+//! SIGTERM still ends the hub.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use device_sim::backoff::Backoff;
+use device_sim::device::{DeviceSettings, endpoint};
+use device_sim::fleet::{self, Credential, FleetConfig};
+use device_sim::sensors::SensorKind;
 use e2e::{TestHub, batch};
 use tokio_tungstenite::tungstenite;
 
@@ -85,4 +91,124 @@ async fn a_publisher_that_dies_is_noticed_and_what_was_committed_survives() {
     assert_eq!(device.hello("dev-1").await.unwrap().last_seq, 1);
     let (status, _) = hub.get("/healthz").await.unwrap();
     assert_eq!(status, 200);
+}
+
+/// A small tmpfs mounted on a folder of its own, unmounted (and the folder
+/// removed) on drop.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    /// Mounts `size` of tmpfs on `dir`; `None` where this process may not
+    /// mount (not root, or a sandbox that forbids it).
+    fn mount(dir: &Path, size: &str) -> Option<SmallDisk> {
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|status| status.success());
+        mounted.then(|| SmallDisk(dir.to_owned()))
+    }
+
+    /// Writes a file until the disk is full.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let block = vec![0u8; 16 * 1024];
+        while file.write_all(&block).is_ok() {}
+        let _ = file.sync_all();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        // Lazily: a process still holding a file there (a test that failed
+        // before stopping its hub) must not leave the mount behind.
+        let _ = std::process::Command::new("umount")
+            .arg("--lazy")
+            .arg(&self.0)
+            .status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_is_reported_and_once_space_returns_everything_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(dir.path(), "16m") else {
+        eprintln!("skipped: this process may not mount a tmpfs (it needs root)");
+        return;
+    };
+    let hub = TestHub::start_in(dir, "127.0.0.1:0", &["--provision-key", "k"])
+        .await
+        .unwrap();
+    let device = DeviceSettings {
+        kinds: vec![SensorKind::Temperature],
+        rate: Some(200.0),
+        batch: 10,
+        flush: Duration::from_millis(50),
+        count: Some(1_000),
+        buffer: 10_000,
+        backoff: Backoff {
+            base: Duration::from_millis(50),
+            cap: Duration::from_millis(300),
+        },
+        ..DeviceSettings::new(endpoint(&format!("ws://{}", hub.addr)).unwrap())
+    };
+    let config = FleetConfig::new(3, Credential::ProvisionKey("k".into()), device);
+
+    // Let the devices register and store a little, then fill the disk.
+    let run = tokio::spawn(fleet::run(config));
+    let db = hub.db().await.unwrap();
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM samples")
+        .fetch_one(&db)
+        .await
+        .unwrap()
+        < 100
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    db.close().await;
+    let filler = disk.fill();
+
+    // The hub keeps running and says why it cannot store.
+    let deadline = tokio::time::Instant::now() + e2e::PATIENCE;
+    let reason = loop {
+        let (status, body) = hub.get("/healthz").await.unwrap();
+        if status == 503 {
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/healthz never reported the full disk"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(reason.contains("storage_failing"), "{reason}");
+    assert!(reason.contains("full"), "{reason}");
+
+    // Space returns: the devices resend, and every reading is stored once.
+    std::fs::remove_file(filler).unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the fleet finished")
+        .unwrap();
+    assert!(summary.complete(), "{summary:?}");
+    assert_eq!(summary.acked, 3_000, "{summary:?}");
+    let db = hub.db().await.unwrap();
+    let (all, distinct): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), (SELECT count(*) FROM (SELECT DISTINCT device, metric, ts_ms FROM readings)) FROM readings",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!((all, distinct), (3_000, 3_000));
+    db.close().await;
+    let (status, _) = hub.get("/healthz").await.unwrap();
+    assert_eq!(status, 200);
+    // The hub (and its folder's files) go before the disk is unmounted.
+    let (_, dir) = hub.terminate().await.unwrap();
+    drop(dir);
+    drop(disk);
 }

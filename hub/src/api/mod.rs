@@ -52,8 +52,8 @@ pub async fn devices(
     Ok(Json(serde_json::json!({ "devices": devices })))
 }
 
-/// `GET /healthz`: 200 while the database answers and the writer runs;
-/// 503 with the reason otherwise.
+/// `GET /healthz`: 200 while the database answers and the writer runs and
+/// commits; 503 with the reason otherwise.
 pub async fn health(
     State(store): State<Store>,
     State(writer): State<WriterHealth>,
@@ -63,6 +63,13 @@ pub async fn health(
             StatusCode::SERVICE_UNAVAILABLE,
             "writer_stopped",
             reason,
+        ));
+    }
+    if let Some(error) = writer.commit_failure() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_failing",
+            format!("the last commit failed: {error}"),
         ));
     }
     store.ping().await?;

@@ -8,7 +8,8 @@
 //! `writer-panic-at-commit=2` or `publisher-panic-at-commit=2`.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +21,9 @@ pub struct WriterHealth(Arc<Inner>);
 struct Inner {
     stopped: CancellationToken,
     reason: OnceLock<String>,
+    /// Set while commits fail (a full disk, say), with the last error.
+    failing: AtomicBool,
+    last_error: Mutex<Option<String>>,
 }
 
 impl WriterHealth {
@@ -28,6 +32,40 @@ impl WriterHealth {
         tracing::error!(%reason, "the storage writer stopped: nothing more can be stored");
         let _ = self.0.reason.set(reason);
         self.0.stopped.cancel();
+    }
+
+    /// The last commit failed with `error`.
+    pub(super) fn commit_failed(&self, error: String) {
+        *self
+            .0
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(error);
+        self.0.failing.store(true, Ordering::Release);
+    }
+
+    /// A commit succeeded: storage works again.
+    pub(super) fn commit_succeeded(&self) {
+        if self.0.failing.swap(false, Ordering::AcqRel) {
+            tracing::info!("commits succeed again");
+            *self
+                .0
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = None;
+        }
+    }
+
+    /// Why the last commit failed, while commits keep failing.
+    pub fn commit_failure(&self) -> Option<String> {
+        if !self.0.failing.load(Ordering::Acquire) {
+            return None;
+        }
+        self.0
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Why the writer stopped, if it did.

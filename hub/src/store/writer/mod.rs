@@ -419,6 +419,7 @@ impl Writer {
         let settled = match self.commit(&jobs, &mut rows, &mut registered) {
             Ok(()) => {
                 self.counters.record_commit(rows.len(), began.elapsed());
+                self.health.commit_succeeded();
                 Settled::Committed {
                     jobs,
                     rows,
@@ -428,6 +429,7 @@ impl Writer {
             Err(err) => {
                 tracing::error!(error = %err, batches = jobs.len(), "commit failed; sessions will close and devices resend");
                 self.counters.record_commit_failure();
+                self.health.commit_failed(err.to_string());
                 self.remember_failed(&jobs);
                 // The in-memory view may be ahead of the database now.
                 self.last_seq.clear();
