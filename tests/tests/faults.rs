@@ -212,3 +212,27 @@ async fn a_full_disk_is_reported_and_once_space_returns_everything_is_stored_onc
     drop(dir);
     drop(disk);
 }
+
+#[tokio::test]
+async fn a_database_file_removed_under_the_hub_stops_acknowledgements() {
+    let hub = TestHub::start(&[]).await.unwrap();
+    let token = hub.add_device("dev-1").await.unwrap();
+    let mut device = hub.connect(&token).await.unwrap();
+    device.hello("dev-1").await.unwrap();
+    device.send_acked(&batch(1, now_ms(), 3)).await.unwrap();
+
+    // SQLite would go on writing to the unlinked file, and every reading
+    // acknowledged from now on would be gone with the process.
+    std::fs::remove_file(hub.db_path()).unwrap();
+    device.send(&batch(2, now_ms(), 3)).await.unwrap();
+    let (closed, acks) = device.until_closed().await.unwrap();
+    assert_eq!(closed.error, Some(11));
+    assert_eq!(closed.close_code, Some(1011));
+    assert!(acks.is_empty(), "nothing acknowledged after the removal");
+
+    let (status, body) = hub.get("/healthz").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("is gone"), "{body}");
+    let (exit, _) = hub.terminate().await.unwrap();
+    assert!(!exit.success());
+}

@@ -27,6 +27,7 @@
 //! ([`crate::commits`]) and then answers the sessions, while the writer
 //! starts the next commit.
 
+mod file;
 mod health;
 mod publisher;
 mod statements;
@@ -268,6 +269,7 @@ impl WriterHandle {
 #[derive(Debug)]
 pub struct Opened {
     conn: Connection,
+    file: file::DbFile,
     last_pos: Position,
 }
 
@@ -279,8 +281,13 @@ pub async fn open(store: &Store) -> Result<Opened, StoreError> {
     let path = store.path().to_owned();
     tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
         let conn = statements::open(&path)?;
+        let file = file::DbFile::at(&path)?;
         let last_pos = statements::last_position(&conn)?;
-        Ok(Opened { conn, last_pos })
+        Ok(Opened {
+            conn,
+            file,
+            last_pos,
+        })
     })
     .await
     .map_err(std::io::Error::other)?
@@ -305,7 +312,11 @@ impl Opened {
         consumers: Consumers,
         stop: CancellationToken,
     ) -> Result<(WriterHandle, tokio::task::JoinHandle<()>), StoreError> {
-        let Opened { conn, last_pos } = self;
+        let Opened {
+            conn,
+            file,
+            last_pos,
+        } = self;
         let health = WriterHealth::default();
         let faults = health::Faults::from_env();
         let writer = Writer {
@@ -313,6 +324,7 @@ impl Opened {
             last_seq: HashMap::new(),
             next_pos: last_pos + 1,
             refused: HashMap::new(),
+            file,
             counters,
             health: health.clone(),
             faults,
@@ -361,6 +373,8 @@ struct Writer {
     /// newer session (the device reconnected and resends from that
     /// `last_seq`) lifts it.
     refused: HashMap<i64, u64>,
+    /// The file the connection writes: checked before every commit.
+    file: file::DbFile,
     counters: Arc<Counters>,
     health: WriterHealth,
     faults: health::Faults,
@@ -413,6 +427,16 @@ impl Writer {
     /// Commits `jobs` in one transaction and hands the outcome to the
     /// publisher. `false` if the publisher has gone.
     fn group_commit(&mut self, jobs: Vec<Job>, publish: &SyncSender<Settled>) -> bool {
+        if let Err(reason) = self.file.check() {
+            // Commits would go to a file nobody can read again: answer
+            // these as failed and stop, rather than acknowledge them.
+            let _ = publish.send(Settled::Failed {
+                jobs,
+                error: reason.clone(),
+            });
+            self.health.fail(reason);
+            return false;
+        }
         let mut rows = Vec::new();
         let mut registered = Vec::new();
         let began = Instant::now();
