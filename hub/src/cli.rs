@@ -16,6 +16,7 @@ use crate::live::subscription;
 use crate::server::{Hub, Retention, Settings};
 use crate::store::devices::AddDeviceError;
 use crate::store::{PoolDurability, Store};
+use crate::tls::TlsFiles;
 
 /// Telemetry hub: devices stream readings over WebSocket, the hub stores them
 /// in SQLite and serves them to browsers and tools.
@@ -75,6 +76,13 @@ struct ServeArgs {
     /// Readings one device may send a second, as above. 0: no limit.
     #[arg(long, env = "HUB_DEVICE_MAX_READINGS_PER_S", default_value_t = 100_000)]
     device_max_readings_per_s: u32,
+    /// Serve https and wss with this PEM certificate chain (the hub's
+    /// certificate first). Needs --tls-key. SIGHUP reloads both files.
+    #[arg(long, env = "HUB_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key (PKCS#8, RSA or EC) of --tls-cert.
+    #[arg(long, env = "HUB_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// How long an HTTP request's headers may take to arrive; a connection
     /// slower than that is closed (slowloris).
     #[arg(long, env = "HUB_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -191,6 +199,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .then_some(args.device_max_readings_per_s),
         },
         max_devices: args.max_devices as usize,
+        tls: args
+            .tls_cert
+            .zip(args.tls_key)
+            .map(|(cert, key)| TlsFiles { cert, key }),
         http: listener::Limits {
             header_read_timeout: args.header_read_timeout,
             max_header_bytes: args.max_header_bytes as usize,
@@ -208,10 +220,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             keep_alive: args.keep_alive,
         },
     };
+    let tls = settings.tls.is_some();
     let hub = Hub::build(settings).await?;
     let addr = hub.local_addr()?;
     // On standard output, so scripts and tests can read the real port.
-    println!("hub listening on http://{addr} (devices: ws://{addr}/v1/ws)");
+    let (http, ws) = if tls {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
+    println!("hub listening on {http}://{addr} (devices: {ws}://{addr}/v1/ws)");
     tracing::info!(%addr, "listening");
     if !addr.ip().is_loopback() && !monitor_protected {
         tracing::warn!(%addr, "the monitor API is open to anyone who can reach this address; set --monitor-token");

@@ -47,3 +47,4 @@ pub mod monitor;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

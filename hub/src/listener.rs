@@ -12,6 +12,10 @@
 //! gracefully: it stops accepting, tells every connection to finish its
 //! request and close, and gives them `grace` before it drops the rest.
 //!
+//! With TLS, the handshake counts as part of a connection's first request:
+//! it holds a handshake permit and must end within the header deadline, so
+//! a client that opens TCP and never speaks TLS is dropped like a slowloris.
+//!
 //! It knows nothing of routes: it serves whatever `Router` it is given.
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,6 +31,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
+
+use crate::tls::Tls;
 
 /// What a connection may do before it is served.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +53,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    tls: Option<Tls>,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
@@ -70,10 +77,11 @@ pub async fn serve(
             tracing::debug!(%peer, "too many connections without a request yet; closing");
             continue;
         };
-        connections.spawn(serve_connection(
+        connections.spawn(accept(
             tcp,
             router.clone(),
             limits,
+            tls.clone(),
             handshake,
             shutdown.clone(),
         ));
@@ -87,17 +95,39 @@ pub async fn serve(
     }
 }
 
-/// One connection, from accept to close.
-async fn serve_connection(
+/// One accepted connection: TLS first if configured, then HTTP.
+async fn accept(
     tcp: TcpStream,
     router: Router,
     limits: Limits,
+    tls: Option<Tls>,
     handshake: OwnedSemaphorePermit,
     shutdown: CancellationToken,
 ) {
     if let Err(err) = tcp.set_nodelay(true) {
         tracing::warn!(error = %err, "cannot disable Nagle's algorithm");
     }
+    let Some(tls) = tls else {
+        return serve_connection(tcp, router, limits, handshake, shutdown).await;
+    };
+    let handshaking = tokio::time::timeout(limits.header_read_timeout, tls.acceptor().accept(tcp));
+    match handshaking.await {
+        Ok(Ok(stream)) => serve_connection(stream, router, limits, handshake, shutdown).await,
+        Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
+        Err(_) => tracing::debug!("no TLS handshake within the header deadline"),
+    }
+}
+
+/// One connection's HTTP, from its first request to close.
+async fn serve_connection<Io>(
+    io: Io,
+    router: Router,
+    limits: Limits,
+    handshake: OwnedSemaphorePermit,
+    shutdown: CancellationToken,
+) where
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     // The permit goes back when the first request's headers are in.
     let handshake = Arc::new(Mutex::new(Some(handshake)));
     let service = router.map_request(move |request: Request<hyper::body::Incoming>| {
@@ -113,7 +143,7 @@ async fn serve_connection(
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes);
     let connection = builder
-        .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service))
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
         .with_upgrades();
     tokio::pin!(connection);
     let served = tokio::select! {

@@ -28,6 +28,7 @@ use crate::live::{Live, subscription};
 use crate::store::writer::{self, WriterHealth};
 use crate::store::{PoolDurability, Store, retention};
 use crate::telemetry::Counters;
+use crate::tls::{Tls, TlsFiles};
 use crate::{listener, monitor};
 
 /// Everything `hub serve` can be told.
@@ -46,6 +47,8 @@ pub struct Settings {
     pub max_devices: usize,
     /// What an HTTP connection may do before it is served.
     pub http: listener::Limits,
+    /// Serve https and wss with this certificate and key.
+    pub tls: Option<TlsFiles>,
     pub retention: Option<Retention>,
     /// When set, the monitor API needs this token.
     pub monitor_token: Option<String>,
@@ -76,6 +79,8 @@ struct AppState {
     live: Arc<Live>,
     live_timing: subscription::Timing,
     monitor_token: MonitorToken,
+    /// TLS on the listener, when configured.
+    tls: Option<Tls>,
     /// The hub-wide stop: live streams watch it.
     shutdown: CancellationToken,
 }
@@ -98,6 +103,8 @@ impl Hub {
     /// # Errors
     /// The database cannot be opened or migrated, or the address not bound.
     pub async fn build(settings: Settings) -> anyhow::Result<Hub> {
+        // First: a bad certificate should not wait for the database.
+        let tls = settings.tls.clone().map(Tls::new).transpose()?;
         let store = Store::open(&settings.db, PoolDurability::WithWriter)
             .await
             .with_context(|| format!("opening database {}", settings.db.display()))?;
@@ -149,7 +156,11 @@ impl Hub {
             writer_health,
             live,
             live_timing: settings.live,
-            monitor_token: MonitorToken(settings.monitor_token.as_deref().map(Arc::from)),
+            monitor_token: MonitorToken {
+                token: settings.monitor_token.as_deref().map(Arc::from),
+                secure: tls.is_some(),
+            },
+            tls,
             shutdown,
         };
         Ok(Hub {
@@ -209,6 +220,10 @@ impl Hub {
             ));
         }
 
+        if let Some(tls) = state.tls.clone() {
+            tracker.spawn(reload_on_hangup(tls, cancel.clone()));
+        }
+        let tls = state.tls.clone();
         tokio::spawn({
             let cancel = cancel.clone();
             async move {
@@ -226,6 +241,7 @@ impl Hub {
             listener,
             router(state),
             settings.http,
+            tls,
             cancel.clone(),
             HTTP_SHUTDOWN_GRACE,
         )
@@ -248,11 +264,44 @@ impl Hub {
     }
 }
 
+/// Reloads the certificate at every SIGHUP, until `shutdown`.
+async fn reload_on_hangup(tls: Tls, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot watch SIGHUP; the certificate will not reload");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            hangup = hangups.recv() => {
+                if hangup.is_none() {
+                    return;
+                }
+                tls.reload();
+            }
+        }
+    }
+}
+
+/// Under TLS, tells browsers to use https only from now on.
+async fn strict_transport(mut response: axum::response::Response) -> axum::response::Response {
+    response.headers_mut().insert(
+        axum::http::header::STRICT_TRANSPORT_SECURITY,
+        axum::http::HeaderValue::from_static("max-age=31536000"),
+    );
+    response
+}
+
 /// How long open HTTP connections get to finish once the hub stops.
 const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The hub's routes.
 fn router(state: AppState) -> Router {
+    let tls = state.tls.is_some();
     // The monitor API: behind the monitor token when one is set.
     let monitor = Router::new()
         .route("/v1/events", get(api::events::events))
@@ -266,7 +315,7 @@ fn router(state: AppState) -> Router {
             state.clone(),
             api::monitor_auth::require,
         ));
-    Router::new()
+    let router = Router::new()
         .merge(monitor)
         .route(
             "/",
@@ -281,5 +330,10 @@ fn router(state: AppState) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
-        .with_state(state)
+        .with_state(state);
+    if tls {
+        router.layer(middleware::map_response(strict_transport))
+    } else {
+        router
+    }
 }

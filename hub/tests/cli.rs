@@ -140,3 +140,28 @@ fn a_listing_piped_into_a_reader_that_stops_exits_quietly() {
         assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
     }
 }
+
+#[test]
+fn bad_tls_files_are_refused_at_start_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let db = db.to_str().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let missing = missing.to_str().unwrap();
+    let out = hub(&[
+        "serve",
+        "--db",
+        db,
+        "--tls-cert",
+        missing,
+        "--tls-key",
+        missing,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--tls-cert"), "{}", stderr(&out));
+
+    // One without the other is a usage error naming the missing flag.
+    let out = hub(&["serve", "--db", db, "--tls-cert", missing]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--tls-key"), "{}", stderr(&out));
+}

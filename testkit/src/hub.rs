@@ -160,9 +160,11 @@ impl HubProcess {
 
 /// The address in the hub's first line, `hub listening on http://ADDR …`.
 fn listening_addr(line: &str) -> Option<&str> {
-    line.strip_prefix("hub listening on http://")?
-        .split_whitespace()
-        .next()
+    let rest = line.strip_prefix("hub listening on ")?;
+    let rest = rest
+        .strip_prefix("http://")
+        .or_else(|| rest.strip_prefix("https://"))?;
+    rest.split_whitespace().next()
 }
 
 #[cfg(test)]
@@ -173,6 +175,8 @@ mod tests {
     fn the_address_is_read_from_the_listening_line() {
         let line = "hub listening on http://127.0.0.1:4242 (devices: ws://127.0.0.1:4242/v1/ws)";
         assert_eq!(listening_addr(line), Some("127.0.0.1:4242"));
+        let tls = "hub listening on https://127.0.0.1:4243 (devices: wss://127.0.0.1:4243/v1/ws)";
+        assert_eq!(listening_addr(tls), Some("127.0.0.1:4243"));
         assert_eq!(listening_addr("starting"), None);
     }
 }

@@ -1,6 +1,7 @@
-//! A TLS front for the hub, as a reverse proxy would put before it: it ends
-//! TLS with the test certificate for `localhost` (see
-//! `tests/fixtures/tls/README.md`) and passes the bytes on to the hub.
+//! TLS for the tests: a front for the hub, as a reverse proxy would put
+//! before it (it ends TLS with the test certificate for `localhost`, see
+//! `tests/fixtures/tls/README.md`, and passes the bytes on), and an https
+//! client that trusts the test CA, for the hub's own TLS.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -72,4 +73,43 @@ async fn forward(acceptor: TlsAcceptor, client: TcpStream, backend: String) {
         return;
     };
     let _ = tokio::io::copy_bidirectional(&mut tls, &mut hub).await;
+}
+
+/// What an https request got: status, headers and body.
+#[derive(Debug)]
+pub struct HttpsAnswer {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: String,
+}
+
+/// `GET https://localhost:{port}{path}`, trusting the test CA, over a new
+/// connection (so it sees the certificate the hub serves now).
+///
+/// # Errors
+/// The TLS handshake (an untrusted certificate) or the request fails.
+pub async fn https_get(addr: &str, path: &str) -> anyhow::Result<HttpsAnswer> {
+    use http_body_util::{BodyExt, Empty};
+    let config = device_sim::tls::client_config(Some(&fixture("ca.pem")))?;
+    let tcp = TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .context("TLS handshake")?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+    tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header("host", "localhost")
+        .body(Empty::<bytes::Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(HttpsAnswer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }

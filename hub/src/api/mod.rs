@@ -22,6 +22,7 @@ use crate::store::devices::DeviceRecord;
 use crate::store::query::MetricInfo;
 use crate::store::writer::WriterHealth;
 use crate::telemetry::Counters;
+use crate::tls::Tls;
 
 pub use readings::readings;
 
@@ -77,9 +78,13 @@ pub async fn health(
 }
 
 /// `GET /metrics`: the counters in Prometheus text format.
-pub async fn metrics(State(counters): State<Arc<Counters>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        counters.render(),
-    )
+pub async fn metrics(
+    State(counters): State<Arc<Counters>>,
+    State(tls): State<Option<Tls>>,
+) -> impl IntoResponse {
+    let mut text = counters.render();
+    if let Some(tls) = tls {
+        text.push_str(&tls.render());
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -23,9 +23,13 @@ use crate::http_error::ApiError;
 /// The cookie the page's token is traded for.
 const COOKIE: &str = "hub_token";
 
-/// The token the monitor API needs; `None` leaves it open.
+/// The token the monitor API needs (`None` leaves it open), and whether the
+/// hub serves TLS (its cookie is then `Secure`).
 #[derive(Debug, Clone, Default)]
-pub struct MonitorToken(pub Option<Arc<str>>);
+pub struct MonitorToken {
+    pub token: Option<Arc<str>>,
+    pub secure: bool,
+}
 
 /// How a request presented a token.
 #[derive(Debug, PartialEq, Eq)]
@@ -85,7 +89,9 @@ fn cross_site(headers: &HeaderMap) -> bool {
 
 /// Refuses monitor requests without the token, when one is configured.
 pub async fn require(
-    State(MonitorToken(expected)): State<MonitorToken>,
+    State(MonitorToken {
+        token: expected, ..
+    }): State<MonitorToken>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -121,14 +127,18 @@ pub async fn require(
 /// page itself (which reports a missing or wrong token when it calls the
 /// API).
 pub async fn trade_token_for_cookie(
-    State(MonitorToken(expected)): State<MonitorToken>,
+    State(MonitorToken {
+        token: expected,
+        secure,
+    }): State<MonitorToken>,
     request: Request,
     next: Next,
 ) -> Response {
+    let secure = if secure { "; Secure" } else { "" };
     if let (Some(expected), Some(token)) = (expected, query_token(request.uri().query()))
         && auth::secrets_match(&token, &expected)
         && let Ok(cookie) = HeaderValue::from_str(&format!(
-            "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"
+            "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{secure}"
         ))
     {
         let mut response = Redirect::to("/").into_response();

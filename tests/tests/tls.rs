@@ -1,0 +1,151 @@
+//! TLS on the hub itself (`--tls-cert`, `--tls-key`), against the real
+//! process with the test certificates: devices over wss straight to the
+//! hub, https with HSTS and a Secure monitor cookie, a client that never
+//! speaks TLS dropped, and SIGHUP reloads that keep the old certificate
+//! when the new files are bad.
+
+use std::time::Duration;
+
+use device_sim::backoff::Backoff;
+use device_sim::device::{DeviceSettings, endpoint};
+use device_sim::fleet::{self, Credential, FleetConfig};
+use device_sim::tls::client_config;
+use e2e::TestHub;
+use e2e::tls::{fixture, https_get};
+
+/// A hub on TLS with copies of the test certificate and key in `files`, so
+/// a test can change them under it.
+async fn tls_hub(files: &tempfile::TempDir, extra: &[&str]) -> TestHub {
+    let cert = files.path().join("hub.pem");
+    let key = files.path().join("hub.key");
+    std::fs::copy(fixture("hub.pem"), &cert).unwrap();
+    std::fs::copy(fixture("hub.key"), &key).unwrap();
+    let mut args = vec![
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    TestHub::start(&args).await.unwrap()
+}
+
+/// The hub's port, for `localhost` URLs (the certificate's name).
+fn port(hub: &TestHub) -> &str {
+    hub.addr.rsplit_once(':').unwrap().1
+}
+
+#[tokio::test]
+async fn devices_stream_over_wss_straight_to_the_hub() {
+    let files = tempfile::tempdir().unwrap();
+    let hub = tls_hub(&files, &["--provision-key", "k"]).await;
+    let url = endpoint(&format!("wss://localhost:{}", port(&hub))).unwrap();
+    let device = DeviceSettings {
+        rate: Some(100.0),
+        batch: 5,
+        flush: Duration::from_millis(50),
+        count: Some(100),
+        backoff: Backoff {
+            base: Duration::from_millis(50),
+            cap: Duration::from_millis(500),
+        },
+        tls: Some(client_config(Some(&fixture("ca.pem"))).unwrap()),
+        ..DeviceSettings::new(url)
+    };
+    let config = FleetConfig::new(3, Credential::ProvisionKey("k".into()), device);
+    let summary = tokio::time::timeout(Duration::from_secs(60), fleet::run(config))
+        .await
+        .expect("the fleet finished");
+    assert!(summary.complete(), "{summary:?}");
+    let db = hub.db().await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM samples")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    // 100 readings from each of three devices, all stored.
+    assert_eq!(stored, summary.acked as i64);
+    assert_eq!(summary.acked, 3 * 100);
+}
+
+#[tokio::test]
+async fn https_answers_carry_hsts_and_the_monitor_cookie_is_secure() {
+    let files = tempfile::tempdir().unwrap();
+    let hub = tls_hub(&files, &["--monitor-token", "t0k3n"]).await;
+    let addr = format!("localhost:{}", port(&hub));
+    let health = https_get(&addr, "/healthz").await.unwrap();
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert_eq!(
+        health.headers["strict-transport-security"],
+        "max-age=31536000"
+    );
+    let page = https_get(&addr, "/?token=t0k3n").await.unwrap();
+    assert_eq!(page.status, 303);
+    let cookie = page.headers["set-cookie"].to_str().unwrap();
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
+    // Plain HTTP on the TLS port is not served.
+    assert!(
+        testkit::http::get(&hub.addr, "/healthz", &[])
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_never_speaks_tls_is_dropped_after_the_header_deadline() {
+    use tokio::io::AsyncReadExt;
+    let files = tempfile::tempdir().unwrap();
+    let hub = tls_hub(&files, &["--header-read-timeout", "300ms"]).await;
+    let mut silent = tokio::net::TcpStream::connect(&hub.addr).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(e2e::PATIENCE, silent.read_to_end(&mut rest))
+        .await
+        .expect("the hub closed the silent connection")
+        .ok();
+    let addr = format!("localhost:{}", port(&hub));
+    assert_eq!(https_get(&addr, "/healthz").await.unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_certificate_and_a_bad_one_leaves_the_old_in_place() {
+    let files = tempfile::tempdir().unwrap();
+    let hub = tls_hub(&files, &[]).await;
+    let addr = format!("localhost:{}", port(&hub));
+    let hangup = || {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &hub.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let reloads = |result: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let metrics = https_get(&addr, "/metrics").await.unwrap().body;
+            let series = format!("hub_tls_reloads_total{{result=\"{result}\"}} ");
+            metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(&series))
+                .map(|n| n.parse::<u64>().unwrap())
+        }
+    };
+    let until = |result: &'static str, count: u64| async move {
+        let deadline = tokio::time::Instant::now() + e2e::PATIENCE;
+        while reloads(result).await != Some(count) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {result} reload counted"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert_eq!(reloads("ok").await, Some(0));
+
+    hangup();
+    until("ok", 1).await;
+
+    // A broken certificate file: logged, counted, and the old one served.
+    std::fs::write(files.path().join("hub.pem"), "not a certificate").unwrap();
+    hangup();
+    until("failed", 1).await;
+    assert_eq!(https_get(&addr, "/healthz").await.unwrap().status, 200);
+}
