@@ -1,7 +1,8 @@
 //! The accept loop: every TCP connection of the hub, before HTTP routing.
 //!
-//! It owns what axum's `serve` does not let one set and a hub open to the
-//! network needs (Mosquitto and ntfy set the same): a deadline for a
+//! It serves HTTP/1.1, and HTTP/2 to clients that start with its preface
+//! (TLS clients that chose `h2` by ALPN). It owns what axum's `serve` does
+//! not let one set and a hub open to the network needs (Mosquitto and ntfy set the same): a deadline for a
 //! request's headers (a client that opens a connection and trickles bytes
 //! — slowloris — is dropped), a maximum header size (431 past it), and a
 //! cap on connections that have not yet sent their first request's headers
@@ -23,8 +24,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -118,7 +119,9 @@ async fn accept(
     }
 }
 
-/// One connection's HTTP, from its first request to close.
+/// One connection's HTTP (HTTP/1.1, or HTTP/2 when the client starts with
+/// its preface, as TLS clients do after choosing `h2` by ALPN), from its
+/// first request to close.
 async fn serve_connection<Io>(
     io: Io,
     router: Router,
@@ -130,27 +133,51 @@ async fn serve_connection<Io>(
 {
     // The permit goes back when the first request's headers are in.
     let handshake = Arc::new(Mutex::new(Some(handshake)));
+    let first_request = Arc::clone(&handshake);
     let service = router.map_request(move |request: Request<hyper::body::Incoming>| {
-        handshake
+        first_request
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         request.map(axum::body::Body::new)
     });
-    let mut builder = http1::Builder::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
+        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes);
-    let connection = builder
-        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
-        .with_upgrades();
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let connection =
+        builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(connection);
-    let served = tokio::select! {
-        served = connection.as_mut() => served,
-        () = shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+    // HTTP/1.1 bounds each request head by itself; this bounds everything
+    // before the first request whatever the protocol (a half-sent HTTP/2
+    // preface, a connection that never sends a stream).
+    let first_deadline = tokio::time::sleep(limits.header_read_timeout);
+    tokio::pin!(first_deadline);
+    let mut waiting_first = true;
+    let served = loop {
+        tokio::select! {
+            served = connection.as_mut() => break served,
+            () = &mut first_deadline, if waiting_first => {
+                waiting_first = false;
+                let still_waiting = handshake
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .is_some();
+                if still_waiting {
+                    tracing::debug!("no request within the header deadline; closing");
+                    return;
+                }
+            }
+            () = shutdown.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                break connection.await;
+            }
         }
     };
     if let Err(err) = served {

@@ -77,8 +77,9 @@ pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
             key: files.key.clone(),
             reason: err.to_string(),
         })?;
-    // WebSocket upgrades need HTTP/1.1.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 for those who offer it (browsers: every tab's streams share
+    // one connection), HTTP/1.1 otherwise and for WebSocket clients.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

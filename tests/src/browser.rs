@@ -27,6 +27,12 @@ pub struct Browser {
 impl Browser {
     /// Starts ChromeDriver and a headless Chromium session.
     pub async fn start() -> anyhow::Result<Browser> {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts a session with `extra` Chromium flags as well (for example
+    /// `--ignore-certificate-errors` for the test CA's hub).
+    pub async fn start_with(extra: &[&str]) -> anyhow::Result<Browser> {
         for path in [CHROMIUM, CHROMEDRIVER] {
             anyhow::ensure!(
                 std::path::Path::new(path).exists(),
@@ -46,7 +52,8 @@ impl Browser {
         let profile = tempfile::tempdir()?;
         // Root, no display, and a closed network: no sandbox, no GPU, and no
         // background traffic to hosts that cannot be reached.
-        let args = [
+        let user_data_dir = format!("--user-data-dir={}", profile.path().display());
+        let mut args = vec![
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
@@ -56,8 +63,9 @@ impl Browser {
             "--disable-component-update",
             "--disable-sync",
             "--window-size=1300,900",
-            &format!("--user-data-dir={}", profile.path().display()),
+            &user_data_dir,
         ];
+        args.extend_from_slice(extra);
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": CHROMIUM, "args": args},

@@ -149,3 +149,137 @@ async fn sighup_reloads_the_certificate_and_a_bad_one_leaves_the_old_in_place() 
     until("failed", 1).await;
     assert_eq!(https_get(&addr, "/healthz").await.unwrap().status, 200);
 }
+
+/// A fleet of one device streaming `count` readings over wss.
+async fn stream_over_wss(hub: &TestHub, count: u64) {
+    let url = endpoint(&format!("wss://localhost:{}", port(hub))).unwrap();
+    let device = DeviceSettings {
+        kinds: vec![device_sim::sensors::SensorKind::Temperature],
+        rate: Some(200.0),
+        batch: 5,
+        flush: Duration::from_millis(20),
+        count: Some(count),
+        tls: Some(client_config(Some(&fixture("ca.pem"))).unwrap()),
+        ..DeviceSettings::new(url)
+    };
+    let config = FleetConfig::new(1, Credential::ProvisionKey("k".into()), device);
+    let summary = tokio::time::timeout(Duration::from_secs(60), fleet::run(config))
+        .await
+        .expect("the fleet finished");
+    assert!(summary.complete(), "{summary:?}");
+}
+
+#[tokio::test]
+async fn the_live_stream_works_over_http2_resuming_flushing_and_keeping_alive() {
+    use http_body_util::{BodyExt, Empty};
+    let files = tempfile::tempdir().unwrap();
+    let hub = tls_hub(&files, &["--provision-key", "k", "--keep-alive", "300ms"]).await;
+    stream_over_wss(&hub, 10).await;
+
+    // A client that offers only h2 by ALPN gets it.
+    let mut config = (*client_config(Some(&fixture("ca.pem"))).unwrap()).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(&hub.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = hyper::Request::get(format!(
+        "https://localhost:{}/v1/events?last_event_id=0",
+        port(&hub)
+    ))
+    .body(Empty::<bytes::Bytes>::new())
+    .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    let mut body = response.into_body();
+    let mut text = String::new();
+    let mut read_until = async |wanted: &str, text: &mut String| {
+        while !text.contains(wanted) {
+            let frame = tokio::time::timeout(e2e::PATIENCE, body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("no {wanted:?} in {text:?}"))
+                .expect("the stream goes on")
+                .unwrap();
+            if let Ok(data) = frame.into_data() {
+                text.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+    };
+    // Resume from storage: the ten stored readings, in order.
+    read_until("id: 10\n", &mut text).await;
+    let ids: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .collect();
+    assert_eq!(ids, ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"]);
+    // Keep-alive comments are flushed on an idle stream.
+    read_until(": keep-alive\n", &mut text).await;
+    // And new readings are pushed as they are committed.
+    stream_over_wss(&hub, 5).await;
+    read_until("id: 15\n", &mut text).await;
+}
+
+#[tokio::test]
+async fn a_browser_gets_http2_and_many_streams_share_one_origin() {
+    let files = tempfile::tempdir().unwrap();
+    let hub = tls_hub(&files, &["--provision-key", "k"]).await;
+    // The test CA is not the browser's: told to accept it, it checks the
+    // rest of TLS as usual.
+    let browser = e2e::browser::Browser::start_with(&["--ignore-certificate-errors"])
+        .await
+        .unwrap();
+    browser
+        .goto(&format!("https://localhost:{}/", port(&hub)))
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "the live badge",
+            "return document.getElementById('state').textContent === 'live'",
+        )
+        .await
+        .unwrap();
+    let protocol = browser
+        .eval("return performance.getEntriesByType('navigation')[0].nextHopProtocol")
+        .await
+        .unwrap();
+    assert_eq!(protocol, "h2");
+    // Eight more streams beside the page's own: over HTTP/1.1 a browser
+    // holds six connections per origin and three of them would never open.
+    browser
+        .eval(
+            "window.counts = Array(8).fill(0); window.opened = 0;
+             for (let i = 0; i < 8; i++) {
+               const s = new EventSource('/v1/events');
+               s.onopen = () => { window.opened += 1; };
+               s.addEventListener('reading', () => { window.counts[i] += 1; });
+             }
+             return true;",
+        )
+        .await
+        .unwrap();
+    browser
+        .wait_for("eight open streams", "return window.opened === 8")
+        .await
+        .unwrap();
+    stream_over_wss(&hub, 20).await;
+    browser
+        .wait_for(
+            "every stream's readings",
+            "return window.counts.every(c => c === 20)",
+        )
+        .await
+        .unwrap();
+    browser.quit().await;
+}
