@@ -1,8 +1,8 @@
 //! The accept loop: every TCP connection of the hub, before HTTP routing.
 //!
-//! It serves HTTP/1.1, and HTTP/2 to clients that start with its preface
-//! (TLS clients that chose `h2` by ALPN). It owns what axum's `serve` does
-//! not let one set and a hub open to the network needs (Mosquitto and ntfy set the same): a deadline for a
+//! It serves HTTP/1.1, and under TLS HTTP/2 to clients that choose `h2` by
+//! ALPN. It owns what axum's `serve` does not let one set and a hub open to
+//! the network needs (Mosquitto and ntfy set the same): a deadline for a
 //! request's headers (a client that opens a connection and trickles bytes
 //! — slowloris — is dropped), a maximum header size (431 past it), and a
 //! cap on connections that have not yet sent their first request's headers
@@ -19,11 +19,14 @@
 //!
 //! It knows nothing of routes: it serves whatever `Router` it is given.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
+use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -109,21 +112,33 @@ async fn accept(
         tracing::warn!(error = %err, "cannot disable Nagle's algorithm");
     }
     let Some(tls) = tls else {
-        return serve_connection(tcp, router, limits, handshake, shutdown).await;
+        return serve_connection(tcp, Protocols::Http1, router, limits, handshake, shutdown).await;
     };
     let handshaking = tokio::time::timeout(limits.header_read_timeout, tls.acceptor().accept(tcp));
     match handshaking.await {
-        Ok(Ok(stream)) => serve_connection(stream, router, limits, handshake, shutdown).await,
+        Ok(Ok(stream)) => {
+            let protocols = Protocols::Http1Or2;
+            serve_connection(stream, protocols, router, limits, handshake, shutdown).await;
+        }
         Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
         Err(_) => tracing::debug!("no TLS handshake within the header deadline"),
     }
 }
 
-/// One connection's HTTP (HTTP/1.1, or HTTP/2 when the client starts with
-/// its preface, as TLS clients do after choosing `h2` by ALPN), from its
-/// first request to close.
+/// Which HTTP a connection may speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocols {
+    /// Plain connections: HTTP/1.1, on hyper's own HTTP/1 server.
+    Http1,
+    /// TLS connections: HTTP/2 when the client chose `h2` by ALPN (it then
+    /// starts with the HTTP/2 preface), HTTP/1.1 otherwise.
+    Http1Or2,
+}
+
+/// One connection's HTTP, from its first request to close.
 async fn serve_connection<Io>(
     io: Io,
+    protocols: Protocols,
     router: Router,
     limits: Limits,
     handshake: OwnedSemaphorePermit,
@@ -141,22 +156,58 @@ async fn serve_connection<Io>(
             .take();
         request.map(axum::body::Body::new)
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    let connection =
-        builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
-    tokio::pin!(connection);
-    // HTTP/1.1 bounds each request head by itself; this bounds everything
-    // before the first request whatever the protocol (a half-sent HTTP/2
-    // preface, a connection that never sends a stream).
+    let service = TowerToHyperService::new(service);
+    let io = TokioIo::new(io);
+    match protocols {
+        Protocols::Http1 => {
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(limits.max_header_bytes);
+            let connection = builder.serve_connection(io, service).with_upgrades();
+            tokio::pin!(connection);
+            let shut_down = |connection: Pin<&mut _>| {
+                hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(connection);
+            };
+            drive(connection, shut_down, &handshake, limits, shutdown).await;
+        }
+        Protocols::Http1Or2 => {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(limits.max_header_bytes);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+            let connection = builder.serve_connection_with_upgrades(io, service);
+            tokio::pin!(connection);
+            let shut_down = |connection: Pin<&mut _>| {
+                auto::UpgradeableConnection::graceful_shutdown(connection);
+            };
+            drive(connection, shut_down, &handshake, limits, shutdown).await;
+        }
+    }
+}
+
+/// Runs a connection to its end: asks it to finish and close on shutdown,
+/// and drops it if no request has come by the header deadline. (HTTP/1.1
+/// bounds each request head by itself; this bounds everything before the
+/// first request whatever the protocol: a half-sent HTTP/2 preface, a
+/// connection that never opens a stream.)
+async fn drive<C, E>(
+    mut connection: Pin<&mut C>,
+    shut_down: impl FnOnce(Pin<&mut C>),
+    handshake: &Mutex<Option<OwnedSemaphorePermit>>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let first_deadline = tokio::time::sleep(limits.header_read_timeout);
     tokio::pin!(first_deadline);
     let mut waiting_first = true;
@@ -175,7 +226,7 @@ async fn serve_connection<Io>(
                 }
             }
             () = shutdown.cancelled() => {
-                connection.as_mut().graceful_shutdown();
+                shut_down(connection.as_mut());
                 break connection.await;
             }
         }
