@@ -132,6 +132,15 @@ impl Browser {
         }
     }
 
+    /// Waits until the monitor page says its stream is live.
+    pub async fn wait_until_live(&self) -> anyhow::Result<()> {
+        self.wait_for(
+            "the live badge",
+            "return document.getElementById('state').textContent === 'live'",
+        )
+        .await
+    }
+
     /// A PNG of the window, base64-encoded as WebDriver returns it.
     pub async fn screenshot_base64(&self) -> anyhow::Result<String> {
         let value = self

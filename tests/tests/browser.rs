@@ -50,13 +50,7 @@ async fn the_monitor_page_shows_live_readings_and_resumes_after_a_hub_restart() 
         .goto(&format!("http://{listen}/?token=t0k3n"))
         .await
         .unwrap();
-    browser
-        .wait_for(
-            "the live badge",
-            "return document.getElementById('state').textContent === 'live'",
-        )
-        .await
-        .unwrap();
+    browser.wait_until_live().await.unwrap();
     assert_eq!(
         browser
             .eval("return [location.search, document.cookie]")

@@ -243,13 +243,7 @@ async fn a_browser_gets_http2_and_many_streams_share_one_origin() {
         .goto(&format!("https://localhost:{}/", port(&hub)))
         .await
         .unwrap();
-    browser
-        .wait_for(
-            "the live badge",
-            "return document.getElementById('state').textContent === 'live'",
-        )
-        .await
-        .unwrap();
+    browser.wait_until_live().await.unwrap();
     let protocol = browser
         .eval("return performance.getEntriesByType('navigation')[0].nextHopProtocol")
         .await
