@@ -487,12 +487,40 @@ async fn the_read_api_returns_what_was_stored() {
     assert_eq!(times, [12_000, 13_000, 14_000]);
     assert_eq!(readings[0]["value"], 1_002.0);
     assert_eq!(readings[0]["unit"], "°C");
-    assert_eq!(body["truncated"], false);
+    assert_eq!(body["next"], serde_json::Value::Null);
 
-    let (_, body) = hub.get("/v1/readings?limit=4").await.unwrap();
-    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(body["readings"].as_array().unwrap().len(), 4);
-    assert_eq!(body["truncated"], true);
+    // Pages of four: `next` and the Link header lead through all ten, once.
+    let mut path = "/v1/readings?limit=4".to_owned();
+    let mut positions = Vec::new();
+    loop {
+        let response = testkit::http::client()
+            .get(format!("http://{}{path}", hub.addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let headers = response.headers().clone();
+        let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        positions.extend(
+            body["readings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["pos"].as_i64().unwrap()),
+        );
+        let Some(next) = body["next"].as_str() else {
+            assert!(headers.get("link").is_none());
+            break;
+        };
+        let link = headers["link"].to_str().unwrap();
+        path = link
+            .strip_prefix('<')
+            .and_then(|link| link.strip_suffix(">; rel=\"next\""))
+            .unwrap()
+            .to_owned();
+        assert!(path.ends_with(&format!("cursor={next}")), "{path}");
+    }
+    assert_eq!(positions, (1..=10).collect::<Vec<_>>());
 
     let (status, csv) = hub
         .get("/v1/readings?device=dev-1&format=csv&limit=2")
@@ -723,4 +751,99 @@ async fn slow_headers_are_cut_off_and_idle_connections_are_capped_while_others_a
         .await
         .unwrap();
     assert_eq!(status, 431);
+}
+
+#[tokio::test]
+async fn floods_of_filters_paths_and_parameters_get_clear_answers_while_a_device_streams() {
+    let hub = TestHub::start(&["--device-max-frames-per-s", "0"])
+        .await
+        .unwrap();
+    let token = hub.add_device("good").await.unwrap();
+    let mut good = hub.connect(&token).await.unwrap();
+    good.hello("good").await.unwrap();
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let streamer = tokio::spawn(async move {
+        let mut seq = 0;
+        loop {
+            seq += 1;
+            good.send_acked(&batch(seq, 1_000, 5)).await.unwrap();
+            if stop_rx.try_recv().is_ok() {
+                return seq;
+            }
+        }
+    });
+
+    // A filter naming 100,000 devices does not fit in a request head.
+    let devices: Vec<String> = (0..100_000).map(|i| format!("d{i}")).collect();
+    let devices = devices.join(",");
+    for path in ["/v1/events", "/v1/readings"] {
+        let status = raw_status(&hub.addr, &format!("{path}?device={devices}")).await;
+        assert_eq!(status, 431, "{path}");
+    }
+    // Nor does a path of 100,000 segments.
+    assert_eq!(raw_status(&hub.addr, &"/v1".repeat(100_000)).await, 431);
+    // A long unknown path that fits is a JSON 404; a flood of parameters a
+    // 400 naming the first unknown one; a huge limit a 400 naming `limit`.
+    let answers = [
+        (format!("/v1/{}", "x/".repeat(2_000)), 404, "not_found", None),
+        (
+            format!("/v1/readings?{}", "colour=blue&".repeat(1_000)),
+            400,
+            "bad_parameter",
+            Some("colour"),
+        ),
+        (
+            "/v1/readings?limit=1000000000000".to_owned(),
+            400,
+            "bad_parameter",
+            Some("limit"),
+        ),
+        (
+            format!("/v1/events?{}", "device=a&".repeat(1_000)),
+            200,
+            "",
+            None,
+        ),
+    ];
+    for (path, want, error, parameter) in answers {
+        if want == 200 {
+            // Repeated filters replace each other; the stream opens.
+            let sse = e2e::SseClient::connect(&hub.addr, &path, &[]).await.unwrap();
+            assert_eq!(sse.status, 200);
+            continue;
+        }
+        let (status, body) = hub.get(&path).await.unwrap();
+        assert_eq!(status, want, "{}", &path[..40.min(path.len())]);
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["error"], error);
+        if let Some(parameter) = parameter {
+            assert_eq!(body["parameter"], parameter);
+        }
+    }
+
+    stop_tx.send(()).unwrap();
+    let sent = streamer.await.unwrap();
+    assert!(sent > 1, "the device kept streaming");
+    assert_eq!(
+        count(&hub, "SELECT count(*) FROM samples").await,
+        i64::try_from(sent * 5).unwrap()
+    );
+}
+
+/// The status the hub answers to `GET target`, sent by hand: HTTP clients
+/// refuse to send targets this long.
+async fn raw_status(addr: &str, target: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {target} HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n");
+    // The hub may answer and close before the whole request is written.
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(e2e::PATIENCE, stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {:?}", &answer[..answer.len().min(200)]))
 }

@@ -1,14 +1,18 @@
-//! `GET /v1/readings?device=&metric=&from=&to=&limit=&format=json|csv`.
+//! `GET /v1/readings?device=&metric=&from=&to=&limit=&cursor=&format=json|csv`.
+//!
+//! Paged: an answer that is not the last names the next page in `next` (JSON)
+//! and in a `Link: <…>; rel="next"` header (both formats), so every request
+//! costs about its `limit` however much is stored.
 
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::header;
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use std::fmt::Write;
 
 use crate::http_error::ApiError;
 use crate::store::Store;
-use crate::store::query::{ReadingFilter, ReadingRow};
+use crate::store::query::{After, ReadingFilter, ReadingRow};
 
 const DEFAULT_LIMIT: u32 = 1_000;
 const MAX_LIMIT: u32 = 100_000;
@@ -64,13 +68,14 @@ fn parse(pairs: &[(String, String)]) -> Result<(ReadingFilter, Format), ApiError
                     }
                 }
             }
+            "cursor" => filter.after = Some(cursor_from(value)?),
             // Read by the monitor-token check.
             "token" => {}
             _ => {
                 return Err(ApiError::bad_parameter(
                     name,
                     format!(
-                        "unknown parameter {name:?}; known: device, metric, from, to, limit, format, token"
+                        "unknown parameter {name:?}; known: device, metric, from, to, limit, cursor, format, token"
                     ),
                 ));
             }
@@ -81,33 +86,92 @@ fn parse(pairs: &[(String, String)]) -> Result<(ReadingFilter, Format), ApiError
     {
         return Err(ApiError::bad_parameter("to", "to must not be before from"));
     }
+    // A cursor belongs to the order it was made in: time with a device,
+    // storage without.
+    match (&filter.device, filter.after) {
+        (Some(_), Some(After::Storage(_))) | (None, Some(After::Time { .. })) => {
+            return Err(ApiError::bad_parameter(
+                "cursor",
+                "this cursor belongs to a query with a different device filter; \
+                 pass back the `next` of the same query",
+            ));
+        }
+        _ => {}
+    }
     Ok((filter, format))
 }
 
-/// Stored readings, oldest first. JSON: `{"readings": [...], "truncated": bool}`
-/// where `truncated` says more rows matched than `limit`. CSV: a header line
-/// `pos,device,metric,unit,ts_ms,value` and one line per reading.
+/// The text of a cursor: `t{ts_ms}.{pos}` in time order, `p{pos}` in
+/// storage order. Clients pass back what `next` said; its shape is not a
+/// promise.
+fn cursor_text(after: After) -> String {
+    match after {
+        After::Time { ts_ms, pos } => format!("t{ts_ms}.{pos}"),
+        After::Storage(pos) => format!("p{pos}"),
+    }
+}
+
+fn cursor_from(text: &str) -> Result<After, ApiError> {
+    let parsed = if let Some(rest) = text.strip_prefix('t') {
+        rest.rsplit_once('.').and_then(|(ts, pos)| {
+            Some(After::Time {
+                ts_ms: ts.parse().ok()?,
+                pos: pos.parse().ok()?,
+            })
+        })
+    } else {
+        text.strip_prefix('p')
+            .and_then(|pos| pos.parse().ok())
+            .map(After::Storage)
+    };
+    parsed.ok_or_else(|| {
+        ApiError::bad_parameter(
+            "cursor",
+            format!("cursor must be the `next` of an earlier answer, got {text:?}"),
+        )
+    })
+}
+
+/// The next page's address: this query with its cursor moved. The monitor
+/// token is left out: a credential is never echoed back.
+fn next_link(pairs: &[(String, String)], next: After) -> String {
+    let mut query: Vec<(&str, String)> = pairs
+        .iter()
+        .filter(|(name, _)| name != "cursor" && name != "token")
+        .map(|(name, value)| (name.as_str(), value.clone()))
+        .collect();
+    query.push(("cursor", cursor_text(next)));
+    let query = serde_urlencoded::to_string(&query).unwrap_or_default();
+    format!("</v1/readings?{query}>; rel=\"next\"")
+}
+
+/// Stored readings, one page. JSON: `{"readings": [...], "next": cursor or
+/// null}`. CSV: a header line `pos,device,metric,unit,ts_ms,value` and one
+/// line per reading. Both carry `Link: <…>; rel="next"` while there is more.
 pub async fn readings(
     State(store): State<Store>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    let (mut filter, format) = parse(&pairs)?;
-    let limit = filter.limit as usize;
-    // One row more than asked tells whether the answer is complete.
-    filter.limit += 1;
-    let mut rows = store.readings(&filter).await?;
-    let truncated = rows.len() > limit;
-    rows.truncate(limit);
-    Ok(match format {
-        Format::Json => {
-            Json(serde_json::json!({ "readings": rows, "truncated": truncated })).into_response()
-        }
+    let (filter, format) = parse(&pairs)?;
+    let page = store.readings(&filter).await?;
+    let mut response = match format {
+        Format::Json => Json(serde_json::json!({
+            "readings": page.rows,
+            "next": page.next.map(cursor_text),
+        }))
+        .into_response(),
         Format::Csv => (
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-            to_csv(&rows),
+            to_csv(&page.rows),
         )
             .into_response(),
-    })
+    };
+    if let Some(next) = page.next
+        && let Ok(link) = HeaderValue::from_str(&next_link(&pairs, next))
+    {
+        response.headers_mut().insert(header::LINK, link);
+    }
+    Ok(response)
 }
 
 fn to_csv(rows: &[ReadingRow]) -> String {
@@ -174,6 +238,7 @@ mod tests {
                 from_ms: Some(10),
                 to_ms: Some(20),
                 limit: 5,
+                after: None,
             }
         );
         assert_eq!(format, Format::Csv);
@@ -205,6 +270,43 @@ mod tests {
     fn a_range_that_ends_before_it_starts_is_refused() {
         let err = parse(&pairs(&[("from", "20"), ("to", "10")])).unwrap_err();
         assert_eq!(serde_json::to_value(&err).unwrap()["parameter"], "to");
+    }
+
+    #[test]
+    fn cursors_read_back_what_they_wrote() {
+        for after in [
+            After::Time { ts_ms: -5, pos: 3 },
+            After::Time {
+                ts_ms: 1_764_300_000_000,
+                pos: i64::MAX,
+            },
+            After::Storage(0),
+        ] {
+            assert_eq!(cursor_from(&cursor_text(after)).unwrap(), after);
+        }
+        for bad in ["", "t", "t5", "t.5", "p", "px", "q5", "t5.x"] {
+            assert!(cursor_from(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_cursor_is_refused_in_the_other_order() {
+        for query in [
+            [("device", "d1"), ("cursor", "p5")],
+            [("metric", "m"), ("cursor", "t5.5")],
+        ] {
+            let err = parse(&pairs(&query)).unwrap_err();
+            assert_eq!(serde_json::to_value(&err).unwrap()["parameter"], "cursor");
+        }
+    }
+
+    #[test]
+    fn the_next_link_keeps_the_query_but_not_the_token() {
+        let link = next_link(
+            &pairs(&[("device", "a b"), ("token", "secret"), ("cursor", "t1.1")]),
+            After::Time { ts_ms: 2, pos: 9 },
+        );
+        assert_eq!(link, "</v1/readings?device=a+b&cursor=t2.9>; rel=\"next\"");
     }
 
     #[test]

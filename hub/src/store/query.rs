@@ -41,7 +41,7 @@ pub struct Page {
     pub read_through: Position,
 }
 
-/// Which readings to return.
+/// Which readings `GET /v1/readings` returns.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReadingFilter {
     pub device: Option<String>,
@@ -51,7 +51,34 @@ pub struct ReadingFilter {
     /// Exclusive, ms since the Unix epoch.
     pub to_ms: Option<i64>,
     pub limit: u32,
+    /// Where this page starts: after the last row of the page before.
+    pub after: Option<After>,
 }
+
+/// A place in one of the two orders `GET /v1/readings` pages through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// One device's readings come by device time, then position: an index
+    /// range per metric, merged.
+    Time { ts_ms: i64, pos: Position },
+    /// Readings of every device come in storage order, the order of the live
+    /// stream: the one order that pages across devices without a sort.
+    Storage(Position),
+}
+
+/// One page of `GET /v1/readings`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadingsPage {
+    pub rows: Vec<ReadingRow>,
+    /// Where the next page starts; `None` once everything that matched has
+    /// been returned. A page may hold fewer than `limit` rows and still have
+    /// a next one: a storage-order page reads a bounded span of positions.
+    pub next: Option<After>,
+}
+
+/// How many positions one storage-order page reads at most, matching or
+/// not: what bounds the cost of a request whose filter matches little.
+pub const STORAGE_SCAN_SPAN: i64 = 100_000;
 
 /// A metric as the API lists it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -61,32 +88,171 @@ pub struct MetricInfo {
 }
 
 impl Store {
-    /// Readings matching `filter`, oldest first (by device time, then
-    /// position), at most `filter.limit`.
+    /// One page of readings matching `filter`: with a device, oldest first
+    /// by device time, then position; without one, in storage order. Either
+    /// way a page costs about its `limit` rows, or at most
+    /// [`STORAGE_SCAN_SPAN`] positions, however much is stored.
     ///
     /// # Errors
     /// A database failure.
-    pub async fn readings(&self, filter: &ReadingFilter) -> Result<Vec<ReadingRow>, StoreError> {
-        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT pos, device, metric, unit, ts_ms, value FROM readings WHERE 1 = 1",
-        );
-        if let Some(device) = &filter.device {
-            query.push(" AND device = ").push_bind(device.clone());
+    pub async fn readings(&self, filter: &ReadingFilter) -> Result<ReadingsPage, StoreError> {
+        match &filter.device {
+            Some(device) => self.device_readings(device, filter).await,
+            None => self.readings_in_storage_order(filter).await,
         }
+    }
+
+    /// One device's readings by time: each of its metrics is an ordered
+    /// range of the `(metric, ts_ms)` index, and SQLite merges the ranges of
+    /// a compound SELECT lazily, so it reads about `limit` rows, not every
+    /// row of the range.
+    async fn device_readings(
+        &self,
+        device: &str,
+        filter: &ReadingFilter,
+    ) -> Result<ReadingsPage, StoreError> {
+        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT m.id, m.name, m.unit FROM metrics m JOIN devices d ON d.id = m.device
+             WHERE d.device_id = ",
+        );
+        query.push_bind(device.to_owned());
         if let Some(metric) = &filter.metric {
-            query.push(" AND metric = ").push_bind(metric.clone());
+            query.push(" AND m.name = ").push_bind(metric.clone());
+        }
+        let metrics: Vec<(i64, String, String)> = query
+            .push(" ORDER BY m.id")
+            .build_query_as()
+            .fetch_all(self.pool())
+            .await?;
+        if metrics.is_empty() {
+            return Ok(ReadingsPage {
+                rows: Vec::new(),
+                next: None,
+            });
+        }
+        let after = match filter.after {
+            Some(After::Time { ts_ms, pos }) => Some((ts_ms, pos)),
+            _ => None,
+        };
+        let from = match (filter.from_ms, after) {
+            (Some(from), Some((ts, _))) => Some(from.max(ts)),
+            (from, after) => from.or(after.map(|(ts, _)| ts)),
+        };
+        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new("");
+        for (arm, (metric, _, _)) in metrics.iter().enumerate() {
+            if arm > 0 {
+                query.push(" UNION ALL ");
+            }
+            query
+                .push("SELECT pos, ts_ms, value, ")
+                .push(arm)
+                .push(" FROM samples WHERE metric = ")
+                .push_bind(*metric);
+            if let Some(from) = from {
+                query.push(" AND ts_ms >= ").push_bind(from);
+            }
+            if let Some(to) = filter.to_ms {
+                query.push(" AND ts_ms < ").push_bind(to);
+            }
+            if let Some((ts, pos)) = after {
+                query
+                    .push(" AND (ts_ms > ")
+                    .push_bind(ts)
+                    .push(" OR pos > ")
+                    .push_bind(pos)
+                    .push(")");
+            }
+        }
+        // One row more than asked says whether there is a next page.
+        query
+            .push(" ORDER BY 2, 1 LIMIT ")
+            .push_bind(i64::from(filter.limit) + 1);
+        let mut rows: Vec<ReadingRow> = query
+            .build_query_as::<(i64, i64, Option<f64>, i64)>()
+            .fetch_all(self.pool())
+            .await?
+            .into_iter()
+            .map(|(pos, ts_ms, value, arm)| {
+                let (_, name, unit) = &metrics[usize::try_from(arm).unwrap_or_default()];
+                ReadingRow {
+                    pos,
+                    device: device.to_owned(),
+                    metric: name.clone(),
+                    unit: unit.clone(),
+                    ts_ms,
+                    value,
+                }
+            })
+            .collect();
+        let next = if rows.len() > filter.limit as usize {
+            rows.truncate(filter.limit as usize);
+            rows.last().map(|row| After::Time {
+                ts_ms: row.ts_ms,
+                pos: row.pos,
+            })
+        } else {
+            None
+        };
+        Ok(ReadingsPage { rows, next })
+    }
+
+    /// Readings of every device in storage order, reading at most
+    /// [`STORAGE_SCAN_SPAN`] positions a page.
+    async fn readings_in_storage_order(
+        &self,
+        filter: &ReadingFilter,
+    ) -> Result<ReadingsPage, StoreError> {
+        let (oldest, newest): (Option<i64>, Option<i64>) =
+            sqlx::query_as("SELECT min(pos), max(pos) FROM samples")
+                .fetch_one(self.pool())
+                .await?;
+        let (Some(oldest), Some(newest)) = (oldest, newest) else {
+            return Ok(ReadingsPage {
+                rows: Vec::new(),
+                next: None,
+            });
+        };
+        let after = match filter.after {
+            Some(After::Storage(pos)) => pos,
+            _ => 0,
+        };
+        // Positions retention deleted are skipped, not read as empty spans.
+        let after = after.max(oldest - 1);
+        let through = after.saturating_add(STORAGE_SCAN_SPAN);
+        // CROSS JOIN keeps samples the outer loop: a range of its primary
+        // key, whatever the filter.
+        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT s.pos, d.device_id, m.name, m.unit, s.ts_ms, s.value
+             FROM samples s CROSS JOIN metrics m ON m.id = s.metric
+             CROSS JOIN devices d ON d.id = m.device WHERE s.pos > ",
+        );
+        query.push_bind(after).push(" AND s.pos <= ").push_bind(through);
+        if let Some(metric) = &filter.metric {
+            query.push(" AND m.name = ").push_bind(metric.clone());
         }
         if let Some(from) = filter.from_ms {
-            query.push(" AND ts_ms >= ").push_bind(from);
+            query.push(" AND s.ts_ms >= ").push_bind(from);
         }
         if let Some(to) = filter.to_ms {
-            query.push(" AND ts_ms < ").push_bind(to);
+            query.push(" AND s.ts_ms < ").push_bind(to);
         }
         query
-            .push(" ORDER BY ts_ms, pos LIMIT ")
-            .push_bind(i64::from(filter.limit));
-        let rows = query.build().fetch_all(self.pool()).await?;
-        Ok(rows.into_iter().map(reading_row).collect())
+            .push(" ORDER BY s.pos LIMIT ")
+            .push_bind(i64::from(filter.limit) + 1);
+        let mut rows: Vec<ReadingRow> = query
+            .build()
+            .fetch_all(self.pool())
+            .await?
+            .into_iter()
+            .map(reading_row)
+            .collect();
+        let next = if rows.len() > filter.limit as usize {
+            rows.truncate(filter.limit as usize);
+            rows.last().map(|row| After::Storage(row.pos))
+        } else {
+            (through < newest).then_some(After::Storage(through))
+        };
+        Ok(ReadingsPage { rows, next })
     }
 
     /// The next page for a cursor consumer at `after` following a head at
@@ -181,5 +347,212 @@ impl Store {
             });
         }
         Ok(by_device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::PoolDurability;
+
+    /// A store holding, for each `(device, metric, positions)`, one reading
+    /// per position with `ts_ms` from `time(pos)`.
+    async fn store_with(
+        rows: &[(&str, &str, std::ops::RangeInclusive<i64>)],
+        time: fn(i64) -> i64,
+    ) -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("hub.db"), PoolDurability::WithWriter)
+            .await
+            .unwrap();
+        for (device, metric, positions) in rows {
+            sqlx::query(
+                "INSERT OR IGNORE INTO devices (device_id, created_ms) VALUES (?, 0)",
+            )
+            .bind(device)
+            .execute(store.pool())
+            .await
+            .unwrap();
+            sqlx::query(
+                "INSERT OR IGNORE INTO metrics (device, name, unit)
+                 SELECT id, ?, 'u' FROM devices WHERE device_id = ?",
+            )
+            .bind(metric)
+            .bind(device)
+            .execute(store.pool())
+            .await
+            .unwrap();
+            sqlx::query(
+                "WITH RECURSIVE p(pos) AS (SELECT ? UNION ALL SELECT pos + 1 FROM p WHERE pos < ?)
+                 INSERT INTO samples (pos, metric, ts_ms, value)
+                 SELECT p.pos, m.id, 0, p.pos FROM p, metrics m JOIN devices d ON d.id = m.device
+                 WHERE d.device_id = ? AND m.name = ?",
+            )
+            .bind(positions.start())
+            .bind(positions.end())
+            .bind(device)
+            .bind(metric)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        }
+        // ts_ms from the position: a function SQLite cannot see, so set here.
+        let all: Vec<i64> = sqlx::query_scalar("SELECT pos FROM samples")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        let mut tx = store.pool().begin().await.unwrap();
+        for pos in all {
+            sqlx::query("UPDATE samples SET ts_ms = ? WHERE pos = ?")
+                .bind(time(pos))
+                .bind(pos)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        (store, dir)
+    }
+
+    /// Every page of `filter`, following `next`.
+    async fn all_pages(store: &Store, mut filter: ReadingFilter) -> Vec<ReadingsPage> {
+        let mut pages = Vec::new();
+        loop {
+            let page = store.readings(&filter).await.unwrap();
+            let next = page.next;
+            pages.push(page);
+            match next {
+                Some(after) => filter.after = Some(after),
+                None => return pages,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_device_pages_by_time_across_its_metrics_with_ties_by_position() {
+        // Two metrics, interleaved, with times going backwards in places
+        // and many equal times: the order is (ts_ms, pos) whatever the
+        // storage order.
+        let (store, _dir) = store_with(
+            &[("d1", "a", 1..=40), ("d1", "b", 41..=80), ("d2", "a", 81..=90)],
+            |pos| (pos * 7) % 13,
+        )
+        .await;
+        let filter = ReadingFilter {
+            device: Some("d1".into()),
+            limit: 7,
+            ..ReadingFilter::default()
+        };
+        let pages = all_pages(&store, filter.clone()).await;
+        assert_eq!(pages.len(), 12, "80 rows in pages of 7");
+        let got: Vec<(i64, i64)> = pages
+            .iter()
+            .flat_map(|page| page.rows.iter().map(|row| (row.ts_ms, row.pos)))
+            .collect();
+        let mut want: Vec<(i64, i64)> = (1..=80).map(|pos| ((pos * 7) % 13, pos)).collect();
+        want.sort_unstable();
+        assert_eq!(got, want);
+        assert!(pages.iter().all(|page| page.rows.iter().all(|r| r.device == "d1")));
+
+        // A time range and a metric narrow it; the cursor stays inside them.
+        let narrowed = all_pages(
+            &store,
+            ReadingFilter {
+                metric: Some("b".into()),
+                from_ms: Some(3),
+                to_ms: Some(6),
+                limit: 2,
+                ..filter
+            },
+        )
+        .await;
+        let got: Vec<i64> = narrowed
+            .iter()
+            .flat_map(|page| page.rows.iter().map(|row| row.pos))
+            .collect();
+        let mut want: Vec<(i64, i64)> = (41..=80)
+            .map(|pos| ((pos * 7) % 13, pos))
+            .filter(|(ts, _)| (3..6).contains(ts))
+            .collect();
+        want.sort_unstable();
+        assert_eq!(got, want.iter().map(|(_, pos)| *pos).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn without_a_device_pages_go_in_storage_order_and_read_a_bounded_span() {
+        let span = STORAGE_SCAN_SPAN;
+        // A rare metric far apart: one reading, then a span and more of
+        // another metric, then the second one.
+        let (store, _dir) = store_with(
+            &[
+                ("d1", "rare", 1..=1),
+                ("d1", "common", 2..=span + 10),
+                ("d2", "rare", span + 11..=span + 11),
+            ],
+            |pos| pos,
+        )
+        .await;
+        let pages = all_pages(
+            &store,
+            ReadingFilter {
+                metric: Some("rare".into()),
+                limit: 10,
+                ..ReadingFilter::default()
+            },
+        )
+        .await;
+        // The first page read its span and found one; the second the rest.
+        assert_eq!(pages.len(), 2);
+        assert_eq!(pages[0].rows.len(), 1);
+        assert_eq!(pages[0].next, Some(After::Storage(span)));
+        let devices: Vec<&str> = pages[1].rows.iter().map(|r| r.device.as_str()).collect();
+        assert_eq!(devices, ["d2"]);
+        assert_eq!(pages[1].next, None);
+
+        // Unfiltered, full pages follow storage order.
+        let page = store
+            .readings(&ReadingFilter {
+                limit: 3,
+                after: Some(After::Storage(5)),
+                ..ReadingFilter::default()
+            })
+            .await
+            .unwrap();
+        let positions: Vec<i64> = page.rows.iter().map(|r| r.pos).collect();
+        assert_eq!(positions, [6, 7, 8]);
+        assert_eq!(page.next, Some(After::Storage(8)));
+    }
+
+    #[tokio::test]
+    async fn a_storage_order_page_skips_what_retention_deleted() {
+        let (store, _dir) = store_with(&[("d1", "m", 1..=10)], |pos| pos).await;
+        sqlx::query("DELETE FROM samples WHERE pos <= 5")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        // Far below the oldest position: not a run of empty spans.
+        let page = store
+            .readings(&ReadingFilter {
+                limit: 100,
+                ..ReadingFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.rows.len(), 5);
+        assert_eq!(page.next, None);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_device_is_an_empty_last_page() {
+        let (store, _dir) = store_with(&[("d1", "m", 1..=3)], |pos| pos).await;
+        let page = store
+            .readings(&ReadingFilter {
+                device: Some("nobody".into()),
+                limit: 10,
+                ..ReadingFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page, ReadingsPage { rows: Vec::new(), next: None });
     }
 }
