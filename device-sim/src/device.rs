@@ -203,6 +203,10 @@ struct Device {
     ticker: Interval,
     interval: Duration,
     sampling: bool,
+    /// Connections in a row that ended before the hub acknowledged
+    /// anything: a hub that accepts devices but cannot store (a full or
+    /// read-only disk) is backed off from like one that refuses them.
+    fruitless: u32,
 }
 
 /// A ticker every `interval`, first ticking one interval from now, that
@@ -303,6 +307,14 @@ impl Device {
         ws.flush().await.is_ok()
     }
 
+    /// An established connection ended.
+    fn dropped(&mut self) -> Link {
+        self.stats.reconnects.fetch_add(1, Relaxed);
+        let link = self.lost(self.fruitless);
+        self.fruitless = self.fruitless.saturating_add(1);
+        link
+    }
+
     fn lost(&mut self, attempt: u32) -> Link {
         let delay = self.settings.backoff.delay(attempt, self.rng.unit());
         Link::Down {
@@ -335,6 +347,7 @@ pub async fn run(
         ticker: ticker(interval),
         interval,
         sampling: settings.count != Some(0),
+        fruitless: 0,
         spec,
         settings,
         stats,
@@ -384,6 +397,9 @@ pub async fn run(
             }
             Event::Handshake(Ok((ws, welcome))) => {
                 let settled = device.outbox.resume(welcome.last_seq);
+                if settled.readings > 0 {
+                    device.fruitless = 0;
+                }
                 device
                     .stats
                     .acked
@@ -408,6 +424,7 @@ pub async fn run(
             Event::Incoming(Some(Ok(Message::Binary(bytes)))) => match HubFrame::decode(&bytes) {
                 Ok(HubFrame::Ack(ack)) => {
                     let settled = device.outbox.acknowledge(ack.seq);
+                    device.fruitless = 0;
                     device
                         .stats
                         .acked
@@ -429,8 +446,7 @@ pub async fn run(
                             .await
                             .is_err()
                     {
-                        device.stats.reconnects.fetch_add(1, Relaxed);
-                        link = device.lost(0);
+                        link = device.dropped();
                     }
                 }
                 Ok(HubFrame::Error(error)) => {
@@ -447,15 +463,13 @@ pub async fn run(
             },
             Event::Incoming(Some(Ok(_))) => {}
             Event::Incoming(None | Some(Err(_))) => {
-                device.stats.reconnects.fetch_add(1, Relaxed);
-                link = device.lost(0);
+                link = device.dropped();
             }
         }
         if let Link::Up(ws) = &mut link
             && !device.send_unsent(ws).await
         {
-            device.stats.reconnects.fetch_add(1, Relaxed);
-            link = device.lost(0);
+            link = device.dropped();
         }
         // The one place the connected gauge follows the link.
         match (was_up, link.is_up()) {

@@ -239,3 +239,108 @@ async fn a_database_file_removed_under_the_hub_stops_acknowledgements() {
     let (exit, _) = hub.terminate().await.unwrap();
     assert!(!exit.success());
 }
+
+/// Sets or clears the immutable flag on `files` (which even root cannot
+/// write through); false where the filesystem or the process cannot.
+fn immutable(files: &[PathBuf], on: bool) -> bool {
+    std::process::Command::new("chattr")
+        .arg(if on { "+i" } else { "-i" })
+        .args(files)
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+#[tokio::test]
+async fn a_database_made_read_only_is_reported_acknowledges_nothing_unstored_and_blocks_a_restart()
+{
+    let hub = TestHub::start(&["--provision-key", "k"]).await.unwrap();
+    let listen = hub.addr.clone();
+    let db_path = hub.db_path();
+    let files: Vec<PathBuf> = ["", "-wal"]
+        .iter()
+        .map(|suffix| PathBuf::from(format!("{}{suffix}", db_path.display())))
+        .collect();
+    let device = DeviceSettings {
+        kinds: vec![SensorKind::Temperature],
+        rate: Some(200.0),
+        batch: 10,
+        flush: Duration::from_millis(50),
+        count: Some(1_000),
+        buffer: 10_000,
+        backoff: Backoff {
+            base: Duration::from_millis(50),
+            cap: Duration::from_millis(300),
+        },
+        ..DeviceSettings::new(endpoint(&format!("ws://{listen}")).unwrap())
+    };
+    let run = tokio::spawn(fleet::run(FleetConfig::new(
+        2,
+        Credential::ProvisionKey("k".into()),
+        device,
+    )));
+    let db = hub.db().await.unwrap();
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM samples")
+        .fetch_one(&db)
+        .await
+        .unwrap()
+        < 100
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    db.close().await;
+
+    // Made read-only under the running hub. Whether a file already open
+    // for writing still takes writes is the filesystem's call (ext4 refuses
+    // them, tmpfs does not); either way nothing unstored is acknowledged,
+    // and when writes fail `/healthz` says so.
+    if !immutable(&files, true) {
+        eprintln!("skipped: chattr +i is not allowed here (it needs root and ext4, xfs or tmpfs)");
+        run.abort();
+        return;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = hub.get("/healthz").await.unwrap();
+    assert!(
+        status == 200 || body.contains("storage_failing"),
+        "{status} {body}"
+    );
+    let (status, dir) = tokio::time::timeout(e2e::PATIENCE, hub.terminate())
+        .await
+        .expect("SIGTERM ends the hub")
+        .unwrap();
+    assert!(status.code().is_some(), "{status:?}");
+
+    // A restart on the read-only file refuses to start, saying why, rather
+    // than accepting devices whose every batch would fail.
+    let serve = tokio::time::timeout(
+        e2e::PATIENCE,
+        e2e::cli_on(&db_path, &["serve", "--listen", "127.0.0.1:0"]),
+    )
+    .await
+    .expect("the hub exited by itself")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&serve.stderr);
+    assert!(!serve.status.success(), "{stderr}");
+    assert!(stderr.contains("can only be read"), "{stderr}");
+    assert!(stderr.contains(&db_path.display().to_string()), "{stderr}");
+
+    // Writable again, on the same address: the devices resend what was not
+    // acknowledged, and every reading is stored once.
+    assert!(immutable(&files, false));
+    let hub = TestHub::start_in(dir, &listen, &["--provision-key", "k"])
+        .await
+        .unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the fleet finished")
+        .unwrap();
+    assert!(summary.complete(), "{summary:?}");
+    assert_eq!(summary.acked, 2_000, "{summary:?}");
+    let db = hub.db().await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM samples")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(stored, 2_000);
+    db.close().await;
+}

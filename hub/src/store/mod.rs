@@ -31,6 +31,11 @@ pub enum StoreError {
     Writer(#[from] rusqlite::Error),
     #[error("cannot start the writer: {0}")]
     Thread(#[from] std::io::Error),
+    #[error(
+        "{0} can only be read (its mode, an immutable flag or a read-only mount): \
+         the hub writes every reading to it"
+    )]
+    ReadOnly(PathBuf),
 }
 
 /// When the pool's own commits (the CLI's changes) reach the disk. The

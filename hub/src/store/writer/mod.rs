@@ -281,6 +281,11 @@ pub async fn open(store: &Store) -> Result<Opened, StoreError> {
     let path = store.path().to_owned();
     tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
         let conn = statements::open(&path)?;
+        // SQLite opens a file it may not write read-only, without a word;
+        // every commit would then fail. Better not to start.
+        if conn.is_readonly(rusqlite::MAIN_DB)? {
+            return Err(StoreError::ReadOnly(path));
+        }
         let file = file::DbFile::at(&path)?;
         let last_pos = statements::last_position(&conn)?;
         Ok(Opened {
