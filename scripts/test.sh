@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests need that
 # a Rust machine may lack (Debian's Chromium and ChromeDriver for the browser
-# test, Mosquitto for the benchmark harness's side-by-side run), then runs a
-# tiny pass of every benchmark scenario and every test of the workspace.
+# test, Mosquitto for the benchmark harness's side-by-side run, schemathesis
+# from PyPI for the OpenAPI test), then runs a tiny pass of every benchmark
+# scenario and every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,18 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# schemathesis, pinned with everything it pulls in, in a virtual environment
+# of its own (named after the pins, so a change of pins makes a new one).
+requirements=tests/schemathesis/requirements.txt
+venv="${XDG_CACHE_HOME:-$HOME/.cache}/telemetry-hub/schemathesis-$(sha256sum "$requirements" | cut -c1-12)"
+if ! [ -x "$venv/bin/st" ]; then
+    echo "== installing schemathesis into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$requirements"
+fi
+export SCHEMATHESIS="$venv/bin/st"
 
 # A tiny run of every benchmark scenario against the real hub and a
 # Mosquitto of its own: checks that the harness works; it measures nothing.

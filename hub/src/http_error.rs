@@ -9,12 +9,17 @@ use serde::Serialize;
 use crate::store::StoreError;
 
 /// An HTTP error answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
 pub struct ApiError {
     #[serde(skip)]
     status: StatusCode,
+    /// A stable code for programs: `bad_parameter`, `unauthorized`, …
+    #[schema(value_type = String)]
     error: &'static str,
+    /// What went wrong, for people.
     message: String,
+    /// The query parameter, body field or header at fault, when one is.
     #[serde(skip_serializing_if = "Option::is_none")]
     parameter: Option<String>,
 }

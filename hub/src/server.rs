@@ -326,9 +326,18 @@ fn router(state: AppState) -> Router {
         )
         .route("/v1/ws", get(ingest::upgrade))
         .route("/healthz", get(api::health))
+        .route("/v1/openapi.json", get(api::openapi::document))
         .route("/metrics", get(api::metrics))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        // axum still adds the `Allow` header to this answer.
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method; see Allow",
+            )
         })
         .with_state(state);
     if tls {

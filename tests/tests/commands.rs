@@ -114,3 +114,25 @@ async fn commands_for_absent_devices_and_bad_bodies_are_refused_in_json() {
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["error"], "bad_body");
 }
+
+#[tokio::test]
+async fn wrong_methods_and_undecodable_paths_get_json_errors() {
+    let hub = TestHub::start(&[]).await.unwrap();
+    let response = testkit::http::client()
+        .delete(format!("http://{}/healthz", hub.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "GET,HEAD");
+    let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "method_not_allowed");
+
+    let (status, body) = hub
+        .post("/v1/devices/%FF/commands", r#"{"name":"x"}"#)
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"], "bad_path");
+}

@@ -500,7 +500,8 @@ async fn the_read_api_returns_what_was_stored() {
             .unwrap();
         assert_eq!(response.status(), 200);
         let headers = response.headers().clone();
-        let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_str(&response.text().await.unwrap()).unwrap();
         positions.extend(
             body["readings"]
                 .as_array()
@@ -785,7 +786,12 @@ async fn floods_of_filters_paths_and_parameters_get_clear_answers_while_a_device
     // A long unknown path that fits is a JSON 404; a flood of parameters a
     // 400 naming the first unknown one; a huge limit a 400 naming `limit`.
     let answers = [
-        (format!("/v1/{}", "x/".repeat(2_000)), 404, "not_found", None),
+        (
+            format!("/v1/{}", "x/".repeat(2_000)),
+            404,
+            "not_found",
+            None,
+        ),
         (
             format!("/v1/readings?{}", "colour=blue&".repeat(1_000)),
             400,
@@ -808,7 +814,9 @@ async fn floods_of_filters_paths_and_parameters_get_clear_answers_while_a_device
     for (path, want, error, parameter) in answers {
         if want == 200 {
             // Repeated filters replace each other; the stream opens.
-            let sse = e2e::SseClient::connect(&hub.addr, &path, &[]).await.unwrap();
+            let sse = e2e::SseClient::connect(&hub.addr, &path, &[])
+                .await
+                .unwrap();
             assert_eq!(sse.status, 200);
             continue;
         }

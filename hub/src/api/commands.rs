@@ -11,10 +11,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use protocol::limits::{MAX_COMMAND_ARGS, MAX_TEXT_LEN};
 use protocol::{Command, CommandArg, DecodeError, HubFrame};
 use serde::Deserialize;
 
@@ -43,23 +44,87 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 const MAX_TIMEOUT_MS: u64 = 60_000;
 
-/// The request body.
-#[derive(Debug, Deserialize)]
+/// The request body. Names and values reach the device as they are; the
+/// protocol counts their length in UTF-8 bytes.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Command)]
 pub struct CommandRequest {
+    /// The command, 1–256 bytes of UTF-8.
+    #[schema(min_length = 1, max_length = 256)]
     name: String,
+    /// At most 16, each name 1–256 bytes and each value at most 256 bytes
+    /// of UTF-8.
     #[serde(default)]
+    #[schema(schema_with = args_schema)]
     args: BTreeMap<String, String>,
-    timeout_ms: Option<u64>,
+    /// How long to wait for the device's answer (default 10000). JSON has
+    /// one number type, so `500.0` is 500.
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 60000)]
+    timeout_ms: Option<f64>,
 }
 
-/// Sends the command and waits for the device's answer.
+/// `args` as the protocol bounds it. JSON Schema counts characters, the
+/// protocol bytes: a text of at most 256 characters can still be refused
+/// when it is over 256 bytes.
+fn args_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::{ObjectBuilder, Type};
+    let text = |min| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(min)
+            .max_length(Some(MAX_TEXT_LEN))
+    };
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property_names(Some(text(Some(1))))
+        .additional_properties(Some(text(None)))
+        .max_properties(Some(MAX_COMMAND_ARGS))
+        .build()
+}
+
+/// The device's answer to a command.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct CommandResult {
+    /// The command's id on this hub.
+    id: u64,
+    /// Whether the device carried it out.
+    ok: bool,
+    /// What the device said about it.
+    detail: String,
+}
+
+/// Sends a command to a connected device and waits for its answer.
+#[utoipa::path(
+    post,
+    path = "/v1/devices/{id}/commands",
+    tag = "monitor",
+    security((), ("monitor_token" = [])),
+    params(("id" = String, Path, description = "The device id")),
+    request_body(content = CommandRequest, content_type = "application/json",
+                 description = "At most 16 KiB"),
+    responses(
+        (status = 200, description = "The device's answer", body = CommandResult),
+        (status = 400, description = "Not a command: the field at fault is named", body = ApiError),
+        (status = 401, description = "The monitor token is missing or wrong", body = ApiError),
+        (status = 403, description = "A cross-site request with the monitor cookie", body = ApiError),
+        (status = 404, description = "No such device", body = ApiError),
+        (status = 409, description = "The device is not connected", body = ApiError),
+        (status = 413, description = "The body is over 16 KiB", body = ApiError),
+        (status = 415, description = "The body is not `application/json`", body = ApiError),
+        (status = 503, description = "The device's command queue is full", body = ApiError),
+        (status = 504, description = "The device did not answer in time", body = ApiError),
+    ),
+)]
 pub async fn send(
     State(registry): State<Registry>,
     State(store): State<Store>,
-    Path(device): Path<String>,
+    device: Result<Path<String>, PathRejection>,
     body: Result<Json<CommandRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let Path(device) = device.map_err(|rejection| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_path", rejection.body_text())
+    })?;
     let Json(request) = body.map_err(|rejection| {
         // 413 past MAX_BODY_BYTES, 415 without a JSON content type, 400 for
         // any other body that is not a command request.
@@ -69,13 +134,16 @@ pub async fn send(
         };
         ApiError::new(status, "bad_body", rejection.body_text())
     })?;
-    let timeout_ms = request.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
-    if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
-        return Err(ApiError::bad_field(
-            "timeout_ms",
-            format!("timeout_ms must be 1 to {MAX_TIMEOUT_MS}"),
-        ));
-    }
+    let timeout_ms = match request.timeout_ms {
+        None => DEFAULT_TIMEOUT_MS,
+        Some(ms) if ms.fract() == 0.0 && (1.0..=MAX_TIMEOUT_MS as f64).contains(&ms) => ms as u64,
+        Some(_) => {
+            return Err(ApiError::bad_field(
+                "timeout_ms",
+                format!("timeout_ms must be a whole number from 1 to {MAX_TIMEOUT_MS}"),
+            ));
+        }
+    };
     let args: Vec<CommandArg> = request
         .args
         .into_iter()
@@ -121,11 +189,11 @@ pub async fn send(
         }
     };
     match tokio::time::timeout(Duration::from_millis(timeout_ms), result).await {
-        Ok(Ok(result)) => Ok(Json(serde_json::json!({
-            "id": id,
-            "ok": result.ok,
-            "detail": result.detail,
-        }))),
+        Ok(Ok(result)) => Ok(Json(CommandResult {
+            id,
+            ok: result.ok,
+            detail: result.detail,
+        })),
         Ok(Err(_)) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "device_offline",

@@ -76,7 +76,46 @@ fn event_id(name: &str, value: &str) -> Result<i64, ApiError> {
         })
 }
 
-/// Opens a live stream.
+/// One event of the stream, as an `EventSource` sees it (the README shows
+/// each kind's `data`). Only the document uses it: the stream is written by
+/// `live::format`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct Event {
+    /// `reading`, `status` or `reset`.
+    event: Option<String>,
+    /// JSON text.
+    data: String,
+    /// A reading's storage position.
+    id: Option<String>,
+    /// How long the browser waits before it reconnects, in ms.
+    retry: Option<u64>,
+}
+
+/// The live stream of readings and device status, as Server-Sent Events:
+/// `reading` events whose id is the storage position, `status` events,
+/// `reset` when a resume point is gone, and keep-alive comments.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "monitor",
+    security((), ("monitor_token" = [])),
+    params(
+        ("device" = Option<String>, Query, description = "Only these devices, comma-separated"),
+        ("metric" = Option<String>, Query, description = "Only these metrics, comma-separated"),
+        ("last_event_id" = Option<i64>, Query, minimum = 0,
+         description = "Resume after this event id on a first connection; 0 is everything still stored"),
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = "^[0-9]{0,18}$",
+         description = "The browser's resume point on its reconnects; wins over `last_event_id`"),
+        ("token" = Option<String>, Query, description = "The monitor token, for `EventSource`, which cannot send headers"),
+    ),
+    responses(
+        (status = 200, description = "An endless event stream", body = Event, content_type = "text/event-stream"),
+        (status = 400, description = "A bad parameter, named", body = ApiError),
+        (status = 401, description = "The monitor token is missing or wrong", body = ApiError),
+        (status = 503, description = "As many subscribers as `--max-subscribers`; retry after `Retry-After`", body = ApiError),
+    ),
+)]
 pub async fn events(
     State(live): State<Arc<Live>>,
     State(timing): State<Timing>,

@@ -5,6 +5,7 @@
 pub mod commands;
 pub mod events;
 pub mod monitor_auth;
+pub mod openapi;
 mod readings;
 
 use std::sync::Arc;
@@ -27,15 +28,43 @@ use crate::tls::Tls;
 pub use readings::readings;
 
 /// One device in `GET /v1/devices`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Device)]
 struct DeviceView {
     #[serde(flatten)]
     record: DeviceRecord,
+    /// Connected to this hub now.
     online: bool,
     metrics: Vec<MetricInfo>,
 }
 
-/// `GET /v1/devices`: every device, whether it is connected and its metrics.
+/// The answer of `GET /v1/devices`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Devices {
+    devices: Vec<DeviceView>,
+}
+
+/// The answer of a healthy `GET /healthz`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Healthy {
+    /// Always `ok`.
+    #[schema(value_type = String)]
+    status: &'static str,
+}
+
+/// Every device, whether it is connected, and its metrics.
+#[utoipa::path(
+    get,
+    path = "/v1/devices",
+    tag = "monitor",
+    security((), ("monitor_token" = [])),
+    responses(
+        (status = 200, description = "Every device", body = Devices),
+        (status = 400, description = "A bad query parameter", body = ApiError),
+        (status = 401, description = "The monitor token is missing or wrong", body = ApiError),
+        (status = 503, description = "The database cannot be read", body = ApiError),
+    ),
+)]
 pub async fn devices(
     State(store): State<Store>,
     State(registry): State<Registry>,
@@ -50,11 +79,21 @@ pub async fn devices(
             record,
         })
         .collect();
-    Ok(Json(serde_json::json!({ "devices": devices })))
+    Ok(Json(Devices { devices }))
 }
 
-/// `GET /healthz`: 200 while the database answers and the writer runs and
-/// commits; 503 with the reason otherwise.
+/// 200 while the database answers and the writer runs and commits; 503 with
+/// the reason otherwise (`storage_failing`, `writer_stopped`,
+/// `storage_unavailable`).
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The hub stores and serves", body = Healthy),
+        (status = 503, description = "Why it does not", body = ApiError),
+    ),
+)]
 pub async fn health(
     State(store): State<Store>,
     State(writer): State<WriterHealth>,
@@ -74,10 +113,19 @@ pub async fn health(
         ));
     }
     store.ping().await?;
-    Ok(Json(serde_json::json!({ "status": "ok" })))
+    Ok(Json(Healthy { status: "ok" }))
 }
 
-/// `GET /metrics`: the counters in Prometheus text format.
+/// The hub's counters in Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4",
+         body = String, content_type = "text/plain"),
+    ),
+)]
 pub async fn metrics(
     State(counters): State<Arc<Counters>>,
     State(tls): State<Option<Tls>>,

@@ -145,9 +145,47 @@ fn next_link(pairs: &[(String, String)], next: After) -> String {
     format!("</v1/readings?{query}>; rel=\"next\"")
 }
 
-/// Stored readings, one page. JSON: `{"readings": [...], "next": cursor or
-/// null}`. CSV: a header line `pos,device,metric,unit,ts_ms,value` and one
-/// line per reading. Both carry `Link: <…>; rel="next"` while there is more.
+/// One page of `GET /v1/readings` as JSON.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(super) struct Readings {
+    readings: Vec<ReadingRow>,
+    /// Pass it back as `cursor` (with the same filters) for the next page;
+    /// `null` once everything that matched has been returned.
+    next: Option<String>,
+}
+
+/// Stored readings, one page. With `device`, oldest first by device time
+/// (`ts_ms`, then `pos`); without, in storage order (`pos`), reading at most
+/// 100,000 positions a page, so a page may hold fewer than `limit` and still
+/// not be the last. While there is more, both formats carry
+/// `Link: <…>; rel="next"`.
+#[utoipa::path(
+    get,
+    path = "/v1/readings",
+    tag = "monitor",
+    security((), ("monitor_token" = [])),
+    params(
+        ("device" = Option<String>, Query, description = "Only this device; its readings then come by time"),
+        ("metric" = Option<String>, Query, description = "Only this metric name"),
+        ("from" = Option<i64>, Query, description = "From this device time on (inclusive), ms since the Unix epoch"),
+        ("to" = Option<i64>, Query, description = "Before this device time (exclusive), ms since the Unix epoch; not before `from`"),
+        ("limit" = Option<u32>, Query, description = "At most this many readings (default 1000)", minimum = 1, maximum = 100000),
+        ("cursor" = Option<String>, Query, pattern = "^(t-?[0-9]{1,18}\\.[0-9]{1,18}|p[0-9]{1,18})$",
+         description = "The `next` of the page before, with the same filters (a cursor from a query with a device is refused without one, and the other way round)"),
+        ("format" = Option<String>, Query, description = "`json` (default) or `csv`", pattern = "^(json|csv)$"),
+        ("token" = Option<String>, Query, description = "The monitor token, for clients that cannot send a header"),
+    ),
+    responses(
+        (status = 200, description = "One page", headers(("link" = String, description = "`</v1/readings?…&cursor=…>; rel=\"next\"` while there is more")),
+         content(
+            (Readings = "application/json"),
+            (String = "text/csv", example = "pos,device,metric,unit,ts_ms,value\n1,sim-01,temperature,°C,1764300000000,21.5\n"),
+         )),
+        (status = 400, description = "A bad parameter, named", body = ApiError),
+        (status = 401, description = "The monitor token is missing or wrong", body = ApiError),
+        (status = 503, description = "The database cannot be read", body = ApiError),
+    ),
+)]
 pub async fn readings(
     State(store): State<Store>,
     Query(pairs): Query<Vec<(String, String)>>,
@@ -155,10 +193,10 @@ pub async fn readings(
     let (filter, format) = parse(&pairs)?;
     let page = store.readings(&filter).await?;
     let mut response = match format {
-        Format::Json => Json(serde_json::json!({
-            "readings": page.rows,
-            "next": page.next.map(cursor_text),
-        }))
+        Format::Json => Json(Readings {
+            readings: page.rows,
+            next: page.next.map(cursor_text),
+        })
         .into_response(),
         Format::Csv => (
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],

@@ -54,7 +54,20 @@ pub struct Ingest {
     pub tracker: TaskTracker,
 }
 
-/// `GET /v1/ws`: authenticates and upgrades a device connection.
+/// The device endpoint: authenticates and upgrades to a WebSocket that
+/// carries binary postcard frames (docs/protocol.md).
+#[utoipa::path(
+    get,
+    path = "/v1/ws",
+    tag = "devices",
+    security(("device_token" = [])),
+    responses(
+        (status = 101, description = "Switching to the device protocol"),
+        (status = 401, description = "No token, or an unknown or revoked one", body = ApiError),
+        (status = 426, description = "Not a WebSocket upgrade", body = ApiError),
+        (status = 503, description = "Past `--max-devices` (with `Retry-After`), or the hub cannot store", body = ApiError),
+    ),
+)]
 pub async fn upgrade(
     State(ingest): State<Arc<Ingest>>,
     headers: HeaderMap,

@@ -7,7 +7,18 @@ use axum::response::Html;
 
 const PAGE: &str = include_str!("index.html");
 
-/// `GET /`: the monitor page.
+/// The live monitor page. With `?token=`, the token is traded for a cookie
+/// and the answer is a 303 to `/`.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "monitor",
+    params(("token" = Option<String>, Query, description = "The monitor token, traded for an HttpOnly cookie")),
+    responses(
+        (status = 200, description = "The page", body = String, content_type = "text/html"),
+        (status = 303, description = "The token became a cookie; the page is at `/`"),
+    ),
+)]
 pub async fn page() -> Html<&'static str> {
     Html(PAGE)
 }

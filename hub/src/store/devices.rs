@@ -26,8 +26,8 @@ pub enum AddDeviceError {
     Store(#[from] StoreError),
 }
 
-/// A device as the registry knows it.
-#[derive(Debug, Clone, Serialize)]
+/// A device as the registry knows it. Times are ms since the Unix epoch.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeviceRecord {
     pub id: String,
     pub name: Option<String>,

@@ -11,13 +11,17 @@ use super::{Store, StoreError};
 use crate::commits::Position;
 
 /// One stored reading, as the API and the `readings` view show it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = Reading)]
 pub struct ReadingRow {
+    /// The storage position: the reading's live event id.
     pub pos: Position,
     pub device: String,
     pub metric: String,
     pub unit: String,
+    /// The device's time, ms since the Unix epoch.
     pub ts_ms: i64,
+    /// `null` when the device sent NaN or an infinity.
     pub value: Option<f64>,
 }
 
@@ -81,7 +85,7 @@ pub struct ReadingsPage {
 pub const STORAGE_SCAN_SPAN: i64 = 100_000;
 
 /// A metric as the API lists it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct MetricInfo {
     pub name: String,
     pub unit: String,
@@ -226,7 +230,10 @@ impl Store {
              FROM samples s CROSS JOIN metrics m ON m.id = s.metric
              CROSS JOIN devices d ON d.id = m.device WHERE s.pos > ",
         );
-        query.push_bind(after).push(" AND s.pos <= ").push_bind(through);
+        query
+            .push_bind(after)
+            .push(" AND s.pos <= ")
+            .push_bind(through);
         if let Some(metric) = &filter.metric {
             query.push(" AND m.name = ").push_bind(metric.clone());
         }
@@ -366,13 +373,11 @@ mod tests {
             .await
             .unwrap();
         for (device, metric, positions) in rows {
-            sqlx::query(
-                "INSERT OR IGNORE INTO devices (device_id, created_ms) VALUES (?, 0)",
-            )
-            .bind(device)
-            .execute(store.pool())
-            .await
-            .unwrap();
+            sqlx::query("INSERT OR IGNORE INTO devices (device_id, created_ms) VALUES (?, 0)")
+                .bind(device)
+                .execute(store.pool())
+                .await
+                .unwrap();
             sqlx::query(
                 "INSERT OR IGNORE INTO metrics (device, name, unit)
                  SELECT id, ?, 'u' FROM devices WHERE device_id = ?",
@@ -434,7 +439,11 @@ mod tests {
         // and many equal times: the order is (ts_ms, pos) whatever the
         // storage order.
         let (store, _dir) = store_with(
-            &[("d1", "a", 1..=40), ("d1", "b", 41..=80), ("d2", "a", 81..=90)],
+            &[
+                ("d1", "a", 1..=40),
+                ("d1", "b", 41..=80),
+                ("d2", "a", 81..=90),
+            ],
             |pos| (pos * 7) % 13,
         )
         .await;
@@ -452,7 +461,11 @@ mod tests {
         let mut want: Vec<(i64, i64)> = (1..=80).map(|pos| ((pos * 7) % 13, pos)).collect();
         want.sort_unstable();
         assert_eq!(got, want);
-        assert!(pages.iter().all(|page| page.rows.iter().all(|r| r.device == "d1")));
+        assert!(
+            pages
+                .iter()
+                .all(|page| page.rows.iter().all(|r| r.device == "d1"))
+        );
 
         // A time range and a metric narrow it; the cursor stays inside them.
         let narrowed = all_pages(
@@ -553,6 +566,12 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(page, ReadingsPage { rows: Vec::new(), next: None });
+        assert_eq!(
+            page,
+            ReadingsPage {
+                rows: Vec::new(),
+                next: None
+            }
+        );
     }
 }
