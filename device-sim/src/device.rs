@@ -51,6 +51,9 @@ pub struct DeviceSettings {
     /// `None` reads the system's roots again at every connection: fleets
     /// should build one and share it.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Client certificates the devices present to a `wss://` hub (with
+    /// [`crate::fleet::Credential::Certificate`], instead of a token).
+    pub client_certs: Option<Arc<crate::tls::ClientCerts>>,
 }
 
 impl DeviceSettings {
@@ -70,6 +73,7 @@ impl DeviceSettings {
             backoff: Backoff::default(),
             clock_skew_ms: 0,
             tls: None,
+            client_certs: None,
         }
     }
 }
@@ -190,6 +194,8 @@ fn device_time_ms(skew_ms: i64) -> u64 {
 /// A device's state between events.
 struct Device {
     spec: DeviceSpec,
+    /// The fleet's TLS configuration, with this device's certificate if any.
+    tls: Option<Arc<rustls::ClientConfig>>,
     settings: Arc<DeviceSettings>,
     stats: Arc<Stats>,
     sensors: Sensors,
@@ -337,7 +343,19 @@ pub async fn run(
     let interval = settings.rate.map_or(Duration::from_secs(1), |rate| {
         interval_for_rate(rate, settings.kinds.len())
     });
+    // This device's own certificate, if it presents one.
+    let tls = match (&settings.tls, &settings.client_certs) {
+        (Some(base), Some(certs)) => match certs.config_for(base, &spec.id) {
+            Ok(config) => Some(config),
+            Err(err) => {
+                stats.set_last_error(format!("{}: its client certificate: {err:#}", spec.id));
+                return false;
+            }
+        },
+        (tls, _) => tls.clone(),
+    };
     let mut device = Device {
+        tls,
         sensors: Sensors::new(&settings.kinds, spec.seed),
         outbox: Outbox::new(settings.buffer),
         rng: Rng::new(spec.seed ^ 0x5EED),
@@ -389,7 +407,7 @@ pub async fn run(
                 };
                 let handshake = Box::pin(handshake(
                     device.settings.url.clone(),
-                    device.settings.tls.clone(),
+                    device.tls.clone(),
                     device.spec.credential.clone(),
                     device.hello(),
                 ));

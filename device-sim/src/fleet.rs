@@ -22,6 +22,9 @@ pub enum Credential {
     Token(String),
     /// Any number of devices registering with the fleet's provisioning key.
     ProvisionKey(String),
+    /// No token: each device presents its client certificate
+    /// ([`crate::device::DeviceSettings::client_certs`]).
+    Certificate,
 }
 
 /// How the fleet's devices are named.
@@ -114,6 +117,7 @@ pub async fn run(config: FleetConfig) -> Summary {
     for index in 1..=config.devices {
         let credential = match &config.credential {
             Credential::Token(token) | Credential::ProvisionKey(token) => token.clone(),
+            Credential::Certificate => String::new(),
         };
         let spec = DeviceSpec {
             id: match &config.ids {

@@ -23,7 +23,8 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// How long connecting, or waiting for `Welcome`, may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Opens the device connection to `url` with `token` as its bearer token;
+/// Opens the device connection to `url` with `token` as its bearer token
+/// (none when empty: the device presents a client certificate instead);
 /// `tls` is whom a `wss://` hub must chain to (`None`: the system's roots).
 ///
 /// # Errors
@@ -35,10 +36,12 @@ pub async fn connect(
     token: &str,
 ) -> anyhow::Result<Ws> {
     let mut request = url.into_client_request()?;
-    request.headers_mut().insert(
-        "authorization",
-        HeaderValue::from_str(&format!("Bearer {token}"))?,
-    );
+    if !token.is_empty() {
+        request.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}"))?,
+        );
+    }
     // Small buffers: ten thousand devices in one process.
     let config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)

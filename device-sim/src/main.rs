@@ -9,7 +9,7 @@ use device_sim::backoff::Backoff;
 use device_sim::device::{DeviceSettings, endpoint};
 use device_sim::fleet::{self, Credential, FleetConfig, Ids};
 use device_sim::sensors::SensorKind;
-use device_sim::tls;
+use device_sim::tls::{self, ClientCerts};
 
 /// Simulated telemetry devices: one to ten thousand, reconnecting with
 /// backoff and resending whatever the hub has not acknowledged.
@@ -39,9 +39,25 @@ struct Args {
         env = "SIM_TOKEN",
         hide_env_values = true,
         conflicts_with = "provision_key",
-        required_unless_present = "provision_key"
+        required_unless_present_any = ["provision_key", "client_cert", "client_ca_cert"]
     )]
     token: Option<String>,
+    /// PEM certificate one device presents to a wss:// hub instead of a
+    /// token (the hub's --tls-client-ca must have signed it; its CN is the
+    /// device id). Needs --client-key and --id.
+    #[arg(long, requires_all = ["client_key", "id"], conflicts_with = "client_ca_cert")]
+    client_cert: Option<PathBuf>,
+    /// The PEM private key of --client-cert.
+    #[arg(long, requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// A CA certificate (PEM) from which every device is issued its own
+    /// certificate at start, its CN the device id, presented to a wss:// hub
+    /// instead of a token. Needs --client-ca-key.
+    #[arg(long, requires = "client_ca_key")]
+    client_ca_cert: Option<PathBuf>,
+    /// The PEM private key of --client-ca-cert.
+    #[arg(long, requires = "client_ca_cert")]
+    client_ca_key: Option<PathBuf>,
     /// The hub's provisioning key: every device registers itself with it.
     #[arg(long, env = "SIM_PROVISION_KEY", hide_env_values = true)]
     provision_key: Option<String>,
@@ -114,7 +130,31 @@ async fn main() -> ExitCode {
         }
         (Some(token), _) => Credential::Token(token),
         (None, Some(key)) => Credential::ProvisionKey(key),
-        (None, None) => unreachable!("clap requires --token or --provision-key"),
+        (None, None) => Credential::Certificate,
+    };
+    let certs = match (
+        &args.client_cert,
+        &args.client_key,
+        &args.client_ca_cert,
+        &args.client_ca_key,
+    ) {
+        (Some(cert), Some(key), _, _) => Some(("--client-cert", ClientCerts::one(cert, key))),
+        (_, _, Some(cert), Some(key)) => {
+            Some(("--client-ca-cert", ClientCerts::issued_by(cert, key)))
+        }
+        _ => None,
+    };
+    let client_certs = match certs {
+        None => None,
+        Some(_) if !args.hub.starts_with("wss://") => {
+            eprintln!("error: client certificates need a wss:// --hub");
+            return ExitCode::from(2);
+        }
+        Some((_, Ok(certs))) => Some(std::sync::Arc::new(certs)),
+        Some((flag, Err(err))) => {
+            eprintln!("error: {flag}: {err:#}");
+            return ExitCode::from(2);
+        }
     };
     if args
         .rate
@@ -169,6 +209,7 @@ async fn main() -> ExitCode {
             },
             clock_skew_ms: args.clock_skew,
             tls,
+            client_certs,
         },
     };
     let summary = fleet::run(config).await;

@@ -3,14 +3,22 @@
 //!
 //! One [`ClientConfig`] is built per fleet and shared by every device, so ten
 //! thousand devices read the system's roots once, not once per connection.
+//!
+//! Devices may also present a client certificate instead of a token
+//! ([`ClientCerts`]): one given certificate, or each its own, issued at
+//! start by a CA whose key the simulator holds, with the device id as its
+//! subject's common name (what the hub's `--tls-client-ca` checks).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use rustls::pki_types::CertificateDer;
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair};
+use rustls::client::ResolvesClientCert;
 use rustls::pki_types::pem::PemObject;
-use rustls::{ClientConfig, RootCertStore};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, SignatureScheme};
 
 /// A client configuration trusting the system's roots and every certificate
 /// in the PEM file `extra_ca`.
@@ -44,6 +52,112 @@ pub fn client_config(extra_ca: Option<&Path>) -> anyhow::Result<Arc<ClientConfig
             .with_root_certificates(roots)
             .with_no_client_auth(),
     ))
+}
+
+/// The client certificates a fleet's devices present.
+pub enum ClientCerts {
+    /// One certificate and key (`--client-cert`, `--client-key`), for one
+    /// device.
+    One(Arc<CertifiedKey>),
+    /// A CA (`--client-ca-cert`, `--client-ca-key`) that issues each device
+    /// its own certificate at start.
+    IssuedBy(Box<Issuer<'static, KeyPair>>),
+}
+
+impl std::fmt::Debug for ClientCerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ClientCerts::One(_) => "ClientCerts::One",
+            ClientCerts::IssuedBy(_) => "ClientCerts::IssuedBy",
+        })
+    }
+}
+
+impl ClientCerts {
+    /// One device's certificate chain and key, from PEM files.
+    ///
+    /// # Errors
+    /// A file cannot be read, or the key does not suit the certificate.
+    pub fn one(cert: &Path, key: &Path) -> anyhow::Result<Self> {
+        let chain = read_certificates(cert)?;
+        let key = PrivateKeyDer::from_pem_file(key)
+            .with_context(|| format!("{} holds no usable PEM private key", key.display()))?;
+        Ok(ClientCerts::One(Arc::new(certified(chain, key)?)))
+    }
+
+    /// A CA certificate and its key, from PEM files, to issue from.
+    ///
+    /// # Errors
+    /// A file cannot be read or parsed.
+    pub fn issued_by(ca_cert: &Path, ca_key: &Path) -> anyhow::Result<Self> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+        };
+        let key = KeyPair::from_pem(&read(ca_key)?)
+            .with_context(|| format!("{} is not a PEM private key", ca_key.display()))?;
+        let issuer = Issuer::from_ca_cert_pem(&read(ca_cert)?, key)
+            .with_context(|| format!("{} is not a PEM CA certificate", ca_cert.display()))?;
+        Ok(ClientCerts::IssuedBy(Box::new(issuer)))
+    }
+
+    /// `base` (whom the hub must chain to) presenting `device_id`'s
+    /// certificate.
+    ///
+    /// # Errors
+    /// Issuing the certificate failed.
+    pub fn config_for(
+        &self,
+        base: &ClientConfig,
+        device_id: &str,
+    ) -> anyhow::Result<Arc<ClientConfig>> {
+        let key = match self {
+            ClientCerts::One(key) => Arc::clone(key),
+            ClientCerts::IssuedBy(issuer) => Arc::new(issue(issuer, device_id)?),
+        };
+        let mut config = base.clone();
+        config.client_auth_cert_resolver = Arc::new(Present(key));
+        Ok(Arc::new(config))
+    }
+}
+
+/// A fresh P-256 key and a certificate for it naming `device_id`.
+fn issue(issuer: &Issuer<'static, KeyPair>, device_id: &str) -> anyhow::Result<CertifiedKey> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, device_id);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, issuer)?;
+    let key = PrivateKeyDer::try_from(key.serialize_der())
+        .map_err(|err| anyhow::anyhow!("the new key: {err}"))?;
+    certified(vec![cert.der().clone()], key)
+}
+
+fn certified(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> anyhow::Result<CertifiedKey> {
+    let provider = rustls::crypto::ring::default_provider();
+    CertifiedKey::from_der(chain, key, &provider).context("the key does not suit the certificate")
+}
+
+/// Presents one certificate whatever the hub asks for.
+#[derive(Debug)]
+struct Present(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for Present {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 fn read_certificates(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {

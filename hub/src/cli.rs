@@ -83,6 +83,11 @@ struct ServeArgs {
     /// The PEM private key (PKCS#8, RSA or EC) of --tls-cert.
     #[arg(long, env = "HUB_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// PEM file of the CA whose certificates devices may present instead
+    /// of a token: the certificate's subject CN is the device id. Needs
+    /// --tls-cert. SIGHUP reloads it too.
+    #[arg(long, env = "HUB_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// How long an HTTP request's headers may take to arrive; a connection
     /// slower than that is closed (slowloris).
     #[arg(long, env = "HUB_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -199,10 +204,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .then_some(args.device_max_readings_per_s),
         },
         max_devices: args.max_devices as usize,
-        tls: args
-            .tls_cert
-            .zip(args.tls_key)
-            .map(|(cert, key)| TlsFiles { cert, key }),
+        tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| TlsFiles {
+            cert,
+            key,
+            client_ca: args.tls_client_ca,
+        }),
         http: listener::Limits {
             header_read_timeout: args.header_read_timeout,
             max_header_bytes: args.max_header_bytes as usize,

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
-use crate::tls::Tls;
+use crate::tls::{ClientIdentity, Tls};
 
 /// What a connection may do before it is served.
 #[derive(Debug, Clone, Copy)]
@@ -112,13 +112,29 @@ async fn accept(
         tracing::warn!(error = %err, "cannot disable Nagle's algorithm");
     }
     let Some(tls) = tls else {
-        return serve_connection(tcp, Protocols::Http1, router, limits, handshake, shutdown).await;
+        let connection = Connection {
+            protocols: Protocols::Http1,
+            identity: None,
+        };
+        return serve_connection(tcp, connection, router, limits, handshake, shutdown).await;
     };
     let handshaking = tokio::time::timeout(limits.header_read_timeout, tls.acceptor().accept(tcp));
     match handshaking.await {
         Ok(Ok(stream)) => {
+            // rustls verified any certificate the client sent.
+            let identity = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(crate::tls::client_identity)
+                .map(|id| ClientIdentity(id.into()));
             let protocols = Protocols::Http1Or2;
-            serve_connection(stream, protocols, router, limits, handshake, shutdown).await;
+            let connection = Connection {
+                protocols,
+                identity,
+            };
+            serve_connection(stream, connection, router, limits, handshake, shutdown).await;
         }
         Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
         Err(_) => tracing::debug!("no TLS handshake within the header deadline"),
@@ -135,10 +151,21 @@ enum Protocols {
     Http1Or2,
 }
 
+/// What a connection brings to each of its requests.
+#[derive(Debug)]
+struct Connection {
+    protocols: Protocols,
+    /// The device its client certificate names, if it presented one.
+    identity: Option<ClientIdentity>,
+}
+
 /// One connection's HTTP, from its first request to close.
 async fn serve_connection<Io>(
     io: Io,
-    protocols: Protocols,
+    Connection {
+        protocols,
+        identity,
+    }: Connection,
     router: Router,
     limits: Limits,
     handshake: OwnedSemaphorePermit,
@@ -149,11 +176,14 @@ async fn serve_connection<Io>(
     // The permit goes back when the first request's headers are in.
     let handshake = Arc::new(Mutex::new(Some(handshake)));
     let first_request = Arc::clone(&handshake);
-    let service = router.map_request(move |request: Request<hyper::body::Incoming>| {
+    let service = router.map_request(move |mut request: Request<hyper::body::Incoming>| {
         first_request
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
+        if let Some(identity) = &identity {
+            request.extensions_mut().insert(identity.clone());
+        }
         request.map(axum::body::Body::new)
     });
     let service = TowerToHyperService::new(service);

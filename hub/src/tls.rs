@@ -6,14 +6,21 @@
 //! Every failure to load names the flag at fault, so a bad file is a clear
 //! error at start; a reload that fails is logged and counted, and the
 //! certificate already loaded stays.
+//!
+//! With `--tls-client-ca`, devices may present a certificate that CA signed
+//! instead of a token: the handshake verifies it, and its subject's common
+//! name is the device id it may use (`client_identity`). A client without
+//! a certificate is let through, to present a token; one with a
+//! certificate from another CA fails the handshake.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
 /// Where the certificate chain and its key are.
@@ -23,6 +30,8 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// PEM: PKCS#8, RSA (PKCS#1) or EC (SEC1) private key.
     pub key: PathBuf,
+    /// PEM: the CA (or CAs) whose device certificates are accepted.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Why the certificate or key could not be used; each names its flag.
@@ -32,6 +41,8 @@ pub enum TlsError {
     Cert { path: PathBuf, reason: String },
     #[error("--tls-key {path}: {reason}")]
     Key { path: PathBuf, reason: String },
+    #[error("--tls-client-ca {path}: {reason}")]
+    ClientCa { path: PathBuf, reason: String },
     #[error("--tls-key {key} does not go with --tls-cert {cert}: {reason}")]
     Mismatch {
         cert: PathBuf,
@@ -62,15 +73,79 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
+/// The verifier of device certificates signed by the CAs in `path`; a
+/// client without a certificate passes, to authenticate by token.
+fn client_verifier(
+    path: &Path,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let ca_error = |reason: String| TlsError::ClientCa {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path)
+        .map_err(|err| ca_error(format!("cannot read it ({err})")))?
+    {
+        let cert = cert.map_err(|err| ca_error(format!("not a PEM certificate file ({err})")))?;
+        roots
+            .add(cert)
+            .map_err(|err| ca_error(format!("not a usable CA certificate ({err})")))?;
+    }
+    if roots.is_empty() {
+        return Err(ca_error("holds no PEM certificate".into()));
+    }
+    WebPkiClientVerifier::builder(Arc::new(roots))
+        .allow_unauthenticated()
+        .build()
+        .map_err(|err| ca_error(err.to_string()))
+}
+
+/// When a certificate lapses, as Unix seconds (`notAfter`).
+fn expiry(cert: &CertificateDer<'_>) -> Option<i64> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    Some(parsed.validity().not_after.timestamp())
+}
+
+/// The device a connection's verified client certificate names: every
+/// request on that connection carries it (an extension).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity(pub Arc<str>);
+
+/// The device id a verified client certificate stands for: its subject's
+/// common name (`CN`).
+pub fn client_identity(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let name = parsed.subject().iter_common_name().next()?;
+    name.as_str().ok().map(str::to_owned)
+}
+
+/// A loaded configuration and its certificate's expiry.
+struct Loaded {
+    config: Arc<ServerConfig>,
+    expires: i64,
+}
+
 /// Loads the files into a server configuration.
 ///
 /// # Errors
 /// A file cannot be read or parsed, or the key is not the certificate's.
 pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    load_all(files).map(|loaded| loaded.config)
+}
+
+fn load_all(files: &TlsFiles) -> Result<Loaded, TlsError> {
     let chain = read_chain(&files.cert)?;
+    let expires = expiry(&chain[0]).ok_or_else(|| TlsError::Cert {
+        path: files.cert.clone(),
+        reason: "its first certificate is not X.509".into(),
+    })?;
     let key = read_key(&files.key)?;
-    let mut config = ServerConfig::builder()
-        .with_no_client_auth()
+    let builder = ServerConfig::builder();
+    let builder = match &files.client_ca {
+        Some(path) => builder.with_client_cert_verifier(client_verifier(path)?),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|err| TlsError::Mismatch {
             cert: files.cert.clone(),
@@ -80,7 +155,10 @@ pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     // HTTP/2 for those who offer it (browsers: every tab's streams share
     // one connection), HTTP/1.1 otherwise and for WebSocket clients.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(Loaded {
+        config: Arc::new(config),
+        expires,
+    })
 }
 
 /// The hub's TLS: the configuration new connections get, and how it was
@@ -92,6 +170,8 @@ pub struct Tls(Arc<Inner>);
 struct Inner {
     files: TlsFiles,
     current: RwLock<Arc<ServerConfig>>,
+    /// The current certificate's `notAfter`, Unix seconds.
+    expires: AtomicI64,
     reloads: AtomicU64,
     failed_reloads: AtomicU64,
 }
@@ -102,10 +182,11 @@ impl Tls {
     /// # Errors
     /// As [`load`].
     pub fn new(files: TlsFiles) -> Result<Self, TlsError> {
-        let config = load(&files)?;
+        let loaded = load_all(&files)?;
         Ok(Tls(Arc::new(Inner {
             files,
-            current: RwLock::new(config),
+            current: RwLock::new(loaded.config),
+            expires: AtomicI64::new(loaded.expires),
             reloads: AtomicU64::new(0),
             failed_reloads: AtomicU64::new(0),
         })))
@@ -125,13 +206,14 @@ impl Tls {
     /// certificate, on failure the old one stays. Either way it is logged
     /// and counted.
     pub fn reload(&self) {
-        match load(&self.0.files) {
-            Ok(config) => {
+        match load_all(&self.0.files) {
+            Ok(loaded) => {
                 *self
                     .0
                     .current
                     .write()
-                    .unwrap_or_else(PoisonError::into_inner) = config;
+                    .unwrap_or_else(PoisonError::into_inner) = loaded.config;
+                self.0.expires.store(loaded.expires, Relaxed);
                 self.0.reloads.fetch_add(1, Relaxed);
                 tracing::info!("reloaded the TLS certificate");
             }
@@ -145,9 +227,11 @@ impl Tls {
     /// The counters in Prometheus text.
     pub fn render(&self) -> String {
         format!(
-            "# HELP hub_tls_reloads_total Certificate reloads (SIGHUP), by result.\n# TYPE hub_tls_reloads_total counter\nhub_tls_reloads_total{{result=\"ok\"}} {}\nhub_tls_reloads_total{{result=\"failed\"}} {}\n",
+            "# HELP hub_tls_reloads_total Certificate reloads (SIGHUP), by result.\n# TYPE hub_tls_reloads_total counter\nhub_tls_reloads_total{{result=\"ok\"}} {}\nhub_tls_reloads_total{{result=\"failed\"}} {}\n\
+             # HELP hub_tls_cert_expiry_seconds When the certificate served now lapses (notAfter), as Unix time.\n# TYPE hub_tls_cert_expiry_seconds gauge\nhub_tls_cert_expiry_seconds {}\n",
             self.0.reloads.load(Relaxed),
-            self.0.failed_reloads.load(Relaxed)
+            self.0.failed_reloads.load(Relaxed),
+            self.0.expires.load(Relaxed)
         )
     }
 }
@@ -166,6 +250,7 @@ mod tests {
         TlsFiles {
             cert: fixture(cert),
             key: fixture(key),
+            client_ca: None,
         }
     }
 
@@ -195,6 +280,39 @@ mod tests {
     }
 
     #[test]
+    fn the_certificates_expiry_is_shown() {
+        let tls = Tls::new(files("hub.pem", "hub.key")).unwrap();
+        // The fixture is valid until 2126.
+        let text = tls.render();
+        let expiry: i64 = text
+            .lines()
+            .find_map(|line| line.strip_prefix("hub_tls_cert_expiry_seconds "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((4_900_000_000..5_000_000_000).contains(&expiry), "{expiry}");
+    }
+
+    #[test]
+    fn a_client_ca_loads_and_a_bad_one_names_its_flag() {
+        let with_ca = |ca: &str| TlsFiles {
+            client_ca: Some(fixture(ca)),
+            ..files("hub.pem", "hub.key")
+        };
+        assert!(load(&with_ca("ca.pem")).is_ok());
+        for bad in ["hub.key", "nope.pem"] {
+            let err = load(&with_ca(bad)).unwrap_err().to_string();
+            assert!(err.starts_with("--tls-client-ca"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_client_certificate_stands_for_its_common_name() {
+        let cert = CertificateDer::from_pem_file(fixture("hub.pem")).unwrap();
+        assert_eq!(client_identity(&cert).as_deref(), Some("localhost"));
+    }
+
+    #[test]
     fn a_failed_reload_keeps_the_old_certificate() {
         let dir = tempfile::tempdir().unwrap();
         let cert = dir.path().join("hub.pem");
@@ -204,6 +322,7 @@ mod tests {
         let tls = Tls::new(TlsFiles {
             cert: cert.clone(),
             key,
+            client_ca: None,
         })
         .unwrap();
         std::fs::write(&cert, "not a certificate").unwrap();

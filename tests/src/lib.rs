@@ -8,6 +8,7 @@
 //! handshake is the simulator's ([`device_sim::link`]).
 
 pub mod browser;
+pub mod pki;
 pub mod tls;
 
 use std::ops::Deref;
@@ -143,6 +144,17 @@ pub async fn cli_on(db: &Path, args: &[&str]) -> anyhow::Result<std::process::Ou
         .await?)
 }
 
+/// The `Hello` of a test device: `device_id` with the temperature metric.
+pub fn hello(device_id: &str) -> Hello {
+    Hello {
+        version: protocol::PROTOCOL_VERSION,
+        device_id: device_id.into(),
+        model: "e2e".into(),
+        firmware: "1".into(),
+        metrics: vec![temperature()],
+    }
+}
+
 /// The metric every test device declares: id 1, temperature in °C.
 pub fn temperature() -> MetricDescriptor {
     MetricDescriptor {
@@ -199,14 +211,7 @@ impl RawDevice {
     /// Sends `Hello` for `device_id` with the temperature metric and returns
     /// the hub's `Welcome`.
     pub async fn hello(&mut self, device_id: &str) -> anyhow::Result<Welcome> {
-        let hello = Hello {
-            version: protocol::PROTOCOL_VERSION,
-            device_id: device_id.into(),
-            model: "e2e".into(),
-            firmware: "1".into(),
-            metrics: vec![temperature()],
-        };
-        device_sim::link::hello(&mut self.ws, hello).await
+        device_sim::link::hello(&mut self.ws, hello(device_id)).await
     }
 
     pub async fn send(&mut self, frame: &DeviceFrame) -> anyhow::Result<()> {

@@ -89,8 +89,16 @@ pub struct HttpsAnswer {
 /// # Errors
 /// The TLS handshake (an untrusted certificate) or the request fails.
 pub async fn https_get(addr: &str, path: &str) -> anyhow::Result<HttpsAnswer> {
+    https_get_trusting(&fixture("ca.pem"), addr, path).await
+}
+
+/// [`https_get`], trusting the CA in the PEM file `ca`.
+///
+/// # Errors
+/// As [`https_get`].
+pub async fn https_get_trusting(ca: &Path, addr: &str, path: &str) -> anyhow::Result<HttpsAnswer> {
     use http_body_util::{BodyExt, Empty};
-    let config = device_sim::tls::client_config(Some(&fixture("ca.pem")))?;
+    let config = device_sim::tls::client_config(Some(ca))?;
     let tcp = TcpStream::connect(addr).await?;
     let name = rustls::pki_types::ServerName::try_from("localhost")?;
     let tls = tokio_rustls::TlsConnector::from(config)

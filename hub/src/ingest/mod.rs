@@ -12,6 +12,7 @@ pub mod state;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -25,6 +26,7 @@ use crate::auth;
 use crate::http_error::ApiError;
 use crate::store::{Store, now_ms};
 use crate::telemetry::Reject;
+use crate::tls::ClientIdentity;
 use registry::{Kick, Registry};
 use session::Auth;
 
@@ -70,6 +72,7 @@ pub struct Ingest {
 )]
 pub async fn upgrade(
     State(ingest): State<Arc<Ingest>>,
+    certificate: Option<Extension<ClientIdentity>>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
@@ -96,7 +99,8 @@ pub async fn upgrade(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         return response;
     };
-    let auth = match authenticate(&ingest, &headers).await {
+    let certificate = certificate.map(|Extension(ClientIdentity(id))| id);
+    let auth = match authenticate(&ingest, &headers, certificate).await {
         Ok(auth) => auth,
         Err(err) => {
             ingest.sessions.counters.reject(Reject::Unauthorized);
@@ -128,12 +132,25 @@ pub async fn upgrade(
         })
 }
 
-async fn authenticate(ingest: &Ingest, headers: &HeaderMap) -> Result<Auth, ApiError> {
+/// A bearer token if the device sent one, else its client certificate.
+async fn authenticate(
+    ingest: &Ingest,
+    headers: &HeaderMap,
+    certificate: Option<Arc<str>>,
+) -> Result<Auth, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(auth::bearer)
-        .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <device token>"))?;
+        .and_then(auth::bearer);
+    let token = match (token, certificate) {
+        (Some(token), _) => token,
+        (None, Some(device_id)) => return Ok(Auth::Certificate(device_id)),
+        (None, None) => {
+            return Err(ApiError::unauthorized(
+                "send Authorization: Bearer <device token>, or a client certificate",
+            ));
+        }
+    };
     if let Some(key) = &ingest.provision_key
         && auth::secrets_match(token, key)
     {

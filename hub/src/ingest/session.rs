@@ -78,6 +78,10 @@ pub enum Auth {
     /// The fleet provisioning key: the `Hello` names the device, which is
     /// registered if it is new.
     Provisioning,
+    /// A client certificate from `--tls-client-ca` naming this device id:
+    /// the `Hello` must name it, and it is registered if it is new (the CA
+    /// vouches for it, as the provisioning key does).
+    Certificate(std::sync::Arc<str>),
 }
 
 /// How a session ends, and what the device is told.
@@ -285,15 +289,18 @@ async fn handshake(
     let first = first_frame(socket, ctx).await?;
     let expected = match &auth {
         Auth::Device(credentials) => Some(credentials.device_id.as_str()),
+        Auth::Certificate(device_id) => Some(&**device_id),
         Auth::Provisioning => None,
     };
     let hello = check_hello(first, expected).map_err(Ending::violation)?;
     let credentials = match auth {
         Auth::Device(credentials) => credentials,
-        Auth::Provisioning => match bounded(ctx, register_self(ctx, &hello.device_id)).await? {
-            Some(credentials) => credentials,
-            None => return Err(Ending::kicked(Kick::Revoked)),
-        },
+        Auth::Provisioning | Auth::Certificate(_) => {
+            match bounded(ctx, register_self(ctx, &hello.device_id)).await? {
+                Some(credentials) => credentials,
+                None => return Err(Ending::kicked(Kick::Revoked)),
+            }
+        }
     };
     tracing::Span::current().record("device", credentials.device_id.as_str());
 
