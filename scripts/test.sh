@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests need that
 # a Rust machine may lack (Debian's Chromium and ChromeDriver for the browser
-# test, Mosquitto for the benchmark harness's side-by-side run, schemathesis
+# test, Mosquitto for the benchmark harness's side-by-side run, nginx for the
+# reverse-proxy test, schemathesis
 # from PyPI for the OpenAPI test), then runs a tiny pass of every benchmark
 # scenario and every test of the workspace.
 set -euo pipefail
@@ -11,6 +12,7 @@ missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+[ -x /usr/sbin/nginx ] || missing+=(nginx)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "the tests need Debian's ${missing[*]}; run: sudo apt-get install ${missing[*]}" >&2

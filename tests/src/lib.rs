@@ -8,6 +8,7 @@
 //! handshake is the simulator's ([`device_sim::link`]).
 
 pub mod browser;
+pub mod nginx;
 pub mod pki;
 pub mod tls;
 
