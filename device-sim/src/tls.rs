@@ -173,27 +173,58 @@ fn read_certificates(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use super::*;
 
-    fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures/tls")
-            .join(name)
+    /// A self-signed CA made with rcgen: `ca.pem` and `ca.key` in a folder.
+    fn ca() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "test CA");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        std::fs::write(
+            dir.path().join("ca.pem"),
+            params.self_signed(&key).unwrap().pem(),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("ca.key"), key.serialize_pem()).unwrap();
+        dir
     }
 
     #[test]
     fn a_ca_file_is_read() {
-        assert_eq!(read_certificates(&fixture("ca.pem")).unwrap().len(), 1);
-        assert!(client_config(Some(&fixture("ca.pem"))).is_ok());
+        let dir = ca();
+        let ca = dir.path().join("ca.pem");
+        assert_eq!(read_certificates(&ca).unwrap().len(), 1);
+        assert!(client_config(Some(&ca)).is_ok());
     }
 
     #[test]
     fn a_file_without_certificates_is_refused_by_name() {
-        let err = client_config(Some(&fixture("README.md"))).unwrap_err();
-        assert!(format!("{err:#}").contains("README.md"), "{err:#}");
-        let err = client_config(Some(&fixture("missing.pem"))).unwrap_err();
+        let dir = ca();
+        let not_pem = dir.path().join("notes.txt");
+        std::fs::write(&not_pem, "no certificate here\n").unwrap();
+        let err = client_config(Some(&not_pem)).unwrap_err();
+        assert!(format!("{err:#}").contains("notes.txt"), "{err:#}");
+        let err = client_config(Some(&dir.path().join("missing.pem"))).unwrap_err();
         assert!(format!("{err:#}").contains("cannot read"), "{err:#}");
+    }
+
+    #[test]
+    fn a_ca_issues_each_device_a_certificate_naming_it() {
+        let dir = ca();
+        let certs =
+            ClientCerts::issued_by(&dir.path().join("ca.pem"), &dir.path().join("ca.key")).unwrap();
+        let ClientCerts::IssuedBy(issuer) = &certs else {
+            panic!("{certs:?}");
+        };
+        let key = issue(issuer, "meter-7").unwrap();
+        // The subject's CN is a UTF8String of the id, inside the DER.
+        assert!(key.cert[0].windows(7).any(|bytes| bytes == b"meter-7"));
+        let base = client_config(Some(&dir.path().join("ca.pem"))).unwrap();
+        let config = certs.config_for(&base, "meter-7").unwrap();
+        assert!(config.client_auth_cert_resolver.has_certs());
     }
 }

@@ -238,12 +238,39 @@ impl Tls {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::LazyLock;
+
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+
     use super::*;
 
+    /// 2100-01-01T00:00:00Z, when the hub's test certificate lapses.
+    const NOT_AFTER: i64 = 4_102_444_800;
+
+    /// Made once with rcgen: a CA (`ca.pem`, `ca.key`) and the hub's
+    /// certificate it signed (`hub.pem`, `hub.key`, CN `localhost`). A
+    /// static is never dropped: the folder outlives the tests, a few KB.
+    static CERTS: LazyLock<tempfile::TempDir> = LazyLock::new(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.distinguished_name.push(DnType::CommonName, "test CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        write("ca.pem", ca.self_signed(&ca_key).unwrap().pem());
+        write("ca.key", ca_key.serialize_pem());
+        let issuer = Issuer::new(ca, ca_key);
+        let mut hub = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        hub.distinguished_name.push(DnType::CommonName, "localhost");
+        hub.not_after = rcgen::date_time_ymd(2100, 1, 1);
+        let hub_key = KeyPair::generate().unwrap();
+        write("hub.pem", hub.signed_by(&hub_key, &issuer).unwrap().pem());
+        write("hub.key", hub_key.serialize_pem());
+        dir
+    });
+
     fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures/tls")
-            .join(name)
+        CERTS.path().join(name)
     }
 
     fn files(cert: &str, key: &str) -> TlsFiles {
@@ -282,7 +309,6 @@ mod tests {
     #[test]
     fn the_certificates_expiry_is_shown() {
         let tls = Tls::new(files("hub.pem", "hub.key")).unwrap();
-        // The fixture is valid until 2126.
         let text = tls.render();
         let expiry: i64 = text
             .lines()
@@ -290,7 +316,7 @@ mod tests {
             .unwrap()
             .parse()
             .unwrap();
-        assert!((4_900_000_000..5_000_000_000).contains(&expiry), "{expiry}");
+        assert_eq!(expiry, NOT_AFTER);
     }
 
     #[test]

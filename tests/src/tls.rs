@@ -1,10 +1,10 @@
-//! TLS for the tests: a front for the hub, as a reverse proxy would put
-//! before it (it ends TLS with the test certificate for `localhost`, see
-//! `tests/fixtures/tls/README.md`, and passes the bytes on), and an https
+//! TLS for the tests: certificates made with rcgen, a front for the hub,
+//! as a reverse proxy would put before it (it ends TLS with the test
+//! certificate for `localhost` and passes the bytes on), and an https
 //! client that trusts the test CA, for the hub's own TLS.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use anyhow::Context;
 use rustls::ServerConfig;
@@ -14,11 +14,21 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+use crate::pki::Pki;
+
+/// The test certificates, made with rcgen once per test process: a CA
+/// (`ca.pem`, `ca.key`) and the hub's certificate for `localhost` and
+/// `127.0.0.1` it signed (`hub.pem`, `hub.key`), valid until 2100. (A
+/// static is never dropped: the folder outlives the process, a few KB.)
+static CERTS: LazyLock<Pki> = LazyLock::new(|| {
+    let pki = Pki::new("telemetry-hub test CA");
+    pki.server("hub", 4_102_444_800);
+    pki
+});
+
 /// A file of the test certificates.
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/tls")
-        .join(name)
+    CERTS.dir.path().join(name)
 }
 
 /// Listens on a free loopback port until dropped.
