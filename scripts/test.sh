@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests need that
 # a Rust machine may lack (Debian's Chromium and ChromeDriver for the browser
-# test, Mosquitto for the benchmark harness's side-by-side run, nginx for the
+# tests, NSS's certutil to make Chromium trust the test CA, Mosquitto for the benchmark harness's side-by-side run, nginx for the
 # reverse-proxy test, schemathesis
 # from PyPI for the OpenAPI test), then runs a tiny pass of every benchmark
 # scenario and every test of the workspace.
@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+[ -x /usr/bin/certutil ] || missing+=(libnss3-tools)
 [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 [ -x /usr/sbin/nginx ] || missing+=(nginx)
 if [ ${#missing[@]} -gt 0 ]; then

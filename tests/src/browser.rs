@@ -2,6 +2,7 @@
 //! ChromeDriver: enough to open a page and run scripts in it. The protocol
 //! is plain JSON over HTTP, so a few requests replace a client crate.
 
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -14,6 +15,30 @@ use testkit::{PATIENCE, free_port};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CERTUTIL: &str = "/usr/bin/certutil";
+
+/// Makes an NSS database under `home` that trusts `ca` for servers.
+async fn trust(home: &Path, ca: &Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        Path::new(CERTUTIL).exists(),
+        "{CERTUTIL} is missing: install Debian's libnss3-tools (scripts/test.sh does)"
+    );
+    let db = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&db)?;
+    let db = format!("sql:{}", db.display());
+    let create = ["-N", "--empty-password", "-d", &db];
+    let ca = ca.to_str().context("a UTF-8 CA path")?;
+    let add = ["-A", "-d", &db, "-n", "test CA", "-t", "C,,", "-i", ca];
+    for args in [&create[..], &add[..]] {
+        let out = Command::new(CERTUTIL).args(args).output().await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "certutil {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
 
 /// A browser session; the driver (and its browser) is killed on drop.
 #[derive(Debug)]
@@ -27,21 +52,34 @@ pub struct Browser {
 impl Browser {
     /// Starts ChromeDriver and a headless Chromium session.
     pub async fn start() -> anyhow::Result<Browser> {
-        Self::start_with(&[]).await
+        Self::launch(None).await
     }
 
-    /// Starts a session with `extra` Chromium flags as well (for example
-    /// `--ignore-certificate-errors` for the test CA's hub).
-    pub async fn start_with(extra: &[&str]) -> anyhow::Result<Browser> {
+    /// Starts a session whose Chromium trusts the CA in the PEM file `ca`,
+    /// as a user who installed it would: the CA goes into the NSS database
+    /// Chromium reads on Linux (`$HOME/.pki/nssdb`), under a home of its
+    /// own.
+    pub async fn start_trusting(ca: &Path) -> anyhow::Result<Browser> {
+        Self::launch(Some(ca)).await
+    }
+
+    async fn launch(trusted_ca: Option<&Path>) -> anyhow::Result<Browser> {
         for path in [CHROMIUM, CHROMEDRIVER] {
             anyhow::ensure!(
                 std::path::Path::new(path).exists(),
                 "{path} is missing: install Debian's chromium and chromium-driver (scripts/test.sh does)"
             );
         }
+        let profile = tempfile::tempdir()?;
+        let home = profile.path().join("home");
+        if let Some(ca) = trusted_ca {
+            trust(&home, ca).await?;
+        }
         let port = free_port();
         let driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
+            // Chromium, started by the driver, finds its NSS database here.
+            .env("HOME", &home)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -49,7 +87,6 @@ impl Browser {
             .context("starting chromedriver")?;
         let driver_addr = format!("127.0.0.1:{port}");
         testkit::wait_until_listening(&driver_addr, "chromedriver", PATIENCE).await?;
-        let profile = tempfile::tempdir()?;
         // Root, no display, and a closed network: no sandbox, no GPU, and no
         // background traffic to hosts that cannot be reached.
         let user_data_dir = format!("--user-data-dir={}", profile.path().display());
@@ -65,7 +102,6 @@ impl Browser {
             "--window-size=1300,900",
             &user_data_dir,
         ];
-        args.extend_from_slice(extra);
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": CHROMIUM, "args": args},

@@ -234,9 +234,8 @@ async fn the_live_stream_works_over_http2_resuming_flushing_and_keeping_alive() 
 async fn a_browser_gets_http2_and_many_streams_share_one_origin() {
     let files = tempfile::tempdir().unwrap();
     let hub = tls_hub(&files, &["--provision-key", "k"]).await;
-    // The test CA is not the browser's: told to accept it, it checks the
-    // rest of TLS as usual.
-    let browser = e2e::browser::Browser::start_with(&["--ignore-certificate-errors"])
+    // The browser trusts the test CA, as a user who installed it would.
+    let browser = e2e::browser::Browser::start_trusting(&fixture("ca.pem"))
         .await
         .unwrap();
     browser
