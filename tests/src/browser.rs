@@ -90,7 +90,7 @@ impl Browser {
         // Root, no display, and a closed network: no sandbox, no GPU, and no
         // background traffic to hosts that cannot be reached.
         let user_data_dir = format!("--user-data-dir={}", profile.path().display());
-        let mut args = vec![
+        let args = vec![
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
