@@ -40,6 +40,8 @@ export SCHEMATHESIS="$venv/bin/st"
 # Mosquitto of its own: checks that the harness works; it measures nothing.
 cargo build --quiet --locked -p bench --bins
 ./target/debug/bench all --quick >/dev/null
-echo "benchmark harness: every scenario ran"
+./target/debug/bench ingest --quick --tls >/dev/null
+./target/debug/bench fanout --quick --tls >/dev/null
+echo "benchmark harness: every scenario ran, and ingest and fan-out over TLS"
 
 cargo test --workspace --locked

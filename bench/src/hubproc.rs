@@ -1,12 +1,69 @@
 //! The hub under test: the kit's hub process (so its CPU time and memory can
 //! be read from /proc apart from the load generators), started with the
 //! harness's provisioning key, and what the harness reads of its `/metrics`.
+//! With `--tls` it serves https and wss with a certificate made for the run,
+//! and clients reach it as `localhost`, trusting that certificate's CA.
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
 use testkit::hub::HubProcess;
+use testkit::pki::{Issued, Pki};
+
+/// The run's certificates when the hub serves TLS.
+struct Tls {
+    /// Holds the folder the files are in.
+    _pki: Pki,
+    served: Issued,
+    /// What devices and subscribers trust: the run's CA.
+    client: Arc<rustls::ClientConfig>,
+}
+
+static TLS: OnceLock<Option<Tls>> = OnceLock::new();
+
+/// Whether every hub of this run serves TLS; call once, before any start.
+///
+/// # Errors
+/// The certificates cannot be made.
+pub fn use_tls(on: bool) -> anyhow::Result<()> {
+    let tls = if on {
+        let pki = Pki::new("bench CA");
+        // 2100-01-01: the run's certificate outlives the run.
+        let served = pki.server("hub", 4_102_444_800);
+        let client = device_sim::tls::client_config(Some(&pki.ca()))?;
+        Some(Tls {
+            _pki: pki,
+            served,
+            client,
+        })
+    } else {
+        None
+    };
+    let _ = TLS.set(tls);
+    Ok(())
+}
+
+fn tls() -> Option<&'static Tls> {
+    TLS.get().and_then(Option::as_ref)
+}
+
+/// What devices and subscribers trust, when the hub serves TLS.
+pub fn client_tls() -> Option<Arc<rustls::ClientConfig>> {
+    tls().map(|tls| Arc::clone(&tls.client))
+}
+
+/// The device endpoint: `ws://127.0.0.1:port/v1/ws`, or under TLS
+/// `wss://localhost:port/v1/ws` (the certificate's name).
+pub fn ws_url(hub: &HubProcess) -> String {
+    match tls() {
+        Some(_) => {
+            let port = hub.addr.rsplit_once(':').map_or("", |(_, port)| port);
+            format!("wss://localhost:{port}/v1/ws")
+        }
+        None => hub.ws_url(),
+    }
+}
 
 /// The hub binary every run starts: `bench-hub` beside the harness, unless
 /// `--hub` named another build (to measure two builds side by side).
@@ -35,6 +92,12 @@ pub async fn start(extra: &[&str]) -> anyhow::Result<HubProcess> {
         "--device-max-readings-per-s",
         "0",
     ];
+    let (cert, key);
+    if let Some(tls) = tls() {
+        cert = tls.served.cert.display().to_string();
+        key = tls.served.key.display().to_string();
+        args.extend(["--tls-cert", &cert, "--tls-key", &key]);
+    }
     args.extend_from_slice(extra);
     HubProcess::start(binary, tempfile::tempdir()?, "127.0.0.1:0", &args)
         .await

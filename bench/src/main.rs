@@ -62,6 +62,11 @@ struct Args {
     /// another build, for a side-by-side comparison in one session.
     #[arg(long, value_name = "PATH")]
     hub: Option<std::path::PathBuf>,
+    /// The hub serves https and wss (a certificate made for the run);
+    /// devices and SSE subscribers connect over TLS. For `ingest` and
+    /// `fanout`.
+    #[arg(long)]
+    tls: bool,
 }
 
 #[tokio::main]
@@ -71,6 +76,16 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(hub.is_file(), "--hub {}: no such file", hub.display());
     }
     hubproc::use_binary(args.hub.clone());
+    anyhow::ensure!(
+        !args.tls || matches!(args.scenario, Scenario::Ingest | Scenario::Fanout),
+        "--tls measures ingest and fanout only"
+    );
+    hubproc::use_tls(args.tls)?;
+    if args.tls {
+        println!(
+            "\nThe hub serves TLS (https, wss; a P-256 certificate made for the run); devices and SSE subscribers connect over it."
+        );
+    }
     let size = if args.quick { Size::Quick } else { Size::Full };
     let mut results = Vec::new();
     let mut max_rate = args.max_rate;

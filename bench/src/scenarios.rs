@@ -33,7 +33,7 @@ async fn ingest_once(devices: usize, batch: usize, batches: u64) -> anyhow::Resu
     let started = now_us();
     for d in 0..devices {
         probes.spawn(probe::run(ProbeSpec {
-            url: hub.ws_url(),
+            url: hubproc::ws_url(&hub),
             device_id: format!("probe-{d}"),
             batch,
             batches,
@@ -154,7 +154,7 @@ async fn fanout_hub(subscribers: usize, messages: u64, batch: usize) -> anyhow::
     let subs = sse_subscribers(&hub, subscribers, messages, stride).await?;
     let started = now_us();
     probe::run(ProbeSpec {
-        url: hub.ws_url(),
+        url: hubproc::ws_url(&hub),
         device_id: "probe-1".into(),
         batch,
         batches: messages / batch as u64,
@@ -484,7 +484,7 @@ pub async fn latency(size: Size, max_rate: f64) -> anyhow::Result<Value> {
         let mut probes = JoinSet::new();
         for d in 0..devices {
             probes.spawn(probe::run(ProbeSpec {
-                url: hub.ws_url(),
+                url: hubproc::ws_url(&hub),
                 device_id: format!("probe-{d}"),
                 batch,
                 batches,

@@ -54,18 +54,27 @@ pub async fn sse(
     stride: u64,
     ready: tokio::sync::mpsc::Sender<()>,
 ) -> anyhow::Result<Received> {
-    let response = testkit::http::client()
-        .get(format!("http://{addr}/v1/events?{query}"))
-        .timeout(Duration::MAX)
-        .send()
-        .await?;
-    anyhow::ensure!(
-        response.status().is_success(),
-        "the hub answered {}",
-        response.status()
-    );
+    let path = format!("/v1/events?{query}");
+    let mut body_stream = match crate::hubproc::client_tls() {
+        Some(tls) => https_stream(&addr, &path, tls).await?,
+        None => {
+            let response = testkit::http::client()
+                .get(format!("http://{addr}{path}"))
+                .timeout(Duration::MAX)
+                .send()
+                .await?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "the hub answered {}",
+                response.status()
+            );
+            response
+                .bytes_stream()
+                .map(|chunk| chunk.map_err(anyhow::Error::from))
+                .boxed()
+        }
+    };
     let _ = ready.send(()).await;
-    let mut body_stream = response.bytes_stream();
     let mut body: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut received = Received::default();
     // Keep-alive comments arrive on an idle stream: only events count.
@@ -95,6 +104,48 @@ pub async fn sse(
     }
     received.done_at_us = now_us();
     Ok(received)
+}
+
+/// A body as it arrives, whichever client reads it.
+type Body = futures_util::stream::BoxStream<'static, anyhow::Result<bytes::Bytes>>;
+
+/// `GET https://localhost{path}` on a new HTTP/1.1 connection to `addr`:
+/// the body's bytes as they come. hyper's client on tokio-rustls, the same
+/// TLS the hub uses, since the kit's reqwest has none.
+async fn https_stream(
+    addr: &str,
+    path: &str,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+) -> anyhow::Result<Body> {
+    use http_body_util::BodyExt;
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .context("TLS handshake")?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header("host", "localhost")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "the hub answered {}",
+        response.status()
+    );
+    // Dropping the sender would close the connection once the body ends;
+    // the body holds it open for as long as it is read.
+    let body = response.into_body().into_data_stream();
+    Ok(body
+        .map(move |chunk| {
+            let _connection_kept = &sender;
+            chunk.map_err(anyhow::Error::from)
+        })
+        .boxed())
 }
 
 /// Subscribes to `topic` on the broker at `port` over a plain TCP MQTT 3.1.1

@@ -14,6 +14,7 @@
 pub mod http;
 pub mod hub;
 pub mod mosquitto;
+pub mod pki;
 pub mod sse;
 
 use std::path::PathBuf;

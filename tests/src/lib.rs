@@ -9,7 +9,6 @@
 
 pub mod browser;
 pub mod nginx;
-pub mod pki;
 pub mod tls;
 
 use std::ops::Deref;

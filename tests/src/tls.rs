@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use crate::pki::Pki;
+use testkit::pki::Pki;
 
 /// The test certificates, made with rcgen once per test process: a CA
 /// (`ca.pem`, `ca.key`) and the hub's certificate for `localhost` and

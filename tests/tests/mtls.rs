@@ -13,8 +13,8 @@ use device_sim::device::{DeviceSettings, endpoint};
 use device_sim::fleet::{self, Credential, FleetConfig};
 use device_sim::tls::{ClientCerts, client_config};
 use e2e::TestHub;
-use e2e::pki::Pki;
 use e2e::tls::https_get_trusting;
+use testkit::pki::Pki;
 
 /// 2100-01-01T00:00:00Z.
 const NOT_AFTER: i64 = 4_102_444_800;
