@@ -31,6 +31,11 @@ pub fn fixture(name: &str) -> PathBuf {
     CERTS.dir.path().join(name)
 }
 
+/// The test CA, to issue more certificates (a renewal, say).
+pub fn test_ca() -> &'static Pki {
+    &CERTS
+}
+
 /// Listens on a free loopback port until dropped.
 #[derive(Debug)]
 pub struct TlsFront {
@@ -88,6 +93,8 @@ async fn forward(acceptor: TlsAcceptor, client: TcpStream, backend: String) {
 /// What an https request got: status, headers and body.
 #[derive(Debug)]
 pub struct HttpsAnswer {
+    /// The certificate the hub presented (DER).
+    pub certificate: Vec<u8>,
     pub status: u16,
     pub headers: hyper::HeaderMap,
     pub body: String,
@@ -115,6 +122,13 @@ pub async fn https_get_trusting(ca: &Path, addr: &str, path: &str) -> anyhow::Re
         .connect(name, tcp)
         .await
         .context("TLS handshake")?;
+    let certificate = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|cert| cert.to_vec())
+        .unwrap_or_default();
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
     tokio::spawn(connection);
@@ -126,6 +140,7 @@ pub async fn https_get_trusting(ca: &Path, addr: &str, path: &str) -> anyhow::Re
     let headers = response.headers().clone();
     let body = response.into_body().collect().await?.to_bytes();
     Ok(HttpsAnswer {
+        certificate,
         status,
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),

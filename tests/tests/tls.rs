@@ -12,6 +12,9 @@ use device_sim::fleet::{self, Credential, FleetConfig};
 use device_sim::tls::client_config;
 use e2e::TestHub;
 use e2e::tls::{fixture, https_get};
+use futures_util::{SinkExt, StreamExt};
+use protocol::HubFrame;
+use tokio_tungstenite::tungstenite::Message;
 
 /// A hub on TLS with copies of the test certificate and key in `files`, so
 /// a test can change them under it.
@@ -106,7 +109,8 @@ async fn a_client_that_never_speaks_tls_is_dropped_after_the_header_deadline() {
 }
 
 #[tokio::test]
-async fn sighup_reloads_the_certificate_and_a_bad_one_leaves_the_old_in_place() {
+async fn sighup_serves_a_renewed_certificate_to_new_clients_keeps_old_connections_and_survives_a_bad_one()
+ {
     let files = tempfile::tempdir().unwrap();
     let hub = tls_hub(&files, &[]).await;
     let addr = format!("localhost:{}", port(&hub));
@@ -139,15 +143,58 @@ async fn sighup_reloads_the_certificate_and_a_bad_one_leaves_the_old_in_place() 
         }
     };
     assert_eq!(reloads("ok").await, Some(0));
+    let first = https_get(&addr, "/healthz").await.unwrap().certificate;
+    assert_eq!(first, der(&fixture("hub.pem")));
 
+    // A device connected before the renewal.
+    let token = hub.add_device("dev-1").await.unwrap();
+    let url = endpoint(&format!("wss://{addr}")).unwrap();
+    let trust = client_config(Some(&fixture("ca.pem"))).unwrap();
+    let mut device = device_sim::link::connect(&url, Some(trust), &token)
+        .await
+        .unwrap();
+    device_sim::link::hello(&mut device, e2e::hello("dev-1"))
+        .await
+        .unwrap();
+
+    // Renewed: a new certificate and key in place, then SIGHUP.
+    let renewed = e2e::tls::test_ca().server("renewed", 4_070_908_800);
+    std::fs::copy(&renewed.cert, files.path().join("hub.pem")).unwrap();
+    std::fs::copy(&renewed.key, files.path().join("hub.key")).unwrap();
     hangup();
     until("ok", 1).await;
+    // A new client gets the new certificate …
+    let now = https_get(&addr, "/healthz").await.unwrap().certificate;
+    assert_eq!(now, der(&renewed.cert));
+    // … and the device connected before keeps streaming on its connection.
+    for seq in 1..=3 {
+        device
+            .send(Message::Binary(e2e::batch(seq, 1_000, 5).encode().into()))
+            .await
+            .unwrap();
+        loop {
+            let message = device.next().await.unwrap().unwrap();
+            if let Message::Binary(bytes) = message
+                && let HubFrame::Ack(ack) = HubFrame::decode(&bytes).unwrap()
+            {
+                assert_eq!(ack.seq, seq);
+                break;
+            }
+        }
+    }
 
     // A broken certificate file: logged, counted, and the old one served.
     std::fs::write(files.path().join("hub.pem"), "not a certificate").unwrap();
     hangup();
     until("failed", 1).await;
     assert_eq!(https_get(&addr, "/healthz").await.unwrap().status, 200);
+}
+
+/// The DER of the first certificate in a PEM file.
+fn der(pem: &std::path::Path) -> Vec<u8> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_file(pem).unwrap().to_vec()
 }
 
 /// A fleet of one device streaming `count` readings over wss.
