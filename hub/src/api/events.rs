@@ -103,7 +103,7 @@ struct Event {
     params(
         ("device" = Option<String>, Query, description = "Only these devices, comma-separated"),
         ("metric" = Option<String>, Query, description = "Only these metrics, comma-separated"),
-        ("last_event_id" = Option<i64>, Query, minimum = 0,
+        ("last_event_id" = Option<i64>, Query, minimum = 0, maximum = 9_223_372_036_854_775_807_i64,
          description = "Resume after this event id on a first connection; 0 is everything still stored"),
         ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = "^[0-9]{0,18}$",
          description = "The browser's resume point on its reconnects; wins over `last_event_id`"),
