@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
+use crate::bridge;
 use crate::ingest::session::{Limits, Timing};
 use crate::listener;
 use crate::live::subscription;
@@ -83,6 +84,30 @@ struct ServeArgs {
     /// The PEM private key (PKCS#8, RSA or EC) of --tls-cert.
     #[arg(long, env = "HUB_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Republish every stored reading to this MQTT broker: mqtt://host[:port].
+    #[arg(long, env = "HUB_MQTT_URL", value_parser = parse_mqtt_url)]
+    mqtt_url: Option<(String, u16)>,
+    /// The broker's user name.
+    #[arg(long, env = "HUB_MQTT_USERNAME", requires = "mqtt_url")]
+    mqtt_username: Option<String>,
+    /// The broker's password (never logged).
+    #[arg(
+        long,
+        env = "HUB_MQTT_PASSWORD",
+        hide_env_values = true,
+        requires = "mqtt_username"
+    )]
+    mqtt_password: Option<String>,
+    /// The bridge's MQTT client id [default: hub-<hub id>, stable across restarts].
+    #[arg(long, env = "HUB_MQTT_CLIENT_ID", requires = "mqtt_url")]
+    mqtt_client_id: Option<String>,
+    /// First topic level of everything the bridge publishes.
+    #[arg(long, env = "HUB_MQTT_PREFIX", default_value = "telemetry", value_parser = parse_mqtt_prefix)]
+    mqtt_prefix: String,
+    /// QoS of published readings: 1 (the broker acknowledges each; the
+    /// bridge's cursor follows) or 0 (fire and forget).
+    #[arg(long, env = "HUB_MQTT_QOS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    mqtt_qos: u8,
     /// PEM file of the CA whose certificates devices may present instead
     /// of a token: the certificate's subject CN is the device id. Needs
     /// --tls-cert. SIGHUP reloads it too.
@@ -225,6 +250,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             retry: args.sse_retry,
             keep_alive: args.keep_alive,
         },
+        mqtt: args.mqtt_url.map(|(host, port)| bridge::Settings {
+            host,
+            port,
+            username: args.mqtt_username,
+            password: args.mqtt_password.map(bridge::Secret),
+            client_id: args.mqtt_client_id,
+            prefix: args.mqtt_prefix,
+            qos: args.mqtt_qos,
+        }),
     };
     let tls = settings.tls.is_some();
     let hub = Hub::build(settings).await?;
@@ -299,6 +333,20 @@ async fn device(command: DeviceCommand) -> anyhow::Result<()> {
 
 /// Writes `text` to standard output. A reader that has gone (`| head`) is
 /// not an error: the command's work is done, and it exits quietly.
+fn parse_mqtt_url(text: &str) -> Result<(String, u16), String> {
+    bridge::Settings::parse_url(text)
+}
+
+/// A topic prefix: one or more levels, no wildcards, no empty level.
+fn parse_mqtt_prefix(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.split('/').any(str::is_empty) || text.contains(['+', '#']) {
+        return Err(format!(
+            "{text:?} is not a topic prefix: levels separated by /, none empty, no + or #"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
 fn print_out(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();

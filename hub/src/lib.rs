@@ -37,6 +37,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bridge;
 pub mod cli;
 pub mod commits;
 pub mod http_error;

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, monitor_auth::MonitorToken};
+use crate::bridge::{self, Bridge};
 use crate::commits::{Consumers, InlineConsumer, RetentionCutoff};
 use crate::http_error::ApiError;
 use crate::ingest::{self, Ingest, registry::Registry, session};
@@ -57,6 +58,8 @@ pub struct Settings {
     /// Most bytes of recent events kept in memory for live subscribers.
     pub live_buffer_bytes: usize,
     pub live: subscription::Timing,
+    /// The MQTT bridge, when `--mqtt-url` is set.
+    pub mqtt: Option<bridge::Settings>,
 }
 
 /// How long readings are kept, and how often old ones are deleted.
@@ -81,6 +84,8 @@ struct AppState {
     monitor_token: MonitorToken,
     /// TLS on the listener, when configured.
     tls: Option<Tls>,
+    /// The MQTT bridge's status, when it runs.
+    mqtt: Option<Arc<bridge::Status>>,
     /// The hub-wide stop: live streams watch it.
     shutdown: CancellationToken,
 }
@@ -95,6 +100,7 @@ pub struct Hub {
     writer_stop: CancellationToken,
     /// Shared by retention (which raises it) and the live fan-out.
     retention_cutoff: RetentionCutoff,
+    bridge: Option<Bridge>,
 }
 
 impl Hub {
@@ -122,6 +128,14 @@ impl Hub {
             settings.max_subscribers,
             settings.live_buffer_bytes,
         ));
+        let bridge = match settings.mqtt.clone() {
+            Some(mqtt) => Some(
+                Bridge::open(mqtt, &store, consumers.head())
+                    .await
+                    .context("reading the MQTT bridge's cursor")?,
+            ),
+            None => None,
+        };
         let consumers = consumers.with_inline(Arc::clone(&live) as Arc<dyn InlineConsumer>);
         let writer_stop = CancellationToken::new();
         let (writer_handle, writer) = writer
@@ -161,6 +175,7 @@ impl Hub {
                 secure: tls.is_some(),
             },
             tls,
+            mqtt: bridge.as_ref().map(Bridge::status),
             shutdown,
         };
         Ok(Hub {
@@ -170,6 +185,7 @@ impl Hub {
             writer,
             writer_stop,
             retention_cutoff: retention,
+            bridge,
         })
     }
 
@@ -198,6 +214,7 @@ impl Hub {
             writer,
             writer_stop,
             retention_cutoff,
+            bridge,
         } = self;
         let cancel = state.shutdown.clone();
         let tracker = state.ingest.tracker.clone();
@@ -222,6 +239,15 @@ impl Hub {
 
         if let Some(tls) = state.tls.clone() {
             tracker.spawn(reload_on_hangup(tls, cancel.clone()));
+        }
+        // On the tracker: it saves its cursor through the writer, which
+        // stops only after the tracked tasks.
+        if let Some(bridge) = bridge {
+            tracker.spawn(bridge.run(
+                store.clone(),
+                state.ingest.sessions.writer.clone(),
+                cancel.clone(),
+            ));
         }
         let tls = state.tls.clone();
         tokio::spawn({

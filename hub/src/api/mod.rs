@@ -50,6 +50,10 @@ struct Healthy {
     /// Always `ok`.
     #[schema(value_type = String)]
     status: &'static str,
+    /// The MQTT bridge, when `--mqtt-url` is set. A broker that is away
+    /// does not make the hub unhealthy: readings wait in storage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mqtt: Option<crate::bridge::Health>,
 }
 
 /// Every device, whether it is connected, and its metrics.
@@ -97,6 +101,7 @@ pub async fn devices(
 pub async fn health(
     State(store): State<Store>,
     State(writer): State<WriterHealth>,
+    State(mqtt): State<Option<Arc<crate::bridge::Status>>>,
 ) -> Result<impl IntoResponse, ApiError> {
     if let Some(reason) = writer.failure() {
         return Err(ApiError::new(
@@ -113,7 +118,10 @@ pub async fn health(
         ));
     }
     store.ping().await?;
-    Ok(Json(Healthy { status: "ok" }))
+    Ok(Json(Healthy {
+        status: "ok",
+        mqtt: mqtt.map(|bridge| bridge.health()),
+    }))
 }
 
 /// The hub's counters in Prometheus text format.
@@ -129,10 +137,14 @@ pub async fn health(
 pub async fn metrics(
     State(counters): State<Arc<Counters>>,
     State(tls): State<Option<Tls>>,
+    State(mqtt): State<Option<Arc<crate::bridge::Status>>>,
 ) -> impl IntoResponse {
     let mut text = counters.render();
     if let Some(tls) = tls {
         text.push_str(&tls.render());
+    }
+    if let Some(mqtt) = mqtt {
+        text.push_str(&mqtt.render());
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -335,6 +335,38 @@ impl Store {
         Ok(pos)
     }
 
+    /// One of the hub's facts about itself (`hub_state`), if set.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn state(&self, key: &str) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM hub_state WHERE key = ?")
+                .bind(key)
+                .fetch_optional(self.pool())
+                .await?,
+        )
+    }
+
+    /// This hub's id, stable across restarts: made at its first start.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn hub_id(&self) -> Result<String, StoreError> {
+        let mut bytes = [0u8; 6];
+        getrandom::fill(&mut bytes)
+            .map_err(|err| StoreError::Thread(std::io::Error::other(err)))?;
+        let fresh = bytes
+            .iter()
+            .fold(0i64, |id, byte| (id << 8) | i64::from(*byte));
+        sqlx::query("INSERT OR IGNORE INTO hub_state (key, value) VALUES ('hub_id', ?)")
+            .bind(fresh)
+            .execute(self.pool())
+            .await?;
+        let id = self.state("hub_id").await?.unwrap_or(fresh);
+        Ok(format!("{id:012x}"))
+    }
+
     /// Every device's metrics, by device id.
     ///
     /// # Errors

@@ -106,6 +106,13 @@ pub enum Registration {
         hello: Hello,
         reply: oneshot::Sender<Result<HashMap<u16, i64>, String>>,
     },
+    /// Set one of the hub's facts about itself in `hub_state` (a cursor
+    /// consumer's cursor, say).
+    State {
+        key: &'static str,
+        value: i64,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// What the writer is asked to do.
@@ -147,6 +154,7 @@ pub struct Retained {
 enum Registered {
     Device(i64, bool),
     Hello(HashMap<u16, i64>),
+    State,
 }
 
 /// The writer has stopped (the hub is shutting down).
@@ -225,6 +233,15 @@ impl WriterHandle {
             reply,
         })
         .await
+    }
+
+    /// Sets `key` in `hub_state` to `value` in the next group commit.
+    ///
+    /// # Errors
+    /// The writer has stopped or the transaction failed.
+    pub async fn set_state(&self, key: &'static str, value: i64) -> Result<(), String> {
+        self.register(|reply| Registration::State { key, value, reply })
+            .await
     }
 
     /// Deletes one chunk (at most 2,000 readings) older than `before_ms` of
@@ -568,6 +585,10 @@ impl Writer {
                     let rows = statements::write_hello(&tx, *device_row, hello)?;
                     registered.push(Registered::Hello(rows));
                 }
+                Job::Register(Registration::State { key, value, .. }) => {
+                    statements::set_state(&tx, key, *value)?;
+                    registered.push(Registered::State);
+                }
                 Job::Batch(_) | Job::Retain(_) | Job::Stop => {}
             }
         }
@@ -632,6 +653,14 @@ fn reply_all(
             Job::Register(Registration::Hello { reply, .. }) => {
                 let answer = match registered.next() {
                     Some(Ok(Registered::Hello(rows))) => Ok(rows),
+                    Some(Err(err)) => Err(err),
+                    _ => Err("registration out of step".into()),
+                };
+                let _ = reply.send(answer);
+            }
+            Job::Register(Registration::State { reply, .. }) => {
+                let answer = match registered.next() {
+                    Some(Ok(Registered::State)) => Ok(()),
                     Some(Err(err)) => Err(err),
                     _ => Err("registration out of step".into()),
                 };

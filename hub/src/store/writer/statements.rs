@@ -65,6 +65,16 @@ pub(super) fn last_seq(conn: &Connection, device_row: i64) -> rusqlite::Result<u
 /// Creates a device registering itself with the provisioning key (or finds
 /// it, if it was created meanwhile). Answers its row and whether it is
 /// revoked.
+/// Sets one of the hub's facts about itself.
+pub(super) fn set_state(conn: &Connection, key: &str, value: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO hub_state (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(rusqlite::params![key, value])?;
+    Ok(())
+}
+
 pub(super) fn insert_device(conn: &Connection, device_id: &str) -> rusqlite::Result<(i64, bool)> {
     conn.prepare_cached(
         "INSERT INTO devices (device_id, created_ms) VALUES (?, ?)

@@ -1,0 +1,87 @@
+//! What the bridge publishes: topics and JSON payloads (README, "MQTT").
+
+use serde::Serialize;
+
+use crate::store::query::ReadingRow;
+
+/// One topic level from a name: MQTT gives `/` a meaning and forbids `+`
+/// and `#` in the topics a client publishes to, so each becomes `_`, as
+/// does an empty name.
+pub fn level(name: &str) -> String {
+    if name.is_empty() {
+        return "_".into();
+    }
+    name.chars()
+        .map(|c| if matches!(c, '/' | '+' | '#') { '_' } else { c })
+        .collect()
+}
+
+/// `{prefix}/{device}/{metric}`.
+pub fn reading_topic(prefix: &str, row: &ReadingRow) -> String {
+    format!("{prefix}/{}/{}", level(&row.device), level(&row.metric))
+}
+
+/// `{prefix}/hub/{hub id}/status`: `online` while connected, the last will
+/// `offline` otherwise; retained.
+pub fn hub_status_topic(prefix: &str, hub_id: &str) -> String {
+    format!("{prefix}/hub/{hub_id}/status")
+}
+
+#[derive(Serialize)]
+struct Payload<'a> {
+    pos: i64,
+    ts_ms: i64,
+    value: Option<f64>,
+    unit: &'a str,
+}
+
+/// `{"pos":…,"ts_ms":…,"value":…,"unit":"…"}`, `value` null for NaN or an
+/// infinity (stored as NULL).
+pub fn reading_payload(row: &ReadingRow) -> Vec<u8> {
+    serde_json::to_vec(&Payload {
+        pos: row.pos,
+        ts_ms: row.ts_ms,
+        value: row.value,
+        unit: &row.unit,
+    })
+    .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(metric: &str, value: Option<f64>) -> ReadingRow {
+        ReadingRow {
+            pos: 7,
+            device: "boiler-3".into(),
+            metric: metric.into(),
+            unit: "°C".into(),
+            ts_ms: 1_764_300_000_000,
+            value,
+        }
+    }
+
+    #[test]
+    fn a_reading_goes_to_its_device_and_metric() {
+        assert_eq!(
+            reading_topic("telemetry", &row("temperature", Some(21.5))),
+            "telemetry/boiler-3/temperature"
+        );
+        assert_eq!(
+            String::from_utf8(reading_payload(&row("temperature", Some(21.5)))).unwrap(),
+            r#"{"pos":7,"ts_ms":1764300000000,"value":21.5,"unit":"°C"}"#
+        );
+        assert_eq!(
+            String::from_utf8(reading_payload(&row("t", None))).unwrap(),
+            r#"{"pos":7,"ts_ms":1764300000000,"value":null,"unit":"°C"}"#
+        );
+    }
+
+    #[test]
+    fn names_cannot_add_levels_or_wildcards() {
+        assert_eq!(level("a/b+c#d"), "a_b_c_d");
+        assert_eq!(level(""), "_");
+        assert_eq!(level("°C ok"), "°C ok");
+    }
+}
