@@ -42,6 +42,11 @@ fn a_bad_flag_value_names_the_flag() {
         ("--hello-timeout", "10x"),
         ("--retention", "soon"),
         ("--log", "hub=loud"),
+        ("--mqtt-url", "http://broker"),
+        ("--mqtt-url", "mqtts://broker"),
+        ("--mqtt-prefix", "a/+/b"),
+        ("--mqtt-prefix", "a//b"),
+        ("--mqtt-qos", "2"),
     ] {
         let out = hub(&[
             "serve",
