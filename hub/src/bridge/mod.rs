@@ -259,10 +259,11 @@ impl Bridge {
         } else {
             QoS::AtLeastOnce
         };
-        let (client, eventloop) = AsyncClient::new(self.options(), WINDOW + 8);
-        let (heard_tx, mut heard) = mpsc::channel(4 * WINDOW);
-        let poller = tokio::spawn(poll(eventloop, heard_tx));
-        let status = self.status;
+        let status = Arc::clone(&self.status);
+        // One rumqttc client per connection (see `Link`), made when due.
+        let mut link: Option<Link> = None;
+        let mut failures = 0u32;
+        let mut retry_at = tokio::time::Instant::now();
         let hub_topic = message::hub_status_topic(&self.settings.prefix, &self.hub_id);
         let mut delivery = Delivery::starting_at(self.cursor);
         let mut connected = false;
@@ -273,8 +274,13 @@ impl Bridge {
         let mut saved = self.cursor;
         let mut save = tokio::time::interval(SAVE_EVERY);
         loop {
+            if link.is_none() && tokio::time::Instant::now() >= retry_at {
+                link = Some(self.connect());
+            }
             // Publish while connected and the window has room.
-            while connected && delivery.outstanding() < WINDOW {
+            while let Some(current) = link.as_ref().filter(|_| connected)
+                && delivery.outstanding() < WINDOW
+            {
                 if page.is_empty() {
                     delivery.read_up_to(page_through);
                     let upto = head.current();
@@ -307,7 +313,10 @@ impl Bridge {
                 }
                 let Some(row) = page.pop_front() else { break };
                 let topic = message::reading_topic(&self.settings.prefix, &row);
-                match client.try_publish(topic, qos, false, message::reading_payload(&row)) {
+                match current
+                    .client
+                    .try_publish(topic, qos, false, message::reading_payload(&row))
+                {
                     Ok(()) => {
                         delivery.asked(row.pos);
                         status.published.fetch_add(1, Relaxed);
@@ -320,12 +329,15 @@ impl Bridge {
             }
             let caught_up = page.is_empty() && delivery.read_through() >= head.peek();
             tokio::select! {
-                event = heard.recv() => match event {
+                event = heard(&mut link) => match event {
                     Some(Heard::Connected) => {
+                        failures = 0;
                         delivery.rewind();
                         page.clear();
                         page_through = delivery.read_through();
-                        if client.try_publish(&hub_topic, QoS::AtLeastOnce, true, "online").is_ok() {
+                        if let Some(current) = &link
+                            && current.client.try_publish(&hub_topic, QoS::AtLeastOnce, true, "online").is_ok()
+                        {
                             delivery.asked_own();
                         }
                         connected = true;
@@ -345,6 +357,11 @@ impl Bridge {
                         if connected {
                             tracing::warn!(%error, "bridge lost the broker; it resumes from its cursor");
                         }
+                        // Nothing of this connection may reach the next:
+                        // its client goes, with whatever it still held.
+                        link = None;
+                        failures = failures.saturating_add(1);
+                        retry_at = tokio::time::Instant::now() + backoff(failures);
                         connected = false;
                         delivery.rewind();
                         page.clear();
@@ -354,6 +371,7 @@ impl Bridge {
                     }
                     Some(Heard::Disconnected) | None => break,
                 },
+                () = tokio::time::sleep_until(retry_at), if link.is_none() => {}
                 moved = head.moved(), if connected && caught_up => {
                     if !moved {
                         break;
@@ -371,11 +389,13 @@ impl Bridge {
         }
         // Say goodbye (a clean disconnect sends no last will), then save
         // where the broker's acks reached.
-        if connected {
-            let _ = client.try_publish(&hub_topic, QoS::AtLeastOnce, true, "offline");
-            let _ = client.try_disconnect();
+        if let Some(current) = link.as_mut().filter(|_| connected) {
+            let _ = current
+                .client
+                .try_publish(&hub_topic, QoS::AtLeastOnce, true, "offline");
+            let _ = current.client.try_disconnect();
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                while let Some(event) = heard.recv().await {
+                while let Some(event) = current.heard.recv().await {
                     match event {
                         Heard::WentOut(pkid) => delivery.went_out(pkid),
                         Heard::Acked(pkid) => delivery.acked(pkid),
@@ -386,8 +406,7 @@ impl Bridge {
             })
             .await;
         }
-        drop(heard);
-        poller.abort();
+        drop(link);
         let cursor = delivery.cursor();
         status.set_cursor(cursor);
         if cursor != saved
@@ -422,32 +441,60 @@ fn gaps(after: Position, rows: &[ReadingRow], read_through: Position, checked: P
     missing
 }
 
-/// Drives rumqttc's event loop and reports what matters; reconnects with a
-/// jittered exponential backoff while the broker is away.
+/// One connection to the broker: its own rumqttc client, event loop and
+/// report channel, all dropped when the connection ends. rumqttc would
+/// otherwise carry requests queued in its channel at the moment of the loss
+/// into the next connection, where their packet ids would be taken for
+/// readings asked for after the rewind.
+#[derive(Debug)]
+struct Link {
+    client: AsyncClient,
+    heard: mpsc::Receiver<Heard>,
+    poller: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.poller.abort();
+    }
+}
+
+impl Bridge {
+    fn connect(&self) -> Link {
+        let (client, eventloop) = AsyncClient::new(self.options(), WINDOW + 8);
+        let (report, heard) = mpsc::channel(4 * WINDOW);
+        Link {
+            client,
+            heard,
+            poller: tokio::spawn(poll(eventloop, report)),
+        }
+    }
+}
+
+/// The next report of the current connection; never, while there is none.
+async fn heard(link: &mut Option<Link>) -> Option<Heard> {
+    match link {
+        Some(link) => link.heard.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Drives one connection's event loop and reports what matters, until the
+/// connection ends (the bridge makes the next one, after a backoff).
 async fn poll(mut eventloop: EventLoop, heard: mpsc::Sender<Heard>) {
-    let mut failures = 0u32;
     loop {
         let report = match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                failures = 0;
-                Some(Heard::Connected)
-            }
-            Ok(Event::Incoming(Packet::PubAck(ack))) => Some(Heard::Acked(ack.pkid)),
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Some(Heard::WentOut(pkid)),
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => Some(Heard::Disconnected),
-            Ok(_) => None,
+            Ok(Event::Incoming(Packet::ConnAck(_))) => Heard::Connected,
+            Ok(Event::Incoming(Packet::PubAck(ack))) => Heard::Acked(ack.pkid),
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Heard::WentOut(pkid),
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => Heard::Disconnected,
+            Ok(_) => continue,
             Err(err) => {
-                if heard.send(Heard::Lost(err.to_string())).await.is_err() {
-                    return;
-                }
-                failures = failures.saturating_add(1);
-                tokio::time::sleep(backoff(failures)).await;
-                None
+                let _ = heard.send(Heard::Lost(err.to_string())).await;
+                return;
             }
         };
-        if let Some(report) = report
-            && heard.send(report).await.is_err()
-        {
+        if heard.send(report).await.is_err() {
             return;
         }
     }
