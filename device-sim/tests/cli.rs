@@ -55,6 +55,47 @@ fn bad_flags_are_refused_naming_the_flag() {
             ],
             "--ca-cert",
         ),
+        (
+            &[
+                "--hub",
+                "wss://hub",
+                "--id",
+                "d",
+                "--client-cert",
+                "/nonexistent/d.pem",
+                "--client-key",
+                "/nonexistent/d.key",
+            ],
+            "--client-cert",
+        ),
+        (
+            &[
+                "--hub",
+                "wss://hub",
+                "--devices",
+                "2",
+                "--client-ca-cert",
+                "/nonexistent/ca.pem",
+                "--client-ca-key",
+                "/nonexistent/ca.key",
+            ],
+            "--client-ca-cert",
+        ),
+        (
+            &["--hub", "wss://hub", "--id", "d", "--client-cert", "d.pem"],
+            "--client-key",
+        ),
+        (
+            &[
+                "--id",
+                "d",
+                "--client-cert",
+                "d.pem",
+                "--client-key",
+                "d.key",
+            ],
+            "--hub",
+        ),
     ] {
         let out = sim(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
