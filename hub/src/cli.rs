@@ -108,6 +108,10 @@ struct ServeArgs {
     /// bridge's cursor follows) or 0 (fire and forget).
     #[arg(long, env = "HUB_MQTT_QOS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     mqtt_qos: u8,
+    /// Publish discovery configs for this home-automation system (retained,
+    /// one per device metric), so devices appear in it by themselves.
+    #[arg(long, env = "HUB_MQTT_DISCOVERY", value_enum, requires = "mqtt_url")]
+    mqtt_discovery: Option<Discovery>,
     /// PEM file of the CA whose certificates devices may present instead
     /// of a token: the certificate's subject CN is the device id. Needs
     /// --tls-cert. SIGHUP reloads it too.
@@ -152,6 +156,13 @@ struct ServeArgs {
     /// Reconnection delay suggested to browsers (the SSE `retry:` field).
     #[arg(long, env = "HUB_SSE_RETRY", default_value = "2s", value_parser = parse_duration)]
     sse_retry: Duration,
+}
+
+/// The systems `--mqtt-discovery` speaks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Discovery {
+    /// Home Assistant's MQTT discovery, under `homeassistant/`.
+    Homeassistant,
 }
 
 #[derive(Debug, Subcommand)]
@@ -258,6 +269,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             client_id: args.mqtt_client_id,
             prefix: args.mqtt_prefix,
             qos: args.mqtt_qos,
+            discovery: args.mqtt_discovery == Some(Discovery::Homeassistant),
         }),
     };
     let tls = settings.tls.is_some();

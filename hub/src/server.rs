@@ -243,11 +243,12 @@ impl Hub {
         // On the tracker: it saves its cursor through the writer, which
         // stops only after the tracked tasks.
         if let Some(bridge) = bridge {
-            tracker.spawn(bridge.run(
-                store.clone(),
-                state.ingest.sessions.writer.clone(),
-                cancel.clone(),
-            ));
+            let parts = bridge::Parts {
+                store: store.clone(),
+                writer: state.ingest.sessions.writer.clone(),
+                registry: state.registry.clone(),
+            };
+            tracker.spawn(bridge.run(parts, cancel.clone()));
         }
         let tls = state.tls.clone();
         tokio::spawn({

@@ -47,6 +47,7 @@ fn a_bad_flag_value_names_the_flag() {
         ("--mqtt-prefix", "a/+/b"),
         ("--mqtt-prefix", "a//b"),
         ("--mqtt-qos", "2"),
+        ("--mqtt-discovery", "zigbee"),
     ] {
         let out = hub(&[
             "serve",

@@ -1,8 +1,9 @@
 //! The MQTT bridge (`--mqtt-url`) against a real Mosquitto that each test
 //! starts on a free port: readings on their topics with their payloads, the
 //! hub's retained status and last will, a broker stopped and started again
-//! mid-stream, a hub killed with SIGKILL that resumes from its cursor, and a
-//! broker that refuses the hub.
+//! mid-stream, a hub killed with SIGKILL that resumes from its cursor, a
+//! broker that refuses the hub, devices' presence and Home Assistant
+//! discovery configs, and commands sent over MQTT.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -112,6 +113,74 @@ fn fleet_of(hub: &TestHub, devices: usize, count: u64) -> FleetConfig {
     FleetConfig::new(devices, Credential::ProvisionKey("k".into()), device)
 }
 
+/// Publishes one message at QoS 1 and waits for the broker's ack.
+async fn publish(port: u16, topic: &str, payload: &str, retain: bool) {
+    let options = MqttOptions::new(format!("pub-{}", std::process::id()), "127.0.0.1", port);
+    let (client, mut eventloop) = AsyncClient::new(options, 8);
+    client
+        .publish(topic, QoS::AtLeastOnce, retain, payload.as_bytes().to_vec())
+        .await
+        .unwrap();
+    tokio::time::timeout(e2e::PATIENCE, async {
+        loop {
+            if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await.unwrap() {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the broker acknowledged the publish");
+    let _ = client.disconnect().await;
+}
+
+/// What an inbox holds on `topic`, in order.
+fn on(inbox: &Inbox, topic: &str) -> Vec<(String, bool)> {
+    inbox
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .filter(|(t, _, _)| t == topic)
+        .map(|(_, payload, retained)| (payload.clone(), *retained))
+        .collect()
+}
+
+/// Waits until `check` holds for the inbox.
+async fn until(inbox: &Inbox, what: &str, check: impl Fn(&[(String, String, bool)]) -> bool) {
+    let deadline = tokio::time::Instant::now() + e2e::PATIENCE;
+    loop {
+        if check(&inbox.lock().unwrap_or_else(PoisonError::into_inner)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {:?}",
+            inbox.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The last payload an inbox got on `topic`, parsed.
+fn last_json(inbox: &Inbox, topic: &str) -> serde_json::Value {
+    let (payload, _) = on(inbox, topic).pop().expect("a message on the topic");
+    serde_json::from_str(&payload).unwrap()
+}
+
+/// Publishes `payload` on `topic` and returns the next message `results`
+/// gets, parsed.
+async fn ask(
+    results: &Inbox,
+    port: u16,
+    topic: &str,
+    payload: &str,
+) -> (String, serde_json::Value) {
+    let before = results.lock().unwrap().len();
+    publish(port, topic, payload, false).await;
+    until(results, topic, |seen| seen.len() > before).await;
+    let (topic, payload, _) = results.lock().unwrap()[before].clone();
+    (topic, serde_json::from_str(&payload).unwrap())
+}
+
 fn bridged(broker: &Mosquitto) -> String {
     format!("mqtt://127.0.0.1:{}", broker.port)
 }
@@ -133,7 +202,10 @@ async fn readings_reach_the_broker_on_their_topics_and_the_hub_says_online_then_
     device.send_acked(&batch(1, 10_000, 3)).await.unwrap();
     until_all(&readings, 3).await;
     let got = readings.lock().unwrap().clone();
-    let (topic, payload, _) = &got[0];
+    let (topic, payload, _) = got
+        .iter()
+        .find(|(topic, _, _)| !topic.ends_with("/status"))
+        .unwrap();
     assert_eq!(topic, "telemetry/dev-1/temperature");
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(payload).unwrap(),
@@ -292,4 +364,197 @@ async fn a_broker_that_refuses_the_hub_is_reported_and_ingest_goes_on() {
         !error.contains("wrong"),
         "the password is never shown: {error}"
     );
+}
+
+#[tokio::test]
+async fn devices_presence_and_home_assistant_configs_are_retained_and_cleared_on_revocation() {
+    let broker = Mosquitto::start_with(Options {
+        large_queues: true,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let url = bridged(&broker);
+    let hub = TestHub::start(&[
+        "--provision-key",
+        "k",
+        "--mqtt-url",
+        &url,
+        "--mqtt-discovery",
+        "homeassistant",
+    ])
+    .await
+    .unwrap();
+    let mut fleet = fleet_of(&hub, 2, 1_000_000);
+    fleet.device.kinds = vec![SensorKind::Temperature, SensorKind::Humidity];
+    let run = tokio::spawn(fleet::run(fleet));
+
+    // Retained, so a subscriber arriving later reads them.
+    let config = |device: &str, metric: &str| {
+        format!("homeassistant/sensor/telemetry__{device}/{metric}/config")
+    };
+    let watcher = subscribe(broker.port, "watcher", "#", false).await;
+    until(&watcher, "both devices online", |seen| {
+        ["sim-1", "sim-2"].iter().all(|device| {
+            seen.iter().any(|(topic, payload, _)| {
+                *topic == format!("telemetry/{device}/status") && payload == "online"
+            })
+        })
+    })
+    .await;
+    let late = subscribe(broker.port, "late", "#", false).await;
+    until(&late, "retained statuses and configs", |seen| {
+        let retained = |topic: &str| seen.iter().any(|(t, _, r)| t == topic && *r);
+        retained("telemetry/sim-1/status")
+            && retained(&config("sim-1", "temperature"))
+            && retained(&config("sim-2", "humidity"))
+    })
+    .await;
+    assert_eq!(
+        on(&late, "telemetry/sim-1/status"),
+        [("online".into(), true)]
+    );
+    let temperature = last_json(&late, &config("sim-1", "temperature"));
+    assert_eq!(temperature["state_topic"], "telemetry/sim-1/temperature");
+    assert_eq!(temperature["device_class"], "temperature");
+    assert_eq!(temperature["unit_of_measurement"], "°C");
+    assert_eq!(temperature["state_class"], "measurement");
+    assert_eq!(temperature["value_template"], "{{ value_json.value }}");
+    assert_eq!(temperature["unique_id"], "telemetry__sim-1__temperature");
+    assert_eq!(
+        temperature["availability"][0]["topic"],
+        "telemetry/sim-1/status"
+    );
+    assert_eq!(temperature["device"]["identifiers"][0], "telemetry__sim-1");
+    assert_eq!(temperature["device"]["name"], "sim-1");
+    let humidity = last_json(&late, &config("sim-2", "humidity"));
+    assert_eq!(humidity["device_class"], "humidity");
+    assert_eq!(humidity["unit_of_measurement"], "%");
+
+    // The devices leave: offline, retained.
+    run.abort();
+    until(&watcher, "both devices offline", |seen| {
+        ["sim-1", "sim-2"].iter().all(|device| {
+            seen.iter()
+                .rev()
+                .find(|(topic, _, _)| *topic == format!("telemetry/{device}/status"))
+                .is_some_and(|(_, payload, _)| payload == "offline")
+        })
+    })
+    .await;
+
+    // A revoked device's configs and status are cleared.
+    let out = hub.cli(&["device", "revoke", "sim-2"]).await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    until(&watcher, "sim-2's configs cleared", |seen| {
+        seen.iter()
+            .any(|(topic, payload, _)| *topic == config("sim-2", "humidity") && payload.is_empty())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = subscribe(broker.port, "after", "#", false).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = after.lock().unwrap().clone();
+    assert!(
+        !seen.iter().any(|(topic, _, _)| topic.contains("sim-2")),
+        "nothing of sim-2 is retained: {seen:?}"
+    );
+    assert_eq!(
+        on(&after, "telemetry/sim-1/status"),
+        [("offline".into(), true)]
+    );
+
+    // Home Assistant restarting asks for the configs again.
+    let before = on(&watcher, &config("sim-1", "temperature")).len();
+    publish(broker.port, "homeassistant/status", "online", false).await;
+    until(&watcher, "configs published again", |seen| {
+        seen.iter()
+            .filter(|(topic, _, _)| *topic == config("sim-1", "temperature"))
+            .count()
+            > before
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn commands_published_on_mqtt_reach_the_device_and_every_one_gets_a_result() {
+    let broker = Mosquitto::start_with(Options::default()).await.unwrap();
+    let url = bridged(&broker);
+    let hub = TestHub::start(&["--provision-key", "k", "--mqtt-url", &url])
+        .await
+        .unwrap();
+    hub.add_device("idle").await.unwrap();
+    let run = tokio::spawn(fleet::run(fleet_of(&hub, 1, 1_000_000)));
+    let results = subscribe(broker.port, "results", "telemetry/+/cmd/result", false).await;
+    let deadline = tokio::time::Instant::now() + e2e::PATIENCE;
+    while !hub
+        .get("/v1/devices")
+        .await
+        .unwrap()
+        .1
+        .contains(r#""online":true"#)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the device connected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (topic, pong) = ask(
+        &results,
+        broker.port,
+        "telemetry/sim-1/cmd",
+        r#"{"id":"c-1","name":"ping"}"#,
+    )
+    .await;
+    assert_eq!(topic, "telemetry/sim-1/cmd/result");
+    assert_eq!(
+        pong,
+        serde_json::json!({"id": "c-1", "ok": true, "detail": "pong"})
+    );
+    let (_, refused) = ask(
+        &results,
+        broker.port,
+        "telemetry/sim-1/cmd",
+        r#"{"id":2,"name":"set_interval","args":{"interval_ms":"0"}}"#,
+    )
+    .await;
+    assert_eq!(refused["id"], 2);
+    assert_eq!(refused["ok"], false, "the device refused it: {refused}");
+    assert!(refused.get("error").is_none(), "{refused}");
+
+    let (_, garbage) = ask(&results, broker.port, "telemetry/sim-1/cmd", "reboot!").await;
+    assert_eq!(garbage["error"], "bad_command");
+    assert_eq!(garbage["id"], serde_json::Value::Null);
+    let (topic, unknown) = ask(
+        &results,
+        broker.port,
+        "telemetry/nobody/cmd",
+        r#"{"id":"c-3","name":"ping"}"#,
+    )
+    .await;
+    assert_eq!(topic, "telemetry/nobody/cmd/result");
+    assert_eq!(unknown["error"], "unknown_device");
+    assert_eq!(unknown["id"], "c-3");
+    let (_, offline) = ask(
+        &results,
+        broker.port,
+        "telemetry/idle/cmd",
+        r#"{"id":"c-4","name":"ping"}"#,
+    )
+    .await;
+    assert_eq!(offline["error"], "device_offline");
+    let (_, zero) = ask(
+        &results,
+        broker.port,
+        "telemetry/sim-1/cmd",
+        r#"{"id":"c-5","name":"ping","timeout_ms":0}"#,
+    )
+    .await;
+    assert_eq!(zero["error"], "bad_command");
+    assert_eq!(zero["id"], "c-5");
+    let (_, metrics) = hub.get("/metrics").await.unwrap();
+    assert!(metrics.contains("hub_mqtt_commands_total 6"), "{metrics}");
+    run.abort();
 }

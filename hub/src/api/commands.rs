@@ -15,27 +15,14 @@ use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use protocol::CommandArg;
 use protocol::limits::{MAX_COMMAND_ARGS, MAX_TEXT_LEN};
-use protocol::{Command, CommandArg, DecodeError, HubFrame};
 use serde::Deserialize;
 
 use crate::http_error::ApiError;
-use crate::ingest::registry::{COMMAND_QUEUE, CommandRefused, Registry};
+use crate::ingest::command::{self, Failure};
+use crate::ingest::registry::Registry;
 use crate::store::Store;
-
-/// The body field a protocol limit was broken in: the name, or the args.
-fn field_at_fault(err: &DecodeError) -> &'static str {
-    match err {
-        DecodeError::TooLong { field, .. }
-        | DecodeError::TooMany { field, .. }
-        | DecodeError::Empty { field }
-            if *field == "command name" =>
-        {
-            "name"
-        }
-        _ => "args",
-    }
-}
 
 /// The largest body a command request may have: a command the protocol
 /// allows (16 args of 256-byte names and values) is far below it.
@@ -149,60 +136,26 @@ pub async fn send(
         .into_iter()
         .map(|(name, value)| CommandArg { name, value })
         .collect();
-    // The device would refuse a frame outside the protocol's limits.
-    let probe = HubFrame::Command(Command {
-        id: 0,
-        name: request.name.clone(),
-        args: args.clone(),
-    });
-    if let Err(err) = probe.validate() {
-        return Err(ApiError::bad_field(
-            field_at_fault(&err),
-            format!("not a valid command: {err}"),
-        ));
-    }
-
-    let (id, result) = match registry.send_command(&device, request.name, args) {
-        Ok(sent) => sent,
-        Err(CommandRefused::QueueFull) => {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "command_queue_full",
-                format!("device {device:?} has {COMMAND_QUEUE} commands waiting"),
-            ));
-        }
-        Err(CommandRefused::Offline) => {
-            let known = store.list_devices().await?.iter().any(|d| d.id == device);
-            return Err(if known {
-                ApiError::new(
-                    StatusCode::CONFLICT,
-                    "device_offline",
-                    format!("device {device:?} is not connected"),
-                )
-            } else {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "unknown_device",
-                    format!("no device {device:?}"),
-                )
-            });
-        }
-    };
-    match tokio::time::timeout(Duration::from_millis(timeout_ms), result).await {
-        Ok(Ok(result)) => Ok(Json(CommandResult {
-            id,
-            ok: result.ok,
-            detail: result.detail,
+    let timeout = Duration::from_millis(timeout_ms);
+    match command::call(&registry, &store, &device, request.name, args, timeout).await {
+        Ok(answer) => Ok(Json(CommandResult {
+            id: answer.id,
+            ok: answer.ok,
+            detail: answer.detail,
         })),
-        Ok(Err(_)) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "device_offline",
-            format!("device {device:?} disconnected before answering command {id}"),
-        )),
-        Err(_) => Err(ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "command_timeout",
-            format!("device {device:?} did not answer command {id} within {timeout_ms} ms"),
-        )),
+        Err(Failure::Storage(err)) => Err(err.into()),
+        Err(failure) => {
+            let message = failure.to_string();
+            let status = match failure {
+                Failure::Invalid { field, .. } => return Err(ApiError::bad_field(field, message)),
+                Failure::UnknownDevice(_) => StatusCode::NOT_FOUND,
+                Failure::QueueFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+                Failure::TimedOut { .. } => StatusCode::GATEWAY_TIMEOUT,
+                Failure::Offline(_) | Failure::Disconnected { .. } | Failure::Storage(_) => {
+                    StatusCode::CONFLICT
+                }
+            };
+            Err(ApiError::new(status, failure.code(), message))
+        }
     }
 }

@@ -14,7 +14,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use crate::commits::Position;
 
 /// One publish asked of rumqttc: a reading, or a message of the hub's own
-/// (its status), which has no place in the cursor.
+/// (statuses, discovery configs, command results), which has no place in
+/// the cursor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tag {
     Reading(Position),
@@ -26,8 +27,10 @@ pub enum Tag {
 pub struct Delivery {
     /// Asked of rumqttc, not yet gone out, in order.
     asked: VecDeque<Tag>,
-    /// Gone out, waiting for the broker's ack: packet id to position.
-    in_flight: HashMap<u16, Position>,
+    /// Gone out, waiting for the broker's ack, by packet id.
+    in_flight: HashMap<u16, Tag>,
+    /// Messages of the hub's own asked for and not yet acknowledged.
+    own: usize,
     /// Every reading asked for and not yet acknowledged (a multiset: a
     /// rewind may ask for a position again).
     unacked: BTreeMap<Position, u32>,
@@ -68,6 +71,12 @@ impl Delivery {
     /// A message of the hub's own was asked of rumqttc.
     pub fn asked_own(&mut self) {
         self.asked.push_back(Tag::Own);
+        self.own += 1;
+    }
+
+    /// Messages of the hub's own asked for and not acknowledged yet.
+    pub fn own_outstanding(&self) -> usize {
+        self.own
     }
 
     /// Storage was read up to `pos`: positions without a reading (none
@@ -79,24 +88,31 @@ impl Delivery {
     /// rumqttc sent the oldest publish asked for, with packet id `pkid`
     /// (0 at QoS 0, which the broker never acknowledges: sent is done).
     pub fn went_out(&mut self, pkid: u16) {
-        let Some(Tag::Reading(pos)) = self.asked.pop_front() else {
+        let Some(tag) = self.asked.pop_front() else {
             return;
         };
         if pkid == 0 {
-            self.settle(pos);
+            self.settle(tag);
         } else {
-            self.in_flight.insert(pkid, pos);
+            self.in_flight.insert(pkid, tag);
         }
     }
 
     /// The broker acknowledged packet `pkid`.
     pub fn acked(&mut self, pkid: u16) {
-        if let Some(pos) = self.in_flight.remove(&pkid) {
-            self.settle(pos);
+        if let Some(tag) = self.in_flight.remove(&pkid) {
+            self.settle(tag);
         }
     }
 
-    fn settle(&mut self, pos: Position) {
+    fn settle(&mut self, tag: Tag) {
+        let pos = match tag {
+            Tag::Reading(pos) => pos,
+            Tag::Own => {
+                self.own = self.own.saturating_sub(1);
+                return;
+            }
+        };
         if let Some(count) = self.unacked.get_mut(&pos) {
             *count -= 1;
             if *count == 0 {
@@ -155,8 +171,10 @@ mod tests {
         delivery.asked(1);
         delivery.went_out(1); // the status message
         delivery.went_out(2); // reading 1
+        assert_eq!(delivery.own_outstanding(), 1);
         delivery.acked(1);
         assert_eq!(delivery.cursor(), 0);
+        assert_eq!(delivery.own_outstanding(), 0);
         delivery.acked(2);
         assert_eq!(delivery.cursor(), 1);
     }

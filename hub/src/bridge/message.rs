@@ -21,10 +21,53 @@ pub fn reading_topic(prefix: &str, row: &ReadingRow) -> String {
     format!("{prefix}/{}/{}", level(&row.device), level(&row.metric))
 }
 
+/// `{prefix}/{device}/status`: `online` or `offline`, retained; cleared
+/// (an empty retained payload) when the device is revoked.
+pub fn device_status_topic(prefix: &str, device: &str) -> String {
+    format!("{prefix}/{}/status", level(device))
+}
+
+/// `{prefix}/+/cmd`: where commands for devices come in.
+pub fn command_filter(prefix: &str) -> String {
+    format!("{prefix}/+/cmd")
+}
+
+/// The device a `{prefix}/{device}/cmd` topic is for.
+pub fn command_device<'t>(prefix: &str, topic: &'t str) -> Option<&'t str> {
+    let rest = topic.strip_prefix(prefix)?.strip_prefix('/')?;
+    let device = rest.strip_suffix("/cmd")?;
+    (!device.is_empty() && !device.contains('/')).then_some(device)
+}
+
+/// `{prefix}/{device}/cmd/result`: where a command's answer goes.
+pub fn command_result_topic(prefix: &str, device: &str) -> String {
+    format!("{prefix}/{device}/cmd/result")
+}
+
 /// `{prefix}/hub/{hub id}/status`: `online` while connected, the last will
 /// `offline` otherwise; retained.
 pub fn hub_status_topic(prefix: &str, hub_id: &str) -> String {
     format!("{prefix}/hub/{hub_id}/status")
+}
+
+/// A message of the hub's own (a status, a discovery config, a command's
+/// answer): published at QoS 1, outside the cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Own {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
+impl Own {
+    /// A retained message; an empty payload clears the topic.
+    pub fn retained(topic: String, payload: impl Into<Vec<u8>>) -> Own {
+        Own {
+            topic,
+            payload: payload.into(),
+            retain: true,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -76,6 +119,22 @@ mod tests {
             String::from_utf8(reading_payload(&row("t", None))).unwrap(),
             r#"{"pos":7,"ts_ms":1764300000000,"value":null,"unit":"°C"}"#
         );
+    }
+
+    #[test]
+    fn commands_come_in_on_their_devices_topic() {
+        assert_eq!(
+            command_device("telemetry", "telemetry/sim-1/cmd"),
+            Some("sim-1")
+        );
+        assert_eq!(command_device("a/b", "a/b/sim-1/cmd"), Some("sim-1"));
+        assert_eq!(
+            command_device("telemetry", "telemetry/sim-1/cmd/result"),
+            None
+        );
+        assert_eq!(command_device("telemetry", "telemetry//cmd"), None);
+        assert_eq!(command_device("telemetry", "telemetryx/sim-1/cmd"), None);
+        assert_eq!(command_device("telemetry", "telemetry/a/b/cmd"), None);
     }
 
     #[test]

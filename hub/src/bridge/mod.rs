@@ -10,30 +10,51 @@
 //! publishes and nothing else. After an outage or a restart it resumes
 //! after the cursor.
 
+mod command;
 mod delivery;
+mod discovery;
 mod message;
+mod news;
+mod status;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
-use tokio::sync::mpsc;
+use rumqttc::{
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS,
+};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::commits::{Head, Position};
+use crate::ingest::registry::{Change, PresenceChange, Registry};
 use crate::store::query::ReadingRow;
 use crate::store::writer::WriterHandle;
-use crate::store::{Store, now_ms};
+use crate::store::{Store, StoreError};
 use delivery::Delivery;
+use message::Own;
+use news::{News, Owed};
+pub use status::{Health, Status};
 
 /// Where the bridge keeps its cursor in `hub_state`.
 const CURSOR_KEY: &str = "mqtt_cursor";
 /// Readings published and not yet acknowledged, at most: the bridge's whole
-/// memory of a slow broker. rumqttc's request channel holds as many, so
-/// `try_publish` never finds it full while the window has room.
+/// memory of a slow broker.
 const WINDOW: usize = 100;
+/// Messages of the hub's own (statuses, configs, command results) published
+/// and not yet acknowledged, at most.
+const OWN_WINDOW: usize = 32;
+/// Commands from MQTT waiting for their devices or to be published, at
+/// most; past it, new ones are dropped (counted and logged), so a flood of
+/// commands on the broker cannot grow the hub's memory.
+const COMMANDS_WAITING: usize = 64;
+/// rumqttc's request channel: room for both windows, the subscriptions and
+/// the disconnect, so `try_publish` never finds it full while a window has
+/// room.
+const REQUESTS: usize = WINDOW + OWN_WINDOW + 8;
 /// Readings read from SQLite at a time.
 const PAGE: u32 = 500;
 /// How often the cursor is saved (through the writer, in its next commit).
@@ -53,6 +74,8 @@ pub struct Settings {
     pub prefix: String,
     /// 0 or 1: at 1 the cursor follows the broker's acks.
     pub qos: u8,
+    /// Publish Home Assistant discovery configs.
+    pub discovery: bool,
 }
 
 /// A password: compared and sent, never printed.
@@ -82,110 +105,25 @@ impl Settings {
     }
 }
 
-/// What `/metrics` and `/healthz` show of the bridge.
-#[derive(Debug)]
-pub struct Status {
-    connected: AtomicBool,
-    cursor: AtomicI64,
-    published: AtomicU64,
-    skipped: AtomicU64,
-    /// When the cursor was last at the head (ms since the epoch).
-    caught_up_ms: AtomicI64,
-    last_error: Mutex<Option<String>>,
-    head: Head,
-}
-
-/// The bridge's part of `/healthz`.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct Health {
-    /// Connected to the broker now.
-    pub connected: bool,
-    /// Stored readings the broker has not acknowledged yet.
-    pub lag: i64,
-    /// Why the last connection failed, while it is not connected.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl Status {
-    fn new(head: Head, cursor: Position) -> Self {
-        Status {
-            connected: AtomicBool::new(false),
-            cursor: AtomicI64::new(cursor),
-            published: AtomicU64::new(0),
-            skipped: AtomicU64::new(0),
-            caught_up_ms: AtomicI64::new(now_ms()),
-            last_error: Mutex::new(None),
-            head,
-        }
-    }
-
-    fn lag(&self) -> i64 {
-        (self.head.peek() - self.cursor.load(Relaxed)).max(0)
-    }
-
-    fn set_cursor(&self, cursor: Position) {
-        self.cursor.store(cursor, Relaxed);
-        if cursor >= self.head.peek() {
-            self.caught_up_ms.store(now_ms(), Relaxed);
-        }
-    }
-
-    fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    fn set_error(&self, error: Option<String>) {
-        *self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = error;
-    }
-
-    /// For `/healthz`.
-    pub fn health(&self) -> Health {
-        let connected = self.connected.load(Relaxed);
-        Health {
-            connected,
-            lag: self.lag(),
-            error: if connected { None } else { self.last_error() },
-        }
-    }
-
-    /// The bridge's series in Prometheus text.
-    pub fn render(&self) -> String {
-        let lag_s = if self.lag() == 0 {
-            0.0
-        } else {
-            (now_ms() - self.caught_up_ms.load(Relaxed)).max(0) as f64 / 1000.0
-        };
-        format!(
-            "# HELP hub_mqtt_connected Whether the bridge is connected to the broker.\n# TYPE hub_mqtt_connected gauge\nhub_mqtt_connected {}\n\
-             # HELP hub_mqtt_published_total Readings handed to the broker (a rewind publishes some again).\n# TYPE hub_mqtt_published_total counter\nhub_mqtt_published_total {}\n\
-             # HELP hub_mqtt_cursor Every reading at or below this position was acknowledged by the broker.\n# TYPE hub_mqtt_cursor gauge\nhub_mqtt_cursor {}\n\
-             # HELP hub_mqtt_lag_positions Stored readings the broker has not acknowledged yet.\n# TYPE hub_mqtt_lag_positions gauge\nhub_mqtt_lag_positions {}\n\
-             # HELP hub_mqtt_lag_seconds How long since the bridge was last caught up (0 while it is).\n# TYPE hub_mqtt_lag_seconds gauge\nhub_mqtt_lag_seconds {lag_s:.3}\n\
-             # HELP hub_mqtt_skipped_total Readings retention deleted before the bridge published them.\n# TYPE hub_mqtt_skipped_total counter\nhub_mqtt_skipped_total {}\n",
-            u8::from(self.connected.load(Relaxed)),
-            self.published.load(Relaxed),
-            self.cursor.load(Relaxed),
-            self.lag(),
-            self.skipped.load(Relaxed),
-        )
-    }
-}
-
 /// What the poller tells the bridge.
 #[derive(Debug)]
 enum Heard {
     Connected,
     WentOut(u16),
     Acked(u16),
+    /// A message on a topic the bridge subscribed to.
+    Message(Publish),
     Disconnected,
     Lost(String),
+}
+
+/// What of the hub the bridge uses.
+#[derive(Debug, Clone)]
+pub struct Parts {
+    pub store: Store,
+    pub writer: WriterHandle,
+    /// Presence changes, and where commands go.
+    pub registry: Registry,
 }
 
 /// A bridge ready to run: its status can be shown before it connects.
@@ -236,8 +174,8 @@ impl Bridge {
             // A new session each time: on reconnect the bridge rewinds to
             // its cursor rather than trust rumqttc's pending list.
             .set_clean_session(true)
-            .set_inflight(u16::try_from(WINDOW).unwrap_or(u16::MAX))
-            .set_request_channel_capacity(WINDOW + 8)
+            .set_inflight(u16::try_from(WINDOW + OWN_WINDOW).unwrap_or(u16::MAX))
+            .set_request_channel_capacity(REQUESTS)
             .set_last_will(LastWill::new(
                 message::hub_status_topic(&settings.prefix, &self.hub_id),
                 "offline",
@@ -252,165 +190,387 @@ impl Bridge {
     }
 
     /// Runs until `shutdown`, then says `offline` and disconnects.
-    pub async fn run(self, store: Store, writer: WriterHandle, shutdown: CancellationToken) {
-        let mut head = self.head.clone();
+    pub async fn run(self, parts: Parts, shutdown: CancellationToken) {
+        let changes = parts.registry.changes();
         let qos = if self.settings.qos == 0 {
             QoS::AtMostOnce
         } else {
             QoS::AtLeastOnce
         };
-        let status = Arc::clone(&self.status);
-        // One rumqttc client per connection (see `Link`), made when due.
-        let mut link: Option<Link> = None;
-        let mut failures = 0u32;
-        let mut retry_at = tokio::time::Instant::now();
-        let hub_topic = message::hub_status_topic(&self.settings.prefix, &self.hub_id);
-        let mut delivery = Delivery::starting_at(self.cursor);
-        let mut connected = false;
-        let mut page: VecDeque<ReadingRow> = VecDeque::new();
-        let mut page_through = self.cursor;
-        // Positions up to here were checked for retention's gaps.
-        let mut checked_through = self.cursor;
-        let mut saved = self.cursor;
+        let mut worker = Worker {
+            qos,
+            link: None,
+            connected: false,
+            failures: 0,
+            retry_at: tokio::time::Instant::now(),
+            delivery: Delivery::starting_at(self.cursor),
+            page: VecDeque::new(),
+            page_through: self.cursor,
+            checked_through: self.cursor,
+            saved: self.cursor,
+            outbox: VecDeque::new(),
+            news: News::default(),
+            changes,
+            commands: JoinSet::new(),
+            head: self.head.clone(),
+            hub_topic: message::hub_status_topic(&self.settings.prefix, &self.hub_id),
+            bridge: self,
+            parts,
+        };
+        worker.run(shutdown).await;
+    }
+}
+
+/// The running bridge's state.
+struct Worker {
+    bridge: Bridge,
+    parts: Parts,
+    head: Head,
+    qos: QoS,
+    hub_topic: String,
+    /// One rumqttc client per connection (see `Link`), made when due.
+    link: Option<Link>,
+    /// The current link's broker said CONNACK.
+    connected: bool,
+    failures: u32,
+    retry_at: tokio::time::Instant,
+    delivery: Delivery,
+    /// Readings read from storage and not yet handed to rumqttc.
+    page: VecDeque<ReadingRow>,
+    page_through: Position,
+    /// Positions up to here were checked for retention's gaps.
+    checked_through: Position,
+    /// The cursor last saved in `hub_state`.
+    saved: Position,
+    /// Messages of the hub's own not yet handed to rumqttc: command results
+    /// (at most `COMMANDS_WAITING`) and one device's news at a time, which
+    /// is read only when this is empty.
+    outbox: VecDeque<Own>,
+    news: News,
+    changes: broadcast::Receiver<PresenceChange>,
+    /// Commands waiting for their devices; each ends as a result to publish.
+    commands: JoinSet<Own>,
+}
+
+impl Worker {
+    async fn run(&mut self, shutdown: CancellationToken) {
         let mut save = tokio::time::interval(SAVE_EVERY);
         loop {
-            if link.is_none() && tokio::time::Instant::now() >= retry_at {
-                link = Some(self.connect());
+            if self.link.is_none() && tokio::time::Instant::now() >= self.retry_at {
+                self.link = Some(self.bridge.connect());
             }
-            // Publish while connected and the window has room.
-            while let Some(current) = link.as_ref().filter(|_| connected)
-                && delivery.outstanding() < WINDOW
-            {
-                if page.is_empty() {
-                    delivery.read_up_to(page_through);
-                    let upto = head.current();
-                    if delivery.read_through() >= upto {
-                        break;
-                    }
-                    let after = delivery.read_through();
-                    match store.readings_page(after, upto, None, None, PAGE).await {
-                        Ok(read) => {
-                            let skipped =
-                                gaps(after, &read.rows, read.read_through, checked_through);
-                            if skipped > 0 {
-                                status.skipped.fetch_add(skipped, Relaxed);
-                                tracing::warn!(
-                                    after,
-                                    skipped,
-                                    "retention deleted readings before the bridge published them"
-                                );
-                            }
-                            checked_through = checked_through.max(read.read_through);
-                            page_through = read.read_through;
-                            page.extend(read.rows);
-                        }
-                        Err(err) => {
-                            tracing::error!(error = %err, "the bridge cannot read storage; retrying");
-                            break;
-                        }
-                    }
-                    continue;
-                }
-                let Some(row) = page.pop_front() else { break };
-                let topic = message::reading_topic(&self.settings.prefix, &row);
-                match current
-                    .client
-                    .try_publish(topic, qos, false, message::reading_payload(&row))
-                {
-                    Ok(()) => {
-                        delivery.asked(row.pos);
-                        status.published.fetch_add(1, Relaxed);
-                    }
-                    Err(_) => {
-                        page.push_front(row);
-                        break;
-                    }
-                }
+            if self.connected {
+                self.publish_readings().await;
+                self.publish_own().await;
             }
-            let caught_up = page.is_empty() && delivery.read_through() >= head.peek();
+            let caught_up =
+                self.page.is_empty() && self.delivery.read_through() >= self.head.peek();
             tokio::select! {
-                event = heard(&mut link) => match event {
-                    Some(Heard::Connected) => {
-                        failures = 0;
-                        delivery.rewind();
-                        page.clear();
-                        page_through = delivery.read_through();
-                        if let Some(current) = &link
-                            && current.client.try_publish(&hub_topic, QoS::AtLeastOnce, true, "online").is_ok()
-                        {
-                            delivery.asked_own();
-                        }
-                        connected = true;
-                        status.connected.store(true, Relaxed);
-                        status.set_error(None);
-                        tracing::info!(host = %self.settings.host, port = self.settings.port, "bridge connected to the broker");
-                    }
+                event = heard(&mut self.link) => match event {
+                    Some(Heard::Connected) => self.on_connected().await,
                     Some(Heard::WentOut(pkid)) => {
-                        delivery.went_out(pkid);
-                        status.set_cursor(delivery.cursor());
+                        self.delivery.went_out(pkid);
+                        self.bridge.status.set_cursor(self.delivery.cursor());
                     }
                     Some(Heard::Acked(pkid)) => {
-                        delivery.acked(pkid);
-                        status.set_cursor(delivery.cursor());
+                        self.delivery.acked(pkid);
+                        self.bridge.status.set_cursor(self.delivery.cursor());
                     }
-                    Some(Heard::Lost(error)) => {
-                        if connected {
-                            tracing::warn!(%error, "bridge lost the broker; it resumes from its cursor");
-                        }
-                        // Nothing of this connection may reach the next:
-                        // its client goes, with whatever it still held.
-                        link = None;
-                        failures = failures.saturating_add(1);
-                        retry_at = tokio::time::Instant::now() + backoff(failures);
-                        connected = false;
-                        delivery.rewind();
-                        page.clear();
-                        page_through = delivery.read_through();
-                        status.connected.store(false, Relaxed);
-                        status.set_error(Some(error));
-                    }
+                    Some(Heard::Message(publish)) => self.on_message(publish).await,
+                    Some(Heard::Lost(error)) => self.on_lost(error),
                     Some(Heard::Disconnected) | None => break,
                 },
-                () = tokio::time::sleep_until(retry_at), if link.is_none() => {}
-                moved = head.moved(), if connected && caught_up => {
+                () = tokio::time::sleep_until(self.retry_at), if self.link.is_none() => {}
+                moved = self.head.moved(), if self.connected && caught_up => {
                     if !moved {
                         break;
                     }
                 }
-                _ = save.tick() => {
-                    let cursor = delivery.cursor();
-                    status.set_cursor(cursor);
-                    if cursor != saved && writer.set_state(CURSOR_KEY, cursor).await.is_ok() {
-                        saved = cursor;
+                change = self.changes.recv() => match change {
+                    Ok((device, change)) => {
+                        let configs = self.bridge.settings.discovery && change != Change::Offline;
+                        self.news.note(device, change, configs);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let configs = self.bridge.settings.discovery;
+                        self.note_everyone(configs).await;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                Some(done) = self.commands.join_next(), if !self.commands.is_empty() => {
+                    if let Ok(result) = done {
+                        self.outbox.push_back(result);
                     }
                 }
+                _ = save.tick() => self.save().await,
                 () = shutdown.cancelled() => break,
             }
         }
-        // Say goodbye (a clean disconnect sends no last will), then save
-        // where the broker's acks reached.
-        if let Some(current) = link.as_mut().filter(|_| connected) {
+        self.stop().await;
+    }
+
+    /// Hands rumqttc the next stored readings while the window has room.
+    async fn publish_readings(&mut self) {
+        let status = &self.bridge.status;
+        while let Some(current) = self.link.as_ref()
+            && self.delivery.outstanding() < WINDOW
+        {
+            let Some(row) = self.page.pop_front() else {
+                self.delivery.read_up_to(self.page_through);
+                let upto = self.head.current();
+                if self.delivery.read_through() >= upto {
+                    return;
+                }
+                let after = self.delivery.read_through();
+                match self
+                    .parts
+                    .store
+                    .readings_page(after, upto, None, None, PAGE)
+                    .await
+                {
+                    Ok(read) => {
+                        let skipped =
+                            gaps(after, &read.rows, read.read_through, self.checked_through);
+                        if skipped > 0 {
+                            status.skipped.fetch_add(skipped, Relaxed);
+                            tracing::warn!(
+                                after,
+                                skipped,
+                                "retention deleted readings before the bridge published them"
+                            );
+                        }
+                        self.checked_through = self.checked_through.max(read.read_through);
+                        self.page_through = read.read_through;
+                        self.page.extend(read.rows);
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "the bridge cannot read storage; retrying");
+                        return;
+                    }
+                }
+                continue;
+            };
+            let topic = message::reading_topic(&self.bridge.settings.prefix, &row);
+            match current
+                .client
+                .try_publish(topic, self.qos, false, message::reading_payload(&row))
+            {
+                Ok(()) => {
+                    self.delivery.asked(row.pos);
+                    status.published.fetch_add(1, Relaxed);
+                }
+                Err(_) => {
+                    self.page.push_front(row);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Hands rumqttc the hub's own messages while their window has room:
+    /// command results first, then the devices' news.
+    async fn publish_own(&mut self) {
+        while let Some(current) = self.link.as_ref()
+            && self.delivery.own_outstanding() < OWN_WINDOW
+        {
+            let Some(own) = self.outbox.pop_front() else {
+                let Some((device, owed)) = self.news.take() else {
+                    return;
+                };
+                match self.tell(&device, owed).await {
+                    Ok(messages) => self.outbox.extend(messages),
+                    Err(err) => {
+                        tracing::warn!(error = %err, device = %device, "the bridge cannot read a device's record; it retries");
+                        self.news.note(device, owed.change, owed.configs);
+                        return;
+                    }
+                }
+                continue;
+            };
+            match current.client.try_publish(
+                &own.topic,
+                QoS::AtLeastOnce,
+                own.retain,
+                own.payload.clone(),
+            ) {
+                Ok(()) => self.delivery.asked_own(),
+                Err(_) => {
+                    self.outbox.push_front(own);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The messages that tell the broker a device's news: its discovery
+    /// configs (or their clearing), then its status.
+    async fn tell(&self, device: &str, owed: Owed) -> Result<Vec<Own>, StoreError> {
+        let prefix = &self.bridge.settings.prefix;
+        let mut messages = Vec::new();
+        if owed.configs {
+            let store = &self.parts.store;
+            if let Some(record) = store.device(device).await? {
+                for metric in store.metrics_of(device).await? {
+                    let topic = discovery::config_topic(prefix, device, &metric.name);
+                    let payload = if owed.change == Change::Revoked {
+                        Vec::new()
+                    } else {
+                        discovery::config_payload(prefix, &self.bridge.hub_id, &record, &metric)
+                    };
+                    messages.push(Own::retained(topic, payload));
+                }
+            }
+        }
+        let status = match owed.change {
+            Change::Online => "online",
+            Change::Offline => "offline",
+            Change::Revoked => "",
+        };
+        messages.push(Own::retained(
+            message::device_status_topic(prefix, device),
+            status,
+        ));
+        Ok(messages)
+    }
+
+    /// Notes every device's presence (and configs) as news.
+    async fn note_everyone(&mut self, configs: bool) {
+        match self.parts.store.list_devices().await {
+            Ok(devices) => {
+                for device in devices {
+                    let change = if device.revoked_ms.is_some() {
+                        Change::Revoked
+                    } else if self.parts.registry.is_online(&device.id) {
+                        Change::Online
+                    } else {
+                        Change::Offline
+                    };
+                    self.news.note(device.id.into(), change, configs);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "the bridge cannot list the devices; their status topics may be stale");
+            }
+        }
+    }
+
+    async fn on_connected(&mut self) {
+        self.failures = 0;
+        self.delivery.rewind();
+        self.page.clear();
+        self.page_through = self.delivery.read_through();
+        let Some(current) = &self.link else { return };
+        // Subscriptions first, while nothing is in flight (rumqtt#1057).
+        let prefix = &self.bridge.settings.prefix;
+        let _ = current
+            .client
+            .try_subscribe(message::command_filter(prefix), QoS::AtMostOnce);
+        if self.bridge.settings.discovery {
             let _ = current
                 .client
-                .try_publish(&hub_topic, QoS::AtLeastOnce, true, "offline");
+                .try_subscribe(discovery::HOME_ASSISTANT_STATUS, QoS::AtMostOnce);
+        }
+        if current
+            .client
+            .try_publish(&self.hub_topic, QoS::AtLeastOnce, true, "online")
+            .is_ok()
+        {
+            self.delivery.asked_own();
+        }
+        self.connected = true;
+        self.bridge.status.connected.store(true, Relaxed);
+        self.bridge.status.set_error(None);
+        tracing::info!(host = %self.bridge.settings.host, port = self.bridge.settings.port, "bridge connected to the broker");
+        // The broker may hold stale statuses from before the outage.
+        self.note_everyone(self.bridge.settings.discovery).await;
+    }
+
+    async fn on_message(&mut self, publish: Publish) {
+        let prefix = &self.bridge.settings.prefix;
+        if let Some(device) = message::command_device(prefix, &publish.topic) {
+            self.bridge.status.commands.fetch_add(1, Relaxed);
+            if self.commands.len() + self.outbox.len() >= COMMANDS_WAITING {
+                self.bridge.status.commands_dropped.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    device,
+                    "too many commands from MQTT are waiting; this one is dropped"
+                );
+                return;
+            }
+            self.commands.spawn(command::answer(
+                self.parts.registry.clone(),
+                self.parts.store.clone(),
+                prefix.clone(),
+                device.to_owned(),
+                publish.payload.to_vec(),
+            ));
+        } else if publish.topic == discovery::HOME_ASSISTANT_STATUS
+            && publish.payload.as_ref() == b"online"
+        {
+            tracing::info!("Home Assistant started; publishing discovery configs again");
+            self.note_everyone(true).await;
+        }
+    }
+
+    fn on_lost(&mut self, error: String) {
+        if self.connected {
+            tracing::warn!(%error, "bridge lost the broker; it resumes from its cursor");
+        }
+        // Nothing of this connection may reach the next: its client goes,
+        // with whatever it still held.
+        self.link = None;
+        self.failures = self.failures.saturating_add(1);
+        self.retry_at = tokio::time::Instant::now() + backoff(self.failures);
+        self.connected = false;
+        self.delivery.rewind();
+        self.page.clear();
+        self.page_through = self.delivery.read_through();
+        self.outbox.clear();
+        self.bridge.status.connected.store(false, Relaxed);
+        self.bridge.status.set_error(Some(error));
+    }
+
+    async fn save(&mut self) {
+        let cursor = self.delivery.cursor();
+        self.bridge.status.set_cursor(cursor);
+        if cursor != self.saved
+            && self
+                .parts
+                .writer
+                .set_state(CURSOR_KEY, cursor)
+                .await
+                .is_ok()
+        {
+            self.saved = cursor;
+        }
+    }
+
+    /// Says goodbye (a clean disconnect sends no last will), then saves
+    /// where the broker's acks reached.
+    async fn stop(&mut self) {
+        if let Some(current) = self.link.as_mut().filter(|_| self.connected) {
+            let _ = current
+                .client
+                .try_publish(&self.hub_topic, QoS::AtLeastOnce, true, "offline");
             let _ = current.client.try_disconnect();
+            let delivery = &mut self.delivery;
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
                 while let Some(event) = current.heard.recv().await {
                     match event {
                         Heard::WentOut(pkid) => delivery.went_out(pkid),
                         Heard::Acked(pkid) => delivery.acked(pkid),
                         Heard::Disconnected | Heard::Lost(_) => break,
-                        Heard::Connected => {}
+                        Heard::Connected | Heard::Message(_) => {}
                     }
                 }
             })
             .await;
         }
-        drop(link);
-        let cursor = delivery.cursor();
-        status.set_cursor(cursor);
-        if cursor != saved
-            && let Err(err) = writer.set_state(CURSOR_KEY, cursor).await
+        self.link = None;
+        let cursor = self.delivery.cursor();
+        self.bridge.status.set_cursor(cursor);
+        if cursor != self.saved
+            && let Err(err) = self.parts.writer.set_state(CURSOR_KEY, cursor).await
         {
             tracing::warn!(error = %err, "the bridge's last cursor was not saved; it will publish some readings again");
         }
@@ -461,7 +621,7 @@ impl Drop for Link {
 
 impl Bridge {
     fn connect(&self) -> Link {
-        let (client, eventloop) = AsyncClient::new(self.options(), WINDOW + 8);
+        let (client, eventloop) = AsyncClient::new(self.options(), REQUESTS);
         let (report, heard) = mpsc::channel(4 * WINDOW);
         Link {
             client,
@@ -487,6 +647,7 @@ async fn poll(mut eventloop: EventLoop, heard: mpsc::Sender<Heard>) {
             Ok(Event::Incoming(Packet::ConnAck(_))) => Heard::Connected,
             Ok(Event::Incoming(Packet::PubAck(ack))) => Heard::Acked(ack.pkid),
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Heard::WentOut(pkid),
+            Ok(Event::Incoming(Packet::Publish(publish))) => Heard::Message(publish),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => Heard::Disconnected,
             Ok(_) => continue,
             Err(err) => {

@@ -5,10 +5,12 @@
 //! [`registry`] knows which devices are online; [`watch_revocations`] closes
 //! the sessions of devices revoked by `hub device revoke` in another process.
 
+pub mod command;
 pub mod registry;
 pub mod session;
 pub mod state;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +29,7 @@ use crate::http_error::ApiError;
 use crate::store::{Store, now_ms};
 use crate::telemetry::Reject;
 use crate::tls::ClientIdentity;
-use registry::{Kick, Registry};
+use registry::{Change, Kick, Registry};
 use session::Auth;
 
 /// The WebSocket layer refuses messages above this unread; below it, the
@@ -166,6 +168,8 @@ async fn authenticate(
 /// poll interval, until `shutdown`.
 pub async fn watch_revocations(store: Store, registry: Registry, shutdown: CancellationToken) {
     let mut since = now_ms();
+    // Announced once each, though the polls overlap (at most every device).
+    let mut announced: HashSet<String> = HashSet::new();
     let mut poll = tokio::time::interval(REVOCATION_POLL);
     loop {
         tokio::select! {
@@ -178,6 +182,10 @@ pub async fn watch_revocations(store: Store, registry: Registry, shutdown: Cance
         match store.revoked_since(since - 1_000).await {
             Ok(revoked) => {
                 for device in revoked {
+                    if !announced.contains(&device) {
+                        registry.announce(&device, Change::Revoked);
+                        announced.insert(device.clone());
+                    }
                     if registry.kick(&device, Kick::Revoked) {
                         tracing::info!(device = %device, "closed the session of a revoked device");
                     }

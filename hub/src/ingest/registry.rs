@@ -3,13 +3,14 @@
 //! A device has at most one live session. Registering a second one kicks the
 //! first (`Replaced`); the revocation watcher kicks revoked devices. The
 //! registry is also how commands reach a device: each session has a small
-//! queue of them.
+//! queue of them, and how consumers that mirror presence elsewhere (the
+//! MQTT bridge) hear of connects, disconnects and revocations.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use protocol::{Command, CommandResult};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Commands queued for one session. When full, new commands are refused
 /// (the API answers 503): a device that does not keep up with its commands
@@ -39,6 +40,24 @@ pub enum Kick {
     Revoked,
 }
 
+/// Presence changes buffered for each listener. One that lags further
+/// misses the oldest and is told so (`Lagged`): it then reads everyone's
+/// presence afresh.
+const CHANGES: usize = 1024;
+
+/// What happened to a device's presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Online,
+    Offline,
+    /// Revoked (announced by the revocation watcher, whether or not the
+    /// device was connected).
+    Revoked,
+}
+
+/// A presence change: the device and what happened.
+pub type PresenceChange = (Arc<str>, Change);
+
 #[derive(Debug)]
 struct Entry {
     session: u64,
@@ -67,9 +86,19 @@ pub struct Inbox {
 /// The live sessions, shared by the ingest endpoint, the API and the
 /// revocation watcher. A std `Mutex`: every critical section is a map
 /// operation and never awaits.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Registry {
     inner: Arc<Mutex<Inner>>,
+    changes: broadcast::Sender<PresenceChange>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            inner: Arc::default(),
+            changes: broadcast::Sender::new(CHANGES),
+        }
+    }
 }
 
 /// A session's place in the registry; dropping it removes the entry (unless
@@ -146,6 +175,17 @@ impl Registry {
     /// Whether the device has a live session.
     pub fn is_online(&self, device_id: &str) -> bool {
         self.lock().live.contains_key(device_id)
+    }
+
+    /// Tells the listeners of a presence change.
+    pub fn announce(&self, device_id: &str, change: Change) {
+        // No listener is not an error.
+        let _ = self.changes.send((device_id.into(), change));
+    }
+
+    /// Presence changes from now on.
+    pub fn changes(&self) -> broadcast::Receiver<PresenceChange> {
+        self.changes.subscribe()
     }
 }
 

@@ -21,7 +21,7 @@ use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::registry::{COMMAND_QUEUE, Kick, PendingCommand, Presence, Registry};
+use super::registry::{COMMAND_QUEUE, Change, Kick, PendingCommand, Presence, Registry};
 use super::state::{BatchStream, Budget, Violation, check_hello};
 use crate::live::Live;
 use crate::store::Store;
@@ -255,11 +255,13 @@ async fn serve(socket: &mut WebSocket, auth: Auth, ctx: &Context) -> Ending {
     };
     let device = session.credentials.device_id.clone();
     ctx.live.device_status(&device, true);
+    ctx.registry.announce(&device, Change::Online);
     let ending = session.run(socket, ctx).await;
     // The session (and its place in the registry) is gone now; a
     // replacement connection keeps the device online.
     if !ctx.registry.is_online(&device) {
         ctx.live.device_status(&device, false);
+        ctx.registry.announce(&device, Change::Offline);
     }
     ending
 }

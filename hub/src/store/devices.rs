@@ -10,6 +10,7 @@ use protocol::{Hello, is_valid_device_id};
 use serde::Serialize;
 use sqlx::Row;
 
+use super::query::MetricInfo;
 use super::{Store, StoreError, now_ms};
 use crate::auth;
 
@@ -37,6 +38,30 @@ pub struct DeviceRecord {
     pub revoked_ms: Option<i64>,
     pub last_seen_ms: Option<i64>,
     pub last_seq: i64,
+}
+
+/// The columns [`device_record`] reads (a macro, so queries stay literals).
+macro_rules! select_devices {
+    ($rest:literal) => {
+        concat!(
+            "SELECT device_id, name, model, firmware, created_ms, revoked_ms, last_seen_ms, \
+             last_seq FROM devices ",
+            $rest
+        )
+    };
+}
+
+fn device_record(row: &sqlx::sqlite::SqliteRow) -> DeviceRecord {
+    DeviceRecord {
+        id: row.get(0),
+        name: row.get(1),
+        model: row.get(2),
+        firmware: row.get(3),
+        created_ms: row.get(4),
+        revoked_ms: row.get(5),
+        last_seen_ms: row.get(6),
+        last_seq: row.get(7),
+    }
 }
 
 /// A device that may connect.
@@ -85,23 +110,41 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub async fn list_devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        let rows = sqlx::query(select_devices!("ORDER BY device_id"))
+            .fetch_all(self.pool())
+            .await?;
+        Ok(rows.iter().map(device_record).collect())
+    }
+
+    /// One device, if there is such a device.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn device(&self, device_id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        let row = sqlx::query(select_devices!("WHERE device_id = ?"))
+            .bind(device_id)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.as_ref().map(device_record))
+    }
+
+    /// A device's metrics, by name.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn metrics_of(&self, device_id: &str) -> Result<Vec<MetricInfo>, StoreError> {
         let rows = sqlx::query(
-            "SELECT device_id, name, model, firmware, created_ms, revoked_ms, last_seen_ms, last_seq
-             FROM devices ORDER BY device_id",
+            "SELECT m.name, m.unit FROM metrics m JOIN devices d ON d.id = m.device
+             WHERE d.device_id = ? ORDER BY m.name",
         )
+        .bind(device_id)
         .fetch_all(self.pool())
         .await?;
         Ok(rows
-            .into_iter()
-            .map(|row| DeviceRecord {
-                id: row.get(0),
-                name: row.get(1),
-                model: row.get(2),
-                firmware: row.get(3),
-                created_ms: row.get(4),
-                revoked_ms: row.get(5),
-                last_seen_ms: row.get(6),
-                last_seq: row.get(7),
+            .iter()
+            .map(|row| MetricInfo {
+                name: row.get(0),
+                unit: row.get(1),
             })
             .collect())
     }

@@ -1,0 +1,83 @@
+//! What the bridge still owes the broker about devices: each one's presence
+//! (`{prefix}/{device}/status`) and, with discovery, its configs. A
+//! device's later change overwrites an earlier one not yet published, so
+//! this holds at most one entry per device however fast they come and go.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::ingest::registry::Change;
+
+/// One device's news.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owed {
+    pub change: Change,
+    /// Its discovery configs are due too.
+    pub configs: bool,
+}
+
+/// Devices with news, oldest first.
+#[derive(Debug, Default)]
+pub struct News {
+    owed: HashMap<Arc<str>, Owed>,
+    order: VecDeque<Arc<str>>,
+}
+
+impl News {
+    /// Notes a device's change, merging it with what is still owed.
+    pub fn note(&mut self, device: Arc<str>, change: Change, configs: bool) {
+        match self.owed.get_mut(&device) {
+            Some(owed) => {
+                // A revocation is final: nothing after it is published.
+                if owed.change != Change::Revoked {
+                    owed.change = change;
+                }
+                owed.configs |= configs;
+            }
+            None => {
+                self.order.push_back(Arc::clone(&device));
+                self.owed.insert(device, Owed { change, configs });
+            }
+        }
+    }
+
+    /// The oldest news, taken.
+    pub fn take(&mut self) -> Option<(Arc<str>, Owed)> {
+        let device = self.order.pop_front()?;
+        let owed = self.owed.remove(&device)?;
+        Some((device, owed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_later_change_replaces_an_unpublished_one() {
+        let mut news = News::default();
+        news.note("a".into(), Change::Online, true);
+        news.note("b".into(), Change::Online, false);
+        news.note("a".into(), Change::Offline, false);
+        assert_eq!(
+            news.take(),
+            Some((
+                "a".into(),
+                Owed {
+                    change: Change::Offline,
+                    configs: true
+                }
+            ))
+        );
+        assert_eq!(news.take().map(|(d, _)| d), Some("b".into()));
+        assert!(news.take().is_none());
+    }
+
+    #[test]
+    fn a_revocation_stays() {
+        let mut news = News::default();
+        news.note("a".into(), Change::Revoked, true);
+        news.note("a".into(), Change::Offline, false);
+        assert_eq!(news.take().unwrap().1.change, Change::Revoked);
+    }
+}

@@ -1,0 +1,205 @@
+//! Calling a command on a connected device and waiting for its answer: the
+//! one path both `POST /v1/devices/{id}/commands` and the MQTT bridge's
+//! `{prefix}/{device}/cmd` take, so both refuse the same things with the
+//! same codes.
+
+use std::time::Duration;
+
+use protocol::{Command, CommandArg, DecodeError, HubFrame};
+
+use super::registry::{COMMAND_QUEUE, CommandRefused, Registry};
+use crate::store::{Store, StoreError};
+
+/// The device's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The command's id on this hub.
+    pub id: u64,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Why a command got no answer from its device.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Outside the protocol's limits: the device would refuse the frame.
+    #[error("not a valid command: {error}")]
+    Invalid {
+        /// `name` or `args`.
+        field: &'static str,
+        error: DecodeError,
+    },
+    #[error("no device {0:?}")]
+    UnknownDevice(String),
+    #[error("device {0:?} is not connected")]
+    Offline(String),
+    #[error("device {0:?} has {COMMAND_QUEUE} commands waiting")]
+    QueueFull(String),
+    #[error("device {device:?} disconnected before answering command {id}")]
+    Disconnected { device: String, id: u64 },
+    #[error("device {device:?} did not answer command {id} within {ms} ms")]
+    TimedOut { device: String, id: u64, ms: u128 },
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+}
+
+impl Failure {
+    /// A stable code for programs (the HTTP API's `error` field, the
+    /// bridge's `cmd/result`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Failure::Invalid { .. } => "bad_command",
+            Failure::UnknownDevice(_) => "unknown_device",
+            Failure::Offline(_) | Failure::Disconnected { .. } => "device_offline",
+            Failure::QueueFull(_) => "command_queue_full",
+            Failure::TimedOut { .. } => "command_timeout",
+            Failure::Storage(_) => "storage_failing",
+        }
+    }
+}
+
+/// Sends `name(args)` to `device` and waits up to `timeout` for its answer.
+///
+/// # Errors
+/// See [`Failure`].
+pub async fn call(
+    registry: &Registry,
+    store: &Store,
+    device: &str,
+    name: String,
+    args: Vec<CommandArg>,
+    timeout: Duration,
+) -> Result<Answer, Failure> {
+    let probe = HubFrame::Command(Command {
+        id: 0,
+        name: name.clone(),
+        args: args.clone(),
+    });
+    if let Err(error) = probe.validate() {
+        return Err(Failure::Invalid {
+            field: field_at_fault(&error),
+            error,
+        });
+    }
+    let (id, result) = match registry.send_command(device, name, args) {
+        Ok(sent) => sent,
+        Err(CommandRefused::QueueFull) => return Err(Failure::QueueFull(device.into())),
+        Err(CommandRefused::Offline) => {
+            return Err(if store.find_device(device).await?.is_some() {
+                Failure::Offline(device.into())
+            } else {
+                Failure::UnknownDevice(device.into())
+            });
+        }
+    };
+    match tokio::time::timeout(timeout, result).await {
+        Ok(Ok(result)) => Ok(Answer {
+            id,
+            ok: result.ok,
+            detail: result.detail,
+        }),
+        Ok(Err(_)) => Err(Failure::Disconnected {
+            device: device.into(),
+            id,
+        }),
+        Err(_) => Err(Failure::TimedOut {
+            device: device.into(),
+            id,
+            ms: timeout.as_millis(),
+        }),
+    }
+}
+
+/// The field a protocol limit was broken in: the name, or the args.
+fn field_at_fault(err: &DecodeError) -> &'static str {
+    match err {
+        DecodeError::TooLong { field, .. }
+        | DecodeError::TooMany { field, .. }
+        | DecodeError::Empty { field }
+            if *field == "command name" =>
+        {
+            "name"
+        }
+        _ => "args",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::PoolDurability;
+
+    async fn store() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("hub.db"), PoolDurability::WithWriter)
+            .await
+            .unwrap();
+        store.add_device("known", None).await.unwrap();
+        (store, dir)
+    }
+
+    async fn failure(registry: &Registry, store: &Store, device: &str, name: &str) -> Failure {
+        call(
+            registry,
+            store,
+            device,
+            name.into(),
+            vec![],
+            Duration::from_millis(20),
+        )
+        .await
+        .unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn each_refusal_has_its_own_code() {
+        let (store, _dir) = store().await;
+        let registry = Registry::default();
+        let code = |f: Failure| f.code();
+        assert_eq!(
+            code(failure(&registry, &store, "known", "").await),
+            "bad_command"
+        );
+        assert_eq!(
+            code(failure(&registry, &store, "nobody", "ping").await),
+            "unknown_device"
+        );
+        assert_eq!(
+            code(failure(&registry, &store, "known", "ping").await),
+            "device_offline"
+        );
+        let (_presence, _inbox) = registry.register("known");
+        assert_eq!(
+            code(failure(&registry, &store, "known", "ping").await),
+            "command_timeout"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_comes_back_with_the_command_id() {
+        let (store, _dir) = store().await;
+        let registry = Registry::default();
+        let (_presence, mut inbox) = registry.register("known");
+        let device = tokio::spawn(async move {
+            let pending = inbox.commands.recv().await.unwrap();
+            let _ = pending.reply.send(protocol::CommandResult {
+                id: pending.command.id,
+                ok: true,
+                detail: "done".into(),
+            });
+        });
+        let answer = call(
+            &registry,
+            &store,
+            "known",
+            "ping".into(),
+            vec![],
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert!(answer.ok);
+        assert_eq!(answer.detail, "done");
+        device.await.unwrap();
+    }
+}
