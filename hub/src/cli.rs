@@ -112,6 +112,22 @@ struct ServeArgs {
     /// one per device metric), so devices appear in it by themselves.
     #[arg(long, env = "HUB_MQTT_DISCOVERY", value_enum, requires = "mqtt_url")]
     mqtt_discovery: Option<Discovery>,
+    /// Take readings in from MQTT topics matching this template, where
+    /// {device} and {metric} each stand for one topic level, e.g.
+    /// 'sensors/{device}/{metric}'. Repeatable (comma-separated in the env
+    /// variable). Payloads: a number, or {"value", "ts_ms", "unit"}.
+    #[arg(
+        long,
+        env = "HUB_MQTT_INGEST",
+        value_delimiter = ',',
+        requires = "mqtt_url"
+    )]
+    mqtt_ingest: Vec<bridge::Template>,
+    /// Let devices unknown to the hub register themselves by publishing on
+    /// an --mqtt-ingest topic (as the provisioning key does for WebSocket
+    /// devices); revoked ones stay out.
+    #[arg(long, env = "HUB_MQTT_INGEST_REGISTER", requires = "mqtt_ingest")]
+    mqtt_ingest_register: bool,
     /// PEM file of the CA whose certificates devices may present instead
     /// of a token: the certificate's subject CN is the device id. Needs
     /// --tls-cert. SIGHUP reloads it too.
@@ -219,6 +235,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if let Some(template) = args
+        .mqtt_ingest
+        .iter()
+        .find(|template| template.inside(&args.mqtt_prefix))
+    {
+        use clap::CommandFactory;
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "--mqtt-ingest {template}: every topic it matches is under --mqtt-prefix {}/, \
+                     where the bridge publishes, so it would take the hub's own readings in again",
+                    args.mqtt_prefix
+                ),
+            )
+            .exit();
+    }
     tracing_subscriber::registry()
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .with(args.log)
@@ -270,6 +303,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             prefix: args.mqtt_prefix,
             qos: args.mqtt_qos,
             discovery: args.mqtt_discovery == Some(Discovery::Homeassistant),
+            ingest: bridge::IngestSettings {
+                templates: args.mqtt_ingest,
+                register: args.mqtt_ingest_register,
+            },
         }),
     };
     let tls = settings.tls.is_some();

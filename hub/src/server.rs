@@ -247,6 +247,7 @@ impl Hub {
                 store: store.clone(),
                 writer: state.ingest.sessions.writer.clone(),
                 registry: state.registry.clone(),
+                live: Arc::clone(&state.live),
             };
             tracker.spawn(bridge.run(parts, cancel.clone()));
         }

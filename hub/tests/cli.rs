@@ -48,6 +48,8 @@ fn a_bad_flag_value_names_the_flag() {
         ("--mqtt-prefix", "a//b"),
         ("--mqtt-qos", "2"),
         ("--mqtt-discovery", "zigbee"),
+        ("--mqtt-ingest", "sensors/{device}"),
+        ("--mqtt-ingest", "sensors/#"),
     ] {
         let out = hub(&[
             "serve",
@@ -59,6 +61,25 @@ fn a_bad_flag_value_names_the_flag() {
         assert_eq!(out.status.code(), Some(2), "{flag}");
         assert!(stderr(&out).contains(flag), "{flag}: {}", stderr(&out));
     }
+}
+
+#[test]
+fn an_ingest_template_inside_the_bridges_own_topics_is_refused() {
+    let out = hub(&[
+        "serve",
+        "--mqtt-url",
+        "mqtt://127.0.0.1:1",
+        "--mqtt-ingest",
+        "telemetry/{device}/{metric}",
+        "--db",
+        "/nonexistent/never-created.db",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let text = stderr(&out);
+    assert!(
+        text.contains("--mqtt-ingest") && text.contains("--mqtt-prefix"),
+        "{text}"
+    );
 }
 
 #[test]

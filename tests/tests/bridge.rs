@@ -558,3 +558,173 @@ async fn commands_published_on_mqtt_reach_the_device_and_every_one_gets_a_result
     assert!(metrics.contains("hub_mqtt_commands_total 6"), "{metrics}");
     run.abort();
 }
+
+/// The number in a `/metrics` line.
+async fn metric(hub: &TestHub, name: &str) -> u64 {
+    let (_, text) = hub.get("/metrics").await.unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("{name} in {text}"))
+}
+
+/// Waits until `/metrics` says `name` is at least `at_least`.
+async fn until_metric(hub: &TestHub, name: &str, at_least: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while metric(hub, name).await < at_least {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} stayed below {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn stored(hub: &TestHub) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM readings")
+        .fetch_one(&hub.db().await.unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn readings_published_on_ingest_topics_are_stored_and_streamed_and_nothing_else_is() {
+    let broker = Mosquitto::start_with(Options::default()).await.unwrap();
+    let url = bridged(&broker);
+    // The second template also matches what the bridge publishes
+    // (telemetry/plug-1/power): its own topics are never taken in.
+    let hub = TestHub::start(&[
+        "--mqtt-url",
+        &url,
+        "--mqtt-ingest",
+        "sensors/{device}/{metric}",
+        "--mqtt-ingest",
+        "{device}/plug-1/{metric}",
+    ])
+    .await
+    .unwrap();
+    hub.add_device("plug-1").await.unwrap();
+    let mut sse = e2e::SseClient::connect(&hub.addr, "/v1/events", &[])
+        .await
+        .unwrap();
+    until_metric(&hub, "hub_mqtt_connected", 1).await;
+
+    publish(broker.port, "sensors/plug-1/power", "12.5", false).await;
+    let event = sse.next_of("reading").await.unwrap();
+    let data = event.json();
+    assert_eq!(data["device"], "plug-1");
+    assert_eq!(data["metric"], "power");
+    assert_eq!(data["value"], 12.5);
+    let reading = r#"{"value": 230.1, "ts_ms": 1764300000000, "unit": "V"}"#;
+    publish(broker.port, "sensors/plug-1/voltage", reading, false).await;
+    let data = sse.next_of("reading").await.unwrap().json();
+    assert_eq!(data["metric"], "voltage");
+    assert_eq!(data["unit"], "V");
+    assert_eq!(data["ts_ms"], 1_764_300_000_000_i64);
+
+    // Garbage, unknown devices and bad ids are counted, never stored, and
+    // the bridge goes on.
+    publish(broker.port, "sensors/plug-1/power", "ON", false).await;
+    publish(broker.port, "sensors/ghost/power", "1", false).await;
+    publish(broker.port, "sensors/bad id!/power", "1", false).await;
+    until_metric(&hub, "hub_mqtt_ingest_refused_total", 3).await;
+    publish(broker.port, "sensors/plug-1/power", "13", false).await;
+    assert_eq!(sse.next_of("reading").await.unwrap().json()["value"], 13.0);
+
+    // The bridge republishes them under telemetry/, which it never takes in.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stored(&hub).await, 3);
+    assert_eq!(metric(&hub, "hub_mqtt_ingested_total").await, 3);
+    assert_eq!(metric(&hub, "hub_mqtt_ingest_refused_total").await, 3);
+    assert!(metric(&hub, "hub_mqtt_published_total").await >= 3);
+    let (_, body) = hub
+        .get("/v1/readings?device=plug-1&metric=voltage")
+        .await
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["readings"][0]["value"], 230.1);
+}
+
+#[tokio::test]
+async fn unknown_devices_register_themselves_with_ingest_register_and_revoked_ones_stay_out() {
+    let broker = Mosquitto::start_with(Options::default()).await.unwrap();
+    let url = bridged(&broker);
+    let hub = TestHub::start(&[
+        "--mqtt-url",
+        &url,
+        "--mqtt-ingest",
+        "tele/{metric}/of/{device}",
+        "--mqtt-ingest-register",
+    ])
+    .await
+    .unwrap();
+    until_metric(&hub, "hub_mqtt_connected", 1).await;
+    publish(broker.port, "tele/rssi/of/new-1", "-70", false).await;
+    until_metric(&hub, "hub_mqtt_ingested_total", 1).await;
+    let out = hub.cli(&["device", "list"]).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("new-1"),
+        "{out:?}"
+    );
+
+    let out = hub.cli(&["device", "revoke", "new-1"]).await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // Ingest reads a device's record again within a few seconds.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    publish(broker.port, "tele/rssi/of/new-1", "-71", false).await;
+    until_metric(&hub, "hub_mqtt_ingest_refused_total", 1).await;
+    assert_eq!(stored(&hub).await, 1);
+}
+
+/// A hub whose `thread` fails at its second commit (the first registers
+/// the metric, the second would store the reading) is killed and started
+/// again: the broker, which never got its ack, delivers the reading again.
+async fn crash_between_delivery_and_ack(thread: &str) -> (TestHub, i64) {
+    let broker = Mosquitto::start_with(Options::default()).await.unwrap();
+    let url = bridged(&broker);
+    let args = [
+        "--mqtt-url",
+        url.as_str(),
+        "--mqtt-ingest",
+        "sensors/{device}/{metric}",
+    ];
+    let fault = format!("{thread}-panic-at-commit=2");
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start_with_env(dir, "127.0.0.1:0", &args, &[("HUB_TEST_FAULT", &fault)])
+        .await
+        .unwrap();
+    hub.add_device("plug-1").await.unwrap();
+    until_metric(&hub, "hub_mqtt_connected", 1).await;
+    let reading = r#"{"value": 7, "ts_ms": 1764300000000}"#;
+    publish(broker.port, "sensors/plug-1/power", reading, false).await;
+    let deadline = tokio::time::Instant::now() + e2e::PATIENCE;
+    while hub.get("/healthz").await.unwrap().0 != 503 {
+        assert!(tokio::time::Instant::now() < deadline, "the fault happened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = stored(&hub).await;
+    let listen = hub.addr.clone();
+    let dir = hub.kill().await.unwrap();
+    let hub = TestHub::start_in(dir, &listen, &args).await.unwrap();
+    until_metric(&hub, "hub_mqtt_ingested_total", 1).await;
+    let _ = broker;
+    (hub, before)
+}
+
+#[tokio::test]
+async fn a_reading_the_hub_died_before_storing_is_delivered_again_and_stored() {
+    let (hub, before) = crash_between_delivery_and_ack("writer").await;
+    assert_eq!(before, 0);
+    assert_eq!(stored(&hub).await, 1);
+}
+
+#[tokio::test]
+async fn a_reading_stored_but_not_acknowledged_is_delivered_again_and_kept_once() {
+    let (hub, before) = crash_between_delivery_and_ack("publisher").await;
+    assert_eq!(before, 1, "the commit happened before the publisher died");
+    assert_eq!(
+        stored(&hub).await,
+        1,
+        "the redelivery is recognised by its time"
+    );
+}

@@ -13,6 +13,7 @@
 mod command;
 mod delivery;
 mod discovery;
+mod inbound;
 mod message;
 mod news;
 mod status;
@@ -31,10 +32,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::commits::{Head, Position};
 use crate::ingest::registry::{Change, PresenceChange, Registry};
+use crate::live::Live;
 use crate::store::query::ReadingRow;
 use crate::store::writer::WriterHandle;
 use crate::store::{Store, StoreError};
 use delivery::Delivery;
+pub use inbound::{Settings as IngestSettings, Template};
 use message::Own;
 use news::{News, Owed};
 pub use status::{Health, Status};
@@ -51,10 +54,10 @@ const OWN_WINDOW: usize = 32;
 /// most; past it, new ones are dropped (counted and logged), so a flood of
 /// commands on the broker cannot grow the hub's memory.
 const COMMANDS_WAITING: usize = 64;
-/// rumqttc's request channel: room for both windows, the subscriptions and
-/// the disconnect, so `try_publish` never finds it full while a window has
-/// room.
-const REQUESTS: usize = WINDOW + OWN_WINDOW + 8;
+/// rumqttc's request channel: room for both windows, a round of ingest
+/// acks, the subscriptions and the disconnect, so `try_publish` never finds
+/// it full while a window has room.
+const REQUESTS: usize = WINDOW + OWN_WINDOW + inbound::BATCH + 8;
 /// Readings read from SQLite at a time.
 const PAGE: u32 = 500;
 /// How often the cursor is saved (through the writer, in its next commit).
@@ -76,6 +79,8 @@ pub struct Settings {
     pub qos: u8,
     /// Publish Home Assistant discovery configs.
     pub discovery: bool,
+    /// Readings to take in from MQTT topics.
+    pub ingest: IngestSettings,
 }
 
 /// A password: compared and sent, never printed.
@@ -124,6 +129,8 @@ pub struct Parts {
     pub writer: WriterHandle,
     /// Presence changes, and where commands go.
     pub registry: Registry,
+    /// Where readings taken in from MQTT get their names on the SSE stream.
+    pub live: Arc<Live>,
 }
 
 /// A bridge ready to run: its status can be shown before it connects.
@@ -171,9 +178,13 @@ impl Bridge {
         let mut options = MqttOptions::new(client_id, settings.host.clone(), settings.port);
         options
             .set_keep_alive(Duration::from_secs(30))
-            // A new session each time: on reconnect the bridge rewinds to
-            // its cursor rather than trust rumqttc's pending list.
-            .set_clean_session(true)
+            // Outgoing, the bridge rewinds to its cursor on every
+            // connection rather than trust rumqttc's pending list, so a
+            // session is kept only for what comes in: with --mqtt-ingest
+            // the broker holds what the hub has not acknowledged while it
+            // is away, and acks wait for the commit.
+            .set_clean_session(self.settings.ingest.templates.is_empty())
+            .set_manual_acks(!self.settings.ingest.templates.is_empty())
             .set_inflight(u16::try_from(WINDOW + OWN_WINDOW).unwrap_or(u16::MAX))
             .set_request_channel_capacity(REQUESTS)
             .set_last_will(LastWill::new(
@@ -257,7 +268,7 @@ impl Worker {
         let mut save = tokio::time::interval(SAVE_EVERY);
         loop {
             if self.link.is_none() && tokio::time::Instant::now() >= self.retry_at {
-                self.link = Some(self.bridge.connect());
+                self.link = Some(self.connect());
             }
             if self.connected {
                 self.publish_readings().await;
@@ -470,6 +481,11 @@ impl Worker {
                 .client
                 .try_subscribe(discovery::HOME_ASSISTANT_STATUS, QoS::AtMostOnce);
         }
+        for template in &self.bridge.settings.ingest.templates {
+            let _ = current
+                .client
+                .try_subscribe(template.filter(), QoS::AtLeastOnce);
+        }
         if current
             .client
             .try_publish(&self.hub_topic, QoS::AtLeastOnce, true, "online")
@@ -606,27 +622,53 @@ fn gaps(after: Position, rows: &[ReadingRow], read_through: Position, checked: P
 /// otherwise carry requests queued in its channel at the moment of the loss
 /// into the next connection, where their packet ids would be taken for
 /// readings asked for after the rewind.
+/// With `--mqtt-ingest`, the connection's ingest task goes with it too: an
+/// ack must never reach a connection other than the one that delivered.
 #[derive(Debug)]
 struct Link {
     client: AsyncClient,
     heard: mpsc::Receiver<Heard>,
     poller: tokio::task::JoinHandle<()>,
+    ingest: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Link {
     fn drop(&mut self) {
         self.poller.abort();
+        if let Some(ingest) = &self.ingest {
+            ingest.abort();
+        }
     }
 }
 
-impl Bridge {
+impl Worker {
     fn connect(&self) -> Link {
-        let (client, eventloop) = AsyncClient::new(self.options(), REQUESTS);
+        let bridge = &self.bridge;
+        let (client, eventloop) = AsyncClient::new(bridge.options(), REQUESTS);
         let (report, heard) = mpsc::channel(4 * WINDOW);
+        let (ingest, route) = if bridge.settings.ingest.templates.is_empty() {
+            (None, None)
+        } else {
+            let (to_ingest, messages) = mpsc::channel(inbound::BATCH);
+            let ctx = inbound::Context {
+                settings: Arc::new(bridge.settings.ingest.clone()),
+                prefix: bridge.settings.prefix.clone(),
+                store: self.parts.store.clone(),
+                writer: self.parts.writer.clone(),
+                live: Arc::clone(&self.parts.live),
+                status: Arc::clone(&bridge.status),
+            };
+            let task = tokio::spawn(inbound::run(messages, client.clone(), report.clone(), ctx));
+            (
+                Some(task),
+                Some((to_ingest, bridge.settings.prefix.clone())),
+            )
+        };
         Link {
             client,
             heard,
-            poller: tokio::spawn(poll(eventloop, report)),
+            poller: tokio::spawn(poll(eventloop, report, route)),
+            ingest,
         }
     }
 }
@@ -640,14 +682,32 @@ async fn heard(link: &mut Option<Link>) -> Option<Heard> {
 }
 
 /// Drives one connection's event loop and reports what matters, until the
-/// connection ends (the bridge makes the next one, after a backoff).
-async fn poll(mut eventloop: EventLoop, heard: mpsc::Sender<Heard>) {
+/// connection ends (the bridge makes the next one, after a backoff). With
+/// `ingest`, every message that is not a command or Home Assistant's status
+/// goes to the ingest task (which acknowledges each one), waiting while it
+/// is busy: the broker's socket waits with it.
+async fn poll(
+    mut eventloop: EventLoop,
+    heard: mpsc::Sender<Heard>,
+    ingest: Option<(mpsc::Sender<Publish>, String)>,
+) {
     loop {
         let report = match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => Heard::Connected,
             Ok(Event::Incoming(Packet::PubAck(ack))) => Heard::Acked(ack.pkid),
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Heard::WentOut(pkid),
-            Ok(Event::Incoming(Packet::Publish(publish))) => Heard::Message(publish),
+            Ok(Event::Incoming(Packet::Publish(publish))) => match &ingest {
+                Some((to_ingest, prefix))
+                    if message::command_device(prefix, &publish.topic).is_none()
+                        && publish.topic != discovery::HOME_ASSISTANT_STATUS =>
+                {
+                    if to_ingest.send(publish).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                _ => Heard::Message(publish),
+            },
             Ok(Event::Outgoing(Outgoing::Disconnect)) => Heard::Disconnected,
             Ok(_) => continue,
             Err(err) => {

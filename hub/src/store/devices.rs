@@ -128,6 +128,22 @@ impl Store {
         Ok(row.as_ref().map(device_record))
     }
 
+    /// A device's metric rows: `(row, name, unit)`.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn metric_rows(
+        &self,
+        device_row: i64,
+    ) -> Result<Vec<(i64, String, String)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT id, name, unit FROM metrics WHERE device = ?")
+                .bind(device_row)
+                .fetch_all(self.pool())
+                .await?,
+        )
+    }
+
     /// A device's metrics, by name.
     ///
     /// # Errors

@@ -34,7 +34,7 @@ mod statements;
 
 pub use health::WriterHealth;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
@@ -76,11 +76,28 @@ pub struct Origin {
     pub session: u64,
 }
 
+/// How the writer keeps a batch from being stored twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dedupe {
+    /// A WebSocket batch: a `seq` at or below the device's last committed
+    /// one is a resend, acknowledged again and not stored.
+    BySeq,
+    /// Readings from MQTT that carry their own time: one whose metric
+    /// already has a reading at that `ts_ms` is a redelivery, not stored.
+    ByTime,
+    /// Readings from MQTT timed by the hub's clock: nothing tells a
+    /// redelivery apart, so each is stored.
+    Never,
+}
+
 /// One device batch on its way to the database.
 #[derive(Debug)]
 pub struct WriteRequest {
     pub origin: Origin,
+    /// The batch's seq; with `Dedupe::ByTime` or `Never` only a tag for
+    /// the outcome.
     pub seq: u64,
+    pub dedupe: Dedupe,
     pub samples: Vec<Sample>,
     /// The session's outcome channel. Its capacity is the session's in-flight
     /// window, so the writer's `try_send` never finds it full.
@@ -105,6 +122,13 @@ pub enum Registration {
         device_row: i64,
         hello: Hello,
         reply: oneshot::Sender<Result<HashMap<u16, i64>, String>>,
+    },
+    /// Create or update (the unit) metrics of a device, by name and unit:
+    /// readings from MQTT bring no `Hello`. Answers their rows, in order.
+    Metrics {
+        device_row: i64,
+        metrics: Vec<(String, String)>,
+        reply: oneshot::Sender<Result<Vec<i64>, String>>,
     },
     /// Set one of the hub's facts about itself in `hub_state` (a cursor
     /// consumer's cursor, say).
@@ -154,6 +178,7 @@ pub struct Retained {
 enum Registered {
     Device(i64, bool),
     Hello(HashMap<u16, i64>),
+    Metrics(Vec<i64>),
     State,
 }
 
@@ -187,6 +212,38 @@ impl WriterHandle {
         samples: Vec<Sample>,
         reply: mpsc::Sender<WriteOutcome>,
     ) -> Result<(), WriterStopped> {
+        self.enqueue(origin, seq, Dedupe::BySeq, samples, reply)
+            .await
+    }
+
+    /// Queues readings that came without a sequence (from MQTT), kept from
+    /// being stored twice as `dedupe` says; `tag` comes back in the outcome.
+    ///
+    /// # Errors
+    /// The writer has stopped.
+    pub async fn submit_unsequenced(
+        &self,
+        device_row: i64,
+        tag: u64,
+        dedupe: Dedupe,
+        samples: Vec<Sample>,
+        reply: mpsc::Sender<WriteOutcome>,
+    ) -> Result<(), WriterStopped> {
+        let origin = Origin {
+            device_row,
+            session: 0,
+        };
+        self.enqueue(origin, tag, dedupe, samples, reply).await
+    }
+
+    async fn enqueue(
+        &self,
+        origin: Origin,
+        seq: u64,
+        dedupe: Dedupe,
+        samples: Vec<Sample>,
+        reply: mpsc::Sender<WriteOutcome>,
+    ) -> Result<(), WriterStopped> {
         let wanted = samples.len().clamp(1, QUEUED_ROWS);
         let permit = Arc::clone(&self.rows)
             .acquire_many_owned(u32::try_from(wanted).unwrap_or(u32::MAX))
@@ -195,6 +252,7 @@ impl WriterHandle {
         let request = WriteRequest {
             origin,
             seq,
+            dedupe,
             samples,
             reply,
             _permit: permit,
@@ -230,6 +288,24 @@ impl WriterHandle {
         self.register(|reply| Registration::Hello {
             device_row,
             hello,
+            reply,
+        })
+        .await
+    }
+
+    /// Creates (or updates the unit of) a device's metrics, given by name
+    /// and unit, in the next group commit; answers their rows in order.
+    ///
+    /// # Errors
+    /// The writer has stopped or the transaction failed.
+    pub async fn register_metrics(
+        &self,
+        device_row: i64,
+        metrics: Vec<(String, String)>,
+    ) -> Result<Vec<i64>, String> {
+        self.register(|reply| Registration::Metrics {
+            device_row,
+            metrics,
             reply,
         })
         .await
@@ -528,6 +604,10 @@ impl Writer {
                 let Job::Batch(request) = &job else {
                     return Some(job);
                 };
+                // Without a seq, nothing later can skip past a gap.
+                if request.dedupe != Dedupe::BySeq {
+                    return Some(job);
+                }
                 let Origin {
                     device_row,
                     session,
@@ -552,7 +632,9 @@ impl Writer {
     /// Records the sessions whose batches were in a failed commit.
     fn remember_failed(&mut self, jobs: &[Job]) {
         for job in jobs {
-            if let Job::Batch(request) = job {
+            if let Job::Batch(request) = job
+                && request.dedupe == Dedupe::BySeq
+            {
                 let Origin {
                     device_row,
                     session,
@@ -585,6 +667,20 @@ impl Writer {
                     let rows = statements::write_hello(&tx, *device_row, hello)?;
                     registered.push(Registered::Hello(rows));
                 }
+                Job::Register(Registration::Metrics {
+                    device_row,
+                    metrics,
+                    ..
+                }) => {
+                    let rows = statements::upsert_metrics(
+                        &tx,
+                        *device_row,
+                        metrics
+                            .iter()
+                            .map(|(name, unit)| (name.as_str(), unit.as_str())),
+                    )?;
+                    registered.push(Registered::Metrics(rows));
+                }
                 Job::Register(Registration::State { key, value, .. }) => {
                     statements::set_state(&tx, key, *value)?;
                     registered.push(Registered::State);
@@ -593,6 +689,8 @@ impl Writer {
             }
         }
         let mut advanced: HashMap<i64, u64> = HashMap::new();
+        // `(metric, ts_ms)` of this commit's readings deduplicated by time.
+        let mut timed: HashSet<(i64, i64)> = HashSet::new();
         let mut pos = self.next_pos;
         let requests = jobs.iter().filter_map(|job| match job {
             Job::Batch(request) => Some(request),
@@ -607,6 +705,24 @@ impl Writer {
                     None => statements::last_seq(&tx, device_row)?,
                 },
             };
+            if request.dedupe != Dedupe::BySeq {
+                // The seq stays; the time seen moves.
+                advanced.entry(device_row).or_insert(last);
+                for sample in &request.samples {
+                    if request.dedupe == Dedupe::ByTime
+                        && (!timed.insert((sample.metric, sample.ts_ms))
+                            || statements::has_reading_at(&tx, sample.metric, sample.ts_ms)?)
+                    {
+                        continue; // a redelivery: acknowledged again, stored once
+                    }
+                    committed.push(Committed {
+                        pos,
+                        sample: *sample,
+                    });
+                    pos += 1;
+                }
+                continue;
+            }
             if request.seq <= last {
                 continue; // a resend: acknowledged again, stored once
             }
@@ -653,6 +769,14 @@ fn reply_all(
             Job::Register(Registration::Hello { reply, .. }) => {
                 let answer = match registered.next() {
                     Some(Ok(Registered::Hello(rows))) => Ok(rows),
+                    Some(Err(err)) => Err(err),
+                    _ => Err("registration out of step".into()),
+                };
+                let _ = reply.send(answer);
+            }
+            Job::Register(Registration::Metrics { reply, .. }) => {
+                let answer = match registered.next() {
+                    Some(Ok(Registered::Metrics(rows))) => Ok(rows),
                     Some(Err(err)) => Err(err),
                     _ => Err("registration out of step".into()),
                 };
@@ -829,6 +953,59 @@ mod tests {
                 .is_err(),
             "a stopped writer refuses batches"
         );
+    }
+
+    #[tokio::test]
+    async fn readings_without_a_seq_are_kept_once_by_their_time_when_they_have_one() {
+        let rig = Rig::start().await;
+        let (reply, mut outcomes) = mpsc::channel(4);
+        let rows = rig
+            .writer
+            .register_metrics(rig.device, vec![("level".into(), "cm".into())])
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        let level = rows[0];
+        // A redelivery of 0..3 in the same commit as 2..5, and again later.
+        let mut first = samples(level, 0..3);
+        first.extend(samples(level, 2..5));
+        for (tag, batch) in [(1, first), (2, samples(level, 0..5))] {
+            rig.writer
+                .submit_unsequenced(rig.device, tag, Dedupe::ByTime, batch, reply.clone())
+                .await
+                .unwrap();
+            assert_eq!(
+                outcomes.recv().await,
+                Some(WriteOutcome::Stored { seq: tag })
+            );
+        }
+        assert_eq!(rig.count("SELECT count(*) FROM samples").await, 5);
+        // Timed by the hub, nothing tells a redelivery: both stay.
+        for tag in [3, 4] {
+            rig.writer
+                .submit_unsequenced(
+                    rig.device,
+                    tag,
+                    Dedupe::Never,
+                    samples(level, 9..10),
+                    reply.clone(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                outcomes.recv().await,
+                Some(WriteOutcome::Stored { seq: tag })
+            );
+        }
+        assert_eq!(rig.count("SELECT count(*) FROM samples").await, 7);
+        // The device's seq is left alone; its time seen moves.
+        assert_eq!(rig.count("SELECT last_seq FROM devices").await, 0);
+        assert_eq!(
+            rig.count("SELECT last_seen_ms IS NOT NULL FROM devices")
+                .await,
+            1
+        );
+        rig.stop().await;
     }
 
     #[tokio::test]

@@ -94,18 +94,38 @@ pub(super) fn write_hello(
 ) -> rusqlite::Result<HashMap<u16, i64>> {
     conn.prepare_cached("UPDATE devices SET model = ?, firmware = ? WHERE id = ?")?
         .execute((&hello.model, &hello.firmware, device_row))?;
+    let rows = upsert_metrics(
+        conn,
+        device_row,
+        hello
+            .metrics
+            .iter()
+            .map(|m| (m.name.as_str(), m.unit.as_str())),
+    )?;
+    Ok(hello.metrics.iter().map(|m| m.id).zip(rows).collect())
+}
+
+/// Creates a device's metrics by name, or updates their unit; answers their
+/// rows in order.
+pub(super) fn upsert_metrics<'m>(
+    conn: &Connection,
+    device_row: i64,
+    metrics: impl Iterator<Item = (&'m str, &'m str)>,
+) -> rusqlite::Result<Vec<i64>> {
     let mut upsert = conn.prepare_cached(
         "INSERT INTO metrics (device, name, unit) VALUES (?, ?, ?)
          ON CONFLICT (device, name) DO UPDATE SET unit = excluded.unit
          RETURNING id",
     )?;
-    let mut metric_rows = HashMap::with_capacity(hello.metrics.len());
-    for metric in &hello.metrics {
-        let row: i64 =
-            upsert.query_row((device_row, &metric.name, &metric.unit), |row| row.get(0))?;
-        metric_rows.insert(metric.id, row);
-    }
-    Ok(metric_rows)
+    metrics
+        .map(|(name, unit)| upsert.query_row((device_row, name, unit), |row| row.get(0)))
+        .collect()
+}
+
+/// Whether `metric` has a reading at `ts_ms` (an index lookup).
+pub(super) fn has_reading_at(conn: &Connection, metric: i64, ts_ms: i64) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM samples WHERE metric = ? AND ts_ms = ? LIMIT 1")?
+        .exists((metric, ts_ms))
 }
 
 /// Statements for 1, 2, 4 … [`ROWS_PER_STATEMENT`] rows of `row`
