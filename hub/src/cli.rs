@@ -84,9 +84,14 @@ struct ServeArgs {
     /// The PEM private key (PKCS#8, RSA or EC) of --tls-cert.
     #[arg(long, env = "HUB_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Republish every stored reading to this MQTT broker: mqtt://host[:port].
-    #[arg(long, env = "HUB_MQTT_URL", value_parser = parse_mqtt_url)]
-    mqtt_url: Option<(String, u16)>,
+    /// Republish every stored reading to this MQTT broker:
+    /// mqtt://host[:port] (1883), or mqtts://host[:port] (8883) over TLS.
+    #[arg(long, env = "HUB_MQTT_URL")]
+    mqtt_url: Option<bridge::BrokerUrl>,
+    /// PEM file of the CA that signed an mqtts:// broker's certificate,
+    /// trusted besides the system's roots.
+    #[arg(long, env = "HUB_MQTT_CA_CERT", requires = "mqtt_url")]
+    mqtt_ca_cert: Option<PathBuf>,
     /// The broker's user name.
     #[arg(long, env = "HUB_MQTT_USERNAME", requires = "mqtt_url")]
     mqtt_username: Option<String>,
@@ -235,6 +240,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if args.mqtt_ca_cert.is_some() && args.mqtt_url.as_ref().is_some_and(|url| !url.tls) {
+        use clap::CommandFactory;
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--mqtt-ca-cert is for an mqtts:// --mqtt-url; this one is mqtt://",
+            )
+            .exit();
+    }
     if let Some(template) = args
         .mqtt_ingest
         .iter()
@@ -257,6 +271,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with(args.log)
         .init();
     let monitor_protected = args.monitor_token.is_some();
+    // Read before anything starts, so a bad --mqtt-ca-cert stops the hub
+    // with its name.
+    let mqtt_tls = match &args.mqtt_url {
+        Some(broker) if broker.tls => Some(
+            bridge::trust::client_config(args.mqtt_ca_cert.as_deref())
+                .map_err(anyhow::Error::msg)?,
+        ),
+        _ => None,
+    };
     let settings = Settings {
         listen: args.listen,
         db: args.db.db,
@@ -294,9 +317,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             retry: args.sse_retry,
             keep_alive: args.keep_alive,
         },
-        mqtt: args.mqtt_url.map(|(host, port)| bridge::Settings {
-            host,
-            port,
+        mqtt: args.mqtt_url.map(|broker| bridge::Settings {
+            tls: broker.tls.then(|| mqtt_tls.clone()).flatten(),
+            broker,
             username: args.mqtt_username,
             password: args.mqtt_password.map(bridge::Secret),
             client_id: args.mqtt_client_id,
@@ -380,12 +403,6 @@ async fn device(command: DeviceCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `text` to standard output. A reader that has gone (`| head`) is
-/// not an error: the command's work is done, and it exits quietly.
-fn parse_mqtt_url(text: &str) -> Result<(String, u16), String> {
-    bridge::Settings::parse_url(text)
-}
-
 /// A topic prefix: one or more levels, no wildcards, no empty level.
 fn parse_mqtt_prefix(text: &str) -> Result<String, String> {
     if text.is_empty() || text.split('/').any(str::is_empty) || text.contains(['+', '#']) {
@@ -396,6 +413,8 @@ fn parse_mqtt_prefix(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
+/// Writes `text` to standard output. A reader that has gone (`| head`) is
+/// not an error: the command's work is done, and it exits quietly.
 fn print_out(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();

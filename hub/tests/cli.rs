@@ -43,7 +43,7 @@ fn a_bad_flag_value_names_the_flag() {
         ("--retention", "soon"),
         ("--log", "hub=loud"),
         ("--mqtt-url", "http://broker"),
-        ("--mqtt-url", "mqtts://broker"),
+        ("--mqtt-url", "ws://broker"),
         ("--mqtt-prefix", "a/+/b"),
         ("--mqtt-prefix", "a//b"),
         ("--mqtt-qos", "2"),
@@ -80,6 +80,37 @@ fn an_ingest_template_inside_the_bridges_own_topics_is_refused() {
         text.contains("--mqtt-ingest") && text.contains("--mqtt-prefix"),
         "{text}"
     );
+}
+
+#[test]
+fn broker_certificate_flags_are_checked_before_the_hub_starts() {
+    let out = hub(&[
+        "serve",
+        "--mqtt-url",
+        "mqtts://127.0.0.1:1",
+        "--mqtt-ca-cert",
+        "/nonexistent/ca.pem",
+        "--db",
+        "/nonexistent/never-created.db",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--mqtt-ca-cert /nonexistent/ca.pem"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = hub(&[
+        "serve",
+        "--mqtt-url",
+        "mqtt://127.0.0.1:1",
+        "--mqtt-ca-cert",
+        "/tmp/ca.pem",
+        "--db",
+        "/nonexistent/never-created.db",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("mqtts://"), "{}", stderr(&out));
 }
 
 #[test]

@@ -13,7 +13,7 @@ use crate::PATIENCE;
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 
 /// How a broker is set up.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Keep sessions and queued messages across a restart (saved when it
     /// stops).
@@ -24,12 +24,17 @@ pub struct Options {
     /// flight per client), which drop QoS 1 messages to a subscriber that
     /// lags, silently.
     pub large_queues: bool,
+    /// A second listener, over TLS with this certificate and key
+    /// ([`Mosquitto::tls_port`]), beside the plain one.
+    pub tls: Option<crate::pki::Issued>,
 }
 
 /// A broker process, killed on drop.
 #[derive(Debug)]
 pub struct Mosquitto {
     pub port: u16,
+    /// The TLS listener's port, with [`Options::tls`].
+    pub tls_port: Option<u16>,
     child: Option<Child>,
     dir: tempfile::TempDir,
 }
@@ -75,14 +80,36 @@ impl Mosquitto {
         } else {
             ""
         };
+        // Mosquitto started as root runs as the `mosquitto` user: it reads
+        // its own copies of the certificate and key, in its folder.
+        let (tls_port, tls) = match &options.tls {
+            Some(issued) => {
+                let tls_port = crate::free_port();
+                for (from, to) in [(&issued.cert, "server.pem"), (&issued.key, "server.key")] {
+                    let to = dir.path().join(to);
+                    std::fs::copy(from, &to)?;
+                    std::fs::set_permissions(
+                        &to,
+                        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+                    )?;
+                }
+                let folder = dir.path().display();
+                let listener = format!(
+                    "listener {tls_port} 127.0.0.1\ncertfile {folder}/server.pem\nkeyfile {folder}/server.key\n"
+                );
+                (Some(tls_port), listener)
+            }
+            None => (None, String::new()),
+        };
         std::fs::write(
             dir.path().join("mosquitto.conf"),
             format!(
-                "listener {port} 127.0.0.1\n{access}{persistence}{queues}log_dest stderr\nlog_type error\nlog_type warning\n"
+                "listener {port} 127.0.0.1\n{tls}{access}{persistence}{queues}log_dest stderr\nlog_type error\nlog_type warning\n"
             ),
         )?;
         let mut broker = Mosquitto {
             port,
+            tls_port,
             child: None,
             dir,
         };

@@ -728,3 +728,53 @@ async fn a_reading_stored_but_not_acknowledged_is_delivered_again_and_kept_once(
         "the redelivery is recognised by its time"
     );
 }
+
+#[tokio::test]
+async fn an_mqtts_broker_with_a_private_ca_is_trusted_through_mqtt_ca_cert_only() {
+    let pki = testkit::pki::Pki::new("broker CA");
+    let broker = Mosquitto::start_with(Options {
+        tls: Some(pki.server("broker", 4_102_444_800)),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let tls_url = format!("mqtts://localhost:{}", broker.tls_port.unwrap());
+    let readings = subscribe(broker.port, "readings", "telemetry/+/temperature", false).await;
+    let ca = pki.ca();
+    let hub = TestHub::start(&[
+        "--mqtt-url",
+        &tls_url,
+        "--mqtt-ca-cert",
+        ca.to_str().unwrap(),
+    ])
+    .await
+    .unwrap();
+    let token = hub.add_device("dev-1").await.unwrap();
+    let mut device = hub.connect(&token).await.unwrap();
+    device.hello("dev-1").await.unwrap();
+    device.send_acked(&batch(1, 10_000, 3)).await.unwrap();
+    until_all(&readings, 3).await;
+
+    // Without the CA the broker is a stranger: said in /healthz, and
+    // ingest goes on.
+    let stranger = TestHub::start(&["--mqtt-url", &tls_url]).await.unwrap();
+    let token = stranger.add_device("dev-1").await.unwrap();
+    let mut device = stranger.connect(&token).await.unwrap();
+    device.hello("dev-1").await.unwrap();
+    device.send_acked(&batch(1, 10_000, 3)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + e2e::PATIENCE;
+    loop {
+        let (_, body) = stranger.get("/healthz").await.unwrap();
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if let Some(error) = body["mqtt"]["error"].as_str() {
+            assert!(
+                error.contains("certificate") || error.contains("Certificate"),
+                "{error}"
+            );
+            assert_eq!(body["mqtt"]["connected"], false);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -17,14 +17,17 @@ mod inbound;
 mod message;
 mod news;
 mod status;
+pub mod trust;
 
 use std::collections::VecDeque;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish, QoS,
+    TlsConfiguration, Transport,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
@@ -63,11 +66,46 @@ const PAGE: u32 = 500;
 /// How often the cursor is saved (through the writer, in its next commit).
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 
-/// How to reach the broker and what to publish.
+/// Where the broker is: `mqtt://host[:port]` or `mqtts://host[:port]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
+pub struct BrokerUrl {
     pub host: String,
     pub port: u16,
+    pub tls: bool,
+}
+
+impl FromStr for BrokerUrl {
+    type Err = String;
+
+    /// Port 1883 by default, 8883 for `mqtts://`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let url = url::Url::parse(text).map_err(|err| format!("not a URL ({err})"))?;
+        let tls = match url.scheme() {
+            "mqtt" => false,
+            "mqtts" => true,
+            other => {
+                return Err(format!(
+                    "the scheme must be mqtt:// or mqtts://, not {other}://"
+                ));
+            }
+        };
+        let host = url.host_str().filter(|h| !h.is_empty()).ok_or("no host")?;
+        // IPv6 hosts come bracketed; the socket wants them bare.
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = url.port().unwrap_or(if tls { 8883 } else { 1883 });
+        Ok(BrokerUrl { host, port, tls })
+    }
+}
+
+/// How to reach the broker and what to publish.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub broker: BrokerUrl,
+    /// Whom to trust under `mqtts://`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub username: Option<String>,
     /// Never logged (`Debug` prints it as `***`).
     pub password: Option<Secret>,
@@ -90,23 +128,6 @@ pub struct Secret(pub String);
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("***")
-    }
-}
-
-impl Settings {
-    /// Reads `mqtt://host[:port]` (port 1883 by default).
-    ///
-    /// # Errors
-    /// Another scheme, or no host; the message is for `--mqtt-url`.
-    pub fn parse_url(text: &str) -> Result<(String, u16), String> {
-        let url = url::Url::parse(text).map_err(|err| format!("not a URL ({err})"))?;
-        match url.scheme() {
-            "mqtt" => {}
-            "mqtts" => return Err("mqtts:// is not supported yet; use mqtt://".into()),
-            other => return Err(format!("the scheme must be mqtt://, not {other}://")),
-        }
-        let host = url.host_str().filter(|h| !h.is_empty()).ok_or("no host")?;
-        Ok((host.to_owned(), url.port().unwrap_or(1883)))
     }
 }
 
@@ -175,7 +196,16 @@ impl Bridge {
             .client_id
             .clone()
             .unwrap_or_else(|| format!("hub-{}", self.hub_id));
-        let mut options = MqttOptions::new(client_id, settings.host.clone(), settings.port);
+        let mut options = MqttOptions::new(
+            client_id,
+            settings.broker.host.clone(),
+            settings.broker.port,
+        );
+        if let Some(config) = &settings.tls {
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                Arc::clone(config),
+            )));
+        }
         options
             .set_keep_alive(Duration::from_secs(30))
             // Outgoing, the bridge rewinds to its cursor on every
@@ -496,7 +526,8 @@ impl Worker {
         self.connected = true;
         self.bridge.status.connected.store(true, Relaxed);
         self.bridge.status.set_error(None);
-        tracing::info!(host = %self.bridge.settings.host, port = self.bridge.settings.port, "bridge connected to the broker");
+        let broker = &self.bridge.settings.broker;
+        tracing::info!(host = %broker.host, port = broker.port, tls = broker.tls, "bridge connected to the broker");
         // The broker may hold stale statuses from before the outage.
         self.note_everyone(self.bridge.settings.discovery).await;
     }
@@ -769,22 +800,19 @@ mod tests {
     }
 
     #[test]
-    fn only_mqtt_urls_are_taken() {
+    fn broker_urls_are_mqtt_or_mqtts() {
+        let url = |text: &str| text.parse::<BrokerUrl>();
+        let plain = url("mqtt://127.0.0.1:1884").unwrap();
         assert_eq!(
-            Settings::parse_url("mqtt://127.0.0.1:1884").unwrap(),
-            ("127.0.0.1".into(), 1884)
+            (plain.host.as_str(), plain.port, plain.tls),
+            ("127.0.0.1", 1884, false)
         );
-        assert_eq!(
-            Settings::parse_url("mqtt://broker").unwrap(),
-            ("broker".into(), 1883)
-        );
-        assert!(
-            Settings::parse_url("mqtts://broker")
-                .unwrap_err()
-                .contains("mqtts")
-        );
-        assert!(Settings::parse_url("http://broker").is_err());
-        assert!(Settings::parse_url("broker:1883").is_err());
+        assert_eq!(url("mqtt://broker").unwrap().port, 1883);
+        let tls = url("mqtts://broker.example").unwrap();
+        assert_eq!((tls.port, tls.tls), (8883, true));
+        assert_eq!(url("mqtt://[::1]:1883").unwrap().host, "::1");
+        assert!(url("http://broker").unwrap_err().contains("mqtts://"));
+        assert!(url("broker:1883").is_err());
     }
 
     #[test]
