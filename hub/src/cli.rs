@@ -133,6 +133,12 @@ struct ServeArgs {
     /// devices); revoked ones stay out.
     #[arg(long, env = "HUB_MQTT_INGEST_REGISTER", requires = "mqtt_ingest")]
     mqtt_ingest_register: bool,
+    /// Publish each device's readings as one message per page of storage
+    /// (a JSON array, on {prefix}/{device}) rather than one per reading on
+    /// {prefix}/{device}/{metric}: for brokers that cannot take the hub's
+    /// rate one message at a time.
+    #[arg(long, env = "HUB_MQTT_BATCH", requires = "mqtt_url")]
+    mqtt_batch: bool,
     /// PEM file of the CA whose certificates devices may present instead
     /// of a token: the certificate's subject CN is the device id. Needs
     /// --tls-cert. SIGHUP reloads it too.
@@ -326,6 +332,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             prefix: args.mqtt_prefix,
             qos: args.mqtt_qos,
             discovery: args.mqtt_discovery == Some(Discovery::Homeassistant),
+            batch: args.mqtt_batch,
             ingest: bridge::IngestSettings {
                 templates: args.mqtt_ingest,
                 register: args.mqtt_ingest_register,

@@ -65,15 +65,19 @@ async fn subscribe(port: u16, id: &str, filter: &str, persistent: bool) -> Inbox
     inbox
 }
 
-/// The storage positions in an inbox's reading payloads.
+/// The storage positions in an inbox's reading payloads (one reading, or
+/// an `--mqtt-batch` array of them).
 fn positions(inbox: &Inbox) -> BTreeSet<i64> {
     inbox
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .iter()
-        .filter_map(|(_, payload, _)| {
-            serde_json::from_str::<serde_json::Value>(payload).ok()?["pos"].as_i64()
+        .filter_map(|(_, payload, _)| serde_json::from_str::<serde_json::Value>(payload).ok())
+        .flat_map(|value| match value {
+            serde_json::Value::Array(entries) => entries,
+            one => vec![one],
         })
+        .filter_map(|reading| reading["pos"].as_i64())
         .collect()
 }
 
@@ -777,4 +781,60 @@ async fn an_mqtts_broker_with_a_private_ca_is_trusted_through_mqtt_ca_cert_only(
         assert!(tokio::time::Instant::now() < deadline, "{body}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn with_mqtt_batch_each_message_holds_one_devices_readings_and_none_is_lost() {
+    let mut broker = Mosquitto::start_with(Options {
+        persistent: true,
+        large_queues: true,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let batches = subscribe(broker.port, "batches", "telemetry/+", true).await;
+    let url = bridged(&broker);
+    let hub = TestHub::start(&["--provision-key", "k", "--mqtt-url", &url, "--mqtt-batch"])
+        .await
+        .unwrap();
+    let run = tokio::spawn(fleet::run(fleet_of(&hub, 3, 400)));
+    while positions(&batches).len() < 200 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    broker.stop().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    broker.resume().await.unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the fleet finished")
+        .unwrap();
+    assert!(summary.complete(), "{summary:?}");
+    until_all(&batches, 1_200).await;
+    let seen = batches.lock().unwrap().clone();
+    let mut several = false;
+    for (topic, payload, _) in &seen {
+        let device = topic.strip_prefix("telemetry/").unwrap();
+        let entries: Vec<serde_json::Value> = serde_json::from_str(payload).unwrap();
+        several |= entries.len() > 1;
+        let pos: Vec<i64> = entries.iter().map(|e| e["pos"].as_i64().unwrap()).collect();
+        assert!(
+            pos.windows(2).all(|w| w[0] < w[1]),
+            "in storage order: {pos:?}"
+        );
+        assert!(
+            entries.iter().all(|e| e["metric"] == "temperature"),
+            "{payload}"
+        );
+        let rows: Vec<String> = sqlx::query_scalar("SELECT device FROM readings WHERE pos = ?")
+            .bind(pos[0])
+            .fetch_all(&hub.db().await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            rows,
+            [device.to_owned()],
+            "the topic names the readings' device"
+        );
+    }
+    assert!(several, "some messages carry several readings");
 }

@@ -13,12 +13,12 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::commits::Position;
 
-/// One publish asked of rumqttc: a reading, or a message of the hub's own
-/// (statuses, discovery configs, command results), which has no place in
-/// the cursor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One publish asked of rumqttc: readings (one, or a device's batch with
+/// `--mqtt-batch`), or a message of the hub's own (statuses, discovery
+/// configs, command results), which has no place in the cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Tag {
-    Reading(Position),
+    Readings(Vec<Position>),
     Own,
 }
 
@@ -29,6 +29,8 @@ pub struct Delivery {
     asked: VecDeque<Tag>,
     /// Gone out, waiting for the broker's ack, by packet id.
     in_flight: HashMap<u16, Tag>,
+    /// Messages of readings asked for and not yet acknowledged.
+    messages: usize,
     /// Messages of the hub's own asked for and not yet acknowledged.
     own: usize,
     /// Every reading asked for and not yet acknowledged (a multiset: a
@@ -56,16 +58,20 @@ impl Delivery {
         self.read_through
     }
 
-    /// Readings asked for and not acknowledged yet.
+    /// Messages of readings asked for and not acknowledged yet.
     pub fn outstanding(&self) -> usize {
-        self.unacked.values().map(|&n| n as usize).sum()
+        self.messages
     }
 
-    /// A reading was asked of rumqttc.
-    pub fn asked(&mut self, pos: Position) {
-        self.asked.push_back(Tag::Reading(pos));
-        *self.unacked.entry(pos).or_default() += 1;
-        self.read_through = self.read_through.max(pos);
+    /// A message of readings (at these positions, in order) was asked of
+    /// rumqttc.
+    pub fn asked(&mut self, positions: Vec<Position>) {
+        for &pos in &positions {
+            *self.unacked.entry(pos).or_default() += 1;
+            self.read_through = self.read_through.max(pos);
+        }
+        self.messages += 1;
+        self.asked.push_back(Tag::Readings(positions));
     }
 
     /// A message of the hub's own was asked of rumqttc.
@@ -106,17 +112,20 @@ impl Delivery {
     }
 
     fn settle(&mut self, tag: Tag) {
-        let pos = match tag {
-            Tag::Reading(pos) => pos,
+        let positions = match tag {
+            Tag::Readings(positions) => positions,
             Tag::Own => {
                 self.own = self.own.saturating_sub(1);
                 return;
             }
         };
-        if let Some(count) = self.unacked.get_mut(&pos) {
-            *count -= 1;
-            if *count == 0 {
-                self.unacked.remove(&pos);
+        self.messages = self.messages.saturating_sub(1);
+        for pos in positions {
+            if let Some(count) = self.unacked.get_mut(&pos) {
+                *count -= 1;
+                if *count == 0 {
+                    self.unacked.remove(&pos);
+                }
             }
         }
     }
@@ -147,7 +156,7 @@ mod tests {
     fn the_cursor_stops_below_the_oldest_unacknowledged_reading() {
         let mut delivery = Delivery::starting_at(10);
         for pos in 11..=14 {
-            delivery.asked(pos);
+            delivery.asked(vec![pos]);
         }
         assert_eq!(delivery.cursor(), 10);
         for pkid in 1..=4 {
@@ -168,7 +177,7 @@ mod tests {
     fn the_hubs_own_messages_take_a_packet_id_but_not_a_position() {
         let mut delivery = Delivery::starting_at(0);
         delivery.asked_own();
-        delivery.asked(1);
+        delivery.asked(vec![1]);
         delivery.went_out(1); // the status message
         delivery.went_out(2); // reading 1
         assert_eq!(delivery.own_outstanding(), 1);
@@ -182,7 +191,7 @@ mod tests {
     #[test]
     fn positions_read_without_a_reading_move_the_cursor_once_the_rest_is_acknowledged() {
         let mut delivery = Delivery::starting_at(0);
-        delivery.asked(1);
+        delivery.asked(vec![1]);
         delivery.read_up_to(5); // 2..=5 gone by retention
         assert_eq!(delivery.cursor(), 0);
         delivery.went_out(7);
@@ -195,7 +204,7 @@ mod tests {
     fn a_lost_connection_rewinds_to_the_cursor() {
         let mut delivery = Delivery::starting_at(0);
         for pos in 1..=3 {
-            delivery.asked(pos);
+            delivery.asked(vec![pos]);
         }
         delivery.went_out(1);
         delivery.went_out(2);
@@ -208,17 +217,32 @@ mod tests {
         delivery.acked(2);
         assert_eq!(delivery.cursor(), 1);
         // Asked again, the same position counts once more.
-        delivery.asked(2);
+        delivery.asked(vec![2]);
         delivery.went_out(1);
         delivery.acked(1);
         assert_eq!(delivery.cursor(), 2);
     }
 
     #[test]
+    fn a_batch_settles_all_its_readings_with_one_ack() {
+        let mut delivery = Delivery::starting_at(0);
+        delivery.asked(vec![1, 3]); // device a
+        delivery.asked(vec![2]); // device b
+        assert_eq!(delivery.outstanding(), 2);
+        delivery.went_out(1);
+        delivery.went_out(2);
+        delivery.acked(2);
+        assert_eq!(delivery.cursor(), 0);
+        delivery.acked(1);
+        assert_eq!(delivery.cursor(), 3);
+        assert_eq!(delivery.outstanding(), 0);
+    }
+
+    #[test]
     fn at_qos_0_going_out_is_delivery() {
         let mut delivery = Delivery::starting_at(0);
-        delivery.asked(1);
-        delivery.asked(2);
+        delivery.asked(vec![1]);
+        delivery.asked(vec![2]);
         delivery.went_out(0);
         assert_eq!(delivery.cursor(), 1);
         delivery.went_out(0);

@@ -90,6 +90,61 @@ pub fn reading_payload(row: &ReadingRow) -> Vec<u8> {
     .unwrap_or_default()
 }
 
+/// `{prefix}/{device}`: a device's readings as one message, with
+/// `--mqtt-batch`.
+pub fn batch_topic(prefix: &str, device: &str) -> String {
+    format!("{prefix}/{}", level(device))
+}
+
+#[derive(Serialize)]
+struct BatchEntry<'a> {
+    pos: i64,
+    metric: &'a str,
+    ts_ms: i64,
+    value: Option<f64>,
+    unit: &'a str,
+}
+
+/// The largest `--mqtt-batch` payload the bridge makes (the entry that
+/// crosses it is the last): rumqttc's packet limit is set above it.
+pub const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+/// Takes the first row's device's rows from `page`, in order, up to
+/// [`MAX_BATCH_BYTES`] of payload: a JSON array of
+/// `{"pos","metric","ts_ms","value","unit"}`. Other devices' rows stay, in
+/// their order.
+pub fn take_batch(
+    page: &mut std::collections::VecDeque<ReadingRow>,
+) -> Option<(Vec<ReadingRow>, Vec<u8>)> {
+    let device = page.front()?.device.clone();
+    let mut payload = vec![b'['];
+    let mut taken = Vec::new();
+    let mut rest = std::collections::VecDeque::with_capacity(page.len());
+    for row in page.drain(..) {
+        if row.device != device || payload.len() >= MAX_BATCH_BYTES {
+            rest.push_back(row);
+            continue;
+        }
+        if !taken.is_empty() {
+            payload.push(b',');
+        }
+        let entry = BatchEntry {
+            pos: row.pos,
+            metric: &row.metric,
+            ts_ms: row.ts_ms,
+            value: row.value,
+            unit: &row.unit,
+        };
+        if serde_json::to_writer(&mut payload, &entry).is_err() {
+            payload.pop();
+        }
+        taken.push(row);
+    }
+    payload.push(b']');
+    *page = rest;
+    Some((taken, payload))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +190,42 @@ mod tests {
         assert_eq!(command_device("telemetry", "telemetry//cmd"), None);
         assert_eq!(command_device("telemetry", "telemetryx/sim-1/cmd"), None);
         assert_eq!(command_device("telemetry", "telemetry/a/b/cmd"), None);
+    }
+
+    #[test]
+    fn a_batch_takes_one_devices_rows_in_order_and_leaves_the_rest() {
+        let at = |pos, device: &str| ReadingRow {
+            pos,
+            device: device.into(),
+            ..row("t", Some(1.0))
+        };
+        let mut page: std::collections::VecDeque<ReadingRow> =
+            [at(1, "a"), at(2, "b"), at(3, "a"), at(4, "b")].into();
+        let (rows, payload) = take_batch(&mut page).unwrap();
+        assert_eq!(rows.iter().map(|r| r.pos).collect::<Vec<_>>(), [1, 3]);
+        let payload: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(payload[1]["pos"], 3);
+        assert_eq!(payload[1]["metric"], "t");
+        assert_eq!(page.iter().map(|r| r.pos).collect::<Vec<_>>(), [2, 4]);
+        assert_eq!(batch_topic("telemetry", "a"), "telemetry/a");
+        let (rows, _) = take_batch(&mut page).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert!(take_batch(&mut page).is_none());
+    }
+
+    #[test]
+    fn a_batch_stops_near_its_byte_limit() {
+        let mut page: std::collections::VecDeque<ReadingRow> = (1..=2_000)
+            .map(|pos| ReadingRow {
+                pos,
+                ..row("temperature", Some(21.5))
+            })
+            .collect();
+        let (rows, payload) = take_batch(&mut page).unwrap();
+        assert!(payload.len() < MAX_BATCH_BYTES + 200, "{}", payload.len());
+        assert!(serde_json::from_slice::<serde_json::Value>(&payload).is_ok());
+        assert_eq!(rows.len() + page.len(), 2_000);
+        assert_eq!(page.front().map(|r| r.pos), Some(rows.len() as i64 + 1));
     }
 
     #[test]

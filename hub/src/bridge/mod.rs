@@ -119,6 +119,9 @@ pub struct Settings {
     pub discovery: bool,
     /// Readings to take in from MQTT topics.
     pub ingest: IngestSettings,
+    /// One message per device per page of storage on `{prefix}/{device}`,
+    /// rather than one per reading.
+    pub batch: bool,
 }
 
 /// A password: compared and sent, never printed.
@@ -217,6 +220,8 @@ impl Bridge {
             .set_manual_acks(!self.settings.ingest.templates.is_empty())
             .set_inflight(u16::try_from(WINDOW + OWN_WINDOW).unwrap_or(u16::MAX))
             .set_request_channel_capacity(REQUESTS)
+            // Room for a --mqtt-batch payload, a command and its framing.
+            .set_max_packet_size(2 * message::MAX_BATCH_BYTES, 2 * message::MAX_BATCH_BYTES)
             .set_last_will(LastWill::new(
                 message::hub_status_topic(&settings.prefix, &self.hub_id),
                 "offline",
@@ -356,7 +361,7 @@ impl Worker {
         while let Some(current) = self.link.as_ref()
             && self.delivery.outstanding() < WINDOW
         {
-            let Some(row) = self.page.pop_front() else {
+            if self.page.is_empty() {
                 self.delivery.read_up_to(self.page_through);
                 let upto = self.head.current();
                 if self.delivery.read_through() >= upto {
@@ -390,18 +395,33 @@ impl Worker {
                     }
                 }
                 continue;
+            }
+            let prefix = &self.bridge.settings.prefix;
+            let (rows, topic, payload) = if self.bridge.settings.batch {
+                let Some((rows, payload)) = message::take_batch(&mut self.page) else {
+                    continue;
+                };
+                let topic = message::batch_topic(prefix, &rows[0].device);
+                (rows, topic, payload)
+            } else {
+                let Some(row) = self.page.pop_front() else {
+                    continue;
+                };
+                let topic = message::reading_topic(prefix, &row);
+                let payload = message::reading_payload(&row);
+                (vec![row], topic, payload)
             };
-            let topic = message::reading_topic(&self.bridge.settings.prefix, &row);
-            match current
-                .client
-                .try_publish(topic, self.qos, false, message::reading_payload(&row))
-            {
+            match current.client.try_publish(topic, self.qos, false, payload) {
                 Ok(()) => {
-                    self.delivery.asked(row.pos);
-                    status.published.fetch_add(1, Relaxed);
+                    status.published.fetch_add(rows.len() as u64, Relaxed);
+                    self.delivery
+                        .asked(rows.iter().map(|row| row.pos).collect());
                 }
                 Err(_) => {
-                    self.page.push_front(row);
+                    // Back in front, in order: each device's order holds.
+                    for row in rows.into_iter().rev() {
+                        self.page.push_front(row);
+                    }
                     return;
                 }
             }
