@@ -26,6 +26,7 @@ enum Scenario {
     Fanout,
     Connections,
     Latency,
+    Bridge,
     All,
 }
 
@@ -108,6 +109,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if matches!(args.scenario, Scenario::Latency | Scenario::All) {
         results.push(scenarios::latency(size, max_rate).await?);
+    }
+    if matches!(args.scenario, Scenario::Bridge | Scenario::All) {
+        results.push(scenarios::bridge(size).await?);
     }
     println!();
     for result in results {

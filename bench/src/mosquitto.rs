@@ -47,3 +47,41 @@ pub async fn publish(
     let _ = tokio::time::timeout(Duration::from_secs(30), driver).await;
     Ok(())
 }
+
+/// Publishes `payload` `messages` times at QoS 1 with at most `inflight`
+/// unacknowledged, as the hub's bridge does, and returns the seconds until
+/// the broker acknowledged the last one.
+pub async fn publish_acked(
+    port: u16,
+    topic: &str,
+    payload: Vec<u8>,
+    messages: u64,
+    inflight: u16,
+) -> anyhow::Result<f64> {
+    let mut options = MqttOptions::new("bench-acked", "127.0.0.1", port);
+    options
+        .set_keep_alive(Duration::from_secs(60))
+        .set_inflight(inflight)
+        .set_max_packet_size(256 * 1024, 256 * 1024);
+    let (client, mut events) = AsyncClient::new(options, usize::from(inflight) * 2);
+    let started = tokio::time::Instant::now();
+    let topic = topic.to_owned();
+    let publisher = tokio::spawn(async move {
+        for _ in 0..messages {
+            client
+                .publish(&topic, QoS::AtLeastOnce, false, payload.clone())
+                .await?;
+        }
+        anyhow::Ok(client)
+    });
+    let mut acked = 0;
+    while acked < messages {
+        if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = events.poll().await? {
+            acked += 1;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let client = publisher.await??;
+    let _ = client.disconnect().await;
+    Ok(elapsed)
+}

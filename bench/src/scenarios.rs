@@ -1,4 +1,4 @@
-//! The four scenarios. Each repeats its measurement, prints a Markdown table
+//! The five scenarios. Each repeats its measurement, prints a Markdown table
 //! and returns one JSON object.
 
 use std::time::Duration;
@@ -545,4 +545,152 @@ pub async fn latency(size: Size, max_rate: f64) -> anyhow::Result<Value> {
         "ack_p50_ms": ack50.json(), "ack_p99_ms": ack99.json(), "rows_per_commit": rows.json(), "commit_mean_ms": mean.json(), "commits_over_10ms_percent": slow.json(),
         "machine_busy_percent": busy.json(), "steal_percent": steal.json(),
     }))
+}
+
+/// One bridge run: probes ingest as fast as acknowledged into a hub
+/// bridging to Mosquitto; how fast readings reach the broker.
+struct BridgeRun {
+    ingest_per_s: f64,
+    bridged_per_s: f64,
+    max_lag: f64,
+}
+
+async fn bridge_once(
+    batched: bool,
+    devices: usize,
+    batch: usize,
+    batches: u64,
+) -> anyhow::Result<BridgeRun> {
+    let broker = Mosquitto::start().await?;
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let mut extra = vec!["--mqtt-url", url.as_str()];
+    if batched {
+        extra.push("--mqtt-batch");
+    }
+    let hub = hubproc::start(&extra).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while hubproc::sample(&hubproc::metrics(&hub).await?, "hub_mqtt_connected") != Some(1.0) {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the bridge did not connect"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let total = batches * (devices * batch) as u64;
+    let started = now_us();
+    let mut probes = JoinSet::new();
+    for d in 0..devices {
+        probes.spawn(probe::run(ProbeSpec {
+            url: hubproc::ws_url(&hub),
+            device_id: format!("probe-{d}"),
+            batch,
+            batches,
+            pace: None,
+        }));
+    }
+    let ingest = tokio::spawn(async move {
+        while let Some(done) = probes.join_next().await {
+            done??;
+        }
+        anyhow::Ok(now_us())
+    });
+    let mut max_lag: f64 = 0.0;
+    let bridged_at = loop {
+        let metrics = hubproc::metrics(&hub).await?;
+        max_lag = max_lag.max(hubproc::sample(&metrics, "hub_mqtt_lag_positions").unwrap_or(0.0));
+        if hubproc::sample(&metrics, "hub_mqtt_cursor").unwrap_or(0.0) >= total as f64 {
+            break now_us();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ingested_at = ingest.await??;
+    Ok(BridgeRun {
+        ingest_per_s: total as f64 / ((ingested_at - started) / 1e6),
+        bridged_per_s: total as f64 / ((bridged_at - started) / 1e6),
+        max_lag,
+    })
+}
+
+/// A reading as the bridge publishes it, one per message or `per_message`
+/// in a `--mqtt-batch` array.
+fn bridge_payload(per_message: usize) -> Vec<u8> {
+    let reading = |pos: usize| {
+        format!(
+            r#"{{"pos":{},"ts_ms":1764300000000,"value":21.53,"unit":"°C"}}"#,
+            1_000_000 + pos
+        )
+    };
+    if per_message == 1 {
+        return reading(0).into_bytes();
+    }
+    let entries: Vec<String> = (0..per_message)
+        .map(|i| reading(i).replacen("{", r#"{"metric":"temperature","#, 1))
+        .collect();
+    format!("[{}]", entries.join(",")).into_bytes()
+}
+
+/// Scenario 5: how fast the MQTT bridge gets stored readings to the
+/// broker, one message per reading and with `--mqtt-batch`, beside what
+/// Mosquitto takes from one QoS 1 publisher of the same payloads.
+pub async fn bridge(size: Size) -> anyhow::Result<Value> {
+    let (devices, batch, batches): (usize, usize, u64) = match size {
+        Size::Quick => (4, 10, 50),
+        Size::Full => (100, 100, 30),
+    };
+    let total = batches * (devices * batch) as u64;
+    println!("\n### bridge\n");
+    println!(
+        "{total} readings per run from {devices} devices in frames of {batch}, sent as fast as acknowledged, into a hub bridging to Mosquitto at QoS 1 (no subscribers); bridged: stored readings acknowledged by the broker (the bridge's cursor) per second from the first frame. Mosquitto alone: one QoS 1 publisher, 100 in flight like the bridge, of the same payloads (for batches: arrays of {batch}). Median (min–max) of {} runs.\n",
+        size.repeats()
+    );
+    println!(
+        "| mode | hub ingest readings/s | bridged readings/s | max lag (readings) | Mosquitto alone, readings/s | bridged ÷ Mosquitto |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
+    for (mode, batched, per_message) in [
+        ("one reading per message", false, 1),
+        ("--mqtt-batch", true, batch),
+    ] {
+        let mut runs = Vec::new();
+        let mut alone = Vec::new();
+        for _ in 0..size.repeats() {
+            runs.push(bridge_once(batched, devices, batch, batches).await?);
+            let broker = Mosquitto::start().await?;
+            let messages = total / per_message as u64;
+            let seconds = mosquitto::publish_acked(
+                broker.port,
+                "telemetry/probe-1",
+                bridge_payload(per_message),
+                messages,
+                100,
+            )
+            .await?;
+            alone.push(total as f64 / seconds);
+        }
+        let ingest = Repeated::of(&runs.iter().map(|r| r.ingest_per_s).collect::<Vec<_>>());
+        let bridged = Repeated::of(&runs.iter().map(|r| r.bridged_per_s).collect::<Vec<_>>());
+        let lag = Repeated::of(&runs.iter().map(|r| r.max_lag).collect::<Vec<_>>());
+        let mosquitto = Repeated::of(&alone);
+        let ratio = Repeated::of(
+            &runs
+                .iter()
+                .zip(&alone)
+                .map(|(run, alone)| run.bridged_per_s / alone)
+                .collect::<Vec<_>>(),
+        );
+        println!(
+            "| {mode} | {} | {} | {} | {} | {} |",
+            ingest.show(0),
+            bridged.show(0),
+            lag.show(0),
+            mosquitto.show(0),
+            ratio.show(2)
+        );
+        rows.push(json!({
+            "mode": mode, "readings": total, "ingest_per_s": ingest.json(), "bridged_per_s": bridged.json(),
+            "max_lag": lag.json(), "mosquitto_per_s": mosquitto.json(), "ratio": ratio.json(),
+        }));
+    }
+    Ok(json!({"scenario": "bridge", "repeats": size.repeats(), "rows": rows}))
 }
