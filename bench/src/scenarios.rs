@@ -89,7 +89,7 @@ pub async fn ingest(size: Size) -> anyhow::Result<Value> {
                         .await??,
                 );
             }
-            let rate = Repeated::of(&runs.iter().map(|r| r.readings_per_s).collect::<Vec<_>>());
+            let rate = Repeated::over(&runs, |r| r.readings_per_s);
             let ceiling = Repeated::of(&ceilings);
             let ratio = Repeated::of(
                 &runs
@@ -98,9 +98,9 @@ pub async fn ingest(size: Size) -> anyhow::Result<Value> {
                     .map(|(r, c)| r.readings_per_s / c)
                     .collect::<Vec<_>>(),
             );
-            let p50 = Repeated::of(&runs.iter().map(|r| r.rtt_p50_ms).collect::<Vec<_>>());
-            let p99 = Repeated::of(&runs.iter().map(|r| r.rtt_p99_ms).collect::<Vec<_>>());
-            let cpu = Repeated::of(&runs.iter().map(|r| r.cpu_s_per_million).collect::<Vec<_>>());
+            let p50 = Repeated::over(&runs, |r| r.rtt_p50_ms);
+            let p99 = Repeated::over(&runs, |r| r.rtt_p99_ms);
+            let cpu = Repeated::over(&runs, |r| r.cpu_s_per_million);
             println!(
                 "| {devices} | {batch} | {} | {} | {} | {} | {} | {} |",
                 rate.show(0),
@@ -279,10 +279,10 @@ pub async fn fanout(size: Size) -> anyhow::Result<Value> {
         let mut entry =
             json!({"subscribers": subscribers, "messages": messages, "ratio": ratio.json()});
         for (name, runs) in [("hub", &hub_runs), ("mosquitto", &mqtt_runs)] {
-            let rate = Repeated::of(&runs.iter().map(|r| r.delivered_per_s).collect::<Vec<_>>());
-            let p50 = Repeated::of(&runs.iter().map(|r| r.p50).collect::<Vec<_>>());
-            let p99 = Repeated::of(&runs.iter().map(|r| r.p99).collect::<Vec<_>>());
-            let p999 = Repeated::of(&runs.iter().map(|r| r.p999).collect::<Vec<_>>());
+            let rate = Repeated::over(runs, |r| r.delivered_per_s);
+            let p50 = Repeated::over(runs, |r| r.p50);
+            let p99 = Repeated::over(runs, |r| r.p99);
+            let p999 = Repeated::over(runs, |r| r.p999);
             let shown_ratio = if name == "hub" {
                 ratio.show(2)
             } else {
@@ -506,9 +506,9 @@ pub async fn latency(size: Size, max_rate: f64) -> anyhow::Result<Value> {
         runs.push(summarize(collect(subs).await?, started));
         commits.push(Commits::of(&hub).await?);
     }
-    let p50 = Repeated::of(&runs.iter().map(|r| r.p50).collect::<Vec<_>>());
-    let p99 = Repeated::of(&runs.iter().map(|r| r.p99).collect::<Vec<_>>());
-    let p999 = Repeated::of(&runs.iter().map(|r| r.p999).collect::<Vec<_>>());
+    let p50 = Repeated::over(&runs, |r| r.p50);
+    let p99 = Repeated::over(&runs, |r| r.p99);
+    let p999 = Repeated::over(&runs, |r| r.p999);
     let ack50 = Repeated::of(&acks.iter().map(|p| p[0]).collect::<Vec<_>>());
     let ack99 = Repeated::of(&acks.iter().map(|p| p[1]).collect::<Vec<_>>());
     let rows = Repeated::of(
@@ -517,15 +517,15 @@ pub async fn latency(size: Size, max_rate: f64) -> anyhow::Result<Value> {
             .map(|c| c.rows_per_commit)
             .collect::<Vec<_>>(),
     );
-    let mean = Repeated::of(&commits.iter().map(|c| c.mean_ms).collect::<Vec<_>>());
+    let mean = Repeated::over(&commits, |c| c.mean_ms);
     let slow = Repeated::of(
         &commits
             .iter()
             .map(|c| c.over_10ms * 100.0)
             .collect::<Vec<_>>(),
     );
-    let busy = Repeated::of(&cpu.iter().map(|c| c.busy).collect::<Vec<_>>());
-    let steal = Repeated::of(&cpu.iter().map(|c| c.steal).collect::<Vec<_>>());
+    let busy = Repeated::over(&cpu, |c| c.busy);
+    let steal = Repeated::over(&cpu, |c| c.steal);
     println!(
         "| {target:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         p50.show(2),
@@ -668,9 +668,9 @@ pub async fn bridge(size: Size) -> anyhow::Result<Value> {
             .await?;
             alone.push(total as f64 / seconds);
         }
-        let ingest = Repeated::of(&runs.iter().map(|r| r.ingest_per_s).collect::<Vec<_>>());
-        let bridged = Repeated::of(&runs.iter().map(|r| r.bridged_per_s).collect::<Vec<_>>());
-        let lag = Repeated::of(&runs.iter().map(|r| r.max_lag).collect::<Vec<_>>());
+        let ingest = Repeated::over(&runs, |r| r.ingest_per_s);
+        let bridged = Repeated::over(&runs, |r| r.bridged_per_s);
+        let lag = Repeated::over(&runs, |r| r.max_lag);
         let mosquitto = Repeated::of(&alone);
         let ratio = Repeated::of(
             &runs

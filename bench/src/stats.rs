@@ -30,6 +30,11 @@ impl Repeated {
         }
     }
 
+    /// Of one measure of each run.
+    pub fn over<T>(runs: &[T], measure: impl Fn(&T) -> f64) -> Repeated {
+        Repeated::of(&runs.iter().map(measure).collect::<Vec<_>>())
+    }
+
     /// `median (min–max)` with `digits` decimals.
     pub fn show(&self, digits: usize) -> String {
         format!(

@@ -18,7 +18,8 @@ pub struct Status {
     pub(super) commands: AtomicU64,
     /// Commands dropped unanswered because too many were waiting.
     pub(super) commands_dropped: AtomicU64,
-    /// Readings stored from `--mqtt-ingest` topics.
+    /// Readings from `--mqtt-ingest` topics committed (a redelivery that
+    /// was kept once counts again).
     pub(super) ingested: AtomicU64,
     /// Messages on `--mqtt-ingest` topics that were not stored.
     pub(super) ingest_refused: AtomicU64,
@@ -108,7 +109,7 @@ impl Status {
              # HELP hub_mqtt_skipped_total Readings retention deleted before the bridge published them.\n# TYPE hub_mqtt_skipped_total counter\nhub_mqtt_skipped_total {}\n\
              # HELP hub_mqtt_commands_total Commands received on {{prefix}}/{{device}}/cmd.\n# TYPE hub_mqtt_commands_total counter\nhub_mqtt_commands_total {}\n\
              # HELP hub_mqtt_commands_dropped_total Commands dropped unanswered: too many were waiting for devices.\n# TYPE hub_mqtt_commands_dropped_total counter\nhub_mqtt_commands_dropped_total {}\n\
-             # HELP hub_mqtt_ingested_total Readings stored from --mqtt-ingest topics.\n# TYPE hub_mqtt_ingested_total counter\nhub_mqtt_ingested_total {}\n\
+             # HELP hub_mqtt_ingested_total Readings from --mqtt-ingest topics committed (a redelivery kept once counts again).\n# TYPE hub_mqtt_ingested_total counter\nhub_mqtt_ingested_total {}\n\
              # HELP hub_mqtt_ingest_refused_total Messages on --mqtt-ingest topics that were not stored (unparsable, unknown or revoked device).\n# TYPE hub_mqtt_ingest_refused_total counter\nhub_mqtt_ingest_refused_total {}\n",
             u8::from(self.connected.load(Relaxed)),
             self.published.load(Relaxed),
