@@ -121,3 +121,88 @@ pub fn now_ms() -> i64 {
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database as the hub wrote it before the roll-ups' migration: the
+    /// first two migrations only, and raw readings in it.
+    async fn written_before_rollups(path: &Path) {
+        let migrations = tempfile::tempdir().unwrap();
+        let all = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations"));
+        for name in ["0001_initial.sql", "0002_hub_state.sql"] {
+            std::fs::copy(all.join(name), migrations.path().join(name)).unwrap();
+        }
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .unwrap()
+            .filename(path)
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(options).await.unwrap();
+        sqlx::migrate::Migrator::new(migrations.path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO devices (device_id, created_ms) VALUES ('old', 0)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO metrics (device, name, unit) VALUES (1, 't', 'u')")
+            .execute(&pool)
+            .await
+            .unwrap();
+        // Two minutes of one reading every 10 s, one of them NULL.
+        for (i, ts_ms) in (0..120_000).step_by(10_000).enumerate() {
+            let value = (i != 3).then_some(i as f64);
+            sqlx::query("INSERT INTO samples (metric, ts_ms, value) VALUES (1, ?, ?)")
+                .bind(ts_ms)
+                .bind(value)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_rollups_migration_rolls_up_what_a_database_already_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        written_before_rollups(&path).await;
+        let store = Store::open(&path, PoolDurability::EveryCommit)
+            .await
+            .unwrap();
+        let minutes: Vec<(i64, i64, Option<f64>, Option<f64>, Option<f64>)> = sqlx::query_as(
+            "SELECT ts_ms, n, mean, min, max FROM readings_1m WHERE device = 'old' ORDER BY ts_ms",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(
+            minutes,
+            [
+                (
+                    0,
+                    6,
+                    Some((0 + 1 + 2 + 4 + 5) as f64 / 5.0),
+                    Some(0.0),
+                    Some(5.0)
+                ),
+                (
+                    60_000,
+                    6,
+                    Some((6..12).sum::<i64>() as f64 / 6.0),
+                    Some(6.0),
+                    Some(11.0)
+                ),
+            ]
+        );
+        let hours: (i64, i64) = sqlx::query_as("SELECT ts_ms, n FROM readings_1h")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(hours, (0, 12));
+    }
+}

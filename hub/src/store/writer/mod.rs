@@ -30,6 +30,7 @@
 mod file;
 mod health;
 mod publisher;
+mod rollup;
 mod statements;
 
 pub use health::WriterHealth;
@@ -736,6 +737,11 @@ impl Writer {
             }
         }
         statements::insert_samples(&tx, committed)?;
+        // In the same transaction: no reading is ever stored without its
+        // buckets, so retention can delete raw rows at any time.
+        for tier in [rollup::MINUTES, rollup::HOURS] {
+            statements::upsert_rollups(&tx, tier, &rollup::aggregate(committed, tier))?;
+        }
         statements::record_last_seq(&tx, &advanced, now_ms())?;
         tx.commit()?;
         self.next_pos = pos;
@@ -1005,6 +1011,54 @@ mod tests {
                 .await,
             1
         );
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn readings_are_rolled_up_in_their_commit_and_late_ones_join_their_bucket() {
+        let rig = Rig::start().await;
+        let (reply, mut outcomes) = mpsc::channel(4);
+        // 0..120 s, one a second, and one NaN in the first minute.
+        let mut batch: Vec<Sample> = (0..120)
+            .map(|s| Sample {
+                metric: rig.metric,
+                ts_ms: s * 1_000,
+                value: Some(s as f64),
+            })
+            .collect();
+        batch[10].value = None;
+        rig.submit(1, 1, batch, &reply).await;
+        assert_eq!(outcomes.recv().await, Some(WriteOutcome::Stored { seq: 1 }));
+        let bucket = |sql: &'static str| {
+            sqlx::query_as::<_, (i64, i64, f64, f64, f64, i64, i64)>(sql)
+                .fetch_one(rig.store.pool())
+        };
+        let first = "SELECT n, n_values, sum, min, max, first_ms, last_ms FROM rollups_1m WHERE bucket_ms = 0";
+        let (n, n_values, sum, min, max, first_ms, last_ms) = bucket(first).await.unwrap();
+        assert_eq!((n, n_values), (60, 59));
+        assert_eq!(
+            (sum, min, max),
+            ((0..60).sum::<i64>() as f64 - 10.0, 0.0, 59.0)
+        );
+        assert_eq!((first_ms, last_ms), (0, 59_000));
+        assert_eq!(rig.count("SELECT count(*) FROM rollups_1m").await, 2);
+        assert_eq!(rig.count("SELECT n FROM rollups_1h").await, 120);
+        // A late reading (a backfill, a resend after an outage) lands in
+        // its old bucket.
+        let late = vec![Sample {
+            metric: rig.metric,
+            ts_ms: 30_500,
+            value: Some(-5.0),
+        }];
+        rig.submit(1, 2, late, &reply).await;
+        assert_eq!(outcomes.recv().await, Some(WriteOutcome::Stored { seq: 2 }));
+        let (n, _, _, min, _, _, _) = bucket(first).await.unwrap();
+        assert_eq!((n, min), (61, -5.0));
+        let mean: f64 = sqlx::query_scalar("SELECT mean FROM readings_1m WHERE ts_ms = 60000")
+            .fetch_one(rig.store.pool())
+            .await
+            .unwrap();
+        assert_eq!(mean, (60..120).sum::<i64>() as f64 / 60.0);
         rig.stop().await;
     }
 

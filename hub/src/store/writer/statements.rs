@@ -4,7 +4,7 @@
 //! thread without handing each statement to another thread and waiting to be
 //! woken with its result.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -12,6 +12,7 @@ use std::time::Duration;
 use protocol::Hello;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
+use super::rollup::{self, Bucket, Tier};
 use crate::commits::Committed;
 use crate::store::now_ms;
 
@@ -20,9 +21,10 @@ use crate::store::now_ms;
 /// 256 rows × 4 columns stays far below SQLite's 32,766 parameters.
 const ROWS_PER_STATEMENT: usize = 256;
 
-/// Prepared statements kept per connection: nine sizes each of INSERT and
-/// UPDATE, and the few single statements below.
-const STATEMENT_CACHE: usize = 32;
+/// Prepared statements kept per connection: nine sizes each of the INSERT,
+/// the UPDATE and the two roll-up UPSERTs, and the few single statements
+/// below.
+const STATEMENT_CACHE: usize = 64;
 
 /// Opens the writer's connection to the database the store created and
 /// migrated. Only the writer's thread uses it, so SQLite's own per-call
@@ -183,6 +185,60 @@ pub(super) fn insert_samples(conn: &Connection, committed: &[Committed]) -> rusq
             insert.raw_bind_parameter(first + 3, row.sample.value)?;
         }
         insert.raw_execute()?;
+    }
+    Ok(())
+}
+
+/// `INSERT … ON CONFLICT DO UPDATE` of a roll-up table: a bucket the
+/// commit adds to is created, or has the commit's part added. SQLite's
+/// two-argument `min` and `max` are NULL if either is, hence the
+/// `coalesce`: a bucket that held only NULLs takes the new value.
+fn upsert_rollup_sql(table: &str) -> Vec<&'static str> {
+    power_of_two_statements("(?, ?, ?, ?, ?, ?, ?, ?, ?)", |values| {
+        format!(
+            "INSERT INTO {table} (metric, bucket_ms, n, n_values, sum, min, max, first_ms, last_ms) \
+             VALUES {values} ON CONFLICT (metric, bucket_ms) DO UPDATE SET \
+             n = n + excluded.n, n_values = n_values + excluded.n_values, \
+             sum = coalesce(sum + excluded.sum, sum, excluded.sum), \
+             min = coalesce(min(min, excluded.min), min, excluded.min), \
+             max = coalesce(max(max, excluded.max), max, excluded.max), \
+             first_ms = min(first_ms, excluded.first_ms), last_ms = max(last_ms, excluded.last_ms)"
+        )
+    })
+}
+
+static UPSERT_MINUTES_SQL: LazyLock<Vec<&'static str>> =
+    LazyLock::new(|| upsert_rollup_sql(rollup::MINUTES.table));
+static UPSERT_HOURS_SQL: LazyLock<Vec<&'static str>> =
+    LazyLock::new(|| upsert_rollup_sql(rollup::HOURS.table));
+
+/// Adds a commit's buckets of `tier` to its table.
+pub(super) fn upsert_rollups(
+    conn: &Connection,
+    tier: Tier,
+    buckets: &BTreeMap<(i64, i64), Bucket>,
+) -> rusqlite::Result<()> {
+    let sql = if tier == rollup::MINUTES {
+        &UPSERT_MINUTES_SQL
+    } else {
+        &UPSERT_HOURS_SQL
+    };
+    let buckets: Vec<(&(i64, i64), &Bucket)> = buckets.iter().collect();
+    for (statement, chunk) in power_of_two_chunks(&buckets) {
+        let mut upsert = conn.prepare_cached(sql[statement])?;
+        for (i, &(&(metric, start), bucket)) in chunk.iter().enumerate() {
+            let first = 9 * i + 1;
+            upsert.raw_bind_parameter(first, metric)?;
+            upsert.raw_bind_parameter(first + 1, start)?;
+            upsert.raw_bind_parameter(first + 2, bucket.n)?;
+            upsert.raw_bind_parameter(first + 3, bucket.n_values)?;
+            upsert.raw_bind_parameter(first + 4, bucket.sum)?;
+            upsert.raw_bind_parameter(first + 5, bucket.min)?;
+            upsert.raw_bind_parameter(first + 6, bucket.max)?;
+            upsert.raw_bind_parameter(first + 7, bucket.first_ms)?;
+            upsert.raw_bind_parameter(first + 8, bucket.last_ms)?;
+        }
+        upsert.raw_execute()?;
     }
     Ok(())
 }
