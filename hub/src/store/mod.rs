@@ -126,6 +126,9 @@ pub fn now_ms() -> i64 {
 mod tests {
     use super::*;
 
+    /// `(ts_ms, n, mean, min, max)` of a bucket.
+    type BucketRow = (i64, i64, Option<f64>, Option<f64>, Option<f64>);
+
     /// A database as the hub wrote it before the roll-ups' migration: the
     /// first two migrations only, and raw readings in it.
     async fn written_before_rollups(path: &Path) {
@@ -174,7 +177,7 @@ mod tests {
         let store = Store::open(&path, PoolDurability::EveryCommit)
             .await
             .unwrap();
-        let minutes: Vec<(i64, i64, Option<f64>, Option<f64>, Option<f64>)> = sqlx::query_as(
+        let minutes: Vec<BucketRow> = sqlx::query_as(
             "SELECT ts_ms, n, mean, min, max FROM readings_1m WHERE device = 'old' ORDER BY ts_ms",
         )
         .fetch_all(store.pool())
@@ -186,7 +189,7 @@ mod tests {
                 (
                     0,
                     6,
-                    Some((0 + 1 + 2 + 4 + 5) as f64 / 5.0),
+                    Some((1 + 2 + 4 + 5) as f64 / 5.0),
                     Some(0.0),
                     Some(5.0)
                 ),
