@@ -1,8 +1,11 @@
-//! `GET /v1/readings?device=&metric=&from=&to=&limit=&cursor=&format=json|csv`.
+//! `GET /v1/readings?device=&metric=&from=&to=&limit=&cursor=&format=json|csv`,
+//! and with `step=` the same device's readings in buckets.
 //!
 //! Paged: an answer that is not the last names the next page in `next` (JSON)
 //! and in a `Link: <…>; rel="next"` header (both formats), so every request
-//! costs about its `limit` however much is stored.
+//! costs about its `limit` however much is stored. A `step` query answers
+//! at most 100,000 buckets at once, read from the roll-ups where the step
+//! allows.
 
 use axum::Json;
 use axum::extract::{Query, State};
@@ -12,6 +15,7 @@ use std::fmt::Write;
 
 use crate::http_error::ApiError;
 use crate::store::Store;
+use crate::store::buckets::{BucketQuery, BucketRow};
 use crate::store::query::{After, ReadingFilter, ReadingRow};
 
 const DEFAULT_LIMIT: u32 = 1_000;
@@ -23,13 +27,27 @@ enum Format {
     Csv,
 }
 
+/// What a query string asks for.
+#[derive(Debug, Clone, PartialEq)]
+enum Asked {
+    /// A page of readings.
+    Page(ReadingFilter),
+    /// Buckets of `step` (`step=`).
+    Buckets(BucketQuery),
+}
+
+/// The most buckets one `step` query may span.
+const MAX_BUCKETS: i64 = 100_000;
+
 /// Parses the query string; every problem names its parameter.
-fn parse(pairs: &[(String, String)]) -> Result<(ReadingFilter, Format), ApiError> {
+fn parse(pairs: &[(String, String)]) -> Result<(Asked, Format), ApiError> {
     let mut filter = ReadingFilter {
         limit: DEFAULT_LIMIT,
         ..ReadingFilter::default()
     };
     let mut format = Format::Json;
+    let mut step_ms = None;
+    let mut paging = None;
     for (name, value) in pairs {
         let ms = |value: &str| {
             value.parse::<i64>().map_err(|_| {
@@ -45,6 +63,7 @@ fn parse(pairs: &[(String, String)]) -> Result<(ReadingFilter, Format), ApiError
             "from" => filter.from_ms = Some(ms(value)?),
             "to" => filter.to_ms = Some(ms(value)?),
             "limit" => {
+                paging = Some("limit");
                 filter.limit = value
                     .parse()
                     .ok()
@@ -68,14 +87,18 @@ fn parse(pairs: &[(String, String)]) -> Result<(ReadingFilter, Format), ApiError
                     }
                 }
             }
-            "cursor" => filter.after = Some(cursor_from(value)?),
+            "cursor" => {
+                paging = Some("cursor");
+                filter.after = Some(cursor_from(value)?);
+            }
+            "step" => step_ms = Some(step_from(value)?),
             // Read by the monitor-token check.
             "token" => {}
             _ => {
                 return Err(ApiError::bad_parameter(
                     name,
                     format!(
-                        "unknown parameter {name:?}; known: device, metric, from, to, limit, cursor, format, token"
+                        "unknown parameter {name:?}; known: device, metric, from, to, limit, cursor, step, format, token"
                     ),
                 ));
             }
@@ -85,6 +108,9 @@ fn parse(pairs: &[(String, String)]) -> Result<(ReadingFilter, Format), ApiError
         && from > to
     {
         return Err(ApiError::bad_parameter("to", "to must not be before from"));
+    }
+    if let Some(step_ms) = step_ms {
+        return Ok((Asked::Buckets(buckets(filter, step_ms, paging)?), format));
     }
     // A cursor belongs to the order it was made in: time with a device,
     // storage without.
@@ -98,7 +124,76 @@ fn parse(pairs: &[(String, String)]) -> Result<(ReadingFilter, Format), ApiError
         }
         _ => {}
     }
-    Ok((filter, format))
+    Ok((Asked::Page(filter), format))
+}
+
+/// A step: a duration such as `10s`, `1m`, `15m`, `1h` or `1d`, in whole
+/// milliseconds.
+fn step_from(text: &str) -> Result<i64, ApiError> {
+    let bad = |why: &str| {
+        ApiError::bad_parameter(
+            "step",
+            format!("step must be a duration such as 10s, 1m, 15m, 1h or 1d ({why}), got {text:?}"),
+        )
+    };
+    let step = humantime::parse_duration(text).map_err(|_| bad("not a duration"))?;
+    if step.subsec_nanos() % 1_000_000 != 0 {
+        return Err(bad("whole milliseconds"));
+    }
+    match i64::try_from(step.as_millis()) {
+        Ok(0) => Err(bad("more than zero")),
+        Ok(ms) => Ok(ms),
+        Err(_) => Err(bad("too long")),
+    }
+}
+
+/// A `step` query from the rest of the parameters: one device, a range
+/// rounded out to whole steps, no paging.
+fn buckets(
+    filter: ReadingFilter,
+    step_ms: i64,
+    paging: Option<&str>,
+) -> Result<BucketQuery, ApiError> {
+    if let Some(paging) = paging {
+        return Err(ApiError::bad_parameter(
+            paging,
+            "a step query is not paged: it answers every bucket of its range at once",
+        ));
+    }
+    let device = filter
+        .device
+        .ok_or_else(|| ApiError::bad_parameter("device", "a step query needs device"))?;
+    let from = filter
+        .from_ms
+        .ok_or_else(|| ApiError::bad_parameter("from", "a step query needs from"))?;
+    let to = filter.to_ms.unwrap_or_else(crate::store::now_ms).max(from);
+    // Rounded out to whole steps: every bucket is whole. In i128, so the
+    // edges of i64 cannot overflow.
+    let step = i128::from(step_ms);
+    let start = i128::from(from) - i128::from(from).rem_euclid(step);
+    let count = ((i128::from(to) - start + step - 1) / step).max(1);
+    if count > i128::from(MAX_BUCKETS) {
+        return Err(ApiError::bad_parameter(
+            "step",
+            format!(
+                "{count} buckets of {step_ms} ms from `from` to `to`; at most {MAX_BUCKETS}: take a longer step or a shorter range"
+            ),
+        ));
+    }
+    let in_range = |ms: i128| i64::try_from(ms).ok();
+    let (Some(from_ms), Some(to_ms)) = (in_range(start), in_range(start + count * step)) else {
+        return Err(ApiError::bad_parameter(
+            "from",
+            "the range, rounded out to whole steps, leaves what 64-bit milliseconds hold",
+        ));
+    };
+    Ok(BucketQuery {
+        device,
+        metric: filter.metric,
+        from_ms,
+        to_ms,
+        step_ms,
+    })
 }
 
 /// The text of a cursor: `t{ts_ms}.{pos}` in time order, `p{pos}` in
@@ -154,11 +249,39 @@ pub(super) struct Readings {
     next: Option<String>,
 }
 
+/// A `step` query's answer as JSON: every bucket with readings, by metric
+/// name, then time.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(super) struct Buckets {
+    /// The step, in ms.
+    step_ms: i64,
+    /// The range after rounding out to whole steps: `from` inclusive, `to`
+    /// exclusive, ms since the Unix epoch.
+    from: i64,
+    to: i64,
+    buckets: Vec<BucketRow>,
+}
+
+/// What `GET /v1/readings` answers in JSON: a page of readings, or with
+/// `step` buckets.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub(super) enum Answer {
+    Readings(Readings),
+    Buckets(Buckets),
+}
+
 /// Stored readings, one page. With `device`, oldest first by device time
 /// (`ts_ms`, then `pos`); without, in storage order (`pos`), reading at most
 /// 100,000 positions a page, so a page may hold fewer than `limit` and still
 /// not be the last. While there is more, both formats carry
 /// `Link: <…>; rel="next"`.
+///
+/// With `step` (and `device` and `from`): the device's readings in buckets
+/// of that duration by device time, starting at multiples of `step` since
+/// the epoch, `from` and `to` rounded out to whole steps, at most 100,000
+/// buckets, not paged. A step that is a multiple of an hour or a minute is
+/// read from those roll-ups, a smaller one from the raw readings.
 #[utoipa::path(
     get,
     path = "/v1/readings",
@@ -172,13 +295,14 @@ pub(super) struct Readings {
         ("limit" = Option<u32>, Query, description = "At most this many readings (default 1000)", minimum = 1, maximum = 100000),
         ("cursor" = Option<String>, Query, pattern = "^(t-?[0-9]{1,18}\\.[0-9]{1,18}|p[0-9]{1,18})$",
          description = "The `next` of the page before, with the same filters (a cursor from a query with a device is refused without one, and the other way round)"),
+        ("step" = Option<String>, Query, description = "Buckets of this duration (`10s`, `1m`, `15m`, `1h`, `1d`) instead of readings; needs `device` and `from`, and neither `limit` nor `cursor`"),
         ("format" = Option<String>, Query, description = "`json` (default) or `csv`", pattern = "^(json|csv)$"),
         ("token" = Option<String>, Query, description = "The monitor token, for clients that cannot send a header"),
     ),
     responses(
         (status = 200, description = "One page", headers(("link" = String, description = "`</v1/readings?…&cursor=…>; rel=\"next\"` while there is more")),
          content(
-            (Readings = "application/json"),
+            (Answer = "application/json"),
             (String = "text/csv", example = "pos,device,metric,unit,ts_ms,value\n1,sim-01,temperature,°C,1764300000000,21.5\n"),
          )),
         (status = 400, description = "A bad parameter, named", body = ApiError),
@@ -190,13 +314,16 @@ pub async fn readings(
     State(store): State<Store>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    let (filter, format) = parse(&pairs)?;
+    let (filter, format) = match parse(&pairs)? {
+        (Asked::Page(filter), format) => (filter, format),
+        (Asked::Buckets(query), format) => return buckets_answer(&store, &query, format).await,
+    };
     let page = store.readings(&filter).await?;
     let mut response = match format {
-        Format::Json => Json(Readings {
+        Format::Json => Json(Answer::Readings(Readings {
             readings: page.rows,
             next: page.next.map(cursor_text),
-        })
+        }))
         .into_response(),
         Format::Csv => (
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
@@ -230,6 +357,47 @@ fn to_csv(rows: &[ReadingRow]) -> String {
     out
 }
 
+async fn buckets_answer(
+    store: &Store,
+    query: &BucketQuery,
+    format: Format,
+) -> Result<Response, ApiError> {
+    let buckets = store.buckets(query).await?;
+    Ok(match format {
+        Format::Json => Json(Answer::Buckets(Buckets {
+            step_ms: query.step_ms,
+            from: query.from_ms,
+            to: query.to_ms,
+            buckets,
+        }))
+        .into_response(),
+        Format::Csv => (
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            buckets_csv(&buckets),
+        )
+            .into_response(),
+    })
+}
+
+fn buckets_csv(buckets: &[BucketRow]) -> String {
+    let number = |value: Option<f64>| value.map(|v| v.to_string()).unwrap_or_default();
+    let mut out = String::from("metric,unit,ts_ms,n,mean,min,max\n");
+    for bucket in buckets {
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{},{}",
+            csv_field(&bucket.metric),
+            csv_field(&bucket.unit),
+            bucket.ts_ms,
+            bucket.n,
+            number(bucket.mean),
+            number(bucket.min),
+            number(bucket.max)
+        );
+    }
+    out
+}
+
 /// Quotes a field when RFC 4180 requires it.
 fn csv_field(text: &str) -> std::borrow::Cow<'_, str> {
     if text.contains([',', '"', '\n', '\r']) {
@@ -250,24 +418,128 @@ mod tests {
             .collect()
     }
 
+    fn page(query: &[(&str, &str)]) -> (ReadingFilter, Format) {
+        match parse(&pairs(query)).unwrap() {
+            (Asked::Page(filter), format) => (filter, format),
+            other => panic!("not a page: {other:?}"),
+        }
+    }
+
+    fn step(query: &[(&str, &str)]) -> Result<BucketQuery, serde_json::Value> {
+        match parse(&pairs(query)) {
+            Ok((Asked::Buckets(query), _)) => Ok(query),
+            Ok(other) => panic!("not buckets: {other:?}"),
+            Err(err) => Err(serde_json::to_value(&err).unwrap()),
+        }
+    }
+
     #[test]
     fn defaults_are_json_and_a_thousand_rows() {
-        let (filter, format) = parse(&[]).unwrap();
+        let (filter, format) = page(&[]);
         assert_eq!(filter.limit, DEFAULT_LIMIT);
         assert_eq!(format, Format::Json);
     }
 
     #[test]
+    fn a_step_query_rounds_its_range_out_to_whole_steps() {
+        let query = step(&[
+            ("device", "d1"),
+            ("step", "1m"),
+            ("from", "90000"),
+            ("to", "150001"),
+        ])
+        .unwrap();
+        assert_eq!(
+            query,
+            BucketQuery {
+                device: "d1".into(),
+                metric: None,
+                from_ms: 60_000,
+                to_ms: 180_000,
+                step_ms: 60_000,
+            }
+        );
+        assert_eq!(
+            step(&[("device", "d"), ("from", "0"), ("to", "0"), ("step", "10s")])
+                .unwrap()
+                .to_ms,
+            10_000
+        );
+        assert_eq!(
+            step(&[("device", "d"), ("from", "0"), ("step", "1d")])
+                .unwrap()
+                .step_ms,
+            86_400_000
+        );
+    }
+
+    #[test]
+    fn bad_steps_name_the_parameter_at_fault() {
+        for (query, at_fault) in [
+            (
+                &[("device", "d"), ("from", "0"), ("step", "0s")][..],
+                "step",
+            ),
+            (
+                &[("device", "d"), ("from", "0"), ("step", "soon")][..],
+                "step",
+            ),
+            (&[("device", "d"), ("from", "0"), ("step", "1")][..], "step"),
+            (
+                &[
+                    ("device", "d"),
+                    ("from", "0"),
+                    ("to", "1000000000"),
+                    ("step", "1ms"),
+                ][..],
+                "step",
+            ),
+            (&[("from", "0"), ("step", "1m")][..], "device"),
+            (&[("device", "d"), ("step", "1m")][..], "from"),
+            (
+                &[
+                    ("device", "d"),
+                    ("from", "0"),
+                    ("step", "1m"),
+                    ("limit", "5"),
+                ][..],
+                "limit",
+            ),
+            (
+                &[
+                    ("device", "d"),
+                    ("from", "0"),
+                    ("step", "1m"),
+                    ("cursor", "t1.1"),
+                ][..],
+                "cursor",
+            ),
+        ] {
+            let body = step(query).unwrap_err();
+            assert_eq!(body["parameter"], at_fault, "{query:?}: {body}");
+        }
+        // The edges of i64 do not overflow.
+        let far = i64::MAX.to_string();
+        let body = step(&[
+            ("device", "d"),
+            ("from", "-9223372036854775808"),
+            ("to", &far),
+            ("step", "1d"),
+        ])
+        .unwrap_err();
+        assert_eq!(body["parameter"], "step");
+    }
+
+    #[test]
     fn every_parameter_is_read() {
-        let (filter, format) = parse(&pairs(&[
+        let (filter, format) = page(&[
             ("device", "d1"),
             ("metric", "temperature"),
             ("from", "10"),
             ("to", "20"),
             ("limit", "5"),
             ("format", "csv"),
-        ]))
-        .unwrap();
+        ]);
         assert_eq!(
             filter,
             ReadingFilter {

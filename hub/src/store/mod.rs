@@ -6,6 +6,7 @@
 //! everything is written by the [`writer`] on its own connection: readings,
 //! positions, what a device's connection registers, retention's deletes.
 
+pub mod buckets;
 pub mod devices;
 pub mod query;
 pub mod retention;
