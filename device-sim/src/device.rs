@@ -25,6 +25,9 @@ use crate::stats::Stats;
 
 type Handshake = Pin<Box<dyn Future<Output = anyhow::Result<(Box<Ws>, Welcome)>> + Send>>;
 
+/// Batches a backfilling device keeps unacknowledged at most.
+const BACKFILL_WINDOW: usize = 16;
+
 /// Shortest and longest interval `set_interval` accepts, in ms.
 const INTERVAL_RANGE_MS: std::ops::RangeInclusive<u64> = 10..=86_400_000;
 
@@ -47,6 +50,9 @@ pub struct DeviceSettings {
     pub backoff: Backoff,
     /// Added to the device's clock, in ms.
     pub clock_skew_ms: i64,
+    /// Start the clock this far in the past: those samples go as fast as
+    /// the hub acknowledges them, then sampling carries on live.
+    pub backfill: Duration,
     /// Whom a `wss://` hub's certificate must chain to (see [`crate::tls`]).
     /// `None` reads the system's roots again at every connection: fleets
     /// should build one and share it.
@@ -72,6 +78,7 @@ impl DeviceSettings {
             buffer: 1_000,
             backoff: Backoff::default(),
             clock_skew_ms: 0,
+            backfill: Duration::ZERO,
             tls: None,
             client_certs: None,
         }
@@ -166,6 +173,8 @@ enum Event {
     Incoming(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
     Tick,
     Flush,
+    /// Past samples are due (`--backfill`).
+    Backfill,
     Stop,
     Abort,
 }
@@ -209,6 +218,12 @@ struct Device {
     ticker: Interval,
     interval: Duration,
     sampling: bool,
+    /// While backfilling: the device time of the next past sample.
+    backfill_at: Option<u64>,
+    /// The last sample's device time: each sample is later than the one
+    /// before, even when the task was descheduled between a tick and its
+    /// clock read (a busy machine), as a device's clock should be.
+    last_sample_ms: u64,
     /// Connections in a row that ended before the hub acknowledged
     /// anything: a hub that accepts devices but cannot store (a full or
     /// read-only disk) is backed off from like one that refuses them.
@@ -247,7 +262,43 @@ impl Device {
     }
 
     fn sample(&mut self) {
-        let now = device_time_ms(self.settings.clock_skew_ms);
+        self.sample_at(device_time_ms(self.settings.clock_skew_ms));
+    }
+
+    /// Whether past samples are due: backfilling, connected, and few
+    /// enough batches unacknowledged (the outbox drops the oldest when
+    /// full, and the hub takes 32 in flight).
+    fn backfill_due(&self, link: &Link) -> bool {
+        self.backfill_at.is_some()
+            && self.sampling
+            && link.is_up()
+            && self.outbox.len() < BACKFILL_WINDOW
+    }
+
+    /// Samples the past, a batch's worth, at the sampling interval; once it
+    /// reaches the present, sampling goes live.
+    fn backfill(&mut self) {
+        let step = u64::try_from(self.interval.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        while let Some(at) = self.backfill_at
+            && self.sampling
+            && self.unsealed.len() < self.settings.batch
+        {
+            if at >= device_time_ms(self.settings.clock_skew_ms) {
+                self.backfill_at = None;
+                self.ticker.reset_immediately();
+                break;
+            }
+            self.sample_at(at);
+            self.backfill_at = Some(at.saturating_add(step));
+        }
+        self.seal(self.backfill_at.is_some() && self.sampling);
+    }
+
+    fn sample_at(&mut self, now: u64) {
+        let now = now.max(self.last_sample_ms.saturating_add(1));
+        self.last_sample_ms = now;
         let mut values = Vec::with_capacity(self.sensors.len());
         self.sensors.sample(now, &mut values);
         let allowed = match self.settings.count {
@@ -365,6 +416,11 @@ pub async fn run(
         ticker: ticker(interval),
         interval,
         sampling: settings.count != Some(0),
+        backfill_at: (!settings.backfill.is_zero()).then(|| {
+            let back = u64::try_from(settings.backfill.as_millis()).unwrap_or(u64::MAX);
+            device_time_ms(settings.clock_skew_ms).saturating_sub(back)
+        }),
+        last_sample_ms: 0,
         fruitless: 0,
         spec,
         settings,
@@ -384,8 +440,10 @@ pub async fn run(
             () = abort.cancelled() => Event::Abort,
             () = stop.cancelled(), if !stopping => Event::Stop,
             event = next_link_event(&mut link) => event,
-            _ = device.ticker.tick(), if device.sampling => Event::Tick,
+            _ = device.ticker.tick(), if device.sampling && device.backfill_at.is_none() => Event::Tick,
             () = sleep_until(device.flush_at), if !device.unsealed.is_empty() => Event::Flush,
+            // Last: acks and the rest come first.
+            () = std::future::ready(()), if device.backfill_due(&link) => Event::Backfill,
         };
         let was_up = link.is_up();
         match event {
@@ -400,6 +458,7 @@ pub async fn run(
                 device.seal(device.sampling);
             }
             Event::Flush => device.seal(false),
+            Event::Backfill => device.backfill(),
             Event::Retry => {
                 let attempt = match link {
                     Link::Down { attempt, .. } => attempt,

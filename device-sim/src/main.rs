@@ -92,6 +92,11 @@ struct Args {
     /// Longest wait between reconnect attempts.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     backoff_cap: Duration,
+    /// Start every device's clock this long ago (2h): those samples are sent
+    /// as fast as the hub acknowledges them, then sampling carries on live at
+    /// the rate. --count counts them too.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    backfill: Duration,
     /// Offset added to every device's clock: 90s, or -5m for a clock behind.
     #[arg(long, default_value = "0s", allow_hyphen_values = true, value_parser = parse_signed_duration)]
     clock_skew: i64,
@@ -208,6 +213,7 @@ async fn main() -> ExitCode {
                 ..Backoff::default()
             },
             clock_skew_ms: args.clock_skew,
+            backfill: args.backfill,
             tls,
             client_certs,
         },

@@ -27,6 +27,10 @@ fn bad_flags_are_refused_naming_the_flag() {
         (&["--provision-key", "k", "--batch", "5000"], "--batch"),
         (&["--provision-key", "k", "--flush", "soon"], "--flush"),
         (
+            &["--provision-key", "k", "--backfill", "yesterday"],
+            "--backfill",
+        ),
+        (
             &["--provision-key", "k", "--clock-skew", "-x"],
             "--clock-skew",
         ),
