@@ -16,7 +16,7 @@ use crate::listener;
 use crate::live::subscription;
 use crate::server::{Hub, Retention, Settings};
 use crate::store::devices::AddDeviceError;
-use crate::store::{PoolDurability, Store};
+use crate::store::{PoolDurability, Store, retention};
 use crate::tls::TlsFiles;
 
 /// Telemetry hub: devices stream readings over WebSocket, the hub stores them
@@ -162,7 +162,15 @@ struct ServeArgs {
     /// Without it, readings are kept forever.
     #[arg(long, env = "HUB_RETENTION", value_parser = parse_duration)]
     retention: Option<Duration>,
-    /// How often retention looks for old readings.
+    /// Delete one-minute roll-up buckets older than this (for example 90d).
+    /// Without it, they are kept forever.
+    #[arg(long, env = "HUB_ROLLUP_RETENTION", value_parser = parse_duration)]
+    rollup_retention: Option<Duration>,
+    /// Delete one-hour roll-up buckets older than this (for example 5y); at
+    /// least --rollup-retention. Without it, they are kept forever.
+    #[arg(long, env = "HUB_ROLLUP_RETENTION_HOURS", value_parser = parse_duration)]
+    rollup_retention_hours: Option<Duration>,
+    /// How often retention looks for old readings and buckets.
     #[arg(long, env = "HUB_RETENTION_SWEEP", default_value = "1m", value_parser = parse_duration)]
     retention_sweep: Duration,
     /// Require this token for the monitor API (/v1/events, /v1/devices,
@@ -276,6 +284,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .with(args.log)
         .init();
+    let keep = retention::Keep {
+        readings: args.retention,
+        minutes: args.rollup_retention,
+        hours: args.rollup_retention_hours,
+    };
+    if keep
+        .hours
+        .is_some_and(|hours| keep.minutes.is_none_or(|minutes| hours < minutes))
+    {
+        use clap::CommandFactory;
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--rollup-retention-hours needs a --rollup-retention no longer than it: hours summarise minutes, and are kept at least as long",
+            )
+            .exit();
+    }
     let monitor_protected = args.monitor_token.is_some();
     // Read before anything starts, so a bad --mqtt-ca-cert stops the hub
     // with its name.
@@ -312,7 +337,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_header_bytes: args.max_header_bytes as usize,
             max_handshakes: args.max_handshakes as usize,
         },
-        retention: args.retention.map(|keep| Retention {
+        retention: keep.deletes().then_some(Retention {
             keep,
             sweep_every: args.retention_sweep,
         }),

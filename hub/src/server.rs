@@ -62,10 +62,11 @@ pub struct Settings {
     pub mqtt: Option<bridge::Settings>,
 }
 
-/// How long readings are kept, and how often old ones are deleted.
+/// How long readings and their roll-ups are kept, and how often old ones
+/// are deleted.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
-    pub keep: Duration,
+    pub keep: retention::Keep,
     pub sweep_every: Duration,
 }
 

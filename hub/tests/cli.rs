@@ -41,6 +41,7 @@ fn a_bad_flag_value_names_the_flag() {
     for (flag, value) in [
         ("--hello-timeout", "10x"),
         ("--retention", "soon"),
+        ("--rollup-retention", "forever"),
         ("--log", "hub=loud"),
         ("--mqtt-url", "http://broker"),
         ("--mqtt-url", "ws://broker"),
@@ -111,6 +112,29 @@ fn broker_certificate_flags_are_checked_before_the_hub_starts() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("mqtts://"), "{}", stderr(&out));
+}
+
+#[test]
+fn hour_buckets_are_kept_at_least_as_long_as_minute_buckets() {
+    for args in [
+        &[
+            "--rollup-retention",
+            "30d",
+            "--rollup-retention-hours",
+            "7d",
+        ][..],
+        &["--rollup-retention-hours", "7d"][..],
+    ] {
+        let mut argv = vec!["serve", "--db", "/nonexistent/never-created.db"];
+        argv.extend_from_slice(args);
+        let out = hub(&argv);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&out).contains("--rollup-retention-hours"),
+            "{}",
+            stderr(&out)
+        );
+    }
 }
 
 #[test]

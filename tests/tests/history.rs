@@ -242,6 +242,49 @@ async fn backfilled_history_rolls_up_and_step_queries_agree_with_the_raw_rows() 
         .map(|b| b["n"].as_i64().unwrap())
         .sum();
     assert_eq!(n, SAMPLES as i64, "hours still count every reading: {body}");
+
+    // Minute buckets kept an hour: the older ones go, the hours stay.
+    let (_, dir) = hub.terminate().await.unwrap();
+    let hub = TestHub::start_in(
+        dir,
+        &listen,
+        &["--rollup-retention", "1h", "--retention-sweep", "1s"],
+    )
+    .await
+    .unwrap();
+    let db = hub.db().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let oldest: i64 = sqlx::query_scalar("SELECT min(ts_ms) FROM readings_1m")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        if oldest >= three_hours_ago() + 2 * 3_600_000 - 120_000 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "minute buckets from {oldest} remain"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let minutes: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM readings_1m WHERE metric = 'humidity' AND device = 'sim-1'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert!(
+        (59..=62).contains(&minutes),
+        "an hour of minute buckets: {minutes}"
+    );
+    let hours: i64 = sqlx::query_scalar(
+        "SELECT sum(n) FROM readings_1h WHERE metric = 'humidity' AND device = 'sim-1'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(hours, SAMPLES as i64, "hour buckets are kept");
 }
 
 #[tokio::test]

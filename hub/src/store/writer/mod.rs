@@ -30,7 +30,7 @@
 mod file;
 mod health;
 mod publisher;
-mod rollup;
+pub mod rollup;
 mod statements;
 
 pub use health::WriterHealth;
@@ -156,10 +156,19 @@ enum Job {
 /// writer's time, between two group commits.
 const RETAIN_ROWS: usize = 2_000;
 
-/// One chunk of retention: delete readings older than `before_ms` of
+/// What retention deletes: raw readings by device time, or a roll-up
+/// tier's buckets by their start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retainable {
+    Readings,
+    Buckets(rollup::Tier),
+}
+
+/// One chunk of retention: delete rows of `what` older than `before_ms` of
 /// `metrics`, in order, up to [`RETAIN_ROWS`].
 #[derive(Debug)]
 struct RetainChunk {
+    what: Retainable,
     metrics: Vec<i64>,
     before_ms: i64,
     reply: oneshot::Sender<Result<Retained, String>>,
@@ -321,15 +330,21 @@ impl WriterHandle {
             .await
     }
 
-    /// Deletes one chunk (at most 2,000 readings) older than `before_ms` of
-    /// `metrics`, taken in order, between two group commits. Call again
-    /// with the metrics not yet `finished`.
+    /// Deletes one chunk (at most 2,000 rows) of `what` older than
+    /// `before_ms` of `metrics`, taken in order, between two group commits.
+    /// Call again with the metrics not yet `finished`.
     ///
     /// # Errors
     /// The writer has stopped or the delete failed.
-    pub async fn retain(&self, metrics: Vec<i64>, before_ms: i64) -> Result<Retained, String> {
+    pub async fn retain(
+        &self,
+        what: Retainable,
+        metrics: Vec<i64>,
+        before_ms: i64,
+    ) -> Result<Retained, String> {
         let (reply, answer) = oneshot::channel();
         let chunk = RetainChunk {
+            what,
             metrics,
             before_ms,
             reply,
@@ -584,11 +599,24 @@ impl Writer {
     /// here fails no batch.
     fn retain(&mut self, chunk: RetainChunk) {
         let RetainChunk {
+            what,
             metrics,
             before_ms,
             reply,
         } = chunk;
-        let result = statements::delete_old(&mut self.conn, &metrics, before_ms, RETAIN_ROWS)
+        let result = match what {
+            Retainable::Readings => {
+                statements::delete_old(&mut self.conn, &metrics, before_ms, RETAIN_ROWS)
+            }
+            Retainable::Buckets(tier) => statements::delete_old_buckets(
+                &mut self.conn,
+                tier,
+                &metrics,
+                before_ms,
+                RETAIN_ROWS,
+            ),
+        };
+        let result = result
             .map(|(deleted, finished)| Retained { deleted, finished })
             .map_err(|err| err.to_string());
         let _ = reply.send(result);

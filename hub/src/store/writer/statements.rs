@@ -320,6 +320,42 @@ pub(super) fn delete_old(
     Ok((deleted, finished))
 }
 
+/// Deletes buckets of `tier` that start before `before_ms` of `metrics`,
+/// in that order, at most `max_rows` in all. Returns how many went and how
+/// many of `metrics` have nothing older left.
+pub(super) fn delete_old_buckets(
+    conn: &mut Connection,
+    tier: Tier,
+    metrics: &[i64],
+    before_ms: i64,
+    max_rows: usize,
+) -> rusqlite::Result<(usize, usize)> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let (mut deleted, mut finished) = (0, 0);
+    {
+        let table = tier.table;
+        // A key range of the table's primary key (metric, bucket_ms).
+        let mut delete = tx.prepare_cached(&format!(
+            "DELETE FROM {table} WHERE metric = ?1 AND bucket_ms IN (
+                 SELECT bucket_ms FROM {table} WHERE metric = ?1 AND bucket_ms < ?2 LIMIT ?3)"
+        ))?;
+        for &metric in metrics {
+            let room = max_rows - deleted;
+            if room == 0 {
+                break;
+            }
+            let limit = i64::try_from(room).unwrap_or(i64::MAX);
+            let gone = delete.execute(rusqlite::params![metric, before_ms, limit])?;
+            deleted += gone;
+            if gone < room {
+                finished += 1;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok((deleted, finished))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
