@@ -1,5 +1,5 @@
-//! The `hub` command line: `serve`, and `device add|list|revoke` for
-//! provisioning. Every flag can also be set by its environment variable.
+//! The `hub` command line: `serve`, `demo` (with a simulated fleet), and
+//! `device add|list|revoke` for provisioning. Every flag can also be set by its environment variable.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -36,6 +36,22 @@ enum Command {
     /// Provision, list and revoke devices (works while the hub runs).
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Run the hub with a simulated fleet in the same process, the last hour
+    /// backfilled, for a first look at the monitor. Takes every serve flag.
+    Demo(Box<DemoArgs>),
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Simulated devices, each with every sensor kind, sampling once a
+    /// second.
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    devices: u64,
+    /// History the devices send at start, so the charts are not empty.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    backfill: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -248,12 +264,52 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Whatever the command failed with, for the binary to print.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(*args).await,
+        Command::Serve(args) => {
+            let (hub, _) = start(*args).await?;
+            hub.run_until_stopped(shutdown_signal()).await
+        }
+        Command::Demo(args) => demo(*args).await,
         Command::Device(command) => device(command).await,
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// The hub and a simulated fleet: the fleet stops at Ctrl-C (delivering what
+/// it sampled), then the hub.
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let DemoArgs {
+        mut serve,
+        devices,
+        backfill,
+    } = args;
+    let key = match &serve.provision_key {
+        Some(key) => key.clone(),
+        None => crate::auth::generate_token()?,
+    };
+    serve.provision_key = Some(key.clone());
+    let (hub, addr) = start(serve).await?;
+    let fleet = crate::demo::fleet(
+        &addr.to_string(),
+        &key,
+        usize::try_from(devices).unwrap_or(usize::MAX),
+        backfill,
+    )?;
+    println!(
+        "monitor: http://{addr}/ ({devices} simulated devices, {} of history; Ctrl-C stops them, then the hub)",
+        humantime::format_duration(backfill)
+    );
+    let fleet = tokio::spawn(device_sim::fleet::run(fleet));
+    hub.run_until_stopped(async move {
+        tokio::select! {
+            _ = fleet => {}
+            () = shutdown_signal() => {}
+        }
+    })
+    .await
+}
+
+/// Checks the flags, starts logging, builds the hub and prints where it
+/// listens.
+async fn start(args: ServeArgs) -> anyhow::Result<(Hub, std::net::SocketAddr)> {
     if args.mqtt_ca_cert.is_some() && args.mqtt_url.as_ref().is_some_and(|url| !url.tls) {
         use clap::CommandFactory;
         Cli::command()
@@ -378,7 +434,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if !addr.ip().is_loopback() && !monitor_protected {
         tracing::warn!(%addr, "the monitor API is open to anyone who can reach this address; set --monitor-token");
     }
-    hub.run_until_stopped(shutdown_signal()).await
+    Ok((hub, addr))
 }
 
 async fn device(command: DeviceCommand) -> anyhow::Result<()> {

@@ -32,14 +32,16 @@
 //! * [`listener`]: the accept loop (header deadline and size, the cap on
 //!   connections without a request yet, graceful close).
 //! * [`server`]: the app state, the routes, the wiring and the ordered
-//!   shutdown. [`cli`]: the `hub` command line. [`auth`]: tokens and
-//!   secrets. [`telemetry`]: counters.
+//!   shutdown. [`cli`]: the `hub` command line; [`demo`]: the simulated
+//!   fleet of `hub demo`. [`auth`]: tokens and secrets. [`telemetry`]:
+//!   counters. [`bridge`]: the MQTT bridge, both ways. [`tls`]: certificates.
 
 pub mod api;
 pub mod auth;
 pub mod bridge;
 pub mod cli;
 pub mod commits;
+pub mod demo;
 pub mod http_error;
 pub mod ingest;
 pub mod listener;

@@ -159,7 +159,7 @@ impl HubProcess {
 }
 
 /// The address in the hub's first line, `hub listening on http://ADDR …`.
-fn listening_addr(line: &str) -> Option<&str> {
+pub fn listening_addr(line: &str) -> Option<&str> {
     let rest = line.strip_prefix("hub listening on ")?;
     let rest = rest
         .strip_prefix("http://")

@@ -1,0 +1,81 @@
+//! `hub demo`, the README's run command: the hub with a simulated fleet in
+//! one process, history backfilled, and Ctrl-C stopping both cleanly.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+#[tokio::test]
+async fn hub_demo_serves_a_backfilled_fleet_and_stops_at_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let mut child = Command::new(e2e::hub_binary())
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--log",
+            "warn",
+            "--devices",
+            "3",
+        ])
+        .args(["--backfill", "10m", "--db"])
+        .arg(&db)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().unwrap();
+    let addr = testkit::hub::listening_addr(&first).unwrap().to_owned();
+    let second = lines.next_line().await.unwrap().unwrap();
+    assert!(
+        second.starts_with(&format!("monitor: http://{addr}/")),
+        "{second}"
+    );
+
+    // Every device online, with ten minutes of every metric behind it.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = testkit::http::get(&addr, "/v1/devices", &[]).await.unwrap();
+        let devices: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let online = devices["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["online"] == true)
+            .count();
+        let minutes: i64 = sqlx::query_scalar("SELECT count(*) FROM readings_1m")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        // 3 devices × 5 metrics × at least 10 minutes.
+        if online == 3 && minutes >= 3 * 5 * 10 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{online} online, {minutes} minute buckets"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Ctrl-C: the devices deliver what they sampled, then the hub stops.
+    let pid = child.id().unwrap().to_string();
+    Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the demo stopped")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
