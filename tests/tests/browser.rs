@@ -120,3 +120,50 @@ async fn the_monitor_page_shows_live_readings_and_resumes_after_a_hub_restart() 
     }
     browser.quit().await;
 }
+
+#[tokio::test]
+async fn sparklines_show_the_last_fifteen_minutes_as_soon_as_the_page_loads() {
+    let hub = TestHub::start(&["--provision-key", "k"]).await.unwrap();
+    // Twenty minutes of history, one sample a second, then done.
+    let device = DeviceSettings {
+        kinds: vec![SensorKind::Temperature],
+        rate: Some(1.0),
+        batch: 200,
+        flush: Duration::from_millis(50),
+        count: Some(20 * 60),
+        backfill: Duration::from_secs(20 * 60),
+        ..DeviceSettings::new(endpoint(&format!("ws://{}", hub.addr)).unwrap())
+    };
+    let summary = fleet::run(FleetConfig::new(
+        2,
+        Credential::ProvisionKey("k".into()),
+        device,
+    ))
+    .await;
+    assert!(summary.complete(), "{summary:?}");
+
+    let browser = Browser::start().await.unwrap();
+    browser
+        .goto(&format!("http://{}/", hub.addr))
+        .await
+        .unwrap();
+    // 15 minutes of 10-second buckets: about 90 points each, placed by time,
+    // before any live reading arrives (the devices are done).
+    browser
+        .wait_for(
+            "sparklines with history",
+            "const c = [...document.querySelectorAll('.card canvas')];
+             return c.length === 2 && c.every(x => Number(x.dataset.points) >= 85);",
+        )
+        .await
+        .unwrap();
+    let values = browser
+        .eval("return [...document.querySelectorAll('.value')].map(v => v.textContent.trim())")
+        .await
+        .unwrap();
+    assert!(
+        values.as_array().unwrap().iter().all(|v| v != "–"),
+        "the latest value comes from history too: {values}"
+    );
+    browser.quit().await;
+}
