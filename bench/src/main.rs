@@ -16,6 +16,7 @@ mod mosquitto;
 mod probe;
 mod scenarios;
 mod stats;
+mod storage;
 mod subscribers;
 
 use clap::{Parser, ValueEnum};
@@ -27,6 +28,7 @@ enum Scenario {
     Connections,
     Latency,
     Bridge,
+    Storage,
     All,
 }
 
@@ -112,6 +114,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if matches!(args.scenario, Scenario::Bridge | Scenario::All) {
         results.push(scenarios::bridge(size).await?);
+    }
+    if matches!(args.scenario, Scenario::Storage | Scenario::All) {
+        results.push(storage::storage(size).await?);
     }
     println!();
     for result in results {

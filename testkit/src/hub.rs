@@ -12,7 +12,7 @@ use tokio::process::{Child, Command};
 use crate::PATIENCE;
 
 /// The database file's name in the hub's folder.
-const DB_FILE: &str = "hub.db";
+pub const DB_FILE: &str = "hub.db";
 
 /// A running hub, killed on drop.
 #[derive(Debug)]

@@ -64,9 +64,6 @@ pub(super) fn last_seq(conn: &Connection, device_row: i64) -> rusqlite::Result<u
     Ok(seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
 }
 
-/// Creates a device registering itself with the provisioning key (or finds
-/// it, if it was created meanwhile). Answers its row and whether it is
-/// revoked.
 /// Sets one of the hub's facts about itself.
 pub(super) fn set_state(conn: &Connection, key: &str, value: i64) -> rusqlite::Result<()> {
     conn.prepare_cached(
@@ -77,6 +74,9 @@ pub(super) fn set_state(conn: &Connection, key: &str, value: i64) -> rusqlite::R
     Ok(())
 }
 
+/// Creates a device registering itself with the provisioning key (or finds
+/// it, if it was created meanwhile). Answers its row and whether it is
+/// revoked.
 pub(super) fn insert_device(conn: &Connection, device_id: &str) -> rusqlite::Result<(i64, bool)> {
     conn.prepare_cached(
         "INSERT INTO devices (device_id, created_ms) VALUES (?, ?)

@@ -1,0 +1,228 @@
+//! Scenario 6: what history costs on disk. A fleet with every sensor kind
+//! is backfilled into a hub; then SQLite's own page accounting (`dbstat`)
+//! says how many bytes each table and index takes, per raw reading and per
+//! roll-up bucket. A second, slower fleet backfills a week into a hub that
+//! keeps a day of raw readings, to show the file that retention leaves.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use device_sim::backoff::Backoff;
+use device_sim::device::DeviceSettings;
+use device_sim::fleet::{self, Credential, FleetConfig};
+use device_sim::sensors::SensorKind;
+use serde_json::{Value, json};
+
+use testkit::hub::HubProcess;
+
+use crate::Size;
+use crate::hubproc;
+
+/// Bytes of every table and index, rows of each table.
+#[derive(Debug, Default)]
+struct Footprint {
+    samples: u64,
+    samples_index: u64,
+    minutes: u64,
+    hours: u64,
+    readings: u64,
+    minute_buckets: u64,
+    hour_buckets: u64,
+    file: u64,
+    free: u64,
+}
+
+/// Backfills `devices` devices (five metrics, one sample every `every`)
+/// over `span` into a hub started with `extra`; returns the hub, still
+/// running.
+async fn backfill(
+    devices: usize,
+    every: Duration,
+    span: Duration,
+    extra: &[&str],
+) -> anyhow::Result<HubProcess> {
+    let hub = hubproc::start(extra).await?;
+    let kinds = SensorKind::ALL.to_vec();
+    let samples = span.as_millis() as u64 / every.as_millis() as u64;
+    let device = DeviceSettings {
+        rate: Some(kinds.len() as f64 / every.as_secs_f64()),
+        count: Some(samples * kinds.len() as u64),
+        kinds,
+        batch: 500,
+        flush: Duration::from_millis(50),
+        backfill: span,
+        buffer: 100_000,
+        backoff: Backoff {
+            base: Duration::from_millis(50),
+            cap: Duration::from_secs(1),
+        },
+        ..DeviceSettings::new(hubproc::ws_url(&hub))
+    };
+    let config = FleetConfig::new(devices, Credential::ProvisionKey("bench".into()), device);
+    let summary = fleet::run(config).await;
+    anyhow::ensure!(
+        summary.complete(),
+        "the backfill did not complete: {summary:?}"
+    );
+    Ok(hub)
+}
+
+/// Waits until the hub's oldest raw reading is younger than `keep` (and a
+/// minute), as retention makes it.
+async fn retained(hub: &HubProcess, keep: Duration) -> anyhow::Result<()> {
+    let path = hub.db_path();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let path = path.clone();
+        let oldest: Option<i64> = tokio::task::spawn_blocking(move || {
+            rusqlite::Connection::open(path)?.query_row(
+                "SELECT min(ts_ms) FROM samples",
+                [],
+                |row| row.get(0),
+            )
+        })
+        .await??;
+        let horizon = crate::stats::now_us() as i64 / 1_000 - keep.as_millis() as i64 - 60_000;
+        if oldest.is_none_or(|oldest| oldest >= horizon) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "retention did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Reads the footprint of the database in `dir`.
+fn footprint(dir: &Path) -> anyhow::Result<Footprint> {
+    let path = dir.join(testkit::hub::DB_FILE);
+    let conn = rusqlite::Connection::open(&path)?;
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    let bytes = |name: &str| -> anyhow::Result<u64> {
+        conn.query_row(
+            "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name = ?1",
+            [name],
+            |row| row.get::<_, i64>(0),
+        )
+        .map(|b| b as u64)
+        .with_context(|| format!("dbstat of {name}"))
+    };
+    let rows = |table: &str| -> anyhow::Result<u64> {
+        Ok(
+            conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+                row.get::<_, i64>(0)
+            })? as u64,
+        )
+    };
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+    let free: i64 = conn.query_row("PRAGMA freelist_count", [], |row| row.get(0))?;
+    Ok(Footprint {
+        samples: bytes("samples")?,
+        samples_index: bytes("samples_by_metric_time")?,
+        minutes: bytes("rollups_1m")?,
+        hours: bytes("rollups_1h")?,
+        readings: rows("samples")?,
+        minute_buckets: rows("rollups_1m")?,
+        hour_buckets: rows("rollups_1h")?,
+        file: std::fs::metadata(&path)?.len(),
+        free: (free * page_size) as u64,
+    })
+}
+
+fn per(bytes: u64, rows: u64) -> f64 {
+    bytes as f64 / rows.max(1) as f64
+}
+
+fn mb(bytes: f64) -> String {
+    format!("{:.1} MB", bytes / 1e6)
+}
+
+pub async fn storage(size: Size) -> anyhow::Result<Value> {
+    let (devices, span, week_devices) = match size {
+        Size::Quick => (10, Duration::from_secs(120), 2),
+        Size::Full => (1_000, Duration::from_secs(600), 20),
+    };
+    println!("\n### storage\n");
+    let hub = backfill(devices, Duration::from_secs(1), span, &[]).await?;
+    let (_, dir) = hub.terminate().await?;
+    let f = tokio::task::spawn_blocking(move || footprint(dir.path())).await??;
+    let raw = per(f.samples + f.samples_index, f.readings);
+    let minute = per(f.minutes, f.minute_buckets);
+    let hour = per(f.hours, f.hour_buckets);
+    println!(
+        "{devices} devices × 5 metrics, one sample a second, {} s backfilled: {} readings, {} minute and {} hour buckets; bytes from SQLite's dbstat after a checkpoint.\n",
+        span.as_secs(),
+        f.readings,
+        f.minute_buckets,
+        f.hour_buckets
+    );
+    println!("| what | rows | bytes | bytes per row |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| `samples` (table) | {} | {} | {:.1} |",
+        f.readings,
+        f.samples,
+        per(f.samples, f.readings)
+    );
+    println!(
+        "| `samples_by_metric_time` (index) | {} | {} | {:.1} |",
+        f.readings,
+        f.samples_index,
+        per(f.samples_index, f.readings)
+    );
+    println!("| a raw reading, both | | | **{raw:.1}** |");
+    println!(
+        "| `rollups_1m` | {} | {} | {minute:.1} |",
+        f.minute_buckets, f.minutes
+    );
+    println!(
+        "| `rollups_1h` | {} | {} | {hour:.1} |",
+        f.hour_buckets, f.hours
+    );
+    println!(
+        "| the file | | {} | {:.1} per reading |",
+        f.file,
+        per(f.file, f.readings)
+    );
+    // A day of a 1,000-device fleet with 5 metrics at one reading a second.
+    let day_readings = 1_000.0 * 5.0 * 86_400.0;
+    let day_minutes = 1_000.0 * 5.0 * 1_440.0;
+    let day_hours = 1_000.0 * 5.0 * 24.0;
+    println!(
+        "\nOne day of 1,000 devices × 5 metrics at one reading a second: raw {} ({:.0} M readings), minute buckets {}, hour buckets {}.\n",
+        mb(day_readings * raw),
+        day_readings / 1e6,
+        mb(day_minutes * minute),
+        mb(day_hours * hour)
+    );
+
+    // A week at one sample a minute, a day of raw readings kept.
+    let week = Duration::from_secs(7 * 86_400);
+    let hub = backfill(
+        week_devices,
+        Duration::from_secs(60),
+        week,
+        &["--retention", "1d", "--retention-sweep", "1s"],
+    )
+    .await?;
+    retained(&hub, Duration::from_secs(86_400)).await?;
+    let (_, dir) = hub.terminate().await?;
+    let w = tokio::task::spawn_blocking(move || footprint(dir.path())).await??;
+    println!(
+        "A week backfilled by {week_devices} devices × 5 metrics at one sample a minute into a hub with `--retention 1d`: {} raw readings left (a day), {} minute and {} hour buckets (the week); the file is {} bytes, {} of them free pages that retention left for new rows.\n",
+        w.readings, w.minute_buckets, w.hour_buckets, w.file, w.free
+    );
+    Ok(json!({
+        "scenario": "storage",
+        "devices": devices, "seconds": span.as_secs(), "readings": f.readings,
+        "bytes_per_reading": raw,
+        "samples_bytes": f.samples, "index_bytes": f.samples_index,
+        "bytes_per_minute_bucket": minute, "bytes_per_hour_bucket": hour,
+        "file_bytes": f.file,
+        "day_raw_bytes": day_readings * raw, "day_minute_bytes": day_minutes * minute, "day_hour_bytes": day_hours * hour,
+        "week": {"devices": week_devices, "readings_left": w.readings, "minute_buckets": w.minute_buckets,
+                 "hour_buckets": w.hour_buckets, "file_bytes": w.file, "free_bytes": w.free},
+    }))
+}
