@@ -323,6 +323,7 @@ impl Device {
 
     /// Seals unsealed readings into batches of at most `batch`.
     fn seal(&mut self, only_full: bool) {
+        let before = self.unsealed.len();
         while !self.unsealed.is_empty()
             && (!only_full || self.unsealed.len() >= self.settings.batch)
         {
@@ -340,7 +341,13 @@ impl Device {
             let lost = self.outbox.seal(base, readings);
             self.stats.dropped.fetch_add(lost as u64, Relaxed);
         }
-        self.flush_at = Instant::now() + self.settings.flush;
+        // A partial batch waits at most `flush` from its first reading
+        // (`sample_at` starts the wait). A tick that sealed nothing must not
+        // push the deadline on, or a device sampling at least once per
+        // `flush` would only ever send full batches.
+        if self.unsealed.len() != before && !self.unsealed.is_empty() {
+            self.flush_at = Instant::now() + self.settings.flush;
+        }
     }
 
     /// Sends every batch not yet sent on this connection. Returns false if

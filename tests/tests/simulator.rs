@@ -259,3 +259,33 @@ async fn a_hub_whose_certificate_is_not_trusted_gets_nothing() {
     assert!(error.contains("certificate"), "{error}");
     assert_eq!(stored(&hub).await, (0, 0));
 }
+
+#[tokio::test]
+async fn a_partial_batch_goes_out_within_flush_while_sampling_goes_on() {
+    let hub = TestHub::start(&["--provision-key", "k"]).await.unwrap();
+    // Two samples a second into batches of 100, flushed after 1.5 s: each
+    // tick comes sooner than the flush, which used to push it on, so the
+    // first batch waited fifty seconds to fill.
+    let mut device = settings(Some(2.0), 100, None);
+    device.kinds = vec![SensorKind::Temperature];
+    device.flush = Duration::from_millis(1_500);
+    let run = tokio::spawn(fleet::run(fleet(
+        &hub.addr,
+        1,
+        Credential::ProvisionKey("k".into()),
+        device,
+    )));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (stored, _) = stored(&hub).await;
+        if stored >= 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{stored} readings stored after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    run.abort();
+}
