@@ -114,10 +114,6 @@ async fn the_monitor_page_shows_live_readings_and_resumes_after_a_hub_restart() 
         "the browser saw every stored reading once, in order"
     );
 
-    if let Ok(path) = std::env::var("MONITOR_SCREENSHOT") {
-        let png = browser.screenshot_base64().await.unwrap();
-        std::fs::write(path, png).unwrap();
-    }
     browser.quit().await;
 }
 
@@ -164,6 +160,151 @@ async fn sparklines_show_the_last_fifteen_minutes_as_soon_as_the_page_loads() {
     assert!(
         values.as_array().unwrap().iter().all(|v| v != "–"),
         "the latest value comes from history too: {values}"
+    );
+    browser.quit().await;
+}
+
+#[tokio::test]
+async fn the_device_view_charts_history_switches_ranges_and_sends_commands() {
+    let hub = TestHub::start(&["--provision-key", "k"]).await.unwrap();
+    // One device with half an hour behind it, still connected to answer.
+    let device = DeviceSettings {
+        kinds: vec![SensorKind::Temperature, SensorKind::Humidity],
+        rate: Some(2.0),
+        batch: 200,
+        flush: Duration::from_millis(100),
+        backfill: Duration::from_secs(30 * 60),
+        ..DeviceSettings::new(endpoint(&format!("ws://{}", hub.addr)).unwrap())
+    };
+    let run = tokio::spawn(fleet::run(FleetConfig::new(
+        1,
+        Credential::ProvisionKey("k".into()),
+        device,
+    )));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !hub
+        .get("/v1/devices")
+        .await
+        .unwrap()
+        .1
+        .contains(r#""online":true"#)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the device connected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Straight to the device's address: it can be bookmarked.
+    let browser = Browser::start().await.unwrap();
+    browser
+        .goto(&format!("http://{}/#device=sim-1&range=1h", hub.addr))
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "an hour's chart per metric, with axes",
+            "const c = [...document.querySelectorAll('.chart canvas')];
+             return c.length === 2 && c.every(x => Number(x.dataset.points) >= 28
+                 && x.dataset.xlabels.split('|').length === 5 && x.dataset.xlabels.endsWith('now')
+                 && x.dataset.ylabels.split('|').length === 3)
+                 && document.querySelector('#cards').hidden;",
+        )
+        .await
+        .unwrap();
+    browser
+        .eval("document.querySelector('[data-range=\"15m\"]').click(); return true")
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "fifteen minutes in 10-second buckets",
+            "return location.hash.includes('range=15m')
+                 && document.querySelector('[data-range=\"15m\"]').getAttribute('aria-pressed') === 'true'
+                 && [...document.querySelectorAll('.chart canvas')].every(x => Number(x.dataset.points) >= 85);",
+        )
+        .await
+        .unwrap();
+
+    // A command from the form reaches the device; its answer shows.
+    browser
+        .eval(
+            "document.getElementById('command-name').value = 'set_interval';
+             document.getElementById('command-args').value = 'interval_ms=750';
+             document.querySelector('#command button').click(); return true",
+        )
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "the device's answer",
+            "return document.getElementById('command-result').textContent === 'done: sampling every 750 ms'",
+        )
+        .await
+        .unwrap();
+    browser
+        .eval(
+            "document.getElementById('command-name').value = 'reboot';
+             document.getElementById('command-args').value = '';
+             document.querySelector('#command button').click(); return true",
+        )
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "a refusal",
+            "return document.getElementById('command-result').textContent.startsWith('refused by the device')",
+        )
+        .await
+        .unwrap();
+
+    // Back to every device.
+    browser
+        .eval("document.querySelector('#device-view nav a').click(); return true")
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "the cards again",
+            "return !document.querySelector('#cards').hidden && document.querySelectorAll('.card').length === 1",
+        )
+        .await
+        .unwrap();
+    browser.quit().await;
+    run.abort();
+}
+
+#[tokio::test]
+async fn a_page_without_the_monitor_token_asks_for_it_and_keeps_it_out_of_the_address() {
+    let hub = TestHub::start(&["--monitor-token", "s3cret"])
+        .await
+        .unwrap();
+    let browser = Browser::start().await.unwrap();
+    browser
+        .goto(&format!("http://{}/", hub.addr))
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "the token form",
+            "return getComputedStyle(document.getElementById('login')).display !== 'none'",
+        )
+        .await
+        .unwrap();
+    browser
+        .eval(
+            "document.getElementById('token-input').value = 's3cret';
+             document.querySelector('#login button').click(); return true",
+        )
+        .await
+        .unwrap();
+    browser.wait_until_live().await.unwrap();
+    assert_eq!(
+        browser.eval("return location.search").await.unwrap(),
+        serde_json::json!(""),
+        "the token became a cookie and left the address"
     );
     browser.quit().await;
 }
