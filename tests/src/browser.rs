@@ -189,6 +189,16 @@ impl Browser {
         Ok(value.as_str().context("no screenshot")?.to_owned())
     }
 
+    /// A PNG of the window.
+    ///
+    /// # Errors
+    /// WebDriver fails, or its answer is not base64.
+    pub async fn screenshot_png(&self) -> anyhow::Result<Vec<u8>> {
+        use base64::Engine as _;
+        let text = self.screenshot_base64().await?;
+        Ok(base64::engine::general_purpose::STANDARD.decode(text)?)
+    }
+
     /// Ends the session (the driver is killed on drop either way).
     pub async fn quit(mut self) {
         let _ = self
