@@ -105,6 +105,8 @@ impl Browser {
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
+            // The page's console, for `console_errors`.
+            "goog:loggingPrefs": {"browser": "ALL"},
         }}});
         let mut browser = Browser {
             driver,
@@ -160,10 +162,10 @@ impl Browser {
             if self.eval(script).await? == Value::Bool(true) {
                 return Ok(());
             }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "the page never showed {what}"
-            );
+            if tokio::time::Instant::now() >= deadline {
+                let shot = self.save_failure_screenshot(what).await;
+                bail!("the page never showed {what} ({shot})");
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -187,6 +189,48 @@ impl Browser {
             )
             .await?;
         Ok(value.as_str().context("no screenshot")?.to_owned())
+    }
+
+    /// Saves a screenshot of a failed wait under the build's folder and
+    /// says where, so a CI failure can be seen.
+    async fn save_failure_screenshot(&self, what: &str) -> String {
+        let name: String = what
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/browser-failures");
+        let path = dir.join(format!("{name}.png"));
+        let saved = match self.screenshot_png().await {
+            Ok(png) => std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, png)),
+            Err(err) => Err(std::io::Error::other(err.to_string())),
+        };
+        match saved {
+            Ok(()) => format!("screenshot: {}", path.display()),
+            Err(err) => format!("no screenshot: {err}"),
+        }
+    }
+
+    /// What the page wrote to its console at the error level (and uncaught
+    /// errors, failed loads) since the last call.
+    ///
+    /// # Errors
+    /// WebDriver fails.
+    pub async fn console_errors(&self) -> anyhow::Result<Vec<String>> {
+        let entries = self
+            .call(
+                "POST",
+                &format!("/session/{}/se/log", self.session),
+                Some(json!({"type": "browser"})),
+            )
+            .await?;
+        Ok(entries
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|entry| entry["level"] == "SEVERE")
+            .map(|entry| entry["message"].as_str().unwrap_or_default().to_owned())
+            .collect())
     }
 
     /// A PNG of the window.

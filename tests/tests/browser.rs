@@ -114,6 +114,7 @@ async fn the_monitor_page_shows_live_readings_and_resumes_after_a_hub_restart() 
         "the browser saw every stored reading once, in order"
     );
 
+    // The restart's refused reconnects are in its console; not checked.
     browser.quit().await;
 }
 
@@ -160,6 +161,11 @@ async fn sparklines_show_the_last_fifteen_minutes_as_soon_as_the_page_loads() {
     assert!(
         values.as_array().unwrap().iter().all(|v| v != "–"),
         "the latest value comes from history too: {values}"
+    );
+    assert_eq!(
+        browser.console_errors().await.unwrap(),
+        Vec::<String>::new(),
+        "the console stayed clean"
     );
     browser.quit().await;
 }
@@ -272,6 +278,11 @@ async fn the_device_view_charts_history_switches_ranges_and_sends_commands() {
         )
         .await
         .unwrap();
+    assert_eq!(
+        browser.console_errors().await.unwrap(),
+        Vec::<String>::new(),
+        "the console stayed clean"
+    );
     browser.quit().await;
     run.abort();
 }
@@ -306,5 +317,8 @@ async fn a_page_without_the_monitor_token_asks_for_it_and_keeps_it_out_of_the_ad
         serde_json::json!(""),
         "the token became a cookie and left the address"
     );
+    // The one error is the 401 that made the page ask.
+    let errors = browser.console_errors().await.unwrap();
+    assert!(!errors.is_empty() && errors.iter().all(|e| e.contains("401")), "{errors:?}");
     browser.quit().await;
 }
