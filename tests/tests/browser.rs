@@ -81,9 +81,10 @@ async fn the_monitor_page_shows_live_readings_and_resumes_after_a_hub_restart() 
         .unwrap();
     browser
         .wait_for(
-            "a card per device with values",
+            "a card per device with values, seen just now",
             "return document.querySelectorAll('.card').length === 3 &&
-                    [...document.querySelectorAll('.value')].every(v => v.textContent.trim() !== '–')",
+                    [...document.querySelectorAll('.value')].every(v => v.textContent.trim() !== '–') &&
+                    [...document.querySelectorAll('.seen')].every(v => v.textContent === 'last seen just now')",
         )
         .await
         .unwrap();
@@ -213,7 +214,8 @@ async fn the_device_view_charts_history_switches_ranges_and_sends_commands() {
         .wait_for(
             "an hour's chart per metric, with axes",
             "const c = [...document.querySelectorAll('.chart canvas')];
-             return c.length === 2 && c.every(x => Number(x.dataset.points) >= 28
+             return c.length === 2 && document.querySelector('#device-view .dot.on')
+                 && c.every(x => Number(x.dataset.points) >= 28
                  && x.dataset.xlabels.split('|').length === 5 && x.dataset.xlabels.endsWith('now')
                  && x.dataset.ylabels.split('|').length === 3)
                  && document.querySelector('#cards').hidden;",
@@ -319,6 +321,9 @@ async fn a_page_without_the_monitor_token_asks_for_it_and_keeps_it_out_of_the_ad
     );
     // The one error is the 401 that made the page ask.
     let errors = browser.console_errors().await.unwrap();
-    assert!(!errors.is_empty() && errors.iter().all(|e| e.contains("401")), "{errors:?}");
+    assert!(
+        !errors.is_empty() && errors.iter().all(|e| e.contains("401")),
+        "{errors:?}"
+    );
     browser.quit().await;
 }
