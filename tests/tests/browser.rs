@@ -306,6 +306,22 @@ async fn a_page_without_the_monitor_token_asks_for_it_and_keeps_it_out_of_the_ad
         )
         .await
         .unwrap();
+    // A wrong one is said to be wrong, and leaves the address.
+    browser
+        .eval(
+            "document.getElementById('token-input').value = 'guess';
+             document.querySelector('#login button').click(); return true",
+        )
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "the wrong token refused",
+            "return document.getElementById('banner').textContent.includes('wrong')
+                 && location.search === ''",
+        )
+        .await
+        .unwrap();
     browser
         .eval(
             "document.getElementById('token-input').value = 's3cret';
