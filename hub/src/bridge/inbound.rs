@@ -264,6 +264,10 @@ pub async fn run(
     ctx: Context,
 ) {
     let mut ingest = Ingest {
+        own: [
+            format!("{}/", ctx.prefix),
+            format!("{}/", super::discovery::PREFIX),
+        ],
         ctx,
         known: HashMap::new(),
         warned_at: None,
@@ -284,6 +288,8 @@ pub async fn run(
 
 struct Ingest {
     ctx: Context,
+    /// Where the hub's own topics (and Home Assistant's) start.
+    own: [String; 2],
     known: HashMap<String, Known>,
     /// When a refusal was last logged at `warn` (the rest go to `debug`, so
     /// a flood of garbage cannot flood the log).
@@ -360,9 +366,7 @@ impl Ingest {
         now: i64,
     ) -> Result<(i64, Dedupe, Sample), Refusal> {
         let topic = publish.topic.as_str();
-        if topic.starts_with(&format!("{}/", self.ctx.prefix))
-            || topic.starts_with(&format!("{}/", super::discovery::PREFIX))
-        {
+        if self.own.iter().any(|own| topic.starts_with(own.as_str())) {
             return Err(Refusal::NotOurs);
         }
         let (device, metric) = self

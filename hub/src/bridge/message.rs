@@ -109,22 +109,34 @@ struct BatchEntry<'a> {
 /// crosses it is the last): rumqttc's packet limit is set above it.
 pub const MAX_BATCH_BYTES: usize = 64 * 1024;
 
-/// Takes the first row's device's rows from `page`, in order, up to
-/// [`MAX_BATCH_BYTES`] of payload: a JSON array of
-/// `{"pos","metric","ts_ms","value","unit"}`. Other devices' rows stay, in
-/// their order.
+/// A page's rows with each device's together: devices in the order they
+/// first appear, each one's rows in storage order. [`take_batch`] then
+/// takes a run from the front, so a page of many devices costs one pass.
+pub fn group_by_device(rows: Vec<ReadingRow>) -> Vec<ReadingRow> {
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut groups: Vec<Vec<ReadingRow>> = Vec::new();
+    for row in rows {
+        let at = *index.entry(row.device.clone()).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[at].push(row);
+    }
+    groups.into_iter().flatten().collect()
+}
+
+/// Takes the run of the first row's device from the front of `page` (see
+/// [`group_by_device`]), up to [`MAX_BATCH_BYTES`] of payload: a JSON array
+/// of `{"pos","metric","ts_ms","value","unit"}`.
 pub fn take_batch(
     page: &mut std::collections::VecDeque<ReadingRow>,
 ) -> Option<(Vec<ReadingRow>, Vec<u8>)> {
     let device = page.front()?.device.clone();
     let mut payload = vec![b'['];
     let mut taken = Vec::new();
-    let mut rest = std::collections::VecDeque::with_capacity(page.len());
-    for row in page.drain(..) {
-        if row.device != device || payload.len() >= MAX_BATCH_BYTES {
-            rest.push_back(row);
-            continue;
-        }
+    while payload.len() < MAX_BATCH_BYTES
+        && let Some(row) = page.pop_front_if(|row| row.device == device)
+    {
         if !taken.is_empty() {
             payload.push(b',');
         }
@@ -135,13 +147,11 @@ pub fn take_batch(
             value: row.value,
             unit: &row.unit,
         };
-        if serde_json::to_writer(&mut payload, &entry).is_err() {
-            payload.pop();
-        }
+        // Writing JSON into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut payload, &entry);
         taken.push(row);
     }
     payload.push(b']');
-    *page = rest;
     Some((taken, payload))
 }
 
@@ -200,7 +210,7 @@ mod tests {
             ..row("t", Some(1.0))
         };
         let mut page: std::collections::VecDeque<ReadingRow> =
-            [at(1, "a"), at(2, "b"), at(3, "a"), at(4, "b")].into();
+            group_by_device(vec![at(1, "a"), at(2, "b"), at(3, "a"), at(4, "b")]).into();
         let (rows, payload) = take_batch(&mut page).unwrap();
         assert_eq!(rows.iter().map(|r| r.pos).collect::<Vec<_>>(), [1, 3]);
         let payload: serde_json::Value = serde_json::from_slice(&payload).unwrap();

@@ -395,7 +395,11 @@ impl Worker {
                         }
                         self.checked_through = self.checked_through.max(read.read_through);
                         self.page_through = read.read_through;
-                        self.page.extend(read.rows);
+                        if self.bridge.settings.batch {
+                            self.page.extend(message::group_by_device(read.rows));
+                        } else {
+                            self.page.extend(read.rows);
+                        }
                     }
                     Err(err) => {
                         tracing::error!(error = %err, "the bridge cannot read storage; retrying");
