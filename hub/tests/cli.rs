@@ -138,6 +138,20 @@ fn hour_buckets_are_kept_at_least_as_long_as_minute_buckets() {
 }
 
 #[test]
+fn demo_flags_are_checked_like_serves() {
+    for (flag, value) in [
+        ("--devices", "0"),
+        ("--devices", "many"),
+        ("--backfill", "soon"),
+        ("--retention", "soon"),
+    ] {
+        let out = hub(&["demo", flag, value, "--db", "/nonexistent/never-created.db"]);
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        assert!(stderr(&out).contains(flag), "{flag}: {}", stderr(&out));
+    }
+}
+
+#[test]
 fn an_unopenable_database_names_the_file() {
     let out = hub(&[
         "serve",

@@ -103,6 +103,31 @@ impl TestHub {
             .await?)
     }
 
+    /// Waits until `/v1/devices` shows `device` online.
+    ///
+    /// # Errors
+    /// The hub does not answer, or the device is not online in time.
+    pub async fn until_online(&self, device: &str) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + 2 * PATIENCE;
+        loop {
+            let (_, body) = self.get("/v1/devices").await?;
+            let devices: serde_json::Value = serde_json::from_str(&body)?;
+            let online = devices["devices"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|d| d["id"] == device && d["online"] == true);
+            if online {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{device} never came online"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// `GET path` on the hub: status and body.
     pub async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         testkit::http::get(&self.addr, path, &[]).await

@@ -490,20 +490,7 @@ async fn commands_published_on_mqtt_reach_the_device_and_every_one_gets_a_result
     hub.add_device("idle").await.unwrap();
     let run = tokio::spawn(fleet::run(fleet_of(&hub, 1, 1_000_000)));
     let results = subscribe(broker.port, "results", "telemetry/+/cmd/result", false).await;
-    let deadline = tokio::time::Instant::now() + e2e::PATIENCE;
-    while !hub
-        .get("/v1/devices")
-        .await
-        .unwrap()
-        .1
-        .contains(r#""online":true"#)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the device connected"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    hub.until_online("sim-1").await.unwrap();
 
     let (topic, pong) = ask(
         &results,

@@ -188,20 +188,7 @@ async fn the_device_view_charts_history_switches_ranges_and_sends_commands() {
         Credential::ProvisionKey("k".into()),
         device,
     )));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !hub
-        .get("/v1/devices")
-        .await
-        .unwrap()
-        .1
-        .contains(r#""online":true"#)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the device connected"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    hub.until_online("sim-1").await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Straight to the device's address: it can be bookmarked.
