@@ -80,6 +80,14 @@ pub fn use_binary(path: Option<PathBuf>) {
 /// # Errors
 /// The hub does not start.
 pub async fn start(extra: &[&str]) -> anyhow::Result<HubProcess> {
+    start_in(tempfile::tempdir()?, extra).await
+}
+
+/// [`start`] on the database already in `dir`.
+///
+/// # Errors
+/// As for [`start`].
+pub async fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> anyhow::Result<HubProcess> {
     let binary = BINARY.get_or_init(|| testkit::binary("bench-hub"));
     // Load devices send far past what one real device should: no budget.
     let mut args = vec![
@@ -99,7 +107,7 @@ pub async fn start(extra: &[&str]) -> anyhow::Result<HubProcess> {
         args.extend(["--tls-cert", &cert, "--tls-key", &key]);
     }
     args.extend_from_slice(extra);
-    HubProcess::start(binary, tempfile::tempdir()?, "127.0.0.1:0", &args)
+    HubProcess::start(binary, dir, "127.0.0.1:0", &args)
         .await
         .with_context(|| {
             format!(

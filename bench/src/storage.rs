@@ -27,6 +27,10 @@ struct Footprint {
     minutes: u64,
     hours: u64,
     readings: u64,
+    /// `sample_blocks` and its two indexes.
+    blocks: u64,
+    /// Readings in those blocks.
+    compacted: u64,
     minute_buckets: u64,
     hour_buckets: u64,
     file: u64,
@@ -95,6 +99,32 @@ async fn retained(hub: &HubProcess, keep: Duration) -> anyhow::Result<()> {
     }
 }
 
+/// Waits until the hub has compacted every full slab it holds.
+async fn compacted(hub: &HubProcess) -> anyhow::Result<()> {
+    let path = hub.db_path();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        let path = path.clone();
+        let (head, through): (i64, i64) = tokio::task::spawn_blocking(move || {
+            rusqlite::Connection::open(path)?.query_row(
+                "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'samples'),
+                        (SELECT value FROM hub_state WHERE key = 'compacted_through')",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+        })
+        .await??;
+        if through >= head / 100_000 * 100_000 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "compaction did not catch up: {through} of {head}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Reads the footprint of the database in `dir`.
 fn footprint(dir: &Path) -> anyhow::Result<Footprint> {
     let path = dir.join(testkit::hub::DB_FILE);
@@ -124,6 +154,12 @@ fn footprint(dir: &Path) -> anyhow::Result<Footprint> {
         minutes: bytes("rollups_1m")?,
         hours: bytes("rollups_1h")?,
         readings: rows("samples")?,
+        blocks: bytes("sample_blocks")?
+            + bytes("sample_blocks_by_metric_time")?
+            + bytes("sample_blocks_by_pos")?,
+        compacted: conn.query_row("SELECT coalesce(sum(n), 0) FROM sample_blocks", [], |row| {
+            row.get::<_, i64>(0)
+        })? as u64,
         minute_buckets: rows("rollups_1m")?,
         hour_buckets: rows("rollups_1h")?,
         file: std::fs::metadata(&path)?.len(),
@@ -147,7 +183,8 @@ pub async fn storage(size: Size) -> anyhow::Result<Value> {
     println!("\n### storage\n");
     let hub = backfill(devices, Duration::from_secs(1), span, &[]).await?;
     let (_, dir) = hub.terminate().await?;
-    let f = tokio::task::spawn_blocking(move || footprint(dir.path())).await??;
+    let path = dir.path().to_owned();
+    let f = tokio::task::spawn_blocking(move || footprint(&path)).await??;
     let raw = per(f.samples + f.samples_index, f.readings);
     let minute = per(f.minutes, f.minute_buckets);
     let hour = per(f.hours, f.hour_buckets);
@@ -186,14 +223,46 @@ pub async fn storage(size: Size) -> anyhow::Result<Value> {
         f.file,
         per(f.file, f.readings)
     );
-    // A day of a 1,000-device fleet with 5 metrics at one reading a second.
+
+    // The same file, compacted: the hub started again on it with
+    // --compact-after 0s, and stopped once every full slab is moved.
+    let hub = hubproc::start_in(dir, &["--compact-after", "0s"]).await?;
+    compacted(&hub).await?;
+    let (_, dir) = hub.terminate().await?;
+    let c = tokio::task::spawn_blocking(move || footprint(dir.path())).await??;
+    let packed = per(c.blocks, c.compacted);
+    println!(
+        "\nThe same file after compaction (`--compact-after 0s`): {} readings in blocks, {} left in `samples`.\n",
+        c.compacted, c.readings
+    );
+    println!("| what | readings | bytes | bytes per reading |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| `sample_blocks` and its two indexes | {} | {} | **{packed:.1}** |",
+        c.compacted, c.blocks
+    );
+    println!(
+        "| the file (free pages included) | {} | {} | {:.1} |",
+        c.compacted + c.readings,
+        c.file,
+        per(c.file, c.compacted + c.readings)
+    );
+    println!(
+        "| of it free pages, left by the rows that moved | | {} | |",
+        c.free
+    );
+    // A day of a 1,000-device fleet with 5 metrics at one reading a second,
+    // its last hour (the default --compact-after) not yet compacted.
     let day_readings = 1_000.0 * 5.0 * 86_400.0;
     let day_minutes = 1_000.0 * 5.0 * 1_440.0;
     let day_hours = 1_000.0 * 5.0 * 24.0;
+    let day_stored = day_readings * (raw + 23.0 * packed) / 24.0;
     println!(
-        "\nOne day of 1,000 devices × 5 metrics at one reading a second: raw {} ({:.0} M readings), minute buckets {}, hour buckets {}.\n",
-        mb(day_readings * raw),
+        "\nOne day of 1,000 devices × 5 metrics at one reading a second ({:.0} M readings): {} uncompacted, {} with its last hour uncompacted and the rest in blocks ({:.1} B a reading); minute buckets {}, hour buckets {}.\n",
         day_readings / 1e6,
+        mb(day_readings * raw),
+        mb(day_stored),
+        day_stored / day_readings,
         mb(day_minutes * minute),
         mb(day_hours * hour)
     );
@@ -217,7 +286,9 @@ pub async fn storage(size: Size) -> anyhow::Result<Value> {
     Ok(json!({
         "scenario": "storage",
         "devices": devices, "seconds": span.as_secs(), "readings": f.readings,
-        "bytes_per_reading": raw,
+        "bytes_per_reading": raw, "bytes_per_compacted_reading": packed,
+        "compacted_readings": c.compacted, "compacted_file_bytes": c.file, "compacted_free_bytes": c.free,
+        "day_stored_bytes": day_stored,
         "samples_bytes": f.samples, "index_bytes": f.samples_index,
         "bytes_per_minute_bucket": minute, "bytes_per_hour_bucket": hour,
         "file_bytes": f.file,

@@ -27,7 +27,7 @@ use crate::http_error::ApiError;
 use crate::ingest::{self, Ingest, registry::Registry, session};
 use crate::live::{Live, subscription};
 use crate::store::writer::{self, WriterHealth};
-use crate::store::{PoolDurability, Store, retention};
+use crate::store::{PoolDurability, Store, compaction, retention};
 use crate::telemetry::Counters;
 use crate::tls::{Tls, TlsFiles};
 use crate::{listener, monitor};
@@ -51,6 +51,8 @@ pub struct Settings {
     /// Serve https and wss with this certificate and key.
     pub tls: Option<TlsFiles>,
     pub retention: Option<Retention>,
+    /// Readings committed longer ago than this are compacted.
+    pub compact_after: Duration,
     /// When set, the monitor API needs this token.
     pub monitor_token: Option<String>,
     /// Most concurrent live (SSE) subscribers.
@@ -237,6 +239,12 @@ impl Hub {
                 cancel.clone(),
             ));
         }
+        tracker.spawn(compaction::run(
+            store.clone(),
+            state.ingest.sessions.writer.clone(),
+            settings.compact_after,
+            cancel.clone(),
+        ));
 
         if let Some(tls) = state.tls.clone() {
             tracker.spawn(reload_on_hangup(tls, cancel.clone()));

@@ -69,16 +69,42 @@ impl Store {
         let mut sql: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT m.name, m.unit, ");
         match Source::for_step(step) {
             Source::Raw => {
-                sql.push("s.ts_ms - s.ts_ms % ")
-                    .push_bind(step)
-                    .push(
-                        " AS b, count(*), avg(s.value), min(s.value), max(s.value) \
-                         FROM samples s JOIN metrics m ON m.id = s.metric \
-                         JOIN devices d ON d.id = m.device WHERE s.ts_ms >= ",
-                    )
-                    .push_bind(query.from_ms)
-                    .push(" AND s.ts_ms < ")
-                    .push_bind(query.to_ms);
+                // Each metric's range of the (metric, ts_ms) index, and the
+                // compacted blocks whose time span meets the range; the
+                // metrics are named in each arm, where SQLite can use them.
+                let arm = |sql: &mut QueryBuilder<Sqlite>, table: &str, blocks: bool| {
+                    sql.push(format_args!(
+                        "SELECT metric, ts_ms, value FROM {table} WHERE metric IN \
+                         (SELECT m.id FROM metrics m JOIN devices d ON d.id = m.device \
+                          WHERE d.device_id = "
+                    ))
+                    .push_bind(query.device.clone());
+                    if let Some(metric) = &query.metric {
+                        sql.push(" AND m.name = ").push_bind(metric.clone());
+                    }
+                    sql.push(")");
+                    if blocks {
+                        sql.push(" AND block_max_ms >= ")
+                            .push_bind(query.from_ms)
+                            .push(" AND block_min_ms < ")
+                            .push_bind(query.to_ms);
+                    }
+                    sql.push(" AND ts_ms >= ")
+                        .push_bind(query.from_ms)
+                        .push(" AND ts_ms < ")
+                        .push_bind(query.to_ms);
+                };
+                sql.push("s.ts_ms - s.ts_ms % ").push_bind(step).push(
+                    " AS b, count(*), avg(s.value), min(s.value), max(s.value) \
+                         FROM (",
+                );
+                arm(&mut sql, "samples", false);
+                sql.push(" UNION ALL ");
+                arm(&mut sql, "compacted_samples", true);
+                sql.push(
+                    ") s JOIN metrics m ON m.id = s.metric \
+                     JOIN devices d ON d.id = m.device WHERE 1",
+                );
             }
             tier => {
                 let table = if tier == Source::Hours {

@@ -6,7 +6,9 @@
 //! everything is written by the [`writer`] on its own connection: readings,
 //! positions, what a device's connection registers, retention's deletes.
 
+pub mod blocks;
 pub mod buckets;
+pub mod compaction;
 pub mod devices;
 pub mod query;
 pub mod retention;

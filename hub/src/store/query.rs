@@ -7,6 +7,7 @@ use serde::Serialize;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
+use super::blocks::{slab_end, slab_start};
 use super::{Store, StoreError};
 use crate::commits::Position;
 
@@ -84,6 +85,12 @@ pub struct ReadingsPage {
 /// not: what bounds the cost of a request whose filter matches little.
 pub const STORAGE_SCAN_SPAN: i64 = 100_000;
 
+/// Which compacted blocks a page by time reads, and where it must end.
+struct PageBlocks {
+    ids: Vec<i64>,
+    until: Option<i64>,
+}
+
 /// A metric as the API lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct MetricInfo {
@@ -142,20 +149,21 @@ impl Store {
             (Some(from), Some((ts, _))) => Some(from.max(ts)),
             (from, after) => from.or(after.map(|(ts, _)| ts)),
         };
-        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new("");
-        for (arm, (metric, _, _)) in metrics.iter().enumerate() {
-            if arm > 0 {
-                query.push(" UNION ALL ");
-            }
-            query
-                .push("SELECT pos, ts_ms, value, ")
-                .push(arm)
-                .push(" FROM samples WHERE metric = ")
-                .push_bind(*metric);
+        let ids: Vec<i64> = metrics.iter().map(|(id, _, _)| *id).collect();
+        let blocks = self
+            .blocks_for_page(&ids, from, filter.to_ms, filter.limit)
+            .await?;
+        // Readings at or after `blocks.until` may sit in blocks not read:
+        // this page ends before it.
+        let to = match (filter.to_ms, blocks.until) {
+            (Some(to), Some(until)) => Some(to.min(until)),
+            (to, until) => to.or(until),
+        };
+        let range = |query: &mut QueryBuilder<Sqlite>| {
             if let Some(from) = from {
                 query.push(" AND ts_ms >= ").push_bind(from);
             }
-            if let Some(to) = filter.to_ms {
+            if let Some(to) = to {
                 query.push(" AND ts_ms < ").push_bind(to);
             }
             if let Some((ts, pos)) = after {
@@ -166,26 +174,49 @@ impl Store {
                     .push_bind(pos)
                     .push(")");
             }
+        };
+        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new("");
+        for (arm, metric) in ids.iter().enumerate() {
+            if arm > 0 {
+                query.push(" UNION ALL ");
+            }
+            query
+                .push("SELECT pos, ts_ms, value, metric FROM samples WHERE metric = ")
+                .push_bind(*metric);
+            range(&mut query);
+        }
+        if !blocks.ids.is_empty() {
+            query.push(" UNION ALL SELECT pos, ts_ms, value, metric FROM compacted_samples WHERE block IN (");
+            let mut list = query.separated(", ");
+            for id in &blocks.ids {
+                list.push_bind(*id);
+            }
+            query.push(")");
+            range(&mut query);
         }
         // One row more than asked says whether there is a next page.
         query
             .push(" ORDER BY 2, 1 LIMIT ")
             .push_bind(i64::from(filter.limit) + 1);
+        let names: HashMap<i64, (&String, &String)> = metrics
+            .iter()
+            .map(|(id, name, unit)| (*id, (name, unit)))
+            .collect();
         let mut rows: Vec<ReadingRow> = query
             .build_query_as::<(i64, i64, Option<f64>, i64)>()
             .fetch_all(self.pool())
             .await?
             .into_iter()
-            .map(|(pos, ts_ms, value, arm)| {
-                let (_, name, unit) = &metrics[usize::try_from(arm).unwrap_or_default()];
-                ReadingRow {
+            .filter_map(|(pos, ts_ms, value, metric)| {
+                let (name, unit) = names.get(&metric)?;
+                Some(ReadingRow {
                     pos,
                     device: device.to_owned(),
-                    metric: name.clone(),
-                    unit: unit.clone(),
+                    metric: (*name).clone(),
+                    unit: (*unit).clone(),
                     ts_ms,
                     value,
-                }
+                })
             })
             .collect();
         let next = if rows.len() > filter.limit as usize {
@@ -195,9 +226,60 @@ impl Store {
                 pos: row.pos,
             })
         } else {
-            None
+            // Everything before `until` was read; the rest starts there.
+            blocks
+                .until
+                .filter(|until| filter.to_ms.is_none_or(|to| *until < to))
+                .map(|until| After::Time {
+                    ts_ms: until,
+                    pos: 0,
+                })
         };
         Ok(ReadingsPage { rows, next })
+    }
+
+    /// The compacted blocks a page of `metrics` by time from `from` needs:
+    /// those in time order until they hold more than `limit` readings, and
+    /// always every block that starts at or before `from`. `until` is the
+    /// start of the first block left out (`None`: none was).
+    async fn blocks_for_page(
+        &self,
+        metrics: &[i64],
+        from: Option<i64>,
+        to: Option<i64>,
+        limit: u32,
+    ) -> Result<PageBlocks, StoreError> {
+        let mut query: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT id, min_ms, n FROM sample_blocks WHERE metric IN (");
+        let mut list = query.separated(", ");
+        for metric in metrics {
+            list.push_bind(*metric);
+        }
+        query.push(")");
+        if let Some(from) = from {
+            query.push(" AND max_ms >= ").push_bind(from);
+        }
+        if let Some(to) = to {
+            query.push(" AND min_ms < ").push_bind(to);
+        }
+        query.push(" ORDER BY min_ms");
+        let mut candidates = query.build_query_as::<(i64, i64, i64)>().fetch(self.pool());
+        let mut page = PageBlocks {
+            ids: Vec::new(),
+            until: None,
+        };
+        let mut held = 0;
+        while let Some((id, min_ms, n)) =
+            futures_util::TryStreamExt::try_next(&mut candidates).await?
+        {
+            if held > i64::from(limit) && from.is_none_or(|from| min_ms > from) {
+                page.until = Some(min_ms);
+                break;
+            }
+            page.ids.push(id);
+            held += n;
+        }
+        Ok(page)
     }
 
     /// Readings of every device in storage order, reading at most
@@ -206,10 +288,12 @@ impl Store {
         &self,
         filter: &ReadingFilter,
     ) -> Result<ReadingsPage, StoreError> {
-        let (oldest, newest): (Option<i64>, Option<i64>) =
-            sqlx::query_as("SELECT min(pos), max(pos) FROM samples")
-                .fetch_one(self.pool())
-                .await?;
+        let (oldest, newest): (Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT min(lo), max(hi) FROM (SELECT min(pos) AS lo, max(pos) AS hi FROM samples
+                 UNION ALL SELECT min(first_pos), max(last_pos) FROM sample_blocks)",
+        )
+        .fetch_one(self.pool())
+        .await?;
         let (Some(oldest), Some(newest)) = (oldest, newest) else {
             return Ok(ReadingsPage {
                 rows: Vec::new(),
@@ -223,36 +307,20 @@ impl Store {
         // Positions retention deleted are skipped, not read as empty spans.
         let after = after.max(oldest - 1);
         let through = after.saturating_add(STORAGE_SCAN_SPAN);
-        // CROSS JOIN keeps samples the outer loop: a range of its primary
-        // key, whatever the filter.
-        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT s.pos, d.device_id, m.name, m.unit, s.ts_ms, s.value
-             FROM samples s CROSS JOIN metrics m ON m.id = s.metric
-             CROSS JOIN devices d ON d.id = m.device WHERE s.pos > ",
-        );
-        query
-            .push_bind(after)
-            .push(" AND s.pos <= ")
-            .push_bind(through);
-        if let Some(metric) = &filter.metric {
-            query.push(" AND m.name = ").push_bind(metric.clone());
-        }
-        if let Some(from) = filter.from_ms {
-            query.push(" AND s.ts_ms >= ").push_bind(from);
-        }
-        if let Some(to) = filter.to_ms {
-            query.push(" AND s.ts_ms < ").push_bind(to);
-        }
-        query
-            .push(" ORDER BY s.pos LIMIT ")
-            .push_bind(i64::from(filter.limit) + 1);
-        let mut rows: Vec<ReadingRow> = query
-            .build()
-            .fetch_all(self.pool())
-            .await?
-            .into_iter()
-            .map(reading_row)
-            .collect();
+        let terms = |query: &mut QueryBuilder<Sqlite>| {
+            if let Some(metric) = &filter.metric {
+                query.push(" AND m.name = ").push_bind(metric.clone());
+            }
+            if let Some(from) = filter.from_ms {
+                query.push(" AND s.ts_ms >= ").push_bind(from);
+            }
+            if let Some(to) = filter.to_ms {
+                query.push(" AND s.ts_ms < ").push_bind(to);
+            }
+        };
+        let mut rows = self
+            .storage_range(after, through, terms, filter.limit.saturating_add(1))
+            .await?;
         let next = if rows.len() > filter.limit as usize {
             rows.truncate(filter.limit as usize);
             rows.last().map(|row| After::Storage(row.pos))
@@ -278,31 +346,23 @@ impl Store {
         metrics: Option<&[String]>,
         limit: u32,
     ) -> Result<Page, StoreError> {
-        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT pos, device, metric, unit, ts_ms, value FROM readings WHERE pos > ",
-        );
-        query.push_bind(after).push(" AND pos <= ").push_bind(upto);
-        for (column, values) in [("device", devices), ("metric", metrics)] {
-            if let Some(values) = values {
-                query.push(format_args!(" AND {column} IN ("));
-                let mut list = query.separated(", ");
-                for value in values {
-                    list.push_bind(value.clone());
+        // A page stays within one slab, so it reads the compacted blocks of
+        // one slab at most.
+        let upto = upto.min(slab_end(after + 1));
+        let filter = |query: &mut QueryBuilder<Sqlite>| {
+            for (column, values) in [("d.device_id", devices), ("m.name", metrics)] {
+                if let Some(values) = values {
+                    query.push(format_args!(" AND {column} IN ("));
+                    let mut list = query.separated(", ");
+                    for value in values {
+                        list.push_bind(value.clone());
+                    }
+                    query.push(")");
                 }
-                query.push(")");
             }
-        }
-        query
-            .push(" ORDER BY pos LIMIT ")
-            .push_bind(i64::from(limit));
-        let rows: Vec<ReadingRow> = query
-            .build()
-            .fetch_all(self.pool())
-            .await?
-            .into_iter()
-            .map(reading_row)
-            .collect();
-        // A short page read everything up to the head, matching or not.
+        };
+        let rows = self.storage_range(after, upto, filter, limit).await?;
+        // A short page read everything up to `upto`, matching or not.
         let read_through = if rows.len() < limit as usize {
             upto
         } else {
@@ -311,14 +371,64 @@ impl Store {
         Ok(Page { rows, read_through })
     }
 
+    /// Readings with `after < pos <= upto` that pass `filter` (terms on
+    /// `s.ts_ms`, `m.name` and `d.device_id`), in storage order, at most
+    /// `limit`: a range of `samples`' primary key, merged with the
+    /// compacted blocks of the slabs the range touches.
+    async fn storage_range(
+        &self,
+        after: Position,
+        upto: Position,
+        filter: impl Fn(&mut QueryBuilder<Sqlite>),
+        limit: u32,
+    ) -> Result<Vec<ReadingRow>, StoreError> {
+        // CROSS JOIN keeps the readings the outer loop: a range of a key,
+        // whatever the filter.
+        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT s.pos, d.device_id, m.name, m.unit, s.ts_ms, s.value
+             FROM samples s CROSS JOIN metrics m ON m.id = s.metric
+             CROSS JOIN devices d ON d.id = m.device WHERE s.pos > ",
+        );
+        query
+            .push_bind(after)
+            .push(" AND s.pos <= ")
+            .push_bind(upto);
+        filter(&mut query);
+        query.push(
+            " UNION ALL SELECT s.pos, d.device_id, m.name, m.unit, s.ts_ms, s.value
+             FROM compacted_samples s CROSS JOIN metrics m ON m.id = s.metric
+             CROSS JOIN devices d ON d.id = m.device WHERE s.block_first_pos >= ",
+        );
+        query
+            .push_bind(slab_start(after + 1))
+            .push(" AND s.block_first_pos <= ")
+            .push_bind(upto)
+            .push(" AND s.pos > ")
+            .push_bind(after)
+            .push(" AND s.pos <= ")
+            .push_bind(upto);
+        filter(&mut query);
+        query.push(" ORDER BY 1 LIMIT ").push_bind(i64::from(limit));
+        Ok(query
+            .build()
+            .fetch_all(self.pool())
+            .await?
+            .into_iter()
+            .map(reading_row)
+            .collect())
+    }
+
     /// The oldest storage position still held (0 if none).
     ///
     /// # Errors
     /// A database failure.
     pub async fn oldest_pos(&self) -> Result<i64, StoreError> {
-        let pos: Option<i64> = sqlx::query_scalar("SELECT min(pos) FROM samples")
-            .fetch_one(self.pool())
-            .await?;
+        let pos: Option<i64> = sqlx::query_scalar(
+            "SELECT min(p) FROM (SELECT min(pos) AS p FROM samples
+                                 UNION ALL SELECT min(first_pos) FROM sample_blocks)",
+        )
+        .fetch_one(self.pool())
+        .await?;
         Ok(pos.unwrap_or(0))
     }
 
@@ -400,6 +510,15 @@ mod tests {
         rows: &[(&str, &str, std::ops::RangeInclusive<i64>)],
         time: fn(i64) -> i64,
     ) -> (Store, tempfile::TempDir) {
+        stored(rows, time, false).await
+    }
+
+    /// As [`store_with`], then everything compacted when `compacted`.
+    async fn stored(
+        rows: &[(&str, &str, std::ops::RangeInclusive<i64>)],
+        time: fn(i64) -> i64,
+        compacted: bool,
+    ) -> (Store, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("hub.db"), PoolDurability::WithWriter)
             .await
@@ -448,6 +567,14 @@ mod tests {
                 .unwrap();
         }
         tx.commit().await.unwrap();
+        if compacted {
+            crate::store::writer::compact_everything(&dir.path().join("hub.db"));
+            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM samples")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+            assert_eq!(left, 0, "every reading compacted");
+        }
         (store, dir)
     }
 
@@ -467,16 +594,23 @@ mod tests {
 
     #[tokio::test]
     async fn a_device_pages_by_time_across_its_metrics_with_ties_by_position() {
+        for compacted in [false, true] {
+            device_pages_by_time(compacted).await;
+        }
+    }
+
+    async fn device_pages_by_time(compacted: bool) {
         // Two metrics, interleaved, with times going backwards in places
         // and many equal times: the order is (ts_ms, pos) whatever the
         // storage order.
-        let (store, _dir) = store_with(
+        let (store, _dir) = stored(
             &[
                 ("d1", "a", 1..=40),
                 ("d1", "b", 41..=80),
                 ("d2", "a", 81..=90),
             ],
             |pos| (pos * 7) % 13,
+            compacted,
         )
         .await;
         let filter = ReadingFilter {
@@ -485,7 +619,9 @@ mod tests {
             ..ReadingFilter::default()
         };
         let pages = all_pages(&store, filter.clone()).await;
-        assert_eq!(pages.len(), 12, "80 rows in pages of 7");
+        if !compacted {
+            assert_eq!(pages.len(), 12, "80 rows in pages of 7");
+        }
         let got: Vec<(i64, i64)> = pages
             .iter()
             .flat_map(|page| page.rows.iter().map(|row| (row.ts_ms, row.pos)))
@@ -525,16 +661,23 @@ mod tests {
 
     #[tokio::test]
     async fn without_a_device_pages_go_in_storage_order_and_read_a_bounded_span() {
+        for compacted in [false, true] {
+            storage_order_pages(compacted).await;
+        }
+    }
+
+    async fn storage_order_pages(compacted: bool) {
         let span = STORAGE_SCAN_SPAN;
         // A rare metric far apart: one reading, then a span and more of
         // another metric, then the second one.
-        let (store, _dir) = store_with(
+        let (store, _dir) = stored(
             &[
                 ("d1", "rare", 1..=1),
                 ("d1", "common", 2..=span + 10),
                 ("d2", "rare", span + 11..=span + 11),
             ],
             |pos| pos,
+            compacted,
         )
         .await;
         let pages = all_pages(

@@ -36,7 +36,8 @@ impl Store {
     ) -> Result<Vec<i64>, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT id FROM metrics
-             WHERE EXISTS (SELECT 1 FROM samples WHERE metric = metrics.id AND ts_ms < ?)
+             WHERE EXISTS (SELECT 1 FROM samples WHERE metric = metrics.id AND ts_ms < ?1)
+                OR EXISTS (SELECT 1 FROM sample_blocks WHERE metric = metrics.id AND max_ms < ?1)
              ORDER BY id",
         )
         .bind(before_ms)

@@ -148,6 +148,8 @@ enum Job {
     /// Retention's deletes, run by the writer so that nothing else in the
     /// running hub takes SQLite's write lock.
     Retain(RetainChunk),
+    /// Compaction's moves, run by the writer for the same reason.
+    Compact(CompactStep),
     /// The hub is stopping: refuse new jobs, finish the queued ones, exit.
     Stop,
 }
@@ -182,6 +184,14 @@ pub struct Retained {
     /// How many of the metrics asked for have nothing older left; the
     /// rest need another chunk.
     pub finished: usize,
+}
+
+/// One step of compaction: move these metrics' readings at these
+/// positions (all of one slab) into blocks.
+#[derive(Debug)]
+struct CompactStep {
+    metrics: Vec<(i64, Vec<i64>)>,
+    reply: oneshot::Sender<Result<usize, String>>,
 }
 
 /// What a registration produced, answered after the commit.
@@ -356,6 +366,21 @@ impl WriterHandle {
         answer.await.map_err(|_| WriterStopped.to_string())?
     }
 
+    /// Moves the readings at `metrics`' positions (one slab's, found by
+    /// compaction on a reader) into one compacted block per metric, in one
+    /// transaction between two group commits. Returns how many moved.
+    ///
+    /// # Errors
+    /// The writer has stopped or the move failed (and nothing moved).
+    pub async fn compact(&self, metrics: Vec<(i64, Vec<i64>)>) -> Result<usize, String> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Job::Compact(CompactStep { metrics, reply }))
+            .await
+            .map_err(|_| WriterStopped.to_string())?;
+        answer.await.map_err(|_| WriterStopped.to_string())?
+    }
+
     async fn register<T>(
         &self,
         job: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Registration,
@@ -508,10 +533,9 @@ impl Writer {
                 pending.retain(|job| !matches!(job, Job::Stop));
             }
             let mut jobs = std::mem::take(&mut pending);
-            let retains: Vec<Job> = if jobs.iter().any(|job| matches!(job, Job::Retain(_))) {
-                let (retains, batches) = jobs
-                    .into_iter()
-                    .partition(|job| matches!(job, Job::Retain(_)));
+            let upkeep = |job: &Job| matches!(job, Job::Retain(_) | Job::Compact(_));
+            let retains: Vec<Job> = if jobs.iter().any(upkeep) {
+                let (retains, batches) = jobs.into_iter().partition(upkeep);
                 jobs = batches;
                 retains
             } else {
@@ -525,10 +549,17 @@ impl Writer {
                     break;
                 }
             }
-            // Retention after the batches: it never delays a queued Ack.
+            // Retention and compaction after the batches: they never delay
+            // a queued Ack.
             for job in retains {
-                if let Job::Retain(chunk) = job {
-                    self.retain(chunk);
+                match job {
+                    Job::Retain(chunk) => self.retain(chunk),
+                    Job::Compact(step) => {
+                        let moved = statements::compact(&mut self.conn, &step.metrics)
+                            .map_err(|err| err.to_string());
+                        let _ = step.reply.send(moved);
+                    }
+                    _ => {}
                 }
             }
         }
@@ -714,7 +745,7 @@ impl Writer {
                     statements::set_state(&tx, key, *value)?;
                     registered.push(Registered::State);
                 }
-                Job::Batch(_) | Job::Retain(_) | Job::Stop => {}
+                Job::Batch(_) | Job::Retain(_) | Job::Compact(_) | Job::Stop => {}
             }
         }
         let mut advanced: HashMap<i64, u64> = HashMap::new();
@@ -723,7 +754,7 @@ impl Writer {
         let mut pos = self.next_pos;
         let requests = jobs.iter().filter_map(|job| match job {
             Job::Batch(request) => Some(request),
-            Job::Register(_) | Job::Retain(_) | Job::Stop => None,
+            Job::Register(_) | Job::Retain(_) | Job::Compact(_) | Job::Stop => None,
         });
         for request in requests {
             let device_row = request.origin.device_row;
@@ -825,8 +856,37 @@ fn reply_all(
                 let _ = reply.send(answer);
             }
             // Never part of a group commit (the writer runs them apart).
-            Job::Retain(_) | Job::Stop => {}
+            Job::Retain(_) | Job::Compact(_) | Job::Stop => {}
         }
+    }
+}
+
+/// Compacts every slab of the database at `path` at once, as the running
+/// hub would once they are old: for tests of what reads compacted blocks.
+#[cfg(test)]
+pub(crate) fn compact_everything(path: &std::path::Path) {
+    let mut conn = statements::open(path).unwrap();
+    let rows: Vec<(i64, i64)> = conn
+        .prepare("SELECT pos, metric FROM samples ORDER BY pos")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    let mut slabs: std::collections::BTreeMap<i64, std::collections::BTreeMap<i64, Vec<i64>>> =
+        std::collections::BTreeMap::new();
+    for (pos, metric) in rows {
+        let slab = crate::store::blocks::slab_start(pos);
+        slabs
+            .entry(slab)
+            .or_default()
+            .entry(metric)
+            .or_default()
+            .push(pos);
+    }
+    for metrics in slabs.into_values() {
+        let metrics: Vec<(i64, Vec<i64>)> = metrics.into_iter().collect();
+        statements::compact(&mut conn, &metrics).unwrap();
     }
 }
 
@@ -987,6 +1047,145 @@ mod tests {
                 .is_err(),
             "a stopped writer refuses batches"
         );
+    }
+
+    /// What every reader shows of dev-1: the `readings` view, a cursor
+    /// consumer's walk, the API's pages by time, raw buckets.
+    async fn everything_read(
+        rig: &Rig,
+    ) -> (
+        Vec<(i64, i64, Option<u64>)>,
+        Vec<i64>,
+        Vec<(i64, i64)>,
+        String,
+    ) {
+        let view: Vec<(i64, i64, Option<f64>)> =
+            sqlx::query_as("SELECT pos, ts_ms, value FROM readings ORDER BY pos")
+                .fetch_all(rig.store.pool())
+                .await
+                .unwrap();
+        let view = view
+            .into_iter()
+            .map(|(pos, ts, value)| (pos, ts, value.map(f64::to_bits)))
+            .collect();
+        let head = rig.store.head_pos().await.unwrap();
+        let (mut walked, mut after) = (Vec::new(), 0);
+        while after < head {
+            let page = rig
+                .store
+                .readings_page(after, head, None, None, 7_000)
+                .await
+                .unwrap();
+            walked.extend(page.rows.iter().map(|row| row.pos));
+            after = page.read_through;
+        }
+        let mut filter = crate::store::query::ReadingFilter {
+            device: Some("dev-1".into()),
+            limit: 9_000,
+            ..Default::default()
+        };
+        let mut by_time = Vec::new();
+        loop {
+            let page = rig.store.readings(&filter).await.unwrap();
+            by_time.extend(page.rows.iter().map(|row| (row.ts_ms, row.pos)));
+            match page.next {
+                Some(next) => filter.after = Some(next),
+                None => break,
+            }
+        }
+        let buckets = rig
+            .store
+            .buckets(&crate::store::buckets::BucketQuery {
+                device: "dev-1".into(),
+                metric: None,
+                from_ms: 0,
+                to_ms: 200_000_000,
+                step_ms: 10_000,
+            })
+            .await
+            .unwrap();
+        (view, walked, by_time, format!("{buckets:?}"))
+    }
+
+    #[tokio::test]
+    async fn a_compacted_slab_reads_back_the_same_everywhere_and_retention_deletes_it() {
+        let rig = Rig::start().await;
+        let (reply, mut outcomes) = mpsc::channel(64);
+        // 120,000 readings: a full slab and part of the next. Times step
+        // by a second with jitter; one value in 97 is missing, and one
+        // SQLite would read back from JSON as a neighbouring f64.
+        let odd = 2.364_662_401_457_127_4e-157;
+        let all: Vec<Sample> = (1..=120_000i64)
+            .map(|i| Sample {
+                metric: rig.metric,
+                ts_ms: i * 1_000 + (i * 7_919) % 400,
+                value: match i {
+                    50_000 => Some(odd),
+                    i if i % 97 == 0 => None,
+                    i => Some(i as f64 / 7.0),
+                },
+            })
+            .collect();
+        for (seq, batch) in (1..).zip(all.chunks(4_000)) {
+            rig.submit(1, seq, batch.to_vec(), &reply).await;
+            assert!(matches!(
+                outcomes.recv().await,
+                Some(WriteOutcome::Stored { .. })
+            ));
+        }
+        let before = everything_read(&rig).await;
+        assert_eq!(before.0.len(), 120_000);
+
+        let moved = crate::store::compaction::compact_slab(&rig.store, &rig.writer, 1)
+            .await
+            .unwrap();
+        assert_eq!(moved, 99_999, "all of the first slab but the odd value");
+        assert_eq!(rig.count("SELECT count(*) FROM samples").await, 20_001);
+        assert_eq!(rig.count("SELECT count(*) FROM sample_blocks").await, 1);
+        assert_eq!(
+            rig.store.state("compacted_through").await.unwrap(),
+            Some(100_000)
+        );
+        let after = everything_read(&rig).await;
+        assert!(before.0 == after.0, "the readings view changed");
+        assert!(before.1 == after.1, "a cursor consumer's walk changed");
+        assert!(before.2 == after.2, "pages by time changed");
+        assert_eq!(before.3, after.3, "buckets changed");
+
+        // A redelivery by time of a compacted reading is still known.
+        rig.writer
+            .submit_unsequenced(
+                rig.device,
+                1,
+                Dedupe::ByTime,
+                all[10..11].to_vec(),
+                reply.clone(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(outcomes.recv().await, Some(WriteOutcome::Stored { seq: 1 }));
+        assert_eq!(rig.count("SELECT count(*) FROM readings").await, 120_000);
+
+        // Retention takes the block once all of it is older.
+        let block_max = rig.count("SELECT max_ms FROM sample_blocks").await;
+        let retained = rig
+            .writer
+            .retain(Retainable::Readings, vec![rig.metric], block_max)
+            .await
+            .unwrap();
+        assert_eq!(
+            rig.count("SELECT count(*) FROM sample_blocks").await,
+            1,
+            "not yet"
+        );
+        assert!(retained.deleted > 0, "hot rows older than the cut went");
+        rig.writer
+            .retain(Retainable::Readings, vec![rig.metric], block_max + 1)
+            .await
+            .unwrap();
+        assert_eq!(rig.count("SELECT count(*) FROM sample_blocks").await, 0);
+        assert!(rig.store.retention_watermark().await.unwrap() >= 100_000);
+        rig.stop().await;
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::rollup::{self, Bucket, Tier};
 use crate::commits::Committed;
+use crate::store::blocks::{Block, Reading};
 use crate::store::now_ms;
 
 /// Most rows in one INSERT or UPDATE. One statement for many rows runs the
@@ -133,10 +134,21 @@ pub(super) fn upsert_metrics<'m>(
         .collect()
 }
 
-/// Whether `metric` has a reading at `ts_ms` (an index lookup).
+/// Whether `metric` has a reading at `ts_ms`: an index lookup, and a look
+/// inside the compacted blocks whose time span holds it (usually none:
+/// readings are compacted long after they arrive).
 pub(super) fn has_reading_at(conn: &Connection, metric: i64, ts_ms: i64) -> rusqlite::Result<bool> {
-    conn.prepare_cached("SELECT 1 FROM samples WHERE metric = ? AND ts_ms = ? LIMIT 1")?
-        .exists((metric, ts_ms))
+    if conn
+        .prepare_cached("SELECT 1 FROM samples WHERE metric = ? AND ts_ms = ? LIMIT 1")?
+        .exists((metric, ts_ms))?
+    {
+        return Ok(true);
+    }
+    conn.prepare_cached(
+        "SELECT 1 FROM compacted_samples WHERE metric = ?1 AND block_max_ms >= ?2
+             AND block_min_ms <= ?2 AND ts_ms = ?2 LIMIT 1",
+    )?
+    .exists((metric, ts_ms))
 }
 
 /// Statements for 1, 2, 4 … [`ROWS_PER_STATEMENT`] rows of `row`
@@ -283,10 +295,14 @@ pub(super) fn record_last_seq(
     Ok(())
 }
 
-/// Deletes readings older than `before_ms` of `metrics`, in that order, at
-/// most `max_rows` in all, and raises the retention watermark (the largest
-/// position deleted) in the same transaction. Returns how many rows went
-/// and how many of `metrics` have nothing older left.
+/// Compacted blocks one retention chunk deletes at most per metric.
+const BLOCKS_PER_CHUNK: i64 = 64;
+
+/// Deletes readings older than `before_ms` of `metrics`, in that order: at
+/// most `max_rows` rows of `samples` in all, and the compacted blocks that
+/// hold nothing newer. Raises the retention watermark (the largest position
+/// deleted) in the same transaction. Returns how many readings went and how
+/// many of `metrics` have nothing older left.
 pub(super) fn delete_old(
     conn: &mut Connection,
     metrics: &[i64],
@@ -295,14 +311,21 @@ pub(super) fn delete_old(
 ) -> rusqlite::Result<(usize, usize)> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let (mut deleted, mut finished, mut watermark) = (0, 0, 0i64);
+    // Rows of `samples` deleted: what `max_rows` bounds.
+    let mut rows = 0;
     {
         let mut delete = tx.prepare_cached(
             "DELETE FROM samples WHERE pos IN (
                  SELECT pos FROM samples WHERE metric = ? AND ts_ms < ? LIMIT ?)
              RETURNING pos",
         )?;
+        let mut delete_blocks = tx.prepare_cached(
+            "DELETE FROM sample_blocks WHERE id IN (
+                 SELECT id FROM sample_blocks WHERE metric = ? AND max_ms < ? LIMIT ?)
+             RETURNING last_pos, n",
+        )?;
         for &metric in metrics {
-            let room = max_rows - deleted;
+            let room = max_rows - rows;
             if room == 0 {
                 break;
             }
@@ -312,9 +335,25 @@ pub(super) fn delete_old(
                     row.get::<_, i64>(0)
                 })?
                 .collect::<rusqlite::Result<Vec<i64>>>()?;
+            rows += positions.len();
             deleted += positions.len();
             watermark = positions.iter().copied().fold(watermark, i64::max);
-            if positions.len() < room {
+            if positions.len() == room {
+                break;
+            }
+            // Compacted readings go a block at a time, once all of it is
+            // older: deleting a block is one row, whatever it holds.
+            let blocks = delete_blocks
+                .query_map(
+                    rusqlite::params![metric, before_ms, BLOCKS_PER_CHUNK],
+                    |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
+                )?
+                .collect::<rusqlite::Result<Vec<(i64, i64)>>>()?;
+            for &(last_pos, n) in &blocks {
+                deleted += usize::try_from(n).unwrap_or_default();
+                watermark = watermark.max(last_pos);
+            }
+            if (blocks.len() as i64) < BLOCKS_PER_CHUNK {
                 finished += 1;
             }
         }
@@ -363,6 +402,109 @@ pub(super) fn delete_old_buckets(
     }
     tx.commit()?;
     Ok((deleted, finished))
+}
+
+/// Moves readings of one slab into compacted blocks, one block per metric,
+/// in one transaction: each reading is in `samples` or in a block, never
+/// both, whatever reads meanwhile. `metrics` names each metric's positions
+/// in the slab, as compaction found them; a position no longer there
+/// (retention deleted it) is skipped. A value SQLite would read back from
+/// the JSON as a different f64 (it can, at extreme exponents) stays in
+/// `samples`. Returns how many readings moved.
+pub(super) fn compact(
+    conn: &mut Connection,
+    metrics: &[(i64, Vec<i64>)],
+) -> rusqlite::Result<usize> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut moved = 0;
+    {
+        let mut read = tx.prepare_cached(
+            "SELECT pos, ts_ms, value FROM samples
+             WHERE pos IN (SELECT value FROM json_each(?1)) AND metric = ?2 ORDER BY pos",
+        )?;
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO sample_blocks (metric, first_pos, last_pos, pos_step, first_ms, ms_step,
+                                        min_ms, max_ms, n, readings)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )?;
+        let mut read_back =
+            tx.prepare_cached("SELECT pos, ts_ms, value FROM compacted_samples WHERE block = ?")?;
+        let mut drop_block = tx.prepare_cached("DELETE FROM sample_blocks WHERE id = ?")?;
+        let mut delete =
+            tx.prepare_cached("DELETE FROM samples WHERE pos IN (SELECT value FROM json_each(?))")?;
+        for (metric, positions) in metrics {
+            let wanted = serde_json::to_string(positions).expect("integers are valid JSON");
+            let mut readings = read
+                .query_map(rusqlite::params![wanted, metric], |row| {
+                    Ok(Reading {
+                        pos: row.get(0)?,
+                        ts_ms: row.get(1)?,
+                        value: row.get(2)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<Reading>>>()?;
+            while !readings.is_empty() {
+                let block = Block::encode(&readings);
+                let id: i64 = insert.query_row(
+                    rusqlite::params![
+                        metric,
+                        block.first_pos,
+                        block.last_pos,
+                        block.pos_step,
+                        block.first_ms,
+                        block.ms_step,
+                        block.min_ms,
+                        block.max_ms,
+                        block.n,
+                        block.readings
+                    ],
+                    |row| row.get(0),
+                )?;
+                let back = read_back
+                    .query_map([id], |row| {
+                        Ok(Reading {
+                            pos: row.get(0)?,
+                            ts_ms: row.get(1)?,
+                            value: row.get(2)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<Vec<Reading>>>()?;
+                if back.len() != readings.len()
+                    || back
+                        .iter()
+                        .zip(&readings)
+                        .any(|(b, r)| b.pos != r.pos || b.ts_ms != r.ts_ms)
+                {
+                    // The encoding's arithmetic and the view's disagree: a
+                    // bug, and nothing of this slab may move.
+                    return Err(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERNAL),
+                        Some(format!(
+                            "a compacted block of metric {metric} reads back differently"
+                        )),
+                    ));
+                }
+                let faithful = |(b, r): (&Reading, &Reading)| {
+                    b.value.map(f64::to_bits) == r.value.map(f64::to_bits) || b.value == r.value // 0.0 and -0.0
+                };
+                if back.iter().zip(&readings).all(faithful) {
+                    break;
+                }
+                drop_block.execute([id])?;
+                let keep: Vec<bool> = back.iter().zip(&readings).map(faithful).collect();
+                let mut keep = keep.into_iter();
+                readings.retain(|_| keep.next().unwrap_or(false));
+            }
+            if readings.is_empty() {
+                continue;
+            }
+            let gone: Vec<i64> = readings.iter().map(|r| r.pos).collect();
+            delete.execute([serde_json::to_string(&gone).expect("integers are valid JSON")])?;
+            moved += readings.len();
+        }
+    }
+    tx.commit()?;
+    Ok(moved)
 }
 
 #[cfg(test)]
