@@ -101,6 +101,30 @@ impl Block {
     }
 }
 
+/// A block's readings, as `Block::encode` wrote them and the
+/// `compacted_samples` view reads them: the view's arithmetic, for readers
+/// that decode whole slabs at once.
+///
+/// # Errors
+/// `text` is not a block's JSON.
+pub fn decode(
+    first_pos: i64,
+    pos_step: i64,
+    first_ms: i64,
+    ms_step: i64,
+    text: &str,
+) -> Result<Vec<Reading>, serde_json::Error> {
+    let residuals: Vec<(i64, i64, Option<f64>)> = serde_json::from_str(text)?;
+    Ok((0..)
+        .zip(residuals)
+        .map(|(i, (pos, ts, value)): (i64, _)| Reading {
+            pos: first_pos + i * pos_step + pos,
+            ts_ms: first_ms + i * ms_step + ts,
+            value,
+        })
+        .collect())
+}
+
 fn push_int(text: &mut String, value: i64) {
     use std::fmt::Write;
     let _ = write!(text, "{value}");
@@ -144,6 +168,27 @@ mod tests {
             "{} bytes",
             block.readings.len()
         );
+    }
+
+    #[test]
+    fn a_block_decodes_to_what_it_encoded() {
+        let readings: Vec<Reading> = (0..500)
+            .map(|i: i64| Reading {
+                pos: 7 + i * 37 + (i * i) % 11,
+                ts_ms: 1_700_000_000_000 + i * 997 - (i % 5) * 3_000,
+                value: (i % 9 != 0).then(|| (i as f64).sqrt() * -1e-3),
+            })
+            .collect();
+        let block = Block::encode(&readings);
+        let back = decode(
+            block.first_pos,
+            block.pos_step,
+            block.first_ms,
+            block.ms_step,
+            &block.readings,
+        )
+        .unwrap();
+        assert_eq!(back, readings);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod compaction;
 pub mod devices;
 pub mod query;
 pub mod retention;
+mod slab_cache;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -61,6 +62,8 @@ pub enum PoolDurability {
 pub struct Store {
     pool: SqlitePool,
     path: PathBuf,
+    /// Compacted slabs decoded for cursor consumers.
+    slabs: std::sync::Arc<slab_cache::SlabCache>,
 }
 
 impl Store {
@@ -88,6 +91,7 @@ impl Store {
         Ok(Store {
             pool,
             path: path.to_owned(),
+            slabs: std::sync::Arc::default(),
         })
     }
 

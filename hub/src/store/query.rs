@@ -7,7 +7,12 @@ use serde::Serialize;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::blocks::{slab_end, slab_start};
+use std::sync::Arc;
+
+use sqlx::SqliteConnection;
+
+use super::blocks::{self, slab_end, slab_start};
+use super::slab_cache::{Identity, Names, Slab};
 use super::{Store, StoreError};
 use crate::commits::Position;
 
@@ -288,9 +293,12 @@ impl Store {
         &self,
         filter: &ReadingFilter,
     ) -> Result<ReadingsPage, StoreError> {
+        // The newest position ever assigned stands for the newest held:
+        // retention deletes the oldest.
         let (oldest, newest): (Option<i64>, Option<i64>) = sqlx::query_as(
-            "SELECT min(lo), max(hi) FROM (SELECT min(pos) AS lo, max(pos) AS hi FROM samples
-                 UNION ALL SELECT min(first_pos), max(last_pos) FROM sample_blocks)",
+            "SELECT (SELECT min(p) FROM (SELECT min(pos) AS p FROM samples
+                                         UNION ALL SELECT min(first_pos) FROM sample_blocks)),
+                    (SELECT seq FROM sqlite_sequence WHERE name = 'samples')",
         )
         .fetch_one(self.pool())
         .await?;
@@ -318,9 +326,16 @@ impl Store {
                 query.push(" AND s.ts_ms < ").push_bind(to);
             }
         };
-        let mut rows = self
-            .storage_range(after, through, terms, filter.limit.saturating_add(1))
-            .await?;
+        let mut conn = self.pool().acquire().await?;
+        let mut rows = storage_range(
+            &mut conn,
+            after,
+            through,
+            terms,
+            true,
+            filter.limit.saturating_add(1),
+        )
+        .await?;
         let next = if rows.len() > filter.limit as usize {
             rows.truncate(filter.limit as usize);
             rows.last().map(|row| After::Storage(row.pos))
@@ -346,22 +361,42 @@ impl Store {
         metrics: Option<&[String]>,
         limit: u32,
     ) -> Result<Page, StoreError> {
-        // A page stays within one slab, so it reads the compacted blocks of
-        // one slab at most.
+        // A page stays within one slab, so it needs the compacted blocks
+        // of one slab at most; one snapshot for those and the rows.
         let upto = upto.min(slab_end(after + 1));
-        let filter = |query: &mut QueryBuilder<Sqlite>| {
-            for (column, values) in [("d.device_id", devices), ("m.name", metrics)] {
-                if let Some(values) = values {
-                    query.push(format_args!(" AND {column} IN ("));
-                    let mut list = query.separated(", ");
-                    for value in values {
-                        list.push_bind(value.clone());
+        let mut tx = self.pool().begin().await?;
+        let identity = slab_identity(&mut tx, slab_start(after + 1)).await?;
+        let rows = if identity.blocks == 0 {
+            let filter = |query: &mut QueryBuilder<Sqlite>| {
+                for (column, values) in [("d.device_id", devices), ("m.name", metrics)] {
+                    if let Some(values) = values {
+                        query.push(format_args!(" AND {column} IN ("));
+                        let mut list = query.separated(", ");
+                        for value in values {
+                            list.push_bind(value.clone());
+                        }
+                        query.push(")");
                     }
-                    query.push(")");
                 }
-            }
+            };
+            storage_range(&mut tx, after, upto, filter, false, limit).await?
+        } else {
+            let slab = match self.slabs.get(identity) {
+                Some(slab) => slab,
+                None => {
+                    let slab = Arc::new(decode_slab(&mut tx, identity).await?);
+                    self.slabs.put(Arc::clone(&slab));
+                    slab
+                }
+            };
+            let wanted = |device: &str, metric: &str| {
+                devices.is_none_or(|list| list.iter().any(|d| d == device))
+                    && metrics.is_none_or(|list| list.iter().any(|m| m == metric))
+            };
+            let rows = storage_range(&mut tx, after, upto, |_| {}, false, u32::MAX).await?;
+            merge_by_pos(slab.range(after, upto), &slab, rows, wanted, limit as usize)
         };
-        let rows = self.storage_range(after, upto, filter, limit).await?;
+        tx.rollback().await?;
         // A short page read everything up to `upto`, matching or not.
         let read_through = if rows.len() < limit as usize {
             upto
@@ -369,53 +404,6 @@ impl Store {
             rows.last().map_or(upto, |row| row.pos)
         };
         Ok(Page { rows, read_through })
-    }
-
-    /// Readings with `after < pos <= upto` that pass `filter` (terms on
-    /// `s.ts_ms`, `m.name` and `d.device_id`), in storage order, at most
-    /// `limit`: a range of `samples`' primary key, merged with the
-    /// compacted blocks of the slabs the range touches.
-    async fn storage_range(
-        &self,
-        after: Position,
-        upto: Position,
-        filter: impl Fn(&mut QueryBuilder<Sqlite>),
-        limit: u32,
-    ) -> Result<Vec<ReadingRow>, StoreError> {
-        // CROSS JOIN keeps the readings the outer loop: a range of a key,
-        // whatever the filter.
-        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT s.pos, d.device_id, m.name, m.unit, s.ts_ms, s.value
-             FROM samples s CROSS JOIN metrics m ON m.id = s.metric
-             CROSS JOIN devices d ON d.id = m.device WHERE s.pos > ",
-        );
-        query
-            .push_bind(after)
-            .push(" AND s.pos <= ")
-            .push_bind(upto);
-        filter(&mut query);
-        query.push(
-            " UNION ALL SELECT s.pos, d.device_id, m.name, m.unit, s.ts_ms, s.value
-             FROM compacted_samples s CROSS JOIN metrics m ON m.id = s.metric
-             CROSS JOIN devices d ON d.id = m.device WHERE s.block_first_pos >= ",
-        );
-        query
-            .push_bind(slab_start(after + 1))
-            .push(" AND s.block_first_pos <= ")
-            .push_bind(upto)
-            .push(" AND s.pos > ")
-            .push_bind(after)
-            .push(" AND s.pos <= ")
-            .push_bind(upto);
-        filter(&mut query);
-        query.push(" ORDER BY 1 LIMIT ").push_bind(i64::from(limit));
-        Ok(query
-            .build()
-            .fetch_all(self.pool())
-            .await?
-            .into_iter()
-            .map(reading_row)
-            .collect())
     }
 
     /// The oldest storage position still held (0 if none).
@@ -497,6 +485,161 @@ impl Store {
         }
         Ok(by_device)
     }
+}
+
+/// Readings with `after < pos <= upto` that pass `filter` (terms on
+/// `s.ts_ms`, `m.name` and `d.device_id`), in storage order, at most
+/// `limit`: a range of `samples`' primary key, merged `with_blocks` with
+/// the compacted blocks of the slabs the range touches.
+async fn storage_range(
+    conn: &mut SqliteConnection,
+    after: Position,
+    upto: Position,
+    filter: impl Fn(&mut QueryBuilder<Sqlite>),
+    with_blocks: bool,
+    limit: u32,
+) -> Result<Vec<ReadingRow>, StoreError> {
+    // CROSS JOIN keeps the readings the outer loop: a range of a key,
+    // whatever the filter.
+    let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "SELECT s.pos, d.device_id, m.name, m.unit, s.ts_ms, s.value
+         FROM samples s CROSS JOIN metrics m ON m.id = s.metric
+         CROSS JOIN devices d ON d.id = m.device WHERE s.pos > ",
+    );
+    query
+        .push_bind(after)
+        .push(" AND s.pos <= ")
+        .push_bind(upto);
+    filter(&mut query);
+    if with_blocks {
+        query.push(
+            " UNION ALL SELECT s.pos, d.device_id, m.name, m.unit, s.ts_ms, s.value
+             FROM compacted_samples s CROSS JOIN metrics m ON m.id = s.metric
+             CROSS JOIN devices d ON d.id = m.device WHERE s.block_first_pos >= ",
+        );
+        query
+            .push_bind(slab_start(after + 1))
+            .push(" AND s.block_first_pos <= ")
+            .push_bind(upto)
+            .push(" AND s.pos > ")
+            .push_bind(after)
+            .push(" AND s.pos <= ")
+            .push_bind(upto);
+        filter(&mut query);
+    }
+    query.push(" ORDER BY 1 LIMIT ").push_bind(i64::from(limit));
+    Ok(query
+        .build()
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(reading_row)
+        .collect())
+}
+
+/// Which compacted blocks the slab starting at `slab` holds.
+async fn slab_identity(conn: &mut SqliteConnection, slab: i64) -> Result<Identity, StoreError> {
+    let (blocks, id_sum, id_max): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), coalesce(sum(id), 0), coalesce(max(id), 0) FROM sample_blocks
+         WHERE first_pos >= ? AND first_pos <= ?",
+    )
+    .bind(slab)
+    .bind(slab_end(slab))
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Identity {
+        slab,
+        blocks,
+        id_sum,
+        id_max,
+    })
+}
+
+/// Every compacted reading of a slab, decoded, in position order.
+async fn decode_slab(conn: &mut SqliteConnection, identity: Identity) -> Result<Slab, StoreError> {
+    let blocks: Vec<(i64, i64, i64, i64, i64, String)> = sqlx::query_as(
+        "SELECT metric, first_pos, pos_step, first_ms, ms_step, readings FROM sample_blocks
+         WHERE first_pos >= ? AND first_pos <= ?",
+    )
+    .bind(identity.slab)
+    .bind(slab_end(identity.slab))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut readings = Vec::new();
+    for (metric, first_pos, pos_step, first_ms, ms_step, text) in &blocks {
+        let block = blocks::decode(*first_pos, *pos_step, *first_ms, *ms_step, text)
+            .map_err(|err| sqlx::Error::Decode(Box::new(err)))?;
+        readings.extend(block.into_iter().map(|reading| (*metric, reading)));
+    }
+    readings.sort_unstable_by_key(|(_, reading)| reading.pos);
+    let metrics: Vec<i64> = blocks.iter().map(|block| block.0).collect();
+    let names: Vec<(i64, String, String, String)> = sqlx::query_as(
+        "SELECT m.id, d.device_id, m.name, m.unit FROM metrics m JOIN devices d ON d.id = m.device
+         WHERE m.id IN (SELECT value FROM json_each(?))",
+    )
+    .bind(serde_json::to_string(&metrics).expect("integers are valid JSON"))
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Slab {
+        identity,
+        readings,
+        names: names
+            .into_iter()
+            .map(|(id, device, metric, unit)| {
+                (
+                    id,
+                    Names {
+                        device,
+                        metric,
+                        unit,
+                    },
+                )
+            })
+            .collect(),
+    })
+}
+
+/// A page in position order from a slab's compacted readings and the
+/// rows beside them, of `wanted` devices and metrics, at most `limit`.
+fn merge_by_pos(
+    compacted: &[(i64, blocks::Reading)],
+    slab: &Slab,
+    rows: Vec<ReadingRow>,
+    wanted: impl Fn(&str, &str) -> bool,
+    limit: usize,
+) -> Vec<ReadingRow> {
+    let mut page = Vec::new();
+    let mut compacted = compacted.iter().peekable();
+    let mut rows = rows.into_iter().peekable();
+    while page.len() < limit {
+        let take_row = match (compacted.peek(), rows.peek()) {
+            (None, None) => break,
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            (Some((_, reading)), Some(row)) => row.pos < reading.pos,
+        };
+        let next = if take_row {
+            rows.next()
+        } else {
+            compacted.next().and_then(|(metric, reading)| {
+                let names = slab.names.get(metric)?;
+                Some(ReadingRow {
+                    pos: reading.pos,
+                    device: names.device.clone(),
+                    metric: names.metric.clone(),
+                    unit: names.unit.clone(),
+                    ts_ms: reading.ts_ms,
+                    value: reading.value,
+                })
+            })
+        };
+        if let Some(row) = next
+            && wanted(&row.device, &row.metric)
+        {
+            page.push(row);
+        }
+    }
+    page
 }
 
 #[cfg(test)]

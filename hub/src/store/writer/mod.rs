@@ -1055,7 +1055,7 @@ mod tests {
         rig: &Rig,
     ) -> (
         Vec<(i64, i64, Option<u64>)>,
-        Vec<i64>,
+        Vec<(i64, i64, Option<u64>)>,
         Vec<(i64, i64)>,
         String,
     ) {
@@ -1069,16 +1069,27 @@ mod tests {
             .map(|(pos, ts, value)| (pos, ts, value.map(f64::to_bits)))
             .collect();
         let head = rig.store.head_pos().await.unwrap();
-        let (mut walked, mut after) = (Vec::new(), 0);
-        while after < head {
-            let page = rig
-                .store
-                .readings_page(after, head, None, None, 7_000)
-                .await
-                .unwrap();
-            walked.extend(page.rows.iter().map(|row| row.pos));
-            after = page.read_through;
-        }
+        let walk = |devices: Option<Vec<String>>, metrics: Option<Vec<String>>| async move {
+            let (mut walked, mut after) = (Vec::new(), 0);
+            while after < head {
+                let page = rig
+                    .store
+                    .readings_page(after, head, devices.as_deref(), metrics.as_deref(), 7_000)
+                    .await
+                    .unwrap();
+                walked.extend(
+                    page.rows
+                        .iter()
+                        .map(|row| (row.pos, row.ts_ms, row.value.map(f64::to_bits))),
+                );
+                after = page.read_through;
+            }
+            walked
+        };
+        let walked = walk(None, None).await;
+        let everything = walk(Some(vec!["dev-1".into()]), Some(vec!["temperature".into()])).await;
+        assert!(walked == everything, "a filter that takes everything");
+        assert!(walk(None, Some(vec!["nothing".into()])).await.is_empty());
         let mut filter = crate::store::query::ReadingFilter {
             device: Some("dev-1".into()),
             limit: 9_000,
