@@ -362,48 +362,57 @@ impl Store {
         limit: u32,
     ) -> Result<Page, StoreError> {
         // A page stays within one slab, so it needs the compacted blocks
-        // of one slab at most; one snapshot for those and the rows.
+        // of one slab at most.
         let upto = upto.min(slab_end(after + 1));
-        let mut tx = self.pool().begin().await?;
-        let identity = slab_identity(&mut tx, slab_start(after + 1)).await?;
-        let rows = if identity.blocks == 0 {
-            let filter = |query: &mut QueryBuilder<Sqlite>| {
-                for (column, values) in [("d.device_id", devices), ("m.name", metrics)] {
-                    if let Some(values) = values {
-                        query.push(format_args!(" AND {column} IN ("));
-                        let mut list = query.separated(", ");
-                        for value in values {
-                            list.push_bind(value.clone());
-                        }
-                        query.push(")");
+        let slab = slab_start(after + 1);
+        let filter = |query: &mut QueryBuilder<Sqlite>| {
+            for (column, values) in [("d.device_id", devices), ("m.name", metrics)] {
+                if let Some(values) = values {
+                    query.push(format_args!(" AND {column} IN ("));
+                    let mut list = query.separated(", ");
+                    for value in values {
+                        list.push_bind(value.clone());
                     }
+                    query.push(")");
                 }
-            };
-            storage_range(&mut tx, after, upto, filter, false, limit).await?
-        } else {
-            let slab = match self.slabs.get(identity) {
-                Some(slab) => slab,
-                None => {
-                    let slab = Arc::new(decode_slab(&mut tx, identity).await?);
-                    self.slabs.put(Arc::clone(&slab));
-                    slab
-                }
-            };
-            let wanted = |device: &str, metric: &str| {
-                devices.is_none_or(|list| list.iter().any(|d| d == device))
-                    && metrics.is_none_or(|list| list.iter().any(|m| m == metric))
-            };
-            let rows = storage_range(&mut tx, after, upto, |_| {}, false, u32::MAX).await?;
-            merge_by_pos(slab.range(after, upto), &slab, rows, wanted, limit as usize)
+            }
         };
+        // Nearly always the slab has no blocks, and the rows, with the
+        // count of its blocks read in the same statement, are the page.
+        // With no row to carry the count, it is read after them: a slab
+        // without blocks then had none when the rows were read either
+        // (compaction only adds them).
+        let (rows, blocks) = rows_and_blocks(self.pool(), after, upto, filter, limit).await?;
+        let blocks = match blocks {
+            Some(blocks) => blocks,
+            None => {
+                slab_identity(&mut *self.pool().acquire().await?, slab)
+                    .await?
+                    .blocks
+            }
+        };
+        if blocks == 0 {
+            return Ok(page_of(rows, upto, limit));
+        }
+        // Blocks and rows in one snapshot, the blocks decoded once.
+        let mut tx = self.pool().begin().await?;
+        let identity = slab_identity(&mut tx, slab).await?;
+        let slab = match self.slabs.get(identity) {
+            Some(slab) => slab,
+            None => {
+                let slab = Arc::new(decode_slab(&mut tx, identity).await?);
+                self.slabs.put(Arc::clone(&slab));
+                slab
+            }
+        };
+        let wanted = |device: &str, metric: &str| {
+            devices.is_none_or(|list| list.iter().any(|d| d == device))
+                && metrics.is_none_or(|list| list.iter().any(|m| m == metric))
+        };
+        let rows = storage_range(&mut tx, after, upto, |_| {}, false, u32::MAX).await?;
+        let rows = merge_by_pos(slab.range(after, upto), &slab, rows, wanted, limit as usize);
         tx.rollback().await?;
-        // A short page read everything up to `upto`, matching or not.
-        let read_through = if rows.len() < limit as usize {
-            upto
-        } else {
-            rows.last().map_or(upto, |row| row.pos)
-        };
-        Ok(Page { rows, read_through })
+        Ok(page_of(rows, upto, limit))
     }
 
     /// The oldest storage position still held (0 if none).
@@ -535,6 +544,52 @@ async fn storage_range(
         .into_iter()
         .map(reading_row)
         .collect())
+}
+
+/// A cursor consumer's page of `rows`, read up to `upto` at most `limit`.
+fn page_of(rows: Vec<ReadingRow>, upto: Position, limit: u32) -> Page {
+    // A short page read everything up to `upto`, matching or not.
+    let read_through = if rows.len() < limit as usize {
+        upto
+    } else {
+        rows.last().map_or(upto, |row| row.pos)
+    };
+    Page { rows, read_through }
+}
+
+/// The rows of `samples` with `after < pos <= upto` that pass `filter`, at
+/// most `limit`, and how many compacted blocks the slab of `after + 1`
+/// holds, read in the same statement (`None` when no row came back).
+async fn rows_and_blocks(
+    pool: &sqlx::SqlitePool,
+    after: Position,
+    upto: Position,
+    filter: impl Fn(&mut QueryBuilder<Sqlite>),
+    limit: u32,
+) -> Result<(Vec<ReadingRow>, Option<i64>), StoreError> {
+    let slab = slab_start(after + 1);
+    let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "SELECT s.pos, d.device_id, m.name, m.unit, s.ts_ms, s.value,
+                (SELECT count(*) FROM sample_blocks WHERE first_pos >= ",
+    );
+    query
+        .push_bind(slab)
+        .push(" AND first_pos <= ")
+        .push_bind(slab_end(slab))
+        .push(
+            ") FROM samples s CROSS JOIN metrics m ON m.id = s.metric
+             CROSS JOIN devices d ON d.id = m.device WHERE s.pos > ",
+        )
+        .push_bind(after)
+        .push(" AND s.pos <= ")
+        .push_bind(upto);
+    filter(&mut query);
+    query
+        .push(" ORDER BY s.pos LIMIT ")
+        .push_bind(i64::from(limit));
+    let found = query.build().fetch_all(pool).await?;
+    let blocks = found.first().map(|row| row.get::<i64, _>(6));
+    Ok((found.into_iter().map(reading_row).collect(), blocks))
 }
 
 /// Which compacted blocks the slab starting at `slab` holds.
