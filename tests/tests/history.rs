@@ -17,13 +17,21 @@ const SAMPLES: u64 = 7_200;
 
 /// Two devices with temperature and humidity, backfilled two hours.
 async fn backfill_two_hours(hub: &TestHub) {
+    let kinds = vec![SensorKind::Temperature, SensorKind::Humidity];
+    backfill(hub, kinds, SAMPLES, 100).await;
+}
+
+/// Two devices with `kinds`, one sample of each a second, backfilled
+/// `seconds`, in batches of `batch`.
+async fn backfill(hub: &TestHub, kinds: Vec<SensorKind>, seconds: u64, batch: usize) {
+    let per_second = kinds.len() as u64;
     let device = DeviceSettings {
-        kinds: vec![SensorKind::Temperature, SensorKind::Humidity],
-        rate: Some(2.0),
-        batch: 100,
+        kinds,
+        rate: Some(per_second as f64),
+        batch,
         flush: Duration::from_millis(50),
-        count: Some(2 * SAMPLES),
-        backfill: Duration::from_secs(2 * 3_600),
+        count: Some(per_second * seconds),
+        backfill: Duration::from_secs(seconds),
         backoff: Backoff {
             base: Duration::from_millis(50),
             cap: Duration::from_millis(300),
@@ -315,30 +323,7 @@ async fn compacted_readings_read_back_the_same_through_every_reader() {
     // Two devices with all five sensors, backfilled 10,200 s: 102,000
     // readings, a full slab of positions and some.
     let seconds = 10_200;
-    let device = DeviceSettings {
-        kinds: SensorKind::ALL.to_vec(),
-        rate: Some(5.0),
-        batch: 500,
-        flush: Duration::from_millis(50),
-        count: Some(5 * seconds),
-        backfill: Duration::from_secs(seconds),
-        backoff: Backoff {
-            base: Duration::from_millis(50),
-            cap: Duration::from_millis(300),
-        },
-        ..DeviceSettings::new(endpoint(&format!("ws://{}", hub.addr)).unwrap())
-    };
-    let summary = tokio::time::timeout(
-        Duration::from_secs(120),
-        fleet::run(FleetConfig::new(
-            2,
-            Credential::ProvisionKey("k".into()),
-            device,
-        )),
-    )
-    .await
-    .expect("the backfill finished");
-    assert!(summary.complete(), "{summary:?}");
+    backfill(&hub, SensorKind::ALL.to_vec(), seconds, 500).await;
     let db = hub.db().await.unwrap();
     let total = 2 * 5 * i64::try_from(seconds).unwrap();
 

@@ -1200,6 +1200,60 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_slab_compacted_again_after_a_partial_pass_moves_only_the_rest() {
+        let rig = Rig::start().await;
+        let level = rig
+            .writer
+            .register_metrics(rig.device, vec![("level".into(), "cm".into())])
+            .await
+            .unwrap()[0];
+        let (reply, mut outcomes) = mpsc::channel(64);
+        // 100,000 readings of two metrics, interleaved: one full slab.
+        let all: Vec<Sample> = (0..100_000i64)
+            .map(|i| Sample {
+                metric: if i % 2 == 0 { rig.metric } else { level },
+                ts_ms: i * 500,
+                value: Some(i as f64 * 0.25),
+            })
+            .collect();
+        for (seq, batch) in (1..).zip(all.chunks(4_000)) {
+            rig.submit(1, seq, batch.to_vec(), &reply).await;
+            assert!(matches!(
+                outcomes.recv().await,
+                Some(WriteOutcome::Stored { .. })
+            ));
+        }
+        let view = "SELECT count(*), count(DISTINCT pos), sum(value) FROM readings";
+        let before: (i64, i64, f64) = sqlx::query_as(view)
+            .fetch_one(rig.store.pool())
+            .await
+            .unwrap();
+        // A pass that stopped after its first step (a crash, say): one
+        // metric moved, the other not, the slab not yet recorded.
+        let temperature: Vec<i64> = (1..=100_000).step_by(2).collect();
+        assert_eq!(
+            rig.writer
+                .compact(vec![(rig.metric, temperature)])
+                .await
+                .unwrap(),
+            50_000
+        );
+        assert_eq!(rig.store.state("compacted_through").await.unwrap(), Some(0));
+        let moved = crate::store::compaction::compact_slab(&rig.store, &rig.writer, 1)
+            .await
+            .unwrap();
+        assert_eq!(moved, 50_000, "only the metric still in samples");
+        assert_eq!(rig.count("SELECT count(*) FROM samples").await, 0);
+        assert_eq!(rig.count("SELECT count(*) FROM sample_blocks").await, 2);
+        let after: (i64, i64, f64) = sqlx::query_as(view)
+            .fetch_one(rig.store.pool())
+            .await
+            .unwrap();
+        assert_eq!(before, after);
+        rig.stop().await;
+    }
+
+    #[tokio::test]
     async fn readings_without_a_seq_are_kept_once_by_their_time_when_they_have_one() {
         let rig = Rig::start().await;
         let (reply, mut outcomes) = mpsc::channel(4);

@@ -435,13 +435,7 @@ pub(super) fn compact(
         for (metric, positions) in metrics {
             let wanted = serde_json::to_string(positions).expect("integers are valid JSON");
             let mut readings = read
-                .query_map(rusqlite::params![wanted, metric], |row| {
-                    Ok(Reading {
-                        pos: row.get(0)?,
-                        ts_ms: row.get(1)?,
-                        value: row.get(2)?,
-                    })
-                })?
+                .query_map(rusqlite::params![wanted, metric], reading)?
                 .collect::<rusqlite::Result<Vec<Reading>>>()?;
             while !readings.is_empty() {
                 let block = Block::encode(&readings);
@@ -461,13 +455,7 @@ pub(super) fn compact(
                     |row| row.get(0),
                 )?;
                 let back = read_back
-                    .query_map([id], |row| {
-                        Ok(Reading {
-                            pos: row.get(0)?,
-                            ts_ms: row.get(1)?,
-                            value: row.get(2)?,
-                        })
-                    })?
+                    .query_map([id], reading)?
                     .collect::<rusqlite::Result<Vec<Reading>>>()?;
                 if back.len() != readings.len()
                     || back
@@ -505,6 +493,15 @@ pub(super) fn compact(
     }
     tx.commit()?;
     Ok(moved)
+}
+
+/// A `(pos, ts_ms, value)` row.
+fn reading(row: &rusqlite::Row<'_>) -> rusqlite::Result<Reading> {
+    Ok(Reading {
+        pos: row.get(0)?,
+        ts_ms: row.get(1)?,
+        value: row.get(2)?,
+    })
 }
 
 #[cfg(test)]
