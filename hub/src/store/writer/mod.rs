@@ -994,6 +994,18 @@ mod tests {
                 .unwrap();
         }
 
+        /// Stores `samples` as dev-1's batches of 4,000, each acknowledged.
+        async fn store_all(&self, samples: &[Sample]) {
+            let (reply, mut outcomes) = mpsc::channel(1);
+            for (seq, batch) in (1..).zip(samples.chunks(4_000)) {
+                self.submit(1, seq, batch.to_vec(), &reply).await;
+                assert!(matches!(
+                    outcomes.recv().await,
+                    Some(WriteOutcome::Stored { .. })
+                ));
+            }
+        }
+
         async fn count(&self, sql: &'static str) -> i64 {
             sqlx::query_scalar(sql)
                 .fetch_one(self.store.pool())
@@ -1137,13 +1149,7 @@ mod tests {
                 },
             })
             .collect();
-        for (seq, batch) in (1..).zip(all.chunks(4_000)) {
-            rig.submit(1, seq, batch.to_vec(), &reply).await;
-            assert!(matches!(
-                outcomes.recv().await,
-                Some(WriteOutcome::Stored { .. })
-            ));
-        }
+        rig.store_all(&all).await;
         let before = everything_read(&rig).await;
         assert_eq!(before.0.len(), 120_000);
 
@@ -1207,7 +1213,6 @@ mod tests {
             .register_metrics(rig.device, vec![("level".into(), "cm".into())])
             .await
             .unwrap()[0];
-        let (reply, mut outcomes) = mpsc::channel(64);
         // 100,000 readings of two metrics, interleaved: one full slab.
         let all: Vec<Sample> = (0..100_000i64)
             .map(|i| Sample {
@@ -1216,13 +1221,7 @@ mod tests {
                 value: Some(i as f64 * 0.25),
             })
             .collect();
-        for (seq, batch) in (1..).zip(all.chunks(4_000)) {
-            rig.submit(1, seq, batch.to_vec(), &reply).await;
-            assert!(matches!(
-                outcomes.recv().await,
-                Some(WriteOutcome::Stored { .. })
-            ));
-        }
+        rig.store_all(&all).await;
         let view = "SELECT count(*), count(DISTINCT pos), sum(value) FROM readings";
         let before: (i64, i64, f64) = sqlx::query_as(view)
             .fetch_one(rig.store.pool())
