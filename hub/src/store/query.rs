@@ -1,15 +1,13 @@
-//! Reads for the HTTP API: readings by device, metric and time, and the
-//! metrics of each device.
+//! Reads for the HTTP API and cursor consumers: readings by device, metric
+//! and time or in storage order, from rows and compacted blocks alike, and
+//! the metrics of each device.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite};
-
-use std::sync::Arc;
-
-use sqlx::SqliteConnection;
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::blocks::{self, slab_end, slab_start};
 use super::slab_cache::{Identity, Names, Slab};
@@ -107,7 +105,8 @@ impl Store {
     /// One page of readings matching `filter`: with a device, oldest first
     /// by device time, then position; without one, in storage order. Either
     /// way a page costs about its `limit` rows, or at most
-    /// [`STORAGE_SCAN_SPAN`] positions, however much is stored.
+    /// [`STORAGE_SCAN_SPAN`] positions, however much is stored (compacted
+    /// readings: the blocks the page needs, decoded).
     ///
     /// # Errors
     /// A database failure.
@@ -121,7 +120,8 @@ impl Store {
     /// One device's readings by time: each of its metrics is an ordered
     /// range of the `(metric, ts_ms)` index, and SQLite merges the ranges of
     /// a compound SELECT lazily, so it reads about `limit` rows, not every
-    /// row of the range.
+    /// row of the range. Compacted readings come from the few blocks that
+    /// can hold the page ([`Store::blocks_for_page`]), sorted.
     async fn device_readings(
         &self,
         device: &str,
