@@ -42,6 +42,8 @@ fn a_bad_flag_value_names_the_flag() {
         ("--hello-timeout", "10x"),
         ("--retention", "soon"),
         ("--rollup-retention", "forever"),
+        ("--compact-after", "soon"),
+        ("--compact-after", "12"),
         ("--log", "hub=loud"),
         ("--mqtt-url", "http://broker"),
         ("--mqtt-url", "ws://broker"),
