@@ -12,6 +12,7 @@ use tracing_subscriber::prelude::*;
 
 use crate::bridge;
 use crate::ingest::session::{Limits, Timing};
+use crate::journal;
 use crate::listener;
 use crate::live::subscription;
 use crate::server::{Hub, Retention, Settings};
@@ -213,6 +214,29 @@ struct ServeArgs {
     /// Reconnection delay suggested to browsers (the SSE `retry:` field).
     #[arg(long, env = "HUB_SSE_RETRY", default_value = "2s", value_parser = parse_duration)]
     sse_retry: Duration,
+    /// Join a cluster of hubs sharing one ordered log on this NATS server's
+    /// JetStream (nats://host:port; comma-separated for a NATS cluster).
+    /// Devices are acknowledged once the stream holds their batch, and every
+    /// hub stores every reading. Needs a database that only this cluster
+    /// has written.
+    #[arg(long, env = "HUB_NATS_URL", value_parser = parse_nats_url)]
+    nats_url: Option<String>,
+    /// The JetStream stream of the cluster, and the prefix of its subjects.
+    #[arg(long, env = "HUB_NATS_STREAM", default_value = "telemetry", requires = "nats_url", value_parser = parse_stream_name)]
+    nats_stream: String,
+    /// This hub's name in the cluster (presence, logs); the host name if
+    /// not given.
+    #[arg(long, env = "HUB_HUB_ID", requires = "nats_url", value_parser = parse_hub_id)]
+    hub_id: Option<String>,
+    /// Copies of the stream kept by a NATS cluster, when this hub creates
+    /// the stream (1 to 5; 3 for a three-node NATS cluster).
+    #[arg(long, env = "HUB_NATS_REPLICAS", default_value_t = 1, requires = "nats_url", value_parser = clap::value_parser!(u8).range(1..=5))]
+    nats_replicas: u8,
+    /// How long the stream keeps readings, when this hub creates it: a hub
+    /// that was down longer starts again from the oldest kept, and its
+    /// browsers get a `reset`.
+    #[arg(long, env = "HUB_NATS_MAX_AGE", default_value = "24h", requires = "nats_url", value_parser = parse_duration)]
+    nats_max_age: Duration,
 }
 
 /// The systems `--mqtt-discovery` speaks to.
@@ -350,6 +374,16 @@ async fn start(args: ServeArgs) -> anyhow::Result<(Hub, std::net::SocketAddr)> {
             )
             .exit();
     }
+    if args.nats_url.is_some() && !args.mqtt_ingest.is_empty() {
+        use clap::CommandFactory;
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--mqtt-ingest cannot be used with --nats-url yet: readings from MQTT carry no \
+                 sequence to keep them once across the cluster's hubs",
+            )
+            .exit();
+    }
     tracing_subscriber::registry()
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .with(args.log)
@@ -419,6 +453,13 @@ async fn start(args: ServeArgs) -> anyhow::Result<(Hub, std::net::SocketAddr)> {
             retry: args.sse_retry,
             keep_alive: args.keep_alive,
         },
+        cluster: args.nats_url.map(|url| journal::Settings {
+            url,
+            stream: args.nats_stream,
+            hub_id: args.hub_id.unwrap_or_else(host_name),
+            replicas: usize::from(args.nats_replicas),
+            max_age: args.nats_max_age,
+        }),
         mqtt: args.mqtt_url.map(|broker| bridge::Settings {
             tls: broker.tls.then(|| mqtt_tls.clone()).flatten(),
             broker,
@@ -559,6 +600,53 @@ async fn shutdown_signal() {
         () = ctrl_c => {}
         () = terminate => {}
     }
+}
+
+/// A `--nats-url`: one or more `nats://` (or `tls://`) servers.
+fn parse_nats_url(text: &str) -> Result<String, String> {
+    for server in text.split(',') {
+        let url = url::Url::parse(server.trim())
+            .map_err(|err| format!("{server:?} is not a URL ({err}); use nats://host:port"))?;
+        if !matches!(url.scheme(), "nats" | "tls") || url.host_str().is_none() {
+            return Err(format!(
+                "{server:?}: use nats://host:port (or tls://host:port)"
+            ));
+        }
+    }
+    Ok(text.to_owned())
+}
+
+/// A JetStream stream name, which is also the cluster's subject prefix.
+fn parse_stream_name(text: &str) -> Result<String, String> {
+    if text.is_empty()
+        || text.len() > 32
+        || !text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(
+            "1 to 32 of A-Z a-z 0-9 - _ (it names the stream and prefixes its subjects)".into(),
+        );
+    }
+    Ok(text.to_owned())
+}
+
+/// A hub id: what a device id may be.
+fn parse_hub_id(text: &str) -> Result<String, String> {
+    if protocol::is_valid_device_id(text) {
+        Ok(text.to_owned())
+    } else {
+        Err("1 to 64 of A-Z a-z 0-9 - _ . :".into())
+    }
+}
+
+/// The host's name, the default hub id.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| protocol::is_valid_device_id(name))
+        .unwrap_or_else(|| "hub".to_owned())
 }
 
 #[cfg(test)]

@@ -35,6 +35,10 @@
 //!   shutdown. [`cli`]: the `hub` command line; [`demo`]: the simulated
 //!   fleet of `hub demo`. [`auth`]: tokens and secrets. [`telemetry`]:
 //!   counters. [`bridge`]: the MQTT bridge, both ways. [`tls`]: certificates.
+//! * [`journal`]: cluster mode (`--nats-url`): batches go to a NATS
+//!   JetStream stream shared by every hub, and each hub stores the stream
+//!   in order through its writer, at the positions the stream's sequences
+//!   name.
 
 pub mod api;
 pub mod auth;
@@ -44,6 +48,7 @@ pub mod commits;
 pub mod demo;
 pub mod http_error;
 pub mod ingest;
+pub mod journal;
 pub mod listener;
 pub mod live;
 pub mod monitor;

@@ -25,6 +25,7 @@ use crate::bridge::{self, Bridge};
 use crate::commits::{Consumers, InlineConsumer, RetentionCutoff};
 use crate::http_error::ApiError;
 use crate::ingest::{self, Ingest, registry::Registry, session};
+use crate::journal::{self, Journal};
 use crate::live::{Live, subscription};
 use crate::store::writer::{self, WriterHealth};
 use crate::store::{PoolDurability, Store, compaction, retention};
@@ -62,6 +63,8 @@ pub struct Settings {
     pub live: subscription::Timing,
     /// The MQTT bridge, when `--mqtt-url` is set.
     pub mqtt: Option<bridge::Settings>,
+    /// The cluster's NATS JetStream, when `--nats-url` is set.
+    pub cluster: Option<journal::Settings>,
 }
 
 /// How long readings and their roll-ups are kept, and how often old ones
@@ -89,6 +92,8 @@ struct AppState {
     tls: Option<Tls>,
     /// The MQTT bridge's status, when it runs.
     mqtt: Option<Arc<bridge::Status>>,
+    /// The cluster journal's status, in cluster mode.
+    cluster: Option<Arc<journal::Status>>,
     /// The hub-wide stop: live streams watch it.
     shutdown: CancellationToken,
 }
@@ -104,6 +109,8 @@ pub struct Hub {
     /// Shared by retention (which raises it) and the live fan-out.
     retention_cutoff: RetentionCutoff,
     bridge: Option<Bridge>,
+    /// In cluster mode: the journal and the first entry not stored here.
+    journal: Option<(Journal, u64)>,
 }
 
 impl Hub {
@@ -121,8 +128,9 @@ impl Hub {
         let writer = writer::open(&store)
             .await
             .context("opening the writer's connection")?;
+        let last_pos = writer.last_pos();
         // The commit consumers, in the order the publisher calls them.
-        let consumers = Consumers::new(writer.last_pos());
+        let consumers = Consumers::new(last_pos);
         let retention = RetentionCutoff::default();
         let live = Arc::new(Live::new(
             store.clone(),
@@ -144,6 +152,14 @@ impl Hub {
         let (writer_handle, writer) = writer
             .spawn(Arc::clone(&counters), consumers, writer_stop.clone())
             .context("starting the writer")?;
+        let journal = match settings.cluster.clone() {
+            Some(cluster) => Some(
+                Journal::join(cluster, &store, &writer_handle, last_pos)
+                    .await
+                    .context("joining the cluster")?,
+            ),
+            None => None,
+        };
         let listener = TcpListener::bind(&settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
@@ -158,6 +174,7 @@ impl Hub {
             counters: Arc::clone(&counters),
             timing: settings.timing,
             limits: settings.device_limits,
+            journal: journal.as_ref().map(|(journal, _)| journal.clone()),
             shutdown: shutdown.clone(),
         });
         let state = AppState {
@@ -179,6 +196,7 @@ impl Hub {
             },
             tls,
             mqtt: bridge.as_ref().map(Bridge::status),
+            cluster: journal.as_ref().map(|(journal, _)| journal.status()),
             shutdown,
         };
         Ok(Hub {
@@ -189,6 +207,7 @@ impl Hub {
             writer_stop,
             retention_cutoff: retention,
             bridge,
+            journal,
         })
     }
 
@@ -218,6 +237,7 @@ impl Hub {
             writer_stop,
             retention_cutoff,
             bridge,
+            journal,
         } = self;
         let cancel = state.shutdown.clone();
         let tracker = state.ingest.tracker.clone();
@@ -259,6 +279,15 @@ impl Hub {
                 live: Arc::clone(&state.live),
             };
             tracker.spawn(bridge.run(parts, cancel.clone()));
+        }
+        // On the tracker: it stores through the writer.
+        if let Some((journal, start)) = journal {
+            let parts = journal::apply::Parts {
+                store: store.clone(),
+                writer: state.ingest.sessions.writer.clone(),
+                live: Arc::clone(&state.live),
+            };
+            tracker.spawn(journal::apply::run(journal, start, parts, cancel.clone()));
         }
         let tls = state.tls.clone();
         tokio::spawn({

@@ -54,6 +54,11 @@ struct Healthy {
     /// does not make the hub unhealthy: readings wait in storage.
     #[serde(skip_serializing_if = "Option::is_none")]
     mqtt: Option<crate::bridge::Health>,
+    /// The cluster, with `--nats-url`. A hub that cannot reach NATS is
+    /// unhealthy instead (503 `cluster_unavailable`): it can acknowledge
+    /// nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<crate::journal::Health>,
 }
 
 /// Every device, whether it is connected, and its metrics.
@@ -102,6 +107,7 @@ pub async fn health(
     State(store): State<Store>,
     State(writer): State<WriterHealth>,
     State(mqtt): State<Option<Arc<crate::bridge::Status>>>,
+    State(cluster): State<Option<Arc<crate::journal::Status>>>,
 ) -> Result<impl IntoResponse, ApiError> {
     if let Some(reason) = writer.failure() {
         return Err(ApiError::new(
@@ -117,10 +123,21 @@ pub async fn health(
             format!("the last commit failed: {error}"),
         ));
     }
+    let cluster = match cluster.map(|journal| journal.health()).transpose() {
+        Ok(cluster) => cluster,
+        Err(reason) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cluster_unavailable",
+                reason,
+            ));
+        }
+    };
     store.ping().await?;
     Ok(Json(Healthy {
         status: "ok",
         mqtt: mqtt.map(|bridge| bridge.health()),
+        cluster,
     }))
 }
 
@@ -138,6 +155,7 @@ pub async fn metrics(
     State(counters): State<Arc<Counters>>,
     State(tls): State<Option<Tls>>,
     State(mqtt): State<Option<Arc<crate::bridge::Status>>>,
+    State(cluster): State<Option<Arc<crate::journal::Status>>>,
 ) -> impl IntoResponse {
     let mut text = counters.render();
     if let Some(tls) = tls {
@@ -145,6 +163,9 @@ pub async fn metrics(
     }
     if let Some(mqtt) = mqtt {
         text.push_str(&mqtt.render());
+    }
+    if let Some(cluster) = cluster {
+        text.push_str(&cluster.render());
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

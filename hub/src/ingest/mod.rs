@@ -69,7 +69,7 @@ pub struct Ingest {
         (status = 101, description = "Switching to the device protocol"),
         (status = 401, description = "No token, or an unknown or revoked one", body = ApiError),
         (status = 426, description = "Not a WebSocket upgrade", body = ApiError),
-        (status = 503, description = "Past `--max-devices` (with `Retry-After`), or the hub cannot store", body = ApiError),
+        (status = 503, description = "Past `--max-devices` (with `Retry-After`), or the hub cannot store (its writer stopped, or in a cluster NATS is unreachable)", body = ApiError),
     ),
 )]
 pub async fn upgrade(
@@ -85,6 +85,19 @@ pub async fn upgrade(
             StatusCode::SERVICE_UNAVAILABLE,
             "storage_unavailable",
             format!("this hub cannot store readings: {reason}"),
+        )
+        .into_response();
+    }
+    if let Some(journal) = &ingest.sessions.journal
+        && let Err(reason) = journal.status().health()
+    {
+        // Nothing could be acknowledged: the device had better try another
+        // hub, or this one later.
+        ingest.sessions.counters.reject(Reject::Storage);
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster_unavailable",
+            reason,
         )
         .into_response();
     }

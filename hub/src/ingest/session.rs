@@ -23,6 +23,8 @@ use tracing::Instrument;
 
 use super::registry::{COMMAND_QUEUE, Change, Kick, PendingCommand, Presence, Registry};
 use super::state::{BatchStream, Budget, Violation, check_hello};
+use crate::journal::Journal;
+use crate::journal::append::Appender;
 use crate::live::Live;
 use crate::store::Store;
 use crate::store::devices::Credentials;
@@ -67,6 +69,8 @@ pub struct Context {
     pub timing: Timing,
     /// What one device may send a second.
     pub limits: Limits,
+    /// In cluster mode: batches go to the stream, not to the writer.
+    pub journal: Option<Journal>,
     pub shutdown: CancellationToken,
 }
 
@@ -276,6 +280,8 @@ struct Established {
     commands: mpsc::Receiver<Box<PendingCommand>>,
     stream: BatchStream,
     budget: Budget,
+    /// What the device said it is: in cluster mode, part of every entry.
+    hello: protocol::Hello,
 }
 
 /// The handshake: a `Hello` within the deadline, for the right device;
@@ -329,6 +335,7 @@ async fn handshake(
         commands: inbox.commands,
         stream: BatchStream::new(metric_rows),
         budget: Budget::new(ctx.limits, Instant::now()),
+        hello,
     })
 }
 
@@ -382,6 +389,8 @@ struct Flow {
     awaiting: HashMap<u64, oneshot::Sender<CommandResult>>,
     /// When the device last sent anything the hub read.
     last_heard: Instant,
+    /// In cluster mode, where batches go instead of the writer.
+    appender: Option<Appender>,
 }
 
 impl Flow {
@@ -393,6 +402,7 @@ impl Flow {
             in_flight: 0,
             awaiting: HashMap::new(),
             last_heard: now,
+            appender: None,
         }
     }
 
@@ -426,6 +436,10 @@ impl Established {
     /// before the close.
     async fn run(mut self, socket: &mut WebSocket, ctx: &Context) -> Ending {
         let mut flow = Flow::new(Instant::now());
+        flow.appender = ctx
+            .journal
+            .as_ref()
+            .map(|journal| journal.appender(&self.hello, flow.outcome_tx.clone(), IN_FLIGHT));
         let mut ping = tokio::time::interval_at(
             Instant::now() + ctx.timing.ping_interval,
             ctx.timing.ping_interval,
@@ -491,6 +505,11 @@ impl Established {
                     .map_err(Ending::rate_limited)?;
                 let samples = self.stream.accept(&batch).map_err(Ending::violation)?;
                 ctx.counters.readings_in(samples.len());
+                if let Some(appender) = &flow.appender {
+                    appender.append(batch).await.map_err(|_| writer_gone(ctx))?;
+                    flow.in_flight += 1;
+                    return Ok(());
+                }
                 ctx.writer
                     .submit(
                         Origin {

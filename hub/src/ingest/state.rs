@@ -98,35 +98,43 @@ impl BatchStream {
                 format!("batch seq {} does not follow {previous}", batch.seq),
             ));
         }
-        let base = i64::try_from(batch.base_ms)
-            .ok()
-            .filter(|base| base.checked_add(i64::from(u32::MAX)).is_some())
-            .ok_or_else(|| {
-                Violation::new(
-                    error_code::MALFORMED,
-                    format!("base_ms {} is out of range", batch.base_ms),
-                )
-            })?;
-        let samples = batch
-            .readings
-            .iter()
-            .map(|reading| {
-                let metric = *self.metric_rows.get(&reading.metric).ok_or_else(|| {
-                    Violation::new(
-                        error_code::UNKNOWN_METRIC,
-                        format!("metric id {} was not declared in Hello", reading.metric),
-                    )
-                })?;
-                Ok(Sample {
-                    metric,
-                    ts_ms: base + i64::from(reading.offset_ms),
-                    value: reading.value.is_finite().then_some(reading.value),
-                })
-            })
-            .collect::<Result<Vec<_>, Violation>>()?;
+        let samples = samples(&self.metric_rows, batch)?;
         self.previous_seq = Some(batch.seq);
         Ok(samples)
     }
+}
+
+/// A batch's readings as samples of the metric rows its `Hello` declared.
+///
+/// # Errors
+/// A reading names an undeclared metric, or a timestamp does not fit.
+pub fn samples(metric_rows: &HashMap<u16, i64>, batch: &Batch) -> Result<Vec<Sample>, Violation> {
+    let base = i64::try_from(batch.base_ms)
+        .ok()
+        .filter(|base| base.checked_add(i64::from(u32::MAX)).is_some())
+        .ok_or_else(|| {
+            Violation::new(
+                error_code::MALFORMED,
+                format!("base_ms {} is out of range", batch.base_ms),
+            )
+        })?;
+    batch
+        .readings
+        .iter()
+        .map(|reading| {
+            let metric = *metric_rows.get(&reading.metric).ok_or_else(|| {
+                Violation::new(
+                    error_code::UNKNOWN_METRIC,
+                    format!("metric id {} was not declared in Hello", reading.metric),
+                )
+            })?;
+            Ok(Sample {
+                metric,
+                ts_ms: base + i64::from(reading.offset_ms),
+                value: reading.value.is_finite().then_some(reading.value),
+            })
+        })
+        .collect()
 }
 
 /// A token bucket: `rate` a second, up to one second's worth at once.

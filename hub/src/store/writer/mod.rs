@@ -100,6 +100,10 @@ pub struct WriteRequest {
     pub seq: u64,
     pub dedupe: Dedupe,
     pub samples: Vec<Sample>,
+    /// Where the batch's readings go, when the position is not the
+    /// writer's to choose: the cluster journal's (each hub stores a
+    /// journal entry at the same positions). `None`: the next ones.
+    pub at: Option<Position>,
     /// The session's outcome channel. Its capacity is the session's in-flight
     /// window, so the writer's `try_send` never finds it full.
     pub reply: mpsc::Sender<WriteOutcome>,
@@ -232,7 +236,30 @@ impl WriterHandle {
         samples: Vec<Sample>,
         reply: mpsc::Sender<WriteOutcome>,
     ) -> Result<(), WriterStopped> {
-        self.enqueue(origin, seq, Dedupe::BySeq, samples, reply)
+        self.enqueue(origin, seq, Dedupe::BySeq, samples, None, reply)
+            .await
+    }
+
+    /// Queues a batch from the cluster journal, deduplicated by `seq` like
+    /// a device's own, whose readings take the positions from `first_pos`
+    /// on. Batches must come in position order; one whose positions are
+    /// already taken was stored before and is not stored again.
+    ///
+    /// # Errors
+    /// The writer has stopped.
+    pub async fn submit_at(
+        &self,
+        device_row: i64,
+        seq: u64,
+        samples: Vec<Sample>,
+        first_pos: Position,
+        reply: mpsc::Sender<WriteOutcome>,
+    ) -> Result<(), WriterStopped> {
+        let origin = Origin {
+            device_row,
+            session: 0,
+        };
+        self.enqueue(origin, seq, Dedupe::BySeq, samples, Some(first_pos), reply)
             .await
     }
 
@@ -253,7 +280,8 @@ impl WriterHandle {
             device_row,
             session: 0,
         };
-        self.enqueue(origin, tag, dedupe, samples, reply).await
+        self.enqueue(origin, tag, dedupe, samples, None, reply)
+            .await
     }
 
     async fn enqueue(
@@ -262,6 +290,7 @@ impl WriterHandle {
         seq: u64,
         dedupe: Dedupe,
         samples: Vec<Sample>,
+        at: Option<Position>,
         reply: mpsc::Sender<WriteOutcome>,
     ) -> Result<(), WriterStopped> {
         let wanted = samples.len().clamp(1, QUEUED_ROWS);
@@ -274,6 +303,7 @@ impl WriterHandle {
             seq,
             dedupe,
             samples,
+            at,
             reply,
             _permit: permit,
         };
@@ -664,8 +694,9 @@ impl Writer {
                 let Job::Batch(request) = &job else {
                     return Some(job);
                 };
-                // Without a seq, nothing later can skip past a gap.
-                if request.dedupe != Dedupe::BySeq {
+                // Without a seq, nothing later can skip past a gap; the
+                // journal's applier reads again from its cursor itself.
+                if request.dedupe != Dedupe::BySeq || request.at.is_some() {
                     return Some(job);
                 }
                 let Origin {
@@ -694,6 +725,7 @@ impl Writer {
         for job in jobs {
             if let Job::Batch(request) = job
                 && request.dedupe == Dedupe::BySeq
+                && request.at.is_none()
             {
                 let Origin {
                     device_row,
@@ -785,6 +817,13 @@ impl Writer {
             }
             if request.seq <= last {
                 continue; // a resend: acknowledged again, stored once
+            }
+            if let Some(first) = request.at {
+                if first < pos {
+                    // Stored before, at these very positions.
+                    continue;
+                }
+                pos = first;
             }
             advanced.insert(device_row, request.seq);
             for sample in &request.samples {
@@ -1059,6 +1098,46 @@ mod tests {
                 .is_err(),
             "a stopped writer refuses batches"
         );
+    }
+
+    #[tokio::test]
+    async fn journal_batches_take_their_positions_and_a_resend_is_stored_once() {
+        let rig = Rig::start().await;
+        let (reply, mut outcomes) = mpsc::channel(8);
+        // Journal entries 3 and 5 (position 4,096 × entry), then entry 7
+        // bringing seq 2 again (a resend past the journal's own window),
+        // then entry 9 at positions already passed.
+        for (seq, first_pos, from) in [
+            (1, 3 << 12, 0),
+            (2, 5 << 12, 100),
+            (2, 7 << 12, 200),
+            (3, 4 << 12, 300),
+        ] {
+            rig.writer
+                .submit_at(
+                    rig.device,
+                    seq,
+                    samples(rig.metric, from..from + 3),
+                    first_pos,
+                    reply.clone(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(outcomes.recv().await, Some(WriteOutcome::Stored { seq }));
+        }
+        let positions: Vec<i64> = rig
+            .seen
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|row| row.pos)
+            .collect();
+        let (a, b) = (3 << 12, 5 << 12);
+        assert_eq!(positions, [a, a + 1, a + 2, b, b + 1, b + 2]);
+        assert_eq!(rig.count("SELECT count(*) FROM samples").await, 6);
+        assert_eq!(rig.count("SELECT last_seq FROM devices").await, 2);
+        rig.stop().await;
     }
 
     /// What every reader shows of dev-1: the `readings` view, a cursor

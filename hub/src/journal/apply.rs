@@ -1,0 +1,218 @@
+//! Following the stream into this hub's SQLite file.
+//!
+//! Every hub, the one a device is connected to included, reads the stream
+//! in order from the first entry it has not stored and hands each entry to
+//! its writer at the entry's positions ([`super::first_position`]). The
+//! writer drops a batch whose `seq` is at or below the device's last stored
+//! one (a resend that came after the stream's duplicate window), so an
+//! entry read twice, after a restart or a failed commit, is stored once.
+//!
+//! The applier resumes from the database itself: the last position stored
+//! names the last entry stored (`sqlite_sequence` never goes back, even
+//! after retention), and the entries after it that stored nothing are read
+//! again harmlessly.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use futures_util::StreamExt;
+use protocol::Hello;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Journal, first_position, record};
+use crate::ingest::state;
+use crate::live::Live;
+use crate::store::Store;
+use crate::store::writer::{WriteOutcome, WriterHandle};
+
+/// Entries handed to the writer and not yet answered. When full, the
+/// applier reads no further from the stream; the entries wait in NATS.
+const IN_FLIGHT: usize = 1024;
+
+/// Pause before following the stream again after a failure: no hot loop
+/// against a NATS server or a disk that is down.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// What the applier writes to.
+#[derive(Debug, Clone)]
+pub struct Parts {
+    pub store: Store,
+    pub writer: WriterHandle,
+    pub live: Arc<Live>,
+}
+
+/// A device as this hub's database knows it, for the entries that follow.
+struct Known {
+    row: i64,
+    /// The `Hello` its rows were registered for.
+    hello: Hello,
+    metric_rows: HashMap<u16, i64>,
+}
+
+/// Stores the stream's entries from `start` on, until `shutdown`.
+pub async fn run(journal: Journal, start: u64, parts: Parts, shutdown: CancellationToken) {
+    let mut applier = Applier {
+        journal,
+        parts,
+        devices: HashMap::new(),
+        next: start,
+    };
+    loop {
+        match applier.follow(&shutdown).await {
+            Ok(()) => return,
+            Err(err) => {
+                tracing::warn!(error = %err, from = applier.next, "following the stream failed; trying again");
+                applier.journal.status.failing(format!(
+                    "cannot follow the stream {:?}: {err}",
+                    applier.journal.settings.stream
+                ));
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(RETRY_AFTER) => {}
+        }
+    }
+}
+
+struct Applier {
+    journal: Journal,
+    parts: Parts,
+    devices: HashMap<String, Known>,
+    /// The first entry not known to be stored.
+    next: u64,
+}
+
+impl Applier {
+    /// Reads the stream from `next` until `shutdown` (`Ok`) or a failure.
+    async fn follow(&mut self, shutdown: &CancellationToken) -> Result<(), async_nats::Error> {
+        let stream = self
+            .journal
+            .jetstream
+            .get_stream(&self.journal.settings.stream)
+            .await?;
+        let mut entries = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: self.journal.subjects(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: self.next,
+                },
+                ..Default::default()
+            })
+            .await?
+            .messages()
+            .await?;
+        let (reply, mut outcomes) = mpsc::channel(IN_FLIGHT);
+        // The entries handed to the writer, oldest first; the writer
+        // answers in the order it was handed them.
+        let mut in_flight: VecDeque<u64> = VecDeque::with_capacity(IN_FLIGHT);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
+                Some(outcome) = outcomes.recv() => {
+                    let sequence = in_flight.pop_front().unwrap_or(self.next);
+                    match outcome {
+                        WriteOutcome::Stored { .. } => self.stored(sequence),
+                        WriteOutcome::Failed { .. } => {
+                            return Err(format!("the writer could not store entry {sequence}").into());
+                        }
+                    }
+                }
+                entry = entries.next(), if in_flight.len() < IN_FLIGHT => {
+                    let Some(entry) = entry else {
+                        return Err("the stream's consumer ended".into());
+                    };
+                    let entry = entry?;
+                    let sequence = entry.info()?.stream_sequence;
+                    self.journal.status.saw(sequence);
+                    if self.apply(sequence, &entry.payload, &reply).await? {
+                        in_flight.push_back(sequence);
+                    } else if in_flight.is_empty() {
+                        self.stored(sequence);
+                    }
+                }
+            }
+        }
+    }
+
+    fn stored(&mut self, sequence: u64) {
+        self.next = self.next.max(sequence + 1);
+        self.journal.status.applied(sequence);
+    }
+
+    /// Hands one entry to the writer; `false` if there was nothing to
+    /// store (an entry that does not decode is logged and skipped).
+    async fn apply(
+        &mut self,
+        sequence: u64,
+        payload: &[u8],
+        reply: &mpsc::Sender<WriteOutcome>,
+    ) -> Result<bool, async_nats::Error> {
+        let (hello, batch) = match record::decode(payload) {
+            Ok(entry) => entry,
+            Err(err) => {
+                tracing::warn!(sequence, error = %err, "skipped a stream entry");
+                return Ok(false);
+            }
+        };
+        let known = self.known(hello).await?;
+        let device_row = known.row;
+        let samples = match state::samples(&known.metric_rows, &batch) {
+            Ok(samples) => samples,
+            Err(violation) => {
+                tracing::warn!(sequence, error = %violation.message, "skipped a stream entry");
+                return Ok(false);
+            }
+        };
+        self.parts
+            .writer
+            .submit_at(
+                device_row,
+                batch.seq,
+                samples,
+                first_position(sequence),
+                reply.clone(),
+            )
+            .await?;
+        Ok(true)
+    }
+
+    /// The device's row and metric rows for `hello`, registered through
+    /// the writer the first time this hub sees them.
+    async fn known(&mut self, hello: Hello) -> Result<&Known, async_nats::Error> {
+        let device_id = hello.device_id.clone();
+        let fresh = self
+            .devices
+            .get(&device_id)
+            .is_some_and(|known| known.hello == hello);
+        if !fresh {
+            let Parts {
+                store,
+                writer,
+                live,
+            } = &self.parts;
+            let row = match store.find_device(&device_id).await? {
+                Some((row, _revoked)) => row,
+                None => writer.register_device(&device_id).await?.0,
+            };
+            let metric_rows = match store.known_hello(row, &hello).await?.1 {
+                Some(rows) => rows,
+                None => writer.register_hello(row, &hello).await?,
+            };
+            live.register_metrics(&device_id, &hello.metrics, &metric_rows);
+            self.devices.insert(
+                device_id.clone(),
+                Known {
+                    row,
+                    hello,
+                    metric_rows,
+                },
+            );
+        }
+        Ok(&self.devices[&device_id])
+    }
+}

@@ -1,0 +1,348 @@
+//! The cluster journal: several hubs share one ordered log of readings on a
+//! NATS JetStream stream (`hub serve --nats-url`).
+//!
+//! In cluster mode a device's batch is not written to SQLite by the hub it
+//! is connected to. The session hands it to an [`append::Appender`], which
+//! publishes it to the stream (subject `{stream}.readings.{device}`, message
+//! id `{device}:{seq}` so that a resend inside the stream's duplicate window
+//! is dropped by the server) and acknowledges the device once the stream has
+//! acknowledged it. Every hub, the origin included, follows the stream in
+//! order ([`apply`]) and stores each entry through its own writer at the
+//! positions the entry's stream sequence names ([`first_position`]). So the
+//! storage position, the SSE event id and the stream sequence are one
+//! number space on every hub: a browser resumes on any hub, and the live
+//! ring, catch-up, the bridge and compaction work as on a single hub.
+//!
+//! This module owns the connection to NATS, the stream and its identity
+//! (the epoch kept in `hub_state`), publishing and applying entries, and
+//! their status for `/healthz`. Presence and commands across hubs are
+//! [`crate::cluster`]'s, on the same connection.
+
+pub mod append;
+pub mod apply;
+mod record;
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::jetstream::{self, stream};
+
+use crate::commits::Position;
+use crate::store::writer::WriterHandle;
+use crate::store::{Store, StoreError};
+
+/// An entry's readings take the positions `sequence << ENTRY_BITS` and
+/// up: room for a whole batch (`protocol::limits::MAX_READINGS_PER_BATCH`).
+pub const ENTRY_BITS: u32 = 12;
+
+const _: () = assert!(1 << ENTRY_BITS >= protocol::limits::MAX_READINGS_PER_BATCH);
+
+/// The first storage position of the stream entry `sequence`.
+pub fn first_position(sequence: u64) -> Position {
+    i64::try_from(sequence).unwrap_or(i64::MAX >> ENTRY_BITS) << ENTRY_BITS
+}
+
+/// The stream entry whose readings include position `pos`.
+pub fn entry_of(pos: Position) -> u64 {
+    u64::try_from(pos >> ENTRY_BITS).unwrap_or(0)
+}
+
+/// How long the hub waits for NATS: to connect at start, and for the
+/// stream's acknowledgement of a publish.
+const NATS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `hub_state` key holding the stream's creation time (ns since the
+/// epoch) that this database follows: a stream deleted and created again
+/// starts its sequences at 1, and must not be taken for the old one.
+const EPOCH_KEY: &str = "cluster_epoch";
+
+/// How to reach the cluster.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `nats://host:port` (several, comma-separated, for a NATS cluster).
+    pub url: String,
+    /// The JetStream stream, and the prefix of every subject the hubs use.
+    pub stream: String,
+    /// This hub's name among the others (presence, logs).
+    pub hub_id: String,
+    /// Copies of the stream, when the hub creates it (1, or 3 on a
+    /// three-node NATS cluster).
+    pub replicas: usize,
+    /// How long the stream keeps entries, when the hub creates it: what a
+    /// hub that was down can catch up from.
+    pub max_age: Duration,
+}
+
+/// Why the cluster cannot be joined.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("cannot reach NATS at {url} (--nats-url): {detail}")]
+    Connect { url: String, detail: String },
+    #[error("cannot open the JetStream stream {stream:?} (--nats-stream): {detail}")]
+    Stream { stream: String, detail: String },
+    #[error("{0}")]
+    Diverged(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the writer refused: {0}")]
+    Writer(String),
+}
+
+/// The hub's handle on the cluster: the NATS connection and the stream.
+/// Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    settings: Arc<Settings>,
+    status: Arc<Status>,
+}
+
+impl Journal {
+    /// Connects to NATS, opens (or creates) the stream and checks that this
+    /// database follows it. Returns the journal and the first stream entry
+    /// this hub has not stored yet.
+    ///
+    /// # Errors
+    /// NATS cannot be reached, the stream cannot be opened, or the database
+    /// holds readings that are not the stream's.
+    pub async fn join(
+        settings: Settings,
+        store: &Store,
+        writer: &WriterHandle,
+        last_pos: Position,
+    ) -> Result<(Journal, u64), JournalError> {
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("telemetry-hub {}", settings.hub_id))
+            .connection_timeout(NATS_TIMEOUT)
+            .connect(settings.url.as_str())
+            .await
+            .map_err(|err| JournalError::Connect {
+                url: settings.url.clone(),
+                detail: err.to_string(),
+            })?;
+        let mut jetstream = jetstream::new(client.clone());
+        jetstream.set_timeout(NATS_TIMEOUT);
+        let stream_error = |detail: String| JournalError::Stream {
+            stream: settings.stream.clone(),
+            detail,
+        };
+        let mut stream = jetstream
+            .get_or_create_stream(stream::Config {
+                name: settings.stream.clone(),
+                subjects: vec![format!("{}.readings.>", settings.stream)],
+                max_age: settings.max_age,
+                num_replicas: settings.replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|err| stream_error(err.to_string()))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|err| stream_error(err.to_string()))?
+            .clone();
+        let epoch = i64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(i64::MAX);
+        let applied = entry_of(last_pos);
+        match store.state(EPOCH_KEY).await? {
+            None if last_pos > 0 => {
+                return Err(JournalError::Diverged(format!(
+                    "{} already holds readings stored outside the cluster; a hub joins \
+                     a cluster with a database of its own (a new --db)",
+                    store.path().display()
+                )));
+            }
+            None => writer
+                .set_state(EPOCH_KEY, epoch)
+                .await
+                .map_err(JournalError::Writer)?,
+            Some(known) if known != epoch => {
+                return Err(JournalError::Diverged(format!(
+                    "the stream {:?} was created again since {} followed it (its sequences \
+                     started over): start this hub on a new --db",
+                    settings.stream,
+                    store.path().display()
+                )));
+            }
+            Some(_) => {}
+        }
+        if applied > info.state.last_sequence {
+            return Err(JournalError::Diverged(format!(
+                "{} holds stream entries up to {applied}, but the stream {:?} ends at {}: \
+                 start this hub on a new --db",
+                store.path().display(),
+                settings.stream,
+                info.state.last_sequence
+            )));
+        }
+        let mut start = applied + 1;
+        if start < info.state.first_sequence {
+            // Entries this hub never stored have aged out of the stream. A
+            // subscriber resuming from before them is told `reset`, as it
+            // is after retention.
+            tracing::warn!(
+                missed_from = start,
+                missed_to = info.state.first_sequence - 1,
+                "the stream no longer holds entries this hub has not stored"
+            );
+            start = info.state.first_sequence;
+            let watermark = first_position(start) - 1;
+            if store.retention_watermark().await? < watermark {
+                writer
+                    .set_state("retention_deleted_through", watermark)
+                    .await
+                    .map_err(JournalError::Writer)?;
+            }
+        }
+        tracing::info!(
+            stream = %settings.stream,
+            hub = %settings.hub_id,
+            from = start,
+            last = info.state.last_sequence,
+            "joined the cluster"
+        );
+        let status = Arc::new(Status {
+            client: client.clone(),
+            url: settings.url.clone(),
+            applied: AtomicU64::new(start - 1),
+            stream_last: AtomicU64::new(info.state.last_sequence),
+            trouble: Mutex::default(),
+        });
+        let journal = Journal {
+            client,
+            jetstream,
+            settings: Arc::new(settings),
+            status,
+        };
+        Ok((journal, start))
+    }
+
+    /// The NATS connection, for presence and commands.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// How the journal is doing, for `/healthz` and `/metrics`.
+    pub fn status(&self) -> Arc<Status> {
+        Arc::clone(&self.status)
+    }
+
+    /// The subject of a device's entries.
+    fn subject(&self, device_id: &str) -> String {
+        format!("{}.readings.{device_id}", self.settings.stream)
+    }
+
+    /// Every entry's subject, for the applier's filter.
+    fn subjects(&self) -> String {
+        format!("{}.readings.>", self.settings.stream)
+    }
+}
+
+/// The journal as `/healthz` and `/metrics` see it.
+#[derive(Debug)]
+pub struct Status {
+    client: async_nats::Client,
+    url: String,
+    /// The last stream entry stored here (or skipped).
+    applied: AtomicU64,
+    /// The last stream entry seen acknowledged or delivered.
+    stream_last: AtomicU64,
+    /// The last failure of the applier, until it recovers.
+    trouble: Mutex<Option<String>>,
+}
+
+/// What `/healthz` reports of the cluster.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Whether this hub is connected to NATS.
+    pub connected: bool,
+    /// The last stream entry stored in this hub's database.
+    pub applied: u64,
+    /// Stream entries known to exist and not yet stored here.
+    pub behind: u64,
+}
+
+impl Status {
+    /// `Err` with the reason while this hub cannot take readings.
+    ///
+    /// # Errors
+    /// NATS is unreachable, or the applier failed and is retrying.
+    pub fn health(&self) -> Result<Health, String> {
+        if self.client.connection_state() != State::Connected {
+            return Err(format!(
+                "cannot reach NATS at {}: readings are not accepted",
+                self.url
+            ));
+        }
+        if let Some(trouble) = self.lock().clone() {
+            return Err(trouble);
+        }
+        let applied = self.applied.load(Relaxed);
+        Ok(Health {
+            connected: true,
+            applied,
+            behind: self.stream_last.load(Relaxed).saturating_sub(applied),
+        })
+    }
+
+    /// Whether readings can be published now.
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.trouble.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn saw(&self, sequence: u64) {
+        self.stream_last.fetch_max(sequence, Relaxed);
+    }
+
+    fn applied(&self, sequence: u64) {
+        self.applied.fetch_max(sequence, Relaxed);
+        *self.lock() = None;
+    }
+
+    fn failing(&self, why: String) {
+        *self.lock() = Some(why);
+    }
+
+    /// Prometheus lines.
+    pub fn render(&self) -> String {
+        let applied = self.applied.load(Relaxed);
+        let last = self.stream_last.load(Relaxed);
+        format!(
+            "# HELP hub_cluster_applied_entry The last stream entry stored here.\n\
+             # TYPE hub_cluster_applied_entry gauge\n\
+             hub_cluster_applied_entry {applied}\n\
+             # HELP hub_cluster_behind_entries Stream entries not yet stored here.\n\
+             # TYPE hub_cluster_behind_entries gauge\n\
+             hub_cluster_behind_entries {}\n\
+             # HELP hub_cluster_connected Whether the hub is connected to NATS.\n\
+             # TYPE hub_cluster_connected gauge\n\
+             hub_cluster_connected {}\n",
+            last.saturating_sub(applied),
+            u8::from(self.connected()),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_owns_the_positions_of_a_whole_batch() {
+        assert_eq!(first_position(1), 4096);
+        assert_eq!(entry_of(first_position(7)), 7);
+        assert_eq!(entry_of(first_position(7) + 4095), 7);
+        assert_eq!(entry_of(first_position(8) - 1), 7);
+    }
+}
