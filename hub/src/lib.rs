@@ -38,12 +38,13 @@
 //! * [`journal`]: cluster mode (`--nats-url`): batches go to a NATS
 //!   JetStream stream shared by every hub, and each hub stores the stream
 //!   in order through its writer, at the positions the stream's sequences
-//!   name.
+//!   name; [`cluster`]: presence and commands across the hubs.
 
 pub mod api;
 pub mod auth;
 pub mod bridge;
 pub mod cli;
+pub mod cluster;
 pub mod commits;
 pub mod demo;
 pub mod http_error;

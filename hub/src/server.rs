@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, monitor_auth::MonitorToken};
 use crate::bridge::{self, Bridge};
+use crate::cluster::Cluster;
 use crate::commits::{Consumers, InlineConsumer, RetentionCutoff};
 use crate::http_error::ApiError;
 use crate::ingest::{self, Ingest, registry::Registry, session};
@@ -287,6 +288,13 @@ impl Hub {
                 writer: state.ingest.sessions.writer.clone(),
                 live: Arc::clone(&state.live),
             };
+            let cluster = Cluster::join(
+                journal.clone(),
+                state.registry.clone(),
+                store.clone(),
+                Arc::clone(&state.live),
+            );
+            tracker.spawn(cluster.run(cancel.clone()));
             tracker.spawn(journal::apply::run(journal, start, parts, cancel.clone()));
         }
         let tls = state.tls.clone();

@@ -151,6 +151,7 @@ pub async fn send(
                 Failure::UnknownDevice(_) => StatusCode::NOT_FOUND,
                 Failure::QueueFull(_) => StatusCode::SERVICE_UNAVAILABLE,
                 Failure::TimedOut { .. } => StatusCode::GATEWAY_TIMEOUT,
+                Failure::Cluster(_) => StatusCode::SERVICE_UNAVAILABLE,
                 Failure::Offline(_) | Failure::Disconnected { .. } | Failure::Storage(_) => {
                     StatusCode::CONFLICT
                 }

@@ -83,7 +83,7 @@ pub async fn devices(
     let devices: Vec<DeviceView> = records
         .into_iter()
         .map(|record| DeviceView {
-            online: registry.is_online(&record.id),
+            online: registry.online_anywhere(&record.id),
             metrics: metrics.remove(&record.id).unwrap_or_default(),
             record,
         })

@@ -41,6 +41,9 @@ pub enum Failure {
     TimedOut { device: String, id: u64, ms: u128 },
     #[error(transparent)]
     Storage(#[from] StoreError),
+    /// The hub holding the device could not be asked (NATS trouble).
+    #[error("cannot reach the cluster: {0}")]
+    Cluster(String),
 }
 
 impl Failure {
@@ -54,15 +57,47 @@ impl Failure {
             Failure::QueueFull(_) => "command_queue_full",
             Failure::TimedOut { .. } => "command_timeout",
             Failure::Storage(_) => "storage_failing",
+            Failure::Cluster(_) => "cluster_unavailable",
         }
     }
 }
 
-/// Sends `name(args)` to `device` and waits up to `timeout` for its answer.
+/// Sends `name(args)` to `device` and waits up to `timeout` for its answer:
+/// on this hub if the device is connected here, else, in a cluster, on the
+/// hub that has it.
 ///
 /// # Errors
 /// See [`Failure`].
 pub async fn call(
+    registry: &Registry,
+    store: &Store,
+    device: &str,
+    name: String,
+    args: Vec<CommandArg>,
+    timeout: Duration,
+) -> Result<Answer, Failure> {
+    let Some(elsewhere) = registry.elsewhere() else {
+        return call_here(registry, store, device, name, args, timeout).await;
+    };
+    let here = call_here(registry, store, device, name.clone(), args.clone(), timeout).await;
+    match here {
+        Err(Failure::Offline(_) | Failure::UnknownDevice(_)) => {
+            match elsewhere.call(device, name, args, timeout).await {
+                // No hub has it: what this hub knows of the device.
+                Err(Failure::Offline(_)) => here,
+                there => there,
+            }
+        }
+        here => here,
+    }
+}
+
+/// [`call`] for a device connected to this hub only: what other hubs of a
+/// cluster ask of this one.
+///
+/// # Errors
+/// See [`Failure`].
+pub async fn call_here(
     registry: &Registry,
     store: &Store,
     device: &str,

@@ -7,7 +7,11 @@
 //! MQTT bridge) hear of connects, disconnects and revocations.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 use protocol::{Command, CommandResult};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -83,6 +87,27 @@ pub struct Inbox {
     pub commands: mpsc::Receiver<Box<PendingCommand>>,
 }
 
+/// A command's answer, or why there is none.
+pub type CommandOutcome = Result<super::command::Answer, super::command::Failure>;
+
+/// The other hubs of a cluster, as the registry sees them: which devices
+/// are connected there, and a way to call a command on one of them.
+/// Implemented by `crate::cluster`; a single hub has none.
+pub trait Elsewhere: Send + Sync + fmt::Debug {
+    /// Whether another hub has a live session of the device.
+    fn is_online(&self, device_id: &str) -> bool;
+
+    /// Calls a command on the device wherever it is connected; `Offline`
+    /// when no other hub has it.
+    fn call(
+        &self,
+        device_id: &str,
+        name: String,
+        args: Vec<protocol::CommandArg>,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = CommandOutcome> + Send + '_>>;
+}
+
 /// The live sessions, shared by the ingest endpoint, the API and the
 /// revocation watcher. A std `Mutex`: every critical section is a map
 /// operation and never awaits.
@@ -90,6 +115,8 @@ pub struct Inbox {
 pub struct Registry {
     inner: Arc<Mutex<Inner>>,
     changes: broadcast::Sender<PresenceChange>,
+    /// The rest of the cluster, once it is joined.
+    elsewhere: Arc<OnceLock<Arc<dyn Elsewhere>>>,
 }
 
 impl Default for Registry {
@@ -97,6 +124,7 @@ impl Default for Registry {
         Registry {
             inner: Arc::default(),
             changes: broadcast::Sender::new(CHANGES),
+            elsewhere: Arc::default(),
         }
     }
 }
@@ -172,9 +200,33 @@ impl Registry {
         entry.is_some_and(|entry| entry.kick.send(why).is_ok())
     }
 
-    /// Whether the device has a live session.
+    /// Whether the device has a live session here.
     pub fn is_online(&self, device_id: &str) -> bool {
         self.lock().live.contains_key(device_id)
+    }
+
+    /// Whether the device has a live session here or, in a cluster, on
+    /// another hub.
+    pub fn online_anywhere(&self, device_id: &str) -> bool {
+        self.is_online(device_id)
+            || self
+                .elsewhere()
+                .is_some_and(|elsewhere| elsewhere.is_online(device_id))
+    }
+
+    /// Every device with a live session here.
+    pub fn online_here(&self) -> Vec<String> {
+        self.lock().live.keys().cloned().collect()
+    }
+
+    /// Joins the registry to the rest of a cluster (once).
+    pub fn set_elsewhere(&self, elsewhere: Arc<dyn Elsewhere>) {
+        let _ = self.elsewhere.set(elsewhere);
+    }
+
+    /// The rest of the cluster, if this hub is in one.
+    pub fn elsewhere(&self) -> Option<&Arc<dyn Elsewhere>> {
+        self.elsewhere.get()
     }
 
     /// Tells the listeners of a presence change.

@@ -263,7 +263,7 @@ async fn serve(socket: &mut WebSocket, auth: Auth, ctx: &Context) -> Ending {
     let ending = session.run(socket, ctx).await;
     // The session (and its place in the registry) is gone now; a
     // replacement connection keeps the device online.
-    if !ctx.registry.is_online(&device) {
+    if !ctx.registry.online_anywhere(&device) {
         ctx.live.device_status(&device, false);
         ctx.registry.announce(&device, Change::Offline);
     }
