@@ -36,6 +36,9 @@ const INTERVAL_RANGE_MS: std::ops::RangeInclusive<u64> = 10..=86_400_000;
 pub struct DeviceSettings {
     /// The device endpoint, `ws://host:port/v1/ws` or `wss://…`.
     pub url: String,
+    /// Other hubs' endpoints (a cluster's): after a failed attempt or a
+    /// lost connection the device tries the next, in turn.
+    pub other_urls: Vec<String>,
     pub kinds: Vec<SensorKind>,
     /// Readings per second; `None` follows the hub's `Welcome`.
     pub rate: Option<f64>,
@@ -70,6 +73,7 @@ impl DeviceSettings {
     pub fn new(url: String) -> Self {
         DeviceSettings {
             url,
+            other_urls: Vec::new(),
             kinds: vec![SensorKind::Temperature, SensorKind::Humidity],
             rate: None,
             batch: 10,
@@ -228,6 +232,9 @@ struct Device {
     /// anything: a hub that accepts devices but cannot store (a full or
     /// read-only disk) is backed off from like one that refuses them.
     fruitless: u32,
+    /// Counts failed attempts and lost connections: which of the hubs'
+    /// endpoints the next attempt goes to.
+    hub: usize,
 }
 
 /// A ticker every `interval`, first ticking one interval from now, that
@@ -239,6 +246,16 @@ fn ticker(interval: Duration) -> Interval {
 }
 
 impl Device {
+    /// The endpoint of the next connection attempt: `url`, or after
+    /// failures the next of `other_urls`, in turn.
+    fn endpoint(&self) -> &str {
+        let others = &self.settings.other_urls;
+        match self.hub % (others.len() + 1) {
+            0 => &self.settings.url,
+            n => &others[n - 1],
+        }
+    }
+
     /// Samples every `interval` from now on.
     fn set_interval(&mut self, interval: Duration) {
         if interval != self.interval {
@@ -380,6 +397,7 @@ impl Device {
     }
 
     fn lost(&mut self, attempt: u32) -> Link {
+        self.hub = self.hub.wrapping_add(1);
         let delay = self.settings.backoff.delay(attempt, self.rng.unit());
         Link::Down {
             retry_at: Instant::now() + delay,
@@ -429,6 +447,7 @@ pub async fn run(
         }),
         last_sample_ms: 0,
         fruitless: 0,
+        hub: 0,
         spec,
         settings,
         stats,
@@ -472,7 +491,7 @@ pub async fn run(
                     _ => 0,
                 };
                 let handshake = Box::pin(handshake(
-                    device.settings.url.clone(),
+                    device.endpoint().to_owned(),
                     device.tls.clone(),
                     device.spec.credential.clone(),
                     device.hello(),

@@ -17,9 +17,11 @@ use device_sim::tls::{self, ClientCerts};
 #[command(name = "device-sim", version)]
 struct Args {
     /// The hub: ws://host:port or wss://host:port (the device path /v1/ws
-    /// is added unless a path is given).
-    #[arg(long, env = "SIM_HUB", default_value = "ws://127.0.0.1:8080", value_parser = endpoint)]
-    hub: String,
+    /// is added unless a path is given). Several, comma-separated (the hubs
+    /// of a cluster): devices connect to the first and, after a failed
+    /// attempt or a lost connection, to the next, in turn.
+    #[arg(long, env = "SIM_HUB", default_value = "ws://127.0.0.1:8080", value_parser = endpoints)]
+    hub: Endpoints,
     /// PEM file of the CA that signed a wss:// hub's certificate, trusted
     /// besides the system's roots (for private or self-signed hubs).
     #[arg(long, env = "SIM_CA_CERT")]
@@ -151,7 +153,7 @@ async fn main() -> ExitCode {
     };
     let client_certs = match certs {
         None => None,
-        Some(_) if !args.hub.starts_with("wss://") => {
+        Some(_) if !args.hub.secure() => {
             eprintln!("error: client certificates need a wss:// --hub");
             return ExitCode::from(2);
         }
@@ -175,7 +177,7 @@ async fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let tls = match (args.hub.starts_with("wss://"), &args.ca_cert) {
+    let tls = match (args.hub.secure(), &args.ca_cert) {
         (true, ca_cert) => match tls::client_config(ca_cert.as_deref()) {
             Ok(config) => Some(config),
             Err(err) => {
@@ -201,7 +203,8 @@ async fn main() -> ExitCode {
         grace: Duration::from_secs(10),
         progress: !args.json,
         device: DeviceSettings {
-            url: args.hub,
+            url: args.hub.0[0].clone(),
+            other_urls: args.hub.0[1..].to_vec(),
             kinds: args.metrics,
             rate: args.rate,
             batch: args.batch as usize,
@@ -242,4 +245,23 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// `--hub`: one endpoint or more.
+#[derive(Debug, Clone)]
+struct Endpoints(Vec<String>);
+
+impl Endpoints {
+    /// Whether the devices connect over TLS (all of them, then).
+    fn secure(&self) -> bool {
+        self.0.iter().any(|url| url.starts_with("wss://"))
+    }
+}
+
+fn endpoints(text: &str) -> Result<Endpoints, String> {
+    let urls = text
+        .split(',')
+        .map(|hub| endpoint(hub.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Endpoints(urls))
 }

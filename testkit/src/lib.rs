@@ -7,6 +7,7 @@
 //! * [`sse`]: a Server-Sent Events client that parses as a browser's
 //!   `EventSource` does (eventsource-stream), and keeps the raw text.
 //! * [`mosquitto`]: a real Mosquitto on a free port with its own config.
+//! * [`nats`]: a real nats-server with JetStream, alone or as a cluster.
 //!
 //! The device side lives in `device_sim::link` (the simulator's own
 //! handshake), which the tests and the harness use too.
@@ -14,6 +15,7 @@
 pub mod http;
 pub mod hub;
 pub mod mosquitto;
+pub mod nats;
 pub mod pki;
 pub mod sse;
 

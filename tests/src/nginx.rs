@@ -32,6 +32,16 @@ impl Nginx {
     /// nginx is not installed, the config does not have the lines it
     /// replaces, or nginx does not start listening in time.
     pub async fn start(hub: &str) -> anyhow::Result<Nginx> {
+        Self::balancing(&[hub]).await
+    }
+
+    /// Starts nginx with the deployment config in front of several hubs
+    /// (a cluster's), round robin without sticky sessions, as the file's
+    /// comment says to list them.
+    ///
+    /// # Errors
+    /// As [`Nginx::start`].
+    pub async fn balancing(hubs: &[&str]) -> anyhow::Result<Nginx> {
         ensure!(
             Path::new(NGINX).exists(),
             "{NGINX} is missing: run `bash scripts/test.sh`, which installs Debian's nginx"
@@ -40,14 +50,19 @@ impl Nginx {
         let dir = tempfile::tempdir()?;
         std::fs::create_dir(dir.path().join("logs"))?;
         let original = std::fs::read_to_string(deploy_config())?;
+        let servers = hubs
+            .iter()
+            .map(|hub| format!("server {hub};"))
+            .collect::<Vec<_>>()
+            .join("\n        ");
         let config = original
             .replace(
                 "        listen 80;\n",
                 &format!("        listen 127.0.0.1:{port};\n"),
             )
-            .replace("server 127.0.0.1:8080;", &format!("server {hub};"));
+            .replace("server 127.0.0.1:8080;", &servers);
         ensure!(
-            config.contains(&format!("listen 127.0.0.1:{port};")) && config.contains(hub),
+            config.contains(&format!("listen 127.0.0.1:{port};")) && config.contains(&servers),
             "docs/deploy/nginx.conf lost its `listen 80;` or `server 127.0.0.1:8080;` line"
         );
         let path = dir.path().join("nginx.conf");

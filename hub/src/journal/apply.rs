@@ -36,6 +36,12 @@ const IN_FLIGHT: usize = 1024;
 /// against a NATS server or a disk that is down.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// How long the applier waits for an entry before it asks the stream
+/// whether it holds any it has not delivered. An ordered consumer whose
+/// server went away in a NATS cluster can go quiet rather than fail (seen
+/// when the stream's leader was killed): it is then made again.
+const STALL_CHECK: Duration = Duration::from_secs(3);
+
 /// What the applier writes to.
 #[derive(Debug, Clone)]
 pub struct Parts {
@@ -89,7 +95,7 @@ struct Applier {
 impl Applier {
     /// Reads the stream from `next` until `shutdown` (`Ok`) or a failure.
     async fn follow(&mut self, shutdown: &CancellationToken) -> Result<(), async_nats::Error> {
-        let stream = self
+        let mut stream = self
             .journal
             .jetstream
             .get_stream(&self.journal.settings.stream)
@@ -109,10 +115,27 @@ impl Applier {
         // The entries handed to the writer, oldest first; the writer
         // answers in the order it was handed them.
         let mut in_flight: VecDeque<u64> = VecDeque::with_capacity(IN_FLIGHT);
+        let mut stall_check = tokio::time::interval(STALL_CHECK);
+        stall_check.reset();
+        // Whether an entry came since the last check.
+        let mut heard = false;
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
+                _ = stall_check.tick() => {
+                    if !std::mem::take(&mut heard) && in_flight.is_empty() {
+                        let last = stream.info().await?.state.last_sequence;
+                        self.journal.status.saw(last);
+                        if last >= self.next {
+                            return Err(format!(
+                                "the stream holds entries from {} that did not arrive",
+                                self.next
+                            )
+                            .into());
+                        }
+                    }
+                }
                 Some(outcome) = outcomes.recv() => {
                     let sequence = in_flight.pop_front().unwrap_or(self.next);
                     match outcome {
@@ -127,6 +150,7 @@ impl Applier {
                         return Err("the stream's consumer ended".into());
                     };
                     let entry = entry?;
+                    heard = true;
                     let sequence = entry.info()?.stream_sequence;
                     self.journal.status.saw(sequence);
                     if self.apply(sequence, &entry.payload, &reply).await? {

@@ -117,7 +117,7 @@ impl Journal {
         let client = async_nats::ConnectOptions::new()
             .name(format!("telemetry-hub {}", settings.hub_id))
             .connection_timeout(NATS_TIMEOUT)
-            .connect(settings.url.as_str())
+            .connect(settings.url.split(',').map(str::trim).collect::<Vec<_>>())
             .await
             .map_err(|err| JournalError::Connect {
                 url: settings.url.clone(),

@@ -1,0 +1,380 @@
+//! Several hubs sharing one ordered log on NATS JetStream (`--nats-url`),
+//! each test with its own real `nats-server` (alone, or three routed into a
+//! cluster) on free ports and a temporary folder: every hub stores every
+//! reading once at the same positions, a browser resumes on any hub, a
+//! command reaches a device on another hub, and nothing acknowledged is
+//! lost when a hub is killed, a NATS node stops or NATS is away a while.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use device_sim::backoff::Backoff;
+use device_sim::device::{DeviceSettings, endpoint};
+use device_sim::fleet::{self, Credential, FleetConfig, Ids};
+use e2e::nginx::Nginx;
+use e2e::{PATIENCE, RawDevice, SseClient, TestHub, batch, hub_binary};
+use protocol::{CommandResult, DeviceFrame, HubFrame};
+use testkit::nats::{NatsCluster, NatsServer};
+
+/// `(pos, device, metric, ts_ms, value)`: a stored reading.
+type Row = (i64, String, String, i64, Option<f64>);
+
+/// A hub of the cluster at `nats`, named `id`, taking devices with the
+/// provisioning key `k`.
+async fn member(nats: &str, id: &str, extra: &[&str]) -> TestHub {
+    let mut args = vec!["--provision-key", "k", "--nats-url", nats, "--hub-id", id];
+    args.extend_from_slice(extra);
+    TestHub::start(&args).await.unwrap()
+}
+
+/// `devices` devices named `{prefix}1…`, each sending `count` readings to
+/// the first of `hubs` (`host:port`), then the next in turn after a failure.
+fn fleet(prefix: &str, devices: usize, count: u64, hubs: &[&str]) -> FleetConfig {
+    let url = |hub: &&str| endpoint(&format!("ws://{hub}")).unwrap();
+    let settings = DeviceSettings {
+        rate: Some(200.0),
+        batch: 5,
+        flush: Duration::from_millis(50),
+        count: Some(count),
+        backoff: Backoff {
+            base: Duration::from_millis(50),
+            cap: Duration::from_millis(500),
+        },
+        other_urls: hubs[1..].iter().map(url).collect(),
+        ..DeviceSettings::new(url(&hubs[0]))
+    };
+    FleetConfig {
+        ids: Ids::Numbered(prefix.into()),
+        grace: Duration::from_secs(30),
+        ..FleetConfig::new(devices, Credential::ProvisionKey("k".into()), settings)
+    }
+}
+
+/// Runs a fleet to its end; every reading acknowledged. Answers how many.
+async fn delivered(config: FleetConfig) -> u64 {
+    let summary = tokio::time::timeout(Duration::from_secs(120), fleet::run(config))
+        .await
+        .expect("the fleet finished");
+    assert!(summary.complete(), "{summary:?}");
+    summary.acked
+}
+
+/// Every reading the hub stored, in position order, once it holds `n`.
+async fn stored(hub: &TestHub, n: usize) -> Vec<Row> {
+    let db = hub.db().await.unwrap();
+    let deadline = tokio::time::Instant::now() + 4 * PATIENCE;
+    loop {
+        let rows: Vec<Row> =
+            sqlx::query_as("SELECT pos, device, metric, ts_ms, value FROM readings ORDER BY pos")
+                .fetch_all(&db)
+                .await
+                .unwrap();
+        if rows.len() >= n {
+            return rows;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} holds {} of {n} readings",
+            hub.addr,
+            rows.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Each reading once: no two rows share device, metric and time, and
+/// there are `n` of them.
+fn each_once(rows: &[Row], n: u64) {
+    let distinct: HashSet<(&str, &str, i64)> = rows
+        .iter()
+        .map(|(_, device, metric, ts_ms, _)| (device.as_str(), metric.as_str(), *ts_ms))
+        .collect();
+    assert_eq!(distinct.len(), rows.len(), "a reading stored twice");
+    assert_eq!(rows.len() as u64, n, "every acknowledged reading, once");
+}
+
+/// Reading events from `live` until `n`, their positions.
+async fn positions(live: &mut SseClient, n: usize) -> Vec<i64> {
+    let mut seen = Vec::with_capacity(n);
+    while seen.len() < n {
+        seen.push(live.next_of("reading").await.unwrap().pos());
+    }
+    seen
+}
+
+#[tokio::test]
+async fn three_hubs_hold_every_reading_and_browsers_and_commands_cross_them() {
+    let nats = NatsServer::start().await.unwrap();
+    let url = nats.url();
+    let (a, b, c) = (
+        member(&url, "a", &[]).await,
+        member(&url, "b", &[]).await,
+        member(&url, "c", &[]).await,
+    );
+    let mut live_c = SseClient::connect(&c.addr, "/v1/events", &[])
+        .await
+        .unwrap();
+
+    // Devices on A and on B at once.
+    let (on_a, on_b) = tokio::join!(
+        delivered(fleet("a-", 3, 60, &[&a.addr])),
+        delivered(fleet("b-", 3, 60, &[&b.addr])),
+    );
+    let total = on_a + on_b;
+    assert_eq!(total, 360);
+
+    // A subscriber on C holds every reading of both, once, in order.
+    let seen = positions(&mut live_c, total as usize).await;
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "ids only grow");
+
+    // Every hub stored the same readings at the same positions: the ids.
+    let rows = stored(&c, total as usize).await;
+    each_once(&rows, total);
+    assert_eq!(rows.iter().map(|row| row.0).collect::<Vec<_>>(), seen);
+    assert_eq!(stored(&a, rows.len()).await, rows);
+    assert_eq!(stored(&b, rows.len()).await, rows);
+
+    // A browser that saw C up to one id resumes on A with exactly the rest.
+    let cut = 150;
+    let last_seen = seen[cut].to_string();
+    let mut resumed = SseClient::connect(&a.addr, "/v1/events", &[("Last-Event-ID", &last_seen)])
+        .await
+        .unwrap();
+    assert_eq!(
+        positions(&mut resumed, seen.len() - cut - 1).await,
+        seen[cut + 1..]
+    );
+
+    // A command asked of C reaches a device on A, and its answer comes back.
+    let mut device = RawDevice::connect(&a.addr, Some("k")).await.unwrap();
+    device.hello("cmd-1").await.unwrap();
+    device.send_acked(&batch(1, 1_000, 1)).await.unwrap();
+    c.until_online("cmd-1").await.unwrap();
+    let c_addr = c.addr.clone();
+    let request = tokio::spawn(async move {
+        testkit::http::request(
+            &c_addr,
+            "POST",
+            "/v1/devices/cmd-1/commands",
+            &[],
+            Some(r#"{"name": "ping"}"#),
+        )
+        .await
+        .unwrap()
+    });
+    let HubFrame::Command(command) = device.recv().await.unwrap() else {
+        panic!("expected the command routed from C");
+    };
+    assert_eq!(command.name, "ping");
+    device
+        .send(&DeviceFrame::CommandResult(CommandResult {
+            id: command.id,
+            ok: true,
+            detail: "pong from A".into(),
+        }))
+        .await
+        .unwrap();
+    let (status, body) = request.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["detail"], "pong from A");
+
+    // Gone from A: C says so, as it would of its own device.
+    drop(device);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = c
+            .post("/v1/devices/cmd-1/commands", r#"{"name": "ping"}"#)
+            .await
+            .unwrap();
+        if status == 409 {
+            assert!(body.contains("device_offline"), "{body}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = c
+        .post("/v1/devices/nobody/commands", r#"{"name": "ping"}"#)
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = c.get("/healthz").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""connected":true"#), "{body}");
+}
+
+#[tokio::test]
+async fn a_hub_killed_mid_run_loses_nothing_its_devices_were_acknowledged() {
+    let nats = NatsServer::start().await.unwrap();
+    let url = nats.url();
+    let (a, b, c) = (
+        member(&url, "a", &[]).await,
+        member(&url, "b", &[]).await,
+        member(&url, "c", &[]).await,
+    );
+    let hubs = [a.addr.clone(), b.addr.clone(), c.addr.clone()];
+    let run = tokio::spawn(delivered(fleet(
+        "k-",
+        4,
+        600,
+        &hubs.iter().map(String::as_str).collect::<Vec<_>>(),
+    )));
+    // Once A has taken some, kill it: no shutdown of any kind.
+    stored(&b, 200).await;
+    a.kill().await.unwrap();
+
+    // The devices moved on to B; every acknowledged reading is on B and C,
+    // once, at the same positions.
+    let acked = run.await.unwrap();
+    assert_eq!(acked, 2_400);
+    let rows = stored(&b, acked as usize).await;
+    each_once(&rows, acked);
+    assert_eq!(stored(&c, rows.len()).await, rows);
+}
+
+#[tokio::test]
+async fn a_nats_server_out_of_reach_is_named_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = format!("nats://127.0.0.1:{}", testkit::free_port());
+    let output = tokio::time::timeout(
+        PATIENCE,
+        tokio::process::Command::new(hub_binary())
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--nats-url",
+                &nowhere,
+                "--db",
+            ])
+            .arg(dir.path().join("hub.db"))
+            .output(),
+    )
+    .await
+    .expect("the hub gave up in time")
+    .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot reach NATS") && stderr.contains("--nats-url"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn while_nats_is_away_nothing_is_acknowledged_and_the_hub_recovers() {
+    let mut nats = NatsServer::start().await.unwrap();
+    let hub = member(&nats.url(), "a", &[]).await;
+    let run = tokio::spawn(delivered(fleet("w-", 2, 1_200, &[&hub.addr])));
+    stored(&hub, 100).await;
+
+    nats.stop().await.unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = hub.get("/healthz").await.unwrap();
+        if status == 503 {
+            assert!(body.contains("cluster_unavailable"), "{body}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still healthy: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // New devices are told to come back later rather than accepted.
+    let refused = RawDevice::connect(&hub.addr, Some("k")).await;
+    assert!(refused.is_err(), "a device was taken in without NATS");
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    nats.resume().await.unwrap();
+    let acked = run.await.unwrap();
+    assert_eq!(acked, 2_400);
+    let rows = stored(&hub, acked as usize).await;
+    each_once(&rows, acked);
+    let (status, body) = hub.get("/healthz").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn a_nats_node_stopping_in_a_cluster_of_three_loses_nothing_acknowledged() {
+    let mut nats = NatsCluster::start(3).await.unwrap();
+    let url = nats.url();
+    let replicated = ["--nats-replicas", "3"];
+    let (a, b) = (
+        member(&url, "a", &replicated).await,
+        member(&url, "b", &replicated).await,
+    );
+    let run_a = tokio::spawn(delivered(fleet("ra-", 2, 900, &[&a.addr, &b.addr])));
+    let run_b = tokio::spawn(delivered(fleet("rb-", 2, 900, &[&b.addr, &a.addr])));
+    stored(&a, 300).await;
+    // The stream's leader, if the cluster names one, else the first node.
+    let leader = nats.stream_leader("telemetry").await.unwrap_or(0);
+    nats.nodes[leader].kill().await.unwrap();
+
+    let acked = run_a.await.unwrap() + run_b.await.unwrap();
+    assert_eq!(acked, 3_600);
+    let rows = stored(&a, acked as usize).await;
+    each_once(&rows, acked);
+    assert_eq!(stored(&b, rows.len()).await, rows);
+}
+
+#[tokio::test]
+async fn behind_round_robin_nginx_a_browser_holds_every_reading_once_across_a_killed_hub() {
+    let nats = NatsServer::start().await.unwrap();
+    let url = nats.url();
+    let (a, b, c) = (
+        member(&url, "a", &[]).await,
+        member(&url, "b", &[]).await,
+        member(&url, "c", &[]).await,
+    );
+    let nginx = Nginx::balancing(&[&a.addr, &b.addr, &c.addr])
+        .await
+        .unwrap();
+    let run = tokio::spawn(delivered(fleet("lb-", 6, 600, &[&nginx.addr])));
+
+    // A browser through nginx, reconnecting with Last-Event-ID wherever
+    // nginx sends it, as EventSource does.
+    let browser = tokio::spawn({
+        let addr = nginx.addr.clone();
+        async move {
+            let mut seen: Vec<i64> = Vec::new();
+            let mut reconnects = 0;
+            while seen.len() < 3_600 {
+                // From the start of the cluster's history at first.
+                let last = seen
+                    .last()
+                    .map_or_else(|| "0".to_owned(), ToString::to_string);
+                let headers = [("Last-Event-ID", last.as_str())];
+                let Ok(mut live) = SseClient::connect(&addr, "/v1/events", &headers).await else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                while let Ok(Some(event)) = live.next_event().await {
+                    if event.event == "reading" {
+                        seen.push(event.pos());
+                    }
+                }
+                reconnects += 1;
+            }
+            (seen, reconnects)
+        }
+    });
+
+    stored(&b, 600).await;
+    a.kill().await.unwrap();
+    let acked = run.await.unwrap();
+    assert_eq!(acked, 3_600);
+    let (seen, _reconnects) = tokio::time::timeout(Duration::from_secs(90), browser)
+        .await
+        .expect("the browser got every reading")
+        .unwrap();
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "no duplicate, in order"
+    );
+    let rows = stored(&b, acked as usize).await;
+    each_once(&rows, acked);
+    assert_eq!(seen, rows.iter().map(|row| row.0).collect::<Vec<_>>());
+}
