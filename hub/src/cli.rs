@@ -415,6 +415,7 @@ async fn start(args: ServeArgs) -> anyhow::Result<(Hub, std::net::SocketAddr)> {
         ),
         _ => None,
     };
+    let clustered = args.nats_url.is_some();
     let settings = Settings {
         listen: args.listen,
         db: args.db.db,
@@ -470,6 +471,7 @@ async fn start(args: ServeArgs) -> anyhow::Result<(Hub, std::net::SocketAddr)> {
             qos: args.mqtt_qos,
             discovery: args.mqtt_discovery == Some(Discovery::Homeassistant),
             batch: args.mqtt_batch,
+            dense_positions: !clustered,
             ingest: bridge::IngestSettings {
                 templates: args.mqtt_ingest,
                 register: args.mqtt_ingest_register,

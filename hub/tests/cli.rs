@@ -53,6 +53,8 @@ fn a_bad_flag_value_names_the_flag() {
         ("--mqtt-discovery", "zigbee"),
         ("--mqtt-ingest", "sensors/{device}"),
         ("--mqtt-ingest", "sensors/#"),
+        ("--nats-url", "http://nats:4222"),
+        ("--nats-url", "nats://a:4222,localhost"),
     ] {
         let out = hub(&[
             "serve",
@@ -81,6 +83,59 @@ fn an_ingest_template_inside_the_bridges_own_topics_is_refused() {
     let text = stderr(&out);
     assert!(
         text.contains("--mqtt-ingest") && text.contains("--mqtt-prefix"),
+        "{text}"
+    );
+}
+
+#[test]
+fn cluster_flags_are_checked_before_the_hub_starts() {
+    let nats = ["--nats-url", "nats://127.0.0.1:1"];
+    for (flag, value) in [
+        ("--nats-stream", "tele.metry"),
+        ("--nats-stream", ""),
+        ("--hub-id", "hub one"),
+        ("--nats-replicas", "0"),
+        ("--nats-replicas", "7"),
+        ("--nats-max-age", "a while"),
+    ] {
+        let mut args = vec![
+            "serve",
+            flag,
+            value,
+            "--db",
+            "/nonexistent/never-created.db",
+        ];
+        args.extend(nats);
+        let out = hub(&args);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        assert!(stderr(&out).contains(flag), "{flag}: {}", stderr(&out));
+    }
+    // Cluster flags mean nothing without the cluster.
+    let out = hub(&[
+        "serve",
+        "--hub-id",
+        "a",
+        "--db",
+        "/nonexistent/never-created.db",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--nats-url"), "{}", stderr(&out));
+    // Readings from MQTT carry no sequence to keep them once across hubs.
+    let mut args = vec![
+        "serve",
+        "--mqtt-url",
+        "mqtt://127.0.0.1:1",
+        "--mqtt-ingest",
+        "sensors/{device}/{metric}",
+        "--db",
+        "/nonexistent/never-created.db",
+    ];
+    args.extend(nats);
+    let out = hub(&args);
+    assert_eq!(out.status.code(), Some(2));
+    let text = stderr(&out);
+    assert!(
+        text.contains("--mqtt-ingest") && text.contains("--nats-url"),
         "{text}"
     );
 }

@@ -378,3 +378,73 @@ async fn behind_round_robin_nginx_a_browser_holds_every_reading_once_across_a_ki
     each_once(&rows, acked);
     assert_eq!(seen, rows.iter().map(|row| row.0).collect::<Vec<_>>());
 }
+
+/// `hub serve` on the database in `dir` with `args`: what it said on
+/// standard error as it refused to start.
+async fn refused(dir: &tempfile::TempDir, args: &[&str]) -> String {
+    let output = tokio::time::timeout(
+        PATIENCE,
+        tokio::process::Command::new(hub_binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+            .arg(dir.path().join(testkit::hub::DB_FILE))
+            .args(args)
+            .output(),
+    )
+    .await
+    .expect("the hub gave up in time")
+    .unwrap();
+    assert!(!output.status.success(), "the hub started");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn a_database_that_is_not_the_streams_is_refused() {
+    // A single hub's database, with a reading of its own.
+    let hub = TestHub::start(&["--provision-key", "k"]).await.unwrap();
+    let mut device = RawDevice::connect(&hub.addr, Some("k")).await.unwrap();
+    device.hello("solo-1").await.unwrap();
+    device.send_acked(&batch(1, 1_000, 3)).await.unwrap();
+    drop(device);
+    let (_, dir) = hub.terminate().await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let stderr = refused(&dir, &["--nats-url", &nats.url()]).await;
+    assert!(stderr.contains("outside the cluster"), "{stderr}");
+
+    // A cluster hub's database, and then the stream deleted and created
+    // again (a new NATS with new storage): its sequences started over.
+    let hub = member(&nats.url(), "a", &[]).await;
+    delivered(fleet("e-", 1, 10, &[&hub.addr])).await;
+    stored(&hub, 10).await;
+    let (_, dir) = hub.terminate().await.unwrap();
+    let fresh = NatsServer::start().await.unwrap();
+    let stderr = refused(&dir, &["--nats-url", &fresh.url()]).await;
+    assert!(stderr.contains("created again"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_hub_joining_after_entries_aged_out_tells_browsers_to_reset() {
+    let nats = NatsServer::start().await.unwrap();
+    let url = nats.url();
+    let a = member(&url, "a", &["--nats-max-age", "1s"]).await;
+    delivered(fleet("old-", 1, 10, &[&a.addr])).await;
+    let first = stored(&a, 10).await[0].0;
+    // Past the stream's age, its entries are gone: a hub that starts now
+    // cannot have them.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let b = member(&url, "b", &[]).await;
+    let resume = first.to_string();
+    let mut live = SseClient::connect(&b.addr, "/v1/events", &[("Last-Event-ID", &resume)])
+        .await
+        .unwrap();
+    let reset = live.next_event().await.unwrap().unwrap();
+    assert_eq!(reset.event, "reset", "{reset:?}");
+    assert_eq!(reset.json()["requested"], first);
+
+    // What comes after is stored and served on both.
+    delivered(fleet("new-", 1, 10, &[&b.addr])).await;
+    let on_b = stored(&b, 10).await;
+    assert_eq!(on_b.len(), 10, "only what came after it joined");
+    let next = live.next_of("reading").await.unwrap().pos();
+    assert_eq!(next, on_b[0].0);
+    assert_eq!(stored(&a, 20).await[10..], on_b[..]);
+}

@@ -125,6 +125,10 @@ pub struct Settings {
     /// One message per device per page of storage on `{prefix}/{device}`,
     /// rather than one per reading.
     pub batch: bool,
+    /// Storage positions come without gaps, so a missing one was deleted
+    /// by retention. Not so in a cluster, where each stream entry owns
+    /// 4,096 positions and uses as many as it has readings.
+    pub dense_positions: bool,
 }
 
 /// A password: compared and sent, never printed.
@@ -383,8 +387,11 @@ impl Worker {
                     .await
                 {
                     Ok(read) => {
-                        let skipped =
-                            gaps(after, &read.rows, read.read_through, self.checked_through);
+                        let skipped = if self.bridge.settings.dense_positions {
+                            gaps(after, &read.rows, read.read_through, self.checked_through)
+                        } else {
+                            0
+                        };
                         if skipped > 0 {
                             status.skipped.fetch_add(skipped, Relaxed);
                             tracing::warn!(
