@@ -10,6 +10,7 @@
 //! the hub, and every number is the median of repeated runs with its spread.
 
 mod ceiling;
+mod cluster;
 mod hubproc;
 mod machine;
 mod mosquitto;
@@ -29,6 +30,7 @@ enum Scenario {
     Latency,
     Bridge,
     Storage,
+    Cluster,
     All,
 }
 
@@ -117,6 +119,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if matches!(args.scenario, Scenario::Storage | Scenario::All) {
         results.push(storage::storage(size).await?);
+    }
+    if matches!(args.scenario, Scenario::Cluster | Scenario::All) {
+        results.push(cluster::cluster(size).await?);
     }
     println!();
     for result in results {

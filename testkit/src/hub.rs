@@ -129,21 +129,7 @@ impl HubProcess {
 
     /// User plus system CPU seconds the hub has used.
     pub fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // Fields after the command name (which may contain spaces) start
-        // after the last ')': utime and stime are the 12th and 13th there.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map_or("", |(_, rest)| rest)
-            .split_whitespace()
-            .collect();
-        let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
-            f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
-        });
-        // Linux reports CPU times in clock ticks, 100 a second on every
-        // platform Rust supports there (USER_HZ).
-        ticks / 100.0
+        crate::cpu_seconds(self.pid())
     }
 
     /// Resident memory, in KiB.

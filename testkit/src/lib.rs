@@ -75,3 +75,22 @@ pub async fn wait_until_listening(
     }
     Ok(())
 }
+
+/// User plus system CPU seconds the process `pid` has used (0 if it has
+/// gone).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start
+    // after the last ')': utime and stime are the 12th and 13th there.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
+        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
+    });
+    // Linux reports CPU times in clock ticks, 100 a second on every
+    // platform Rust supports there (USER_HZ).
+    ticks / 100.0
+}

@@ -66,6 +66,14 @@ impl NatsServer {
         })
     }
 
+    /// User plus system CPU seconds the server has used.
+    pub fn cpu_seconds(&self) -> f64 {
+        self.child
+            .as_ref()
+            .and_then(Child::id)
+            .map_or(0.0, crate::cpu_seconds)
+    }
+
     /// `nats://127.0.0.1:port`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
