@@ -45,6 +45,10 @@ fn bad_flags_are_refused_naming_the_flag() {
             "--hub",
         ),
         (
+            &["--provision-key", "k", "--hub", "ws://a:8080,http://b:8080"],
+            "--hub",
+        ),
+        (
             &["--provision-key", "k", "--ca-cert", "ca.pem"],
             "--ca-cert",
         ),

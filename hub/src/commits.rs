@@ -4,9 +4,8 @@
 //! The types here are what flows along the pipeline — a [`Sample`] on its
 //! way in, a [`Committed`] reading on its way out, its [`Position`] — and
 //! the two ways of consuming commits. They depend on nothing else in the
-//! hub, so `ingest`, `store` and every consumer (`live`, later the MQTT
-//! bridge, roll-ups, a cluster log) can use them without importing each
-//! other.
+//! hub, so `ingest`, `store`, the cluster journal and every consumer
+//! (`live`, the MQTT bridge) can use them without importing each other.
 //!
 //! * **In-line consumers** ([`InlineConsumer`]) run on the writer's
 //!   publisher thread, in commit order, after the commit is durable and
@@ -18,7 +17,7 @@
 //!   or from SQLite (`store::query::Page`), at their own pace. Nothing waits
 //!   for them, so a slow or failed one costs the writer nothing and resumes
 //!   from its cursor. An SSE subscriber is one (its cursor is the browser's
-//!   `Last-Event-ID`); the MQTT bridge will be one (its cursor in SQLite).
+//!   `Last-Event-ID`); the MQTT bridge is one (its cursor in SQLite).
 
 use std::fmt;
 use std::sync::Arc;

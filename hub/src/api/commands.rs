@@ -99,7 +99,7 @@ struct CommandResult {
         (status = 409, description = "The device is not connected", body = ApiError),
         (status = 413, description = "The body is over 16 KiB", body = ApiError),
         (status = 415, description = "The body is not `application/json`", body = ApiError),
-        (status = 503, description = "The device's command queue is full", body = ApiError),
+        (status = 503, description = "The device's command queue is full, or in a cluster the hub that has the device cannot be asked (`cluster_unavailable`)", body = ApiError),
         (status = 504, description = "The device did not answer in time", body = ApiError),
     ),
 )]

@@ -91,9 +91,10 @@ pub async fn devices(
     Ok(Json(Devices { devices }))
 }
 
-/// 200 while the database answers and the writer runs and commits; 503 with
-/// the reason otherwise (`storage_failing`, `writer_stopped`,
-/// `storage_unavailable`).
+/// 200 while the database answers and the writer runs and commits, and in
+/// a cluster while NATS is reachable; 503 with the reason otherwise
+/// (`storage_failing`, `writer_stopped`, `storage_unavailable`,
+/// `cluster_unavailable`).
 #[utoipa::path(
     get,
     path = "/healthz",
