@@ -224,8 +224,8 @@ struct ServeArgs {
     /// The JetStream stream of the cluster, and the prefix of its subjects.
     #[arg(long, env = "HUB_NATS_STREAM", default_value = "telemetry", requires = "nats_url", value_parser = parse_stream_name)]
     nats_stream: String,
-    /// This hub's name in the cluster (presence, logs); the host name if
-    /// not given.
+    /// This hub's name in the cluster (presence, logs); the host name and
+    /// process id if not given.
     #[arg(long, env = "HUB_HUB_ID", requires = "nats_url", value_parser = parse_hub_id)]
     hub_id: Option<String>,
     /// Copies of the stream kept by a NATS cluster, when this hub creates
@@ -457,7 +457,7 @@ async fn start(args: ServeArgs) -> anyhow::Result<(Hub, std::net::SocketAddr)> {
         cluster: args.nats_url.map(|url| journal::Settings {
             url,
             stream: args.nats_stream,
-            hub_id: args.hub_id.unwrap_or_else(host_name),
+            hub_id: args.hub_id.unwrap_or_else(default_hub_id),
             replicas: usize::from(args.nats_replicas),
             max_age: args.nats_max_age,
         }),
@@ -642,13 +642,15 @@ fn parse_hub_id(text: &str) -> Result<String, String> {
     }
 }
 
-/// The host's name, the default hub id.
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
+/// The default hub id: the host's name and the process id, so that two
+/// hubs on one host never take each other's presence for their own.
+fn default_hub_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|name| name.trim().to_owned())
-        .filter(|name| protocol::is_valid_device_id(name))
-        .unwrap_or_else(|| "hub".to_owned())
+        .filter(|name| !name.is_empty() && name.len() <= 48 && protocol::is_valid_device_id(name))
+        .unwrap_or_else(|| "hub".to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 #[cfg(test)]

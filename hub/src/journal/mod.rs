@@ -133,6 +133,8 @@ impl Journal {
             .get_or_create_stream(stream::Config {
                 name: settings.stream.clone(),
                 subjects: vec![format!("{}.readings.>", settings.stream)],
+                // Entries are at most a frame and a Hello, far below NATS's
+                // 1 MiB payload limit.
                 max_age: settings.max_age,
                 num_replicas: settings.replicas,
                 storage: stream::StorageType::File,
@@ -145,6 +147,14 @@ impl Journal {
             .await
             .map_err(|err| stream_error(err.to_string()))?
             .clone();
+        let subjects = format!("{}.readings.>", settings.stream);
+        if !info.config.subjects.contains(&subjects) {
+            return Err(stream_error(format!(
+                "it exists but does not take {subjects:?} (its subjects: {:?}); name another \
+                 stream, or let the hub create this one",
+                info.config.subjects
+            )));
+        }
         let epoch = i64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(i64::MAX);
         let applied = entry_of(last_pos);
         match store.state(EPOCH_KEY).await? {
