@@ -16,7 +16,7 @@ use testkit::nats::NatsServer;
 
 use crate::Size;
 use crate::hubproc;
-use crate::probe::{self, ProbeSpec};
+use crate::probe::{self, Pace, ProbeSpec};
 use crate::stats::{Repeated, latency_histogram, now_us, percentiles_ms};
 use crate::subscribers;
 
@@ -56,13 +56,26 @@ impl Layout {
     }
 }
 
-async fn run_once(
-    layout: Layout,
+/// The load of a run: `devices` probes, each sending `batches` batches of
+/// `batch` readings, as fast as acknowledged or `paced` at this many
+/// batches a second.
+#[derive(Debug, Clone, Copy)]
+struct Load {
     devices: usize,
     batch: usize,
     batches: u64,
+    paced: Option<f64>,
     subscribers_per_hub: usize,
-) -> anyhow::Result<Run> {
+}
+
+async fn run_once(layout: Layout, load: Load) -> anyhow::Result<Run> {
+    let Load {
+        devices,
+        batch,
+        batches,
+        paced,
+        subscribers_per_hub,
+    } = load;
     let nats = match layout {
         Layout::Single => None,
         Layout::Cluster(_) => Some(NatsServer::start().await?),
@@ -107,7 +120,13 @@ async fn run_once(
             device_id: format!("probe-{d}"),
             batch,
             batches,
-            pace: None,
+            // Spread over the interval, as a real fleet's devices are.
+            pace: paced.map(|batches_per_s| Pace {
+                batches_per_s,
+                offset: std::time::Duration::from_secs_f64(
+                    d as f64 / devices as f64 / batches_per_s,
+                ),
+            }),
         }));
     }
     let mut rtt = latency_histogram();
@@ -142,14 +161,29 @@ async fn run_once(
     })
 }
 
-/// Scenario: the same load through one hub and through clusters of 1, 2
-/// and 3 hubs.
+/// Scenario: the same loads through one hub and through clusters of 1, 2
+/// and 3 hubs: as fast as acknowledged (the cost), then at a steady rate
+/// far below it (the ack latency JetStream adds).
 pub async fn cluster(size: Size) -> anyhow::Result<Value> {
-    let (devices, batch, readings, subscribers_per_hub): (usize, usize, u64, usize) = match size {
-        Size::Quick => (4, 10, 400, 1),
-        Size::Full => (100, 10, 200_000, 10),
+    let (devices, readings, paced_batches, subscribers_per_hub): (usize, u64, u64, usize) =
+        match size {
+            Size::Quick => (4, 400, 5, 1),
+            Size::Full => (100, 200_000, 100, 10),
+        };
+    let batch = 10;
+    let flat_out = Load {
+        devices,
+        batch,
+        batches: (readings / (devices * batch) as u64).max(1),
+        paced: None,
+        subscribers_per_hub,
     };
-    let batches = (readings / (devices * batch) as u64).max(1);
+    // Ten batches a second each: 10,000 readings/s from 100 devices.
+    let steady = Load {
+        batches: paced_batches,
+        paced: Some(10.0),
+        ..flat_out
+    };
     let layouts = [
         Layout::Single,
         Layout::Cluster(1),
@@ -158,53 +192,58 @@ pub async fn cluster(size: Size) -> anyhow::Result<Value> {
     ];
     println!("\n### cluster\n");
     println!(
-        "{devices} devices spread over the hubs, {} readings each in batches of {batch}, sent as fast as acknowledged; {subscribers_per_hub} SSE subscribers on every hub, each receiving every reading. One nats-server (JetStream, file storage, one replica). Every process shares the machine's two cores: read the rows as cost, not scale. Median (min–max) of {} runs.\n",
-        batches * batch as u64,
+        "{devices} devices spread over the hubs, in batches of {batch}: {} readings each as fast as acknowledged, then {} readings each at 10 batches a second ({} readings/s in all); {subscribers_per_hub} SSE subscribers on every hub, each receiving every reading. One nats-server (JetStream, file storage, one replica). Every process shares the machine's two cores: read the rows as cost, not scale. Median (min–max) of {} runs, the layouts interleaved within each.\n",
+        flat_out.batches * batch as u64,
+        steady.batches * batch as u64,
+        devices * batch * 10,
         size.repeats()
     );
-    println!(
-        "| layout | readings/s | ack p50 ms | ack p99 ms | events delivered/s | event p50 ms | event p99 ms | hubs' CPU s per 1M | NATS CPU s per 1M |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let mut runs: Vec<Vec<Run>> = layouts.iter().map(|_| Vec::new()).collect();
-    // Layouts interleaved within each repeat, so a slow spell of the
-    // machine touches them all.
+    let mut runs: Vec<[Vec<Run>; 2]> = layouts.iter().map(|_| [Vec::new(), Vec::new()]).collect();
     for _ in 0..size.repeats() {
         for (layout, runs) in layouts.iter().zip(&mut runs) {
-            runs.push(run_once(*layout, devices, batch, batches, subscribers_per_hub).await?);
+            runs[0].push(run_once(*layout, flat_out).await?);
+            runs[1].push(run_once(*layout, steady).await?);
         }
     }
     let mut rows = Vec::new();
-    for (layout, runs) in layouts.iter().zip(&runs) {
-        let measure = |f: fn(&Run) -> f64| Repeated::over(runs, f);
-        let columns = [
-            ("readings_per_s", measure(|r| r.readings_per_s), 0),
-            ("ack_p50_ms", measure(|r| r.ack_p50_ms), 2),
-            ("ack_p99_ms", measure(|r| r.ack_p99_ms), 2),
-            ("delivered_per_s", measure(|r| r.delivered_per_s), 0),
-            ("event_p50_ms", measure(|r| r.event_p50_ms), 1),
-            ("event_p99_ms", measure(|r| r.event_p99_ms), 1),
-            (
-                "hubs_cpu_s_per_million",
-                measure(|r| r.hubs_cpu_s_per_million),
-                2,
-            ),
-            (
-                "nats_cpu_s_per_million",
-                measure(|r| r.nats_cpu_s_per_million),
-                2,
-            ),
-        ];
-        let shown: Vec<String> = columns
-            .iter()
-            .map(|(_, value, digits)| value.show(*digits))
-            .collect();
-        println!("| {} | {} |", layout.name(), shown.join(" | "));
-        let mut row = json!({"layout": layout.name(), "hubs": layout.hubs()});
-        for (name, value, _) in columns {
-            row[name] = value.json();
+    for (load, name) in [(0, "as fast as acknowledged"), (1, "steady")] {
+        println!("\n{name}:\n");
+        println!(
+            "| layout | readings/s | ack p50 ms | ack p99 ms | events delivered/s | event p50 ms | event p99 ms | hubs' CPU s per 1M | NATS CPU s per 1M |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for (layout, runs) in layouts.iter().zip(&runs) {
+            let runs = &runs[load];
+            let measure = |f: fn(&Run) -> f64| Repeated::over(runs, f);
+            let columns = [
+                ("readings_per_s", measure(|r| r.readings_per_s), 0),
+                ("ack_p50_ms", measure(|r| r.ack_p50_ms), 2),
+                ("ack_p99_ms", measure(|r| r.ack_p99_ms), 2),
+                ("delivered_per_s", measure(|r| r.delivered_per_s), 0),
+                ("event_p50_ms", measure(|r| r.event_p50_ms), 1),
+                ("event_p99_ms", measure(|r| r.event_p99_ms), 1),
+                (
+                    "hubs_cpu_s_per_million",
+                    measure(|r| r.hubs_cpu_s_per_million),
+                    2,
+                ),
+                (
+                    "nats_cpu_s_per_million",
+                    measure(|r| r.nats_cpu_s_per_million),
+                    2,
+                ),
+            ];
+            let shown: Vec<String> = columns
+                .iter()
+                .map(|(_, value, digits)| value.show(*digits))
+                .collect();
+            println!("| {} | {} |", layout.name(), shown.join(" | "));
+            let mut row = json!({"load": name, "layout": layout.name(), "hubs": layout.hubs()});
+            for (column, value, _) in columns {
+                row[column] = value.json();
+            }
+            rows.push(row);
         }
-        rows.push(row);
     }
     Ok(json!({
         "scenario": "cluster", "repeats": size.repeats(), "devices": devices, "batch": batch,

@@ -45,6 +45,10 @@ use roster::Roster;
 /// How often a hub sends its whole list of connected devices.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 
+/// Devices in one part of a heartbeat: at most 64 bytes of id each, well
+/// inside NATS's 1 MiB message limit however large the fleet.
+const HEARTBEAT_PART: usize = 4_096;
+
 /// What a routed command may take beyond its own timeout: the round trips
 /// between hubs.
 const ROUTING_MARGIN: Duration = Duration::from_secs(2);
@@ -60,8 +64,13 @@ struct PresenceMessage {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum News {
-    /// Every device connected to the hub.
-    Heartbeat(Vec<String>),
+    /// Part of the list of every device connected to the hub: round
+    /// `round`'s list is whole at its `last` part.
+    Heartbeat {
+        round: u64,
+        devices: Vec<String>,
+        last: bool,
+    },
     /// One device came (`true`) or went.
     Change { device: String, online: bool },
 }
@@ -141,13 +150,15 @@ impl Cluster {
         let mut changes = self.registry.changes();
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         let mut served: HashMap<String, JoinHandle<()>> = HashMap::new();
+        let mut round = 0;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 _ = heartbeat.tick() => {
                     let here = self.registry.online_here();
                     self.serve_exactly(&mut served, &here);
-                    self.publish(News::Heartbeat(here)).await;
+                    round += 1;
+                    self.heartbeat(round, &here).await;
                     let flips = self.roster().expire(Instant::now());
                     self.tell_subscribers(flips);
                 }
@@ -174,6 +185,22 @@ impl Cluster {
         }
         for server in served.into_values() {
             server.abort();
+        }
+    }
+
+    /// Sends the whole list of devices connected here, in parts.
+    async fn heartbeat(&self, round: u64, here: &[String]) {
+        let parts = here.len().div_ceil(HEARTBEAT_PART).max(1);
+        let mut chunks = here.chunks(HEARTBEAT_PART);
+        for part in 1..=parts {
+            let devices = chunks.next().unwrap_or_default().to_vec();
+            let last = part == parts;
+            self.publish(News::Heartbeat {
+                round,
+                devices,
+                last,
+            })
+            .await;
         }
     }
 
@@ -205,10 +232,11 @@ impl Cluster {
         }
         let now = Instant::now();
         let flips = match news {
-            News::Heartbeat(devices) => {
-                self.roster()
-                    .heartbeat(&hub, devices.into_iter().collect(), now)
-            }
+            News::Heartbeat {
+                round,
+                devices,
+                last,
+            } => self.roster().heartbeat(&hub, round, devices, last, now),
             News::Change { device, online } => self.roster().change(&hub, &device, online, now),
         };
         self.tell_subscribers(flips);

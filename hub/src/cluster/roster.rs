@@ -2,10 +2,11 @@
 //! messages tell it: pure state, no I/O.
 //!
 //! Each hub sends its whole list of connected devices every
-//! [`super::HEARTBEAT`] and each change as it happens. A hub not heard for
-//! [`EXPIRES_AFTER`] (killed, or cut off from NATS) is taken to have no
-//! devices. Every update answers the devices whose "connected to another
-//! hub" state it flipped, for the live status events.
+//! [`super::HEARTBEAT`], in parts that each fit a NATS message (a round),
+//! and each change as it happens. A hub not heard for [`EXPIRES_AFTER`]
+//! (killed, or cut off from NATS) is taken to have no devices. Every
+//! update answers the devices whose "connected to another hub" state it
+//! flipped, for the live status events.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -26,6 +27,8 @@ pub struct Roster {
 #[derive(Debug)]
 struct HubView {
     devices: HashSet<String>,
+    /// The round of heartbeat parts being gathered, and what it holds.
+    gathering: Option<(u64, HashSet<String>)>,
     heard: Instant,
 }
 
@@ -37,27 +40,38 @@ impl Roster {
             .any(|hub| hub.is_live(now) && hub.devices.contains(device))
     }
 
-    /// A hub's whole list.
-    pub fn heartbeat(&mut self, hub: &str, devices: HashSet<String>, now: Instant) -> Vec<Flip> {
+    /// A part of a hub's whole list: round `round`'s list is complete at
+    /// its `last` part, and then replaces what the hub said before.
+    pub fn heartbeat(
+        &mut self,
+        hub: &str,
+        round: u64,
+        devices: Vec<String>,
+        last: bool,
+        now: Instant,
+    ) -> Vec<Flip> {
         let before = self.online(now);
-        self.hubs.insert(
-            hub.to_owned(),
-            HubView {
-                devices,
-                heard: now,
-            },
-        );
+        let view = self.view(hub, now);
+        let gathered = match view.gathering.take() {
+            Some((gathering, mut set)) if gathering == round => {
+                set.extend(devices);
+                set
+            }
+            // A new round: the parts of one cut short are dropped.
+            _ => devices.into_iter().collect(),
+        };
+        if last {
+            view.devices = gathered;
+        } else {
+            view.gathering = Some((round, gathered));
+        }
         self.flips(&before, now)
     }
 
     /// One device of a hub came or went.
     pub fn change(&mut self, hub: &str, device: &str, online: bool, now: Instant) -> Vec<Flip> {
         let before = self.online(now);
-        let view = self.hubs.entry(hub.to_owned()).or_insert_with(|| HubView {
-            devices: HashSet::new(),
-            heard: now,
-        });
-        view.heard = now;
+        let view = self.view(hub, now);
         if online {
             view.devices.insert(device.to_owned());
         } else {
@@ -76,6 +90,17 @@ impl Roster {
             .collect();
         self.hubs.retain(|_, hub| hub.is_live(now));
         self.flips(&before, now)
+    }
+
+    /// The hub's view, heard from now.
+    fn view(&mut self, hub: &str, now: Instant) -> &mut HubView {
+        let view = self.hubs.entry(hub.to_owned()).or_insert_with(|| HubView {
+            devices: HashSet::new(),
+            gathering: None,
+            heard: now,
+        });
+        view.heard = now;
+        view
     }
 
     fn online(&self, now: Instant) -> HashSet<String> {
@@ -112,7 +137,7 @@ impl HubView {
 mod tests {
     use super::*;
 
-    fn set(devices: &[&str]) -> HashSet<String> {
+    fn list(devices: &[&str]) -> Vec<String> {
         devices.iter().map(|d| (*d).to_owned()).collect()
     }
 
@@ -125,15 +150,39 @@ mod tests {
         let now = Instant::now();
         let mut roster = Roster::default();
         assert_eq!(
-            roster.heartbeat("a", set(&["d1", "d2"]), now),
+            roster.heartbeat("a", 1, list(&["d1", "d2"]), true, now),
             [flip("d1", true), flip("d2", true)]
         );
         assert!(roster.is_online("d1", now));
         assert!(!roster.is_online("d3", now));
         assert_eq!(
-            roster.heartbeat("a", set(&["d2"]), now),
+            roster.heartbeat("a", 2, list(&["d2"]), true, now),
             [flip("d1", false)]
         );
+    }
+
+    #[test]
+    fn a_list_in_parts_counts_once_its_last_part_is_in() {
+        let now = Instant::now();
+        let mut roster = Roster::default();
+        roster.heartbeat("a", 1, list(&["d1", "d2"]), true, now);
+        assert_eq!(
+            roster.heartbeat("a", 2, list(&["d2", "d3"]), false, now),
+            []
+        );
+        assert!(
+            !roster.is_online("d3", now),
+            "not before the round is whole"
+        );
+        assert_eq!(
+            roster.heartbeat("a", 2, list(&["d4"]), true, now),
+            [flip("d1", false), flip("d3", true), flip("d4", true)]
+        );
+        // A round cut short is dropped when the next one starts.
+        roster.heartbeat("a", 3, list(&["d9"]), false, now);
+        roster.heartbeat("a", 4, list(&["d2"]), true, now);
+        assert!(!roster.is_online("d9", now));
+        assert!(roster.is_online("d2", now) && !roster.is_online("d3", now));
     }
 
     #[test]
@@ -151,10 +200,10 @@ mod tests {
     fn a_silent_hub_loses_its_devices() {
         let start = Instant::now();
         let mut roster = Roster::default();
-        roster.heartbeat("a", set(&["d1"]), start);
-        roster.heartbeat("b", set(&["d2"]), start);
+        roster.heartbeat("a", 1, list(&["d1"]), true, start);
+        roster.heartbeat("b", 1, list(&["d2"]), true, start);
         let later = start + EXPIRES_AFTER;
-        roster.heartbeat("b", set(&["d2"]), later);
+        roster.heartbeat("b", 2, list(&["d2"]), true, later);
         assert!(!roster.is_online("d1", later), "a is past its time");
         assert_eq!(roster.expire(later), [flip("d1", false)]);
         assert!(roster.is_online("d2", later));
