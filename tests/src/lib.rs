@@ -9,6 +9,7 @@
 
 pub mod browser;
 pub mod nginx;
+pub mod partition;
 pub mod tls;
 
 use std::ops::Deref;

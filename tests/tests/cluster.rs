@@ -12,6 +12,7 @@ use device_sim::backoff::Backoff;
 use device_sim::device::{DeviceSettings, endpoint};
 use device_sim::fleet::{self, Credential, FleetConfig, Ids};
 use e2e::nginx::Nginx;
+use e2e::partition::Relay;
 use e2e::{PATIENCE, RawDevice, SseClient, TestHub, batch, hub_binary};
 use protocol::{CommandResult, DeviceFrame, HubFrame};
 use testkit::nats::{NatsCluster, NatsServer};
@@ -447,4 +448,32 @@ async fn a_hub_joining_after_entries_aged_out_tells_browsers_to_reset() {
     let next = live.next_of("reading").await.unwrap().pos();
     assert_eq!(next, on_b[0].0);
     assert_eq!(stored(&a, 20).await[10..], on_b[..]);
+}
+
+#[tokio::test]
+async fn a_hub_cut_off_from_nats_and_healed_catches_up_and_loses_nothing() {
+    let nats = NatsServer::start().await.unwrap();
+    let link = Relay::start(&format!("127.0.0.1:{}", nats.port)).await.unwrap();
+    let a = member(&nats.url(), "a", &[]).await;
+    let b = member(&format!("nats://{}", link.addr), "b", &[]).await;
+    let run_a = tokio::spawn(delivered(fleet("pa-", 2, 900, &[&a.addr, &b.addr])));
+    let run_b = tokio::spawn(delivered(fleet("pb-", 2, 900, &[&b.addr, &a.addr])));
+    stored(&b, 300).await;
+
+    // B alone loses NATS: its devices are refused or told to reconnect,
+    // and move to A; A's go on.
+    link.cut();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while b.get("/healthz").await.unwrap().0 != 503 {
+        assert!(tokio::time::Instant::now() < deadline, "B never noticed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    link.heal();
+
+    let acked = run_a.await.unwrap() + run_b.await.unwrap();
+    assert_eq!(acked, 3_600);
+    let rows = stored(&a, acked as usize).await;
+    each_once(&rows, acked);
+    assert_eq!(stored(&b, rows.len()).await, rows, "B caught up");
 }
