@@ -57,7 +57,7 @@ async fn relay(listener: TcpListener, target: String, cut: Arc<watch::Sender<boo
         let mut watch = cut.subscribe();
         if *watch.borrow_and_update() {
             // Refused: a reset, not a connection that hangs.
-            let _ = client.set_linger(Some(std::time::Duration::ZERO));
+            let _ = client.set_zero_linger();
             continue;
         }
         let target = target.clone();
@@ -68,8 +68,8 @@ async fn relay(listener: TcpListener, target: String, cut: Arc<watch::Sender<boo
             tokio::select! {
                 _ = copy_bidirectional(&mut client, &mut server) => {}
                 _ = watch.wait_for(|cut| *cut) => {
-                    let _ = client.set_linger(Some(std::time::Duration::ZERO));
-                    let _ = server.set_linger(Some(std::time::Duration::ZERO));
+                    let _ = client.set_zero_linger();
+                    let _ = server.set_zero_linger();
                 }
             }
         });

@@ -453,7 +453,9 @@ async fn a_hub_joining_after_entries_aged_out_tells_browsers_to_reset() {
 #[tokio::test]
 async fn a_hub_cut_off_from_nats_and_healed_catches_up_and_loses_nothing() {
     let nats = NatsServer::start().await.unwrap();
-    let link = Relay::start(&format!("127.0.0.1:{}", nats.port)).await.unwrap();
+    let link = Relay::start(&format!("127.0.0.1:{}", nats.port))
+        .await
+        .unwrap();
     let a = member(&nats.url(), "a", &[]).await;
     let b = member(&format!("nats://{}", link.addr), "b", &[]).await;
     let run_a = tokio::spawn(delivered(fleet("pa-", 2, 900, &[&a.addr, &b.addr])));
