@@ -19,6 +19,7 @@
 //!   from its cursor. An SSE subscriber is one (its cursor is the browser's
 //!   `Last-Event-ID`); the MQTT bridge is one (its cursor in SQLite).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -39,6 +40,47 @@ pub struct Sample {
     pub ts_ms: i64,
     /// `None` for NaN and infinities.
     pub value: Option<f64>,
+}
+
+/// Why a batch's readings cannot become samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadBatch {
+    #[error("base_ms {0} is out of range")]
+    BaseOutOfRange(u64),
+    #[error("metric id {0} was not declared in Hello")]
+    UnknownMetric(u16),
+}
+
+/// A device batch's readings as samples, given the `metrics.id` rows of
+/// the metric ids its `Hello` declared: device time is the batch's base
+/// plus each offset; NaN and infinities become `None`. What a session
+/// hands the writer, and what every hub of a cluster makes of a stream
+/// entry.
+///
+/// # Errors
+/// A reading names an undeclared metric, or the base time does not fit.
+pub fn samples_of(
+    metric_rows: &HashMap<u16, i64>,
+    batch: &protocol::Batch,
+) -> Result<Vec<Sample>, BadBatch> {
+    let base = i64::try_from(batch.base_ms)
+        .ok()
+        .filter(|base| base.checked_add(i64::from(u32::MAX)).is_some())
+        .ok_or(BadBatch::BaseOutOfRange(batch.base_ms))?;
+    batch
+        .readings
+        .iter()
+        .map(|reading| {
+            let metric = *metric_rows
+                .get(&reading.metric)
+                .ok_or(BadBatch::UnknownMetric(reading.metric))?;
+            Ok(Sample {
+                metric,
+                ts_ms: base + i64::from(reading.offset_ms),
+                value: reading.value.is_finite().then_some(reading.value),
+            })
+        })
+        .collect()
 }
 
 /// A stored reading, as the writer reports it after commit.

@@ -92,7 +92,7 @@ pub type CommandOutcome = Result<super::command::Answer, super::command::Failure
 
 /// The other hubs of a cluster, as the registry sees them: which devices
 /// are connected there, and a way to call a command on one of them.
-/// Implemented by `crate::cluster`; a single hub has none.
+/// Implemented by the `cluster` module; a single hub has none.
 pub trait Elsewhere: Send + Sync + fmt::Debug {
     /// Whether another hub has a live session of the device.
     fn is_online(&self, device_id: &str) -> bool;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use protocol::{Batch, DeviceFrame, Hello, PROTOCOL_VERSION, error_code};
 use tokio::time::Instant;
 
-use crate::commits::Sample;
+use crate::commits::{BadBatch, Sample};
 
 /// A broken rule: the session sends an `Error` frame with this code and
 /// message, then closes the connection.
@@ -108,33 +108,14 @@ impl BatchStream {
 ///
 /// # Errors
 /// A reading names an undeclared metric, or a timestamp does not fit.
-pub fn samples(metric_rows: &HashMap<u16, i64>, batch: &Batch) -> Result<Vec<Sample>, Violation> {
-    let base = i64::try_from(batch.base_ms)
-        .ok()
-        .filter(|base| base.checked_add(i64::from(u32::MAX)).is_some())
-        .ok_or_else(|| {
-            Violation::new(
-                error_code::MALFORMED,
-                format!("base_ms {} is out of range", batch.base_ms),
-            )
-        })?;
-    batch
-        .readings
-        .iter()
-        .map(|reading| {
-            let metric = *metric_rows.get(&reading.metric).ok_or_else(|| {
-                Violation::new(
-                    error_code::UNKNOWN_METRIC,
-                    format!("metric id {} was not declared in Hello", reading.metric),
-                )
-            })?;
-            Ok(Sample {
-                metric,
-                ts_ms: base + i64::from(reading.offset_ms),
-                value: reading.value.is_finite().then_some(reading.value),
-            })
-        })
-        .collect()
+fn samples(metric_rows: &HashMap<u16, i64>, batch: &Batch) -> Result<Vec<Sample>, Violation> {
+    crate::commits::samples_of(metric_rows, batch).map_err(|err| {
+        let code = match err {
+            BadBatch::BaseOutOfRange(_) => error_code::MALFORMED,
+            BadBatch::UnknownMetric(_) => error_code::UNKNOWN_METRIC,
+        };
+        Violation::new(code, err.to_string())
+    })
 }
 
 /// A token bucket: `rate` a second, up to one second's worth at once.

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Journal, first_position, record};
-use crate::ingest::state;
+use crate::commits;
 use crate::live::Live;
 use crate::store::Store;
 use crate::store::writer::{WriteOutcome, WriterHandle};
@@ -185,10 +185,10 @@ impl Applier {
         };
         let known = self.known(hello).await?;
         let device_row = known.row;
-        let samples = match state::samples(&known.metric_rows, &batch) {
+        let samples = match commits::samples_of(&known.metric_rows, &batch) {
             Ok(samples) => samples,
-            Err(violation) => {
-                tracing::warn!(sequence, error = %violation.message, "skipped a stream entry");
+            Err(err) => {
+                tracing::warn!(sequence, error = %err, "skipped a stream entry");
                 return Ok(false);
             }
         };

@@ -16,7 +16,7 @@
 //! This module owns the connection to NATS, the stream and its identity
 //! (the epoch kept in `hub_state`), publishing and applying entries, and
 //! their status for `/healthz`. Presence and commands across hubs are
-//! [`crate::cluster`]'s, on the same connection.
+//! the `cluster` module's, on the same connection.
 
 pub mod append;
 pub mod apply;
