@@ -13,6 +13,11 @@
 //!                                     └──────── Head ──▶ cursor consumers
 //!                                                      (SSE subscribers, …)
 //! HTTP ──▶ api ── SELECT ──▶ SQLite
+//!
+//! with --nats-url, between ingest and the writer:
+//! ingest ──journal::append──▶ JetStream ──journal::apply (every hub)──▶ store::writer
+//!   ▲                           │
+//!   └──── Ack (stream's ack) ───┘
 //! ```
 //!
 //! * [`commits`]: what flows (samples, committed readings, positions) and
