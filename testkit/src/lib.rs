@@ -94,3 +94,22 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     // platform Rust supports there (USER_HZ).
     ticks / 100.0
 }
+
+/// Stops a service as a service manager would (SIGTERM) and waits until it
+/// has exited; `what` names it in the error.
+///
+/// # Errors
+/// The signal cannot be sent, or it does not exit in time.
+pub async fn terminate(mut child: tokio::process::Child, what: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    if let Some(pid) = child.id() {
+        tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await?;
+    }
+    tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .with_context(|| format!("{what} did not stop"))??;
+    Ok(())
+}

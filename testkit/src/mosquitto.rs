@@ -142,18 +142,9 @@ impl Mosquitto {
     /// # Errors
     /// The signal cannot be sent.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        if let Some(pid) = child.id() {
-            Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status()
-                .await?;
+        match self.child.take() {
+            Some(child) => crate::terminate(child, "mosquitto").await,
+            None => Ok(()),
         }
-        tokio::time::timeout(PATIENCE, child.wait())
-            .await
-            .context("mosquitto did not stop")??;
-        Ok(())
     }
 }

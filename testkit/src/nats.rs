@@ -130,19 +130,10 @@ impl NatsServer {
     /// # Errors
     /// The signal cannot be sent, or it does not exit in time.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        if let Some(pid) = child.id() {
-            Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status()
-                .await?;
+        match self.child.take() {
+            Some(child) => crate::terminate(child, "nats-server").await,
+            None => Ok(()),
         }
-        tokio::time::timeout(PATIENCE, child.wait())
-            .await
-            .context("nats-server did not stop")??;
-        Ok(())
     }
 
     /// Kills the server (SIGKILL), as a crash would.

@@ -28,6 +28,15 @@ async fn member(nats: &str, id: &str, extra: &[&str]) -> TestHub {
     TestHub::start(&args).await.unwrap()
 }
 
+/// Hubs `a`, `b` and `c` of the cluster at `nats`.
+async fn three(nats: &str) -> (TestHub, TestHub, TestHub) {
+    (
+        member(nats, "a", &[]).await,
+        member(nats, "b", &[]).await,
+        member(nats, "c", &[]).await,
+    )
+}
+
 /// `devices` devices named `{prefix}1…`, each sending `count` readings to
 /// the first of `hubs` (`host:port`), then the next in turn after a failure.
 fn fleet(prefix: &str, devices: usize, count: u64, hubs: &[&str]) -> FleetConfig {
@@ -107,11 +116,7 @@ async fn positions(live: &mut SseClient, n: usize) -> Vec<i64> {
 async fn three_hubs_hold_every_reading_and_browsers_and_commands_cross_them() {
     let nats = NatsServer::start().await.unwrap();
     let url = nats.url();
-    let (a, b, c) = (
-        member(&url, "a", &[]).await,
-        member(&url, "b", &[]).await,
-        member(&url, "c", &[]).await,
-    );
+    let (a, b, c) = three(&url).await;
     let mut live_c = SseClient::connect(&c.addr, "/v1/events", &[])
         .await
         .unwrap();
@@ -209,11 +214,7 @@ async fn three_hubs_hold_every_reading_and_browsers_and_commands_cross_them() {
 async fn a_hub_killed_mid_run_loses_nothing_its_devices_were_acknowledged() {
     let nats = NatsServer::start().await.unwrap();
     let url = nats.url();
-    let (a, b, c) = (
-        member(&url, "a", &[]).await,
-        member(&url, "b", &[]).await,
-        member(&url, "c", &[]).await,
-    );
+    let (a, b, c) = three(&url).await;
     let hubs = [a.addr.clone(), b.addr.clone(), c.addr.clone()];
     let run = tokio::spawn(delivered(fleet(
         "k-",
@@ -325,11 +326,7 @@ async fn a_nats_node_stopping_in_a_cluster_of_three_loses_nothing_acknowledged()
 async fn behind_round_robin_nginx_a_browser_holds_every_reading_once_across_a_killed_hub() {
     let nats = NatsServer::start().await.unwrap();
     let url = nats.url();
-    let (a, b, c) = (
-        member(&url, "a", &[]).await,
-        member(&url, "b", &[]).await,
-        member(&url, "c", &[]).await,
-    );
+    let (a, b, c) = three(&url).await;
     let nginx = Nginx::balancing(&[&a.addr, &b.addr, &c.addr])
         .await
         .unwrap();
