@@ -13,6 +13,7 @@ use tracing_subscriber::prelude::*;
 use crate::bridge;
 use crate::ingest::session::{Limits, Timing};
 use crate::journal;
+use crate::journal::provision::DeviceChange;
 use crate::listener;
 use crate::live::subscription;
 use crate::server::{Hub, Retention, Settings};
@@ -249,6 +250,8 @@ enum Discovery {
 #[derive(Debug, Subcommand)]
 enum DeviceCommand {
     /// Create a device and print its token (alone on standard output).
+    /// With --nats-url: for every hub of the cluster (a device that exists
+    /// gets a new token, and its old one stops working).
     Add {
         /// Device id: 1 to 64 characters of A-Z a-z 0-9 - _ . :
         id: String,
@@ -257,6 +260,8 @@ enum DeviceCommand {
         name: Option<String>,
         #[command(flatten)]
         db: DbArg,
+        #[command(flatten)]
+        cluster: ClusterArg,
     },
     /// List devices.
     List {
@@ -268,11 +273,25 @@ enum DeviceCommand {
     },
     /// Revoke a device: its token stops working and a running hub closes its
     /// connection within a second.
+    /// With --nats-url: on every hub of the cluster.
     Revoke {
         id: String,
         #[command(flatten)]
         db: DbArg,
+        #[command(flatten)]
+        cluster: ClusterArg,
     },
+}
+
+#[derive(Debug, Args)]
+struct ClusterArg {
+    /// Provision through a cluster's stream (see `hub serve --nats-url`)
+    /// rather than one database: every hub applies it. --db is not used.
+    #[arg(long, env = "HUB_NATS_URL", value_parser = parse_nats_url)]
+    nats_url: Option<String>,
+    /// The cluster's JetStream stream.
+    #[arg(long, env = "HUB_NATS_STREAM", default_value = "telemetry", requires = "nats_url", value_parser = parse_stream_name)]
+    nats_stream: String,
 }
 
 /// Parses a positive duration such as `500ms`, `10s`, `15m`, `2h`, `30d`.
@@ -497,7 +516,30 @@ async fn start(args: ServeArgs) -> anyhow::Result<(Hub, std::net::SocketAddr)> {
 
 async fn device(command: DeviceCommand) -> anyhow::Result<()> {
     match command {
-        DeviceCommand::Add { id, name, db } => {
+        DeviceCommand::Add {
+            id,
+            name,
+            cluster:
+                ClusterArg {
+                    nats_url: Some(url),
+                    nats_stream,
+                },
+            ..
+        } => {
+            if !protocol::is_valid_device_id(&id) {
+                anyhow::bail!("{}", AddDeviceError::InvalidId);
+            }
+            let token = crate::auth::generate_token()?;
+            let change = DeviceChange::Token {
+                device: id.clone(),
+                token_sha256: crate::auth::hash_token(&token).to_vec(),
+                name,
+            };
+            journal::provision::announce(&url, &nats_stream, &change).await?;
+            print_out(&format!("{token}\n"))?;
+            eprintln!("added {id} for every hub of stream {nats_stream}");
+        }
+        DeviceCommand::Add { id, name, db, .. } => {
             let store = open(&db).await?;
             match store.add_device(&id, name.as_deref()).await {
                 Ok(token) => print_out(&format!("{token}\n"))?,
@@ -537,7 +579,23 @@ async fn device(command: DeviceCommand) -> anyhow::Result<()> {
             store.close().await;
             print_out(&text)?;
         }
-        DeviceCommand::Revoke { id, db } => {
+        DeviceCommand::Revoke {
+            id,
+            cluster:
+                ClusterArg {
+                    nats_url: Some(url),
+                    nats_stream,
+                },
+            ..
+        } => {
+            if !protocol::is_valid_device_id(&id) {
+                anyhow::bail!("{}", AddDeviceError::InvalidId);
+            }
+            let change = DeviceChange::Revoked { device: id.clone() };
+            journal::provision::announce(&url, &nats_stream, &change).await?;
+            eprintln!("revoked {id} on every hub of stream {nats_stream}");
+        }
+        DeviceCommand::Revoke { id, db, .. } => {
             let store = open(&db).await?;
             if !store.revoke_device(&id).await? {
                 anyhow::bail!("no device {id:?} in {}", db.db.display());

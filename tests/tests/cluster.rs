@@ -476,3 +476,79 @@ async fn a_hub_cut_off_from_nats_and_healed_catches_up_and_loses_nothing() {
     each_once(&rows, acked);
     assert_eq!(stored(&b, rows.len()).await, rows, "B caught up");
 }
+
+/// Runs `hub device …` through the cluster at `nats`; its output.
+async fn provision(nats: &str, args: &[&str]) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = args.to_vec();
+    args.extend(["--nats-url", nats]);
+    e2e::cli_on(&dir.path().join("unused.db"), &args)
+        .await
+        .unwrap()
+}
+
+/// Retries `connect` until the hub takes the token (it applies the
+/// provisioning a moment after the stream holds it).
+async fn connect_when_known(hub: &TestHub, token: &str) -> RawDevice {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match hub.connect(token).await {
+            Ok(device) => return device,
+            Err(err) => assert!(tokio::time::Instant::now() < deadline, "{err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_device_added_for_the_cluster_connects_anywhere_until_revoked_everywhere() {
+    let nats = NatsServer::start().await.unwrap();
+    let url = nats.url();
+    let (a, b) = (member(&url, "a", &[]).await, member(&url, "b", &[]).await);
+
+    let added = provision(&url, &["device", "add", "tok-1", "--name", "boiler"]).await;
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let token = String::from_utf8(added.stdout).unwrap().trim().to_owned();
+
+    // Its one token works on either hub.
+    let mut on_b = connect_when_known(&b, &token).await;
+    on_b.hello("tok-1").await.unwrap();
+    on_b.send_acked(&batch(1, 1_000, 2)).await.unwrap();
+    let mut on_a = connect_when_known(&a, &token).await;
+    on_a.hello("tok-1").await.unwrap();
+    on_a.send_acked(&batch(2, 2_000, 2)).await.unwrap();
+    drop(on_b);
+    let (_, devices) = a.get("/v1/devices").await.unwrap();
+    assert!(devices.contains(r#""name":"boiler""#), "{devices}");
+    assert_eq!(stored(&b, 4).await, stored(&a, 4).await);
+
+    // Revoked through the cluster: the open connection on A is closed,
+    // and neither hub takes the token again.
+    let revoked = provision(&url, &["device", "revoke", "tok-1"]).await;
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    let (closed, _) = on_a.until_closed().await.unwrap();
+    assert_eq!(closed.error, Some(protocol::error_code::REVOKED));
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while b.connect(&token).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B still takes the token"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(a.connect(&token).await.is_err());
+
+    // Without a hub's stream, the command says where it looked.
+    let nowhere = format!("nats://127.0.0.1:{}", testkit::free_port());
+    let failed = provision(&nowhere, &["device", "add", "tok-2"]).await;
+    assert!(!failed.status.success());
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("--nats-url"));
+}

@@ -22,6 +22,7 @@ use protocol::Hello;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::provision::DeviceChange;
 use super::{Journal, first_position, record};
 use crate::commits;
 use crate::live::Live;
@@ -102,7 +103,7 @@ impl Applier {
             .await?;
         let mut entries = stream
             .create_consumer(pull::OrderedConfig {
-                filter_subject: self.journal.subjects(),
+                filter_subject: self.journal.all_entries(),
                 deliver_policy: DeliverPolicy::ByStartSequence {
                     start_sequence: self.next,
                 },
@@ -153,7 +154,12 @@ impl Applier {
                     heard = true;
                     let sequence = entry.info()?.stream_sequence;
                     self.journal.status.saw(sequence);
-                    if self.apply(sequence, &entry.payload, &reply).await? {
+                    if self.journal.provisions(&entry.subject) {
+                        self.provision(sequence, &entry.payload).await?;
+                        if in_flight.is_empty() {
+                            self.stored(sequence);
+                        }
+                    } else if self.apply(sequence, &entry.payload, &reply).await? {
                         in_flight.push_back(sequence);
                     } else if in_flight.is_empty() {
                         self.stored(sequence);
@@ -203,6 +209,20 @@ impl Applier {
             )
             .await?;
         Ok(true)
+    }
+
+    /// Writes a device provisioned for the cluster (after the entries
+    /// before it, in the writer's order); one that does not hold together
+    /// is logged and skipped.
+    async fn provision(&self, sequence: u64, payload: &[u8]) -> Result<(), async_nats::Error> {
+        let change = serde_json::from_slice::<DeviceChange>(payload)
+            .map_err(|err| err.to_string())
+            .and_then(|change| change.to_write());
+        match change {
+            Ok(change) => self.parts.writer.provision(change).await?,
+            Err(err) => tracing::warn!(sequence, error = %err, "skipped a provisioning entry"),
+        }
+        Ok(())
     }
 
     /// The device's row and metric rows for `hello`, registered through

@@ -20,6 +20,7 @@
 
 pub mod append;
 pub mod apply;
+pub mod provision;
 mod record;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -114,15 +115,7 @@ impl Journal {
         writer: &WriterHandle,
         last_pos: Position,
     ) -> Result<(Journal, u64), JournalError> {
-        let client = async_nats::ConnectOptions::new()
-            .name(format!("telemetry-hub {}", settings.hub_id))
-            .connection_timeout(NATS_TIMEOUT)
-            .connect(settings.url.split(',').map(str::trim).collect::<Vec<_>>())
-            .await
-            .map_err(|err| JournalError::Connect {
-                url: settings.url.clone(),
-                detail: err.to_string(),
-            })?;
+        let client = connect(&settings).await?;
         let mut jetstream = jetstream::new(client.clone());
         jetstream.set_timeout(NATS_TIMEOUT);
         let stream_error = |detail: String| JournalError::Stream {
@@ -132,7 +125,7 @@ impl Journal {
         let mut stream = jetstream
             .get_or_create_stream(stream::Config {
                 name: settings.stream.clone(),
-                subjects: vec![format!("{}.readings.>", settings.stream)],
+                subjects: subjects(&settings.stream).to_vec(),
                 // Entries are at most a frame and a Hello, far below NATS's
                 // 1 MiB payload limit.
                 max_age: settings.max_age,
@@ -147,10 +140,13 @@ impl Journal {
             .await
             .map_err(|err| stream_error(err.to_string()))?
             .clone();
-        let subjects = format!("{}.readings.>", settings.stream);
-        if !info.config.subjects.contains(&subjects) {
+        let wanted = subjects(&settings.stream);
+        if !wanted
+            .iter()
+            .all(|subject| info.config.subjects.contains(subject))
+        {
             return Err(stream_error(format!(
-                "it exists but does not take {subjects:?} (its subjects: {:?}); name another \
+                "it exists but does not take {wanted:?} (its subjects: {:?}); name another \
                  stream, or let the hub create this one",
                 info.config.subjects
             )));
@@ -249,10 +245,41 @@ impl Journal {
         format!("{}.readings.{device_id}", self.settings.stream)
     }
 
-    /// Every entry's subject, for the applier's filter.
-    fn subjects(&self) -> String {
-        format!("{}.readings.>", self.settings.stream)
+    /// Every entry's subject, for the applier's filter (one subject with
+    /// a wildcard: nats-server 2.9 ignores a consumer's list of them).
+    fn all_entries(&self) -> String {
+        format!("{}.>", self.settings.stream)
     }
+
+    /// Whether an entry on `subject` provisions a device (else it holds
+    /// readings).
+    fn provisions(&self, subject: &str) -> bool {
+        subject
+            .strip_prefix(self.settings.stream.as_str())
+            .is_some_and(|rest| rest.starts_with(".devices."))
+    }
+}
+
+/// The stream's subjects: devices' readings, and devices provisioned for
+/// the whole cluster.
+fn subjects(stream: &str) -> [String; 2] {
+    [
+        format!("{stream}.readings.>"),
+        format!("{stream}.devices.>"),
+    ]
+}
+
+/// A connection to the NATS servers of `settings.url`.
+async fn connect(settings: &Settings) -> Result<async_nats::Client, JournalError> {
+    async_nats::ConnectOptions::new()
+        .name(format!("telemetry-hub {}", settings.hub_id))
+        .connection_timeout(NATS_TIMEOUT)
+        .connect(settings.url.split(',').map(str::trim).collect::<Vec<_>>())
+        .await
+        .map_err(|err| JournalError::Connect {
+            url: settings.url.clone(),
+            detail: err.to_string(),
+        })
 }
 
 /// The journal as `/healthz` and `/metrics` see it.

@@ -135,6 +135,12 @@ pub enum Registration {
         metrics: Vec<(String, String)>,
         reply: oneshot::Sender<Result<Vec<i64>, String>>,
     },
+    /// A device provisioned or revoked for a whole cluster (`hub device
+    /// add|revoke --nats-url`), as the cluster's stream brings it.
+    Provision {
+        change: Provisioned,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// Set one of the hub's facts about itself in `hub_state` (a cursor
     /// consumer's cursor, say).
     State {
@@ -142,6 +148,21 @@ pub enum Registration {
         value: i64,
         reply: oneshot::Sender<Result<(), String>>,
     },
+}
+
+/// A device's credentials as a cluster's stream carries them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Provisioned {
+    /// The device may connect with the token of this SHA-256 hash (a new
+    /// device, or a new token for a known one); `name` is kept if `None`.
+    Token {
+        device_id: String,
+        token_hash: [u8; 32],
+        name: Option<String>,
+    },
+    /// The device is revoked from now on (known or not: a revoked id
+    /// cannot register itself later).
+    Revoked { device_id: String },
 }
 
 /// What the writer is asked to do.
@@ -359,6 +380,16 @@ impl WriterHandle {
             reply,
         })
         .await
+    }
+
+    /// Writes a device's provisioning from the cluster's stream in the next
+    /// group commit.
+    ///
+    /// # Errors
+    /// The writer has stopped or the transaction failed.
+    pub async fn provision(&self, change: Provisioned) -> Result<(), String> {
+        self.register(|reply| Registration::Provision { change, reply })
+            .await
     }
 
     /// Sets `key` in `hub_state` to `value` in the next group commit.
@@ -773,6 +804,10 @@ impl Writer {
                     )?;
                     registered.push(Registered::Metrics(rows));
                 }
+                Job::Register(Registration::Provision { change, .. }) => {
+                    statements::provision(&tx, change)?;
+                    registered.push(Registered::State);
+                }
                 Job::Register(Registration::State { key, value, .. }) => {
                     statements::set_state(&tx, key, *value)?;
                     registered.push(Registered::State);
@@ -886,7 +921,9 @@ fn reply_all(
                 };
                 let _ = reply.send(answer);
             }
-            Job::Register(Registration::State { reply, .. }) => {
+            Job::Register(
+                Registration::State { reply, .. } | Registration::Provision { reply, .. },
+            ) => {
                 let answer = match registered.next() {
                     Some(Ok(Registered::State)) => Ok(()),
                     Some(Err(err)) => Err(err),

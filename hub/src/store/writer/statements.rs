@@ -84,6 +84,34 @@ pub(super) fn set_state(conn: &Connection, key: &str, value: i64) -> rusqlite::R
     Ok(())
 }
 
+/// Writes a device's credentials from a cluster's stream: a token (for a
+/// new device, or replacing a known one's), or a revocation (never
+/// cleared, and recorded for an id not seen yet so it cannot register
+/// itself later).
+pub(super) fn provision(conn: &Connection, change: &super::Provisioned) -> rusqlite::Result<()> {
+    match change {
+        super::Provisioned::Token {
+            device_id,
+            token_hash,
+            name,
+        } => conn
+            .prepare_cached(
+                "INSERT INTO devices (device_id, name, token_hash, created_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (device_id) DO UPDATE
+                 SET token_hash = excluded.token_hash, name = coalesce(excluded.name, devices.name)",
+            )?
+            .execute(rusqlite::params![device_id, name, &token_hash[..], now_ms()])?,
+        super::Provisioned::Revoked { device_id } => conn
+            .prepare_cached(
+                "INSERT INTO devices (device_id, created_ms, revoked_ms) VALUES (?1, ?2, ?2)
+                 ON CONFLICT (device_id) DO UPDATE
+                 SET revoked_ms = coalesce(devices.revoked_ms, excluded.revoked_ms)",
+            )?
+            .execute(rusqlite::params![device_id, now_ms()])?,
+    };
+    Ok(())
+}
+
 /// Creates a device registering itself with the provisioning key (or finds
 /// it, if it was created meanwhile). Answers its row and whether it is
 /// revoked.
