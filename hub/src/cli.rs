@@ -526,9 +526,6 @@ async fn device(command: DeviceCommand) -> anyhow::Result<()> {
                 },
             ..
         } => {
-            if !protocol::is_valid_device_id(&id) {
-                anyhow::bail!("{}", AddDeviceError::InvalidId);
-            }
             let token = crate::auth::generate_token()?;
             let change = DeviceChange::Token {
                 device: id.clone(),
@@ -588,9 +585,6 @@ async fn device(command: DeviceCommand) -> anyhow::Result<()> {
                 },
             ..
         } => {
-            if !protocol::is_valid_device_id(&id) {
-                anyhow::bail!("{}", AddDeviceError::InvalidId);
-            }
             let change = DeviceChange::Revoked { device: id.clone() };
             journal::provision::announce(&url, &nats_stream, &change).await?;
             eprintln!("revoked {id} on every hub of stream {nats_stream}");

@@ -141,6 +141,20 @@ fn cluster_flags_are_checked_before_the_hub_starts() {
 }
 
 #[test]
+fn a_bad_device_id_for_the_cluster_is_refused_before_anything_is_sent() {
+    // Nothing listens on port 1: the id is refused before any connection.
+    for command in ["add", "revoke"] {
+        let out = hub(&["device", command, "a b", "--nats-url", "nats://127.0.0.1:1"]);
+        assert!(!out.status.success(), "{command}");
+        let text = stderr(&out);
+        assert!(
+            text.contains("not a device id") && !text.contains("cannot reach"),
+            "{command}: {text}"
+        );
+    }
+}
+
+#[test]
 fn broker_certificate_flags_are_checked_before_the_hub_starts() {
     let out = hub(&[
         "serve",

@@ -89,15 +89,16 @@ pub async fn upgrade(
         .into_response();
     }
     if let Some(journal) = &ingest.sessions.journal
-        && let Err(reason) = journal.status().health()
+        && !journal.status().connected()
     {
         // Nothing could be acknowledged: the device had better try another
-        // hub, or this one later.
+        // hub, or this one later. (An applier that is catching up again
+        // does not stop this hub from publishing.)
         ingest.sessions.counters.reject(Reject::Storage);
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "cluster_unavailable",
-            reason,
+            "this hub cannot reach NATS: readings are not accepted; retry shortly",
         )
         .into_response();
     }

@@ -89,6 +89,8 @@ pub enum JournalError {
     Store(#[from] StoreError),
     #[error("the writer refused: {0}")]
     Writer(String),
+    #[error("{0}")]
+    BadChange(String),
 }
 
 /// The hub's handle on the cluster: the NATS connection and the stream.

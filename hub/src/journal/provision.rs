@@ -40,7 +40,10 @@ impl DeviceChange {
     /// The id is not a device id, or the hash is not 32 bytes.
     pub fn to_write(&self) -> Result<Provisioned, String> {
         if !protocol::is_valid_device_id(self.device()) {
-            return Err(format!("{:?} is not a device id", self.device()));
+            return Err(format!(
+                "{:?} is not a device id: 1 to 64 characters of A-Z a-z 0-9 - _ . :",
+                self.device()
+            ));
         }
         Ok(match self {
             DeviceChange::Token {
@@ -66,8 +69,11 @@ impl DeviceChange {
 /// for the stream to hold it. For the command line.
 ///
 /// # Errors
-/// NATS cannot be reached, or the stream does not exist or refuses it.
+/// The change would be skipped by every hub (checked before anything is
+/// sent), NATS cannot be reached, or the stream does not exist or refuses
+/// it.
 pub async fn announce(url: &str, stream: &str, change: &DeviceChange) -> Result<(), JournalError> {
+    change.to_write().map_err(JournalError::BadChange)?;
     let settings = Settings {
         url: url.to_owned(),
         stream: stream.to_owned(),
