@@ -54,8 +54,10 @@ pub struct Parts {
 /// A device as this hub's database knows it, for the entries that follow.
 struct Known {
     row: i64,
-    /// The `Hello` its rows were registered for.
-    hello: Hello,
+    /// The `Hello` its rows were registered for, as entries carry it:
+    /// while the device's entries bring the same bytes, it is not decoded
+    /// again.
+    hello_part: Vec<u8>,
     metric_rows: HashMap<u16, i64>,
 }
 
@@ -159,7 +161,7 @@ impl Applier {
                         if in_flight.is_empty() {
                             self.stored(sequence);
                         }
-                    } else if self.apply(sequence, &entry.payload, &reply).await? {
+                    } else if self.apply(sequence, &entry.subject, &entry.payload, &reply).await? {
                         in_flight.push_back(sequence);
                     } else if in_flight.is_empty() {
                         self.stored(sequence);
@@ -179,29 +181,46 @@ impl Applier {
     async fn apply(
         &mut self,
         sequence: u64,
+        subject: &str,
         payload: &[u8],
         reply: &mpsc::Sender<WriteOutcome>,
     ) -> Result<bool, async_nats::Error> {
-        let (hello, batch) = match record::decode(payload) {
-            Ok(entry) => entry,
-            Err(err) => {
-                tracing::warn!(sequence, error = %err, "skipped a stream entry");
-                return Ok(false);
-            }
+        let skip = |error: &dyn std::fmt::Display| {
+            tracing::warn!(sequence, %error, "skipped a stream entry");
+            Ok(false)
         };
-        let known = self.known(hello).await?;
-        let device_row = known.row;
+        let Some(device) = self.journal.reading_device(subject) else {
+            return skip(&format!("no device in its subject {subject:?}"));
+        };
+        let (hello_part, batch) = match record::split(payload) {
+            Ok(entry) => entry,
+            Err(err) => return skip(&err),
+        };
+        let fresh = self
+            .devices
+            .get(device)
+            .is_some_and(|known| known.hello_part == hello_part);
+        if !fresh {
+            match record::hello(hello_part) {
+                Ok(hello) if hello.device_id == device => self.learn(hello, hello_part).await?,
+                Ok(hello) => {
+                    return skip(&format!(
+                        "its Hello names {:?} on {device:?}'s subject",
+                        hello.device_id
+                    ));
+                }
+                Err(err) => return skip(&err),
+            }
+        }
+        let known = &self.devices[device];
         let samples = match commits::samples_of(&known.metric_rows, &batch) {
             Ok(samples) => samples,
-            Err(err) => {
-                tracing::warn!(sequence, error = %err, "skipped a stream entry");
-                return Ok(false);
-            }
+            Err(err) => return skip(&err),
         };
         self.parts
             .writer
             .submit_at(
-                device_row,
+                known.row,
                 batch.seq,
                 samples,
                 first_position(sequence),
@@ -225,38 +244,31 @@ impl Applier {
         Ok(())
     }
 
-    /// The device's row and metric rows for `hello`, registered through
-    /// the writer the first time this hub sees them.
-    async fn known(&mut self, hello: Hello) -> Result<&Known, async_nats::Error> {
-        let device_id = hello.device_id.clone();
-        let fresh = self
-            .devices
-            .get(&device_id)
-            .is_some_and(|known| known.hello == hello);
-        if !fresh {
-            let Parts {
-                store,
-                writer,
-                live,
-            } = &self.parts;
-            let row = match store.find_device(&device_id).await? {
-                Some((row, _revoked)) => row,
-                None => writer.register_device(&device_id).await?.0,
-            };
-            let metric_rows = match store.known_hello(row, &hello).await?.1 {
-                Some(rows) => rows,
-                None => writer.register_hello(row, &hello).await?,
-            };
-            live.register_metrics(&device_id, &hello.metrics, &metric_rows);
-            self.devices.insert(
-                device_id.clone(),
-                Known {
-                    row,
-                    hello,
-                    metric_rows,
-                },
-            );
-        }
-        Ok(&self.devices[&device_id])
+    /// Finds (or registers through the writer) the device's row and metric
+    /// rows for `hello`, and keeps them for its entries that follow.
+    async fn learn(&mut self, hello: Hello, hello_part: &[u8]) -> Result<(), async_nats::Error> {
+        let Parts {
+            store,
+            writer,
+            live,
+        } = &self.parts;
+        let row = match store.find_device(&hello.device_id).await? {
+            Some((row, _revoked)) => row,
+            None => writer.register_device(&hello.device_id).await?.0,
+        };
+        let metric_rows = match store.known_hello(row, &hello).await?.1 {
+            Some(rows) => rows,
+            None => writer.register_hello(row, &hello).await?,
+        };
+        live.register_metrics(&hello.device_id, &hello.metrics, &metric_rows);
+        self.devices.insert(
+            hello.device_id,
+            Known {
+                row,
+                hello_part: hello_part.to_vec(),
+                metric_rows,
+            },
+        );
+        Ok(())
     }
 }

@@ -253,6 +253,13 @@ impl Journal {
         format!("{}.>", self.settings.stream)
     }
 
+    /// The device whose readings an entry on `subject` holds.
+    fn reading_device<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject
+            .strip_prefix(self.settings.stream.as_str())?
+            .strip_prefix(".readings.")
+    }
+
     /// Whether an entry on `subject` provisions a device (else it holds
     /// readings).
     fn provisions(&self, subject: &str) -> bool {

@@ -32,11 +32,12 @@ pub fn encode(hello: &Bytes, batch: Batch) -> Bytes {
     entry.freeze()
 }
 
-/// The `Hello` and `Batch` of an entry.
+/// An entry's `Hello`, still encoded (a device's entries all repeat it,
+/// so a reader decodes it only when it changes), and its `Batch`.
 ///
 /// # Errors
-/// The bytes are not an entry, or a frame breaks the protocol's limits.
-pub fn decode(entry: &[u8]) -> Result<(Hello, Batch), Malformed> {
+/// The bytes are not an entry, or the batch breaks the protocol's limits.
+pub fn split(entry: &[u8]) -> Result<(&[u8], Batch), Malformed> {
     let (length, rest) = entry
         .split_first_chunk::<4>()
         .ok_or_else(|| Malformed("shorter than its header".into()))?;
@@ -45,11 +46,25 @@ pub fn decode(entry: &[u8]) -> Result<(Hello, Batch), Malformed> {
         return Err(Malformed("the Hello runs past the end".into()));
     }
     let (hello, batch) = rest.split_at(length);
-    let frame = |bytes| DeviceFrame::decode(bytes).map_err(|err| Malformed(err.to_string()));
-    match (frame(hello)?, frame(batch)?) {
-        (DeviceFrame::Hello(hello), DeviceFrame::Batch(batch)) => Ok((hello, batch)),
-        _ => Err(Malformed("expected a Hello and a Batch".into())),
+    match frame(batch)? {
+        DeviceFrame::Batch(batch) => Ok((hello, batch)),
+        _ => Err(Malformed("expected a Batch after the Hello".into())),
     }
+}
+
+/// The `Hello` part of an entry, decoded.
+///
+/// # Errors
+/// It is not a `Hello`, or breaks the protocol's limits.
+pub fn hello(part: &[u8]) -> Result<Hello, Malformed> {
+    match frame(part)? {
+        DeviceFrame::Hello(hello) => Ok(hello),
+        _ => Err(Malformed("expected a Hello".into())),
+    }
+}
+
+fn frame(bytes: &[u8]) -> Result<DeviceFrame, Malformed> {
+    DeviceFrame::decode(bytes).map_err(|err| Malformed(err.to_string()))
 }
 
 #[cfg(test)]
@@ -72,6 +87,12 @@ mod tests {
         }
     }
 
+    /// Both parts, decoded.
+    fn decode(entry: &[u8]) -> Result<(Hello, Batch), Malformed> {
+        let (part, batch) = split(entry)?;
+        Ok((super::hello(part)?, batch))
+    }
+
     #[test]
     fn an_entry_decodes_to_the_hello_and_batch_it_was_made_of() {
         let batch = Batch {
@@ -83,8 +104,14 @@ mod tests {
                 value: 21.5,
             }],
         };
-        let entry = encode(&hello_part(&hello()), batch.clone());
+        let part = hello_part(&hello());
+        let entry = encode(&part, batch.clone());
         assert_eq!(decode(&entry).unwrap(), (hello(), batch));
+        assert_eq!(
+            split(&entry).unwrap().0,
+            &part[..],
+            "the Hello as it was encoded"
+        );
     }
 
     #[test]
