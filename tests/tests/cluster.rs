@@ -552,3 +552,56 @@ async fn a_device_added_for_the_cluster_connects_anywhere_until_revoked_everywhe
     assert!(!failed.status.success());
     assert!(String::from_utf8_lossy(&failed.stderr).contains("--nats-url"));
 }
+
+#[tokio::test]
+async fn entries_no_hub_wrote_are_skipped_and_harm_no_one() {
+    let nats = NatsServer::start().await.unwrap();
+    let url = nats.url();
+    let (a, b) = (member(&url, "a", &[]).await, member(&url, "b", &[]).await);
+
+    // Anyone who may publish on the stream's subjects: bytes that are no
+    // entry, a Hello naming another device than its subject, and a
+    // provisioning change with a hash that is not one.
+    let client = async_nats::connect(&url).await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    let liar = {
+        let mut entry = Vec::new();
+        let hello = DeviceFrame::Hello(e2e::hello("other")).encode();
+        entry.extend_from_slice(&u32::try_from(hello.len()).unwrap().to_be_bytes());
+        entry.extend_from_slice(&hello);
+        entry.extend_from_slice(&batch(1, 1_000, 1).encode());
+        entry
+    };
+    for (subject, payload) in [
+        ("telemetry.readings.x", b"not an entry".to_vec()),
+        ("telemetry.readings.x", liar),
+        (
+            "telemetry.devices.y",
+            br#"{"change":"token","device":"y","token_sha256":[1,2]}"#.to_vec(),
+        ),
+    ] {
+        jetstream
+            .publish(subject, payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    // A real device's readings after them are stored on both hubs, which
+    // stay healthy; nothing of the rest is stored.
+    delivered(fleet("ok-", 1, 10, &[&a.addr])).await;
+    let rows = stored(&b, 10).await;
+    assert_eq!(rows.len(), 10);
+    assert!(rows.iter().all(|row| row.1 == "ok-1"), "{rows:?}");
+    assert_eq!(stored(&a, 10).await, rows);
+    for hub in [&a, &b] {
+        let (status, body) = hub.get("/healthz").await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        let (_, devices) = hub.get("/v1/devices").await.unwrap();
+        assert!(
+            !devices.contains(r#""id":"y""#) && !devices.contains(r#""id":"other""#),
+            "{devices}"
+        );
+    }
+}
