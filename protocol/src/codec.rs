@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 
 use crate::frames::{DeviceFrame, HubFrame, MetricDescriptor, error_code};
 use crate::limits::{
-    MAX_COMMAND_ARGS, MAX_FRAME_BYTES, MAX_ID_LEN, MAX_METRICS, MAX_READINGS_PER_BATCH,
-    MAX_TEXT_LEN,
+    MAX_COMMAND_ARGS, MAX_FRAME_BYTES, MAX_ID_LEN, MAX_METRICS, MAX_READINGS_PER_BATCH, MAX_SEQ,
+    MAX_TEXT_LEN, METRIC_NAME_RESERVED,
 };
 
 /// Why bytes are not an acceptable frame.
@@ -39,6 +39,11 @@ pub enum DecodeError {
     DuplicateMetric { id: u16 },
     /// A batch's `seq` is 0; sequence numbers start at 1.
     ZeroSeq,
+    /// A batch's `seq` is above [`MAX_SEQ`].
+    SeqOutOfRange,
+    /// A text holds a control character, or a metric name one of
+    /// [`METRIC_NAME_RESERVED`].
+    BadCharacter { field: &'static str },
 }
 
 impl DecodeError {
@@ -80,6 +85,14 @@ impl fmt::Display for DecodeError {
                 write!(f, "metric descriptor {id} repeats an id or a name")
             }
             DecodeError::ZeroSeq => write!(f, "batch seq must start at 1"),
+            DecodeError::SeqOutOfRange => write!(f, "batch seq must be at most {MAX_SEQ}"),
+            DecodeError::BadCharacter { field } if *field == "metric name" => write!(
+                f,
+                "metric name must hold no control characters and none of {METRIC_NAME_RESERVED:?}"
+            ),
+            DecodeError::BadCharacter { field } => {
+                write!(f, "{field} must hold no control characters")
+            }
         }
     }
 }
@@ -145,14 +158,17 @@ impl DeviceFrame {
         match self {
             DeviceFrame::Hello(hello) => {
                 check_device_id(&hello.device_id)?;
-                check_text("model", &hello.model)?;
-                check_text("firmware", &hello.firmware)?;
+                check_printable("model", &hello.model)?;
+                check_printable("firmware", &hello.firmware)?;
                 check_count("metrics", hello.metrics.len(), MAX_METRICS)?;
                 check_metrics(&hello.metrics)
             }
             DeviceFrame::Batch(batch) => {
                 if batch.seq == 0 {
                     return Err(DecodeError::ZeroSeq);
+                }
+                if batch.seq > MAX_SEQ {
+                    return Err(DecodeError::SeqOutOfRange);
                 }
                 if batch.readings.is_empty() {
                     return Err(DecodeError::Empty { field: "readings" });
@@ -187,6 +203,7 @@ impl HubFrame {
     pub fn validate(&self) -> Result<(), DecodeError> {
         match self {
             HubFrame::Welcome(_) | HubFrame::Ack(_) => Ok(()),
+            HubFrame::Token(token) => check_required_text("token", &token.token),
             HubFrame::Command(command) => {
                 check_required_text("command name", &command.name)?;
                 check_count("args", command.args.len(), MAX_COMMAND_ARGS)?;
@@ -228,6 +245,37 @@ fn check_text(field: &'static str, text: &str) -> Result<(), DecodeError> {
     Ok(())
 }
 
+/// A text people read and tools store (model, firmware, unit): within its
+/// limit, and without control characters, which would reach terminals,
+/// CSV files and MQTT packets raw.
+fn check_printable(field: &'static str, text: &str) -> Result<(), DecodeError> {
+    check_text(field, text)?;
+    if text.chars().any(char::is_control) {
+        return Err(DecodeError::BadCharacter { field });
+    }
+    Ok(())
+}
+
+/// Whether `name` may name a metric: 1 to [`MAX_TEXT_LEN`] bytes, no control
+/// characters, and none of [`METRIC_NAME_RESERVED`], so that it is one
+/// MQTT topic level as it stands.
+pub fn is_valid_metric_name(name: &str) -> bool {
+    check_metric_name(name).is_ok()
+}
+
+fn check_metric_name(name: &str) -> Result<(), DecodeError> {
+    check_required_text("metric name", name)?;
+    if name
+        .chars()
+        .any(|c| c.is_control() || METRIC_NAME_RESERVED.contains(c))
+    {
+        return Err(DecodeError::BadCharacter {
+            field: "metric name",
+        });
+    }
+    Ok(())
+}
+
 fn check_required_text(field: &'static str, text: &str) -> Result<(), DecodeError> {
     if text.is_empty() {
         return Err(DecodeError::Empty { field });
@@ -244,8 +292,8 @@ fn check_count(field: &'static str, len: usize, limit: usize) -> Result<(), Deco
 
 fn check_metrics(metrics: &[MetricDescriptor]) -> Result<(), DecodeError> {
     for (i, metric) in metrics.iter().enumerate() {
-        check_required_text("metric name", &metric.name)?;
-        check_text("unit", &metric.unit)?;
+        check_metric_name(&metric.name)?;
+        check_printable("unit", &metric.unit)?;
         // At most MAX_METRICS entries, so the quadratic scan is cheap.
         let repeated = metrics[..i]
             .iter()

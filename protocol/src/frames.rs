@@ -29,6 +29,10 @@ pub enum HubFrame {
     Command(Command),
     /// The hub is about to close the connection, and why.
     Error(ErrorFrame),
+    /// The device's own token, issued when it registered itself with the
+    /// provisioning key (protocol version 2). Sent before `Welcome`; the
+    /// device keeps it and presents it instead of the key from then on.
+    Token(Token),
 }
 
 /// Introduces the device and the metrics it will send.
@@ -134,6 +138,19 @@ pub struct CommandArg {
     pub value: String,
 }
 
+/// A device's own bearer token, issued by the hub (see [`HubFrame::Token`]).
+///
+/// Sent before `Welcome`, so a device that sends a `Batch` (which it does
+/// only after `Welcome`) has read it: the hub takes that first batch as
+/// proof that the device holds its token. Until then the provisioning key
+/// may still register the device again (a device that lost the frame, or
+/// crashed before it kept it, is not locked out); after it, only the token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Token {
+    /// The bearer token, as printable ASCII.
+    pub token: String,
+}
+
 /// Sent by the hub just before it closes the connection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorFrame {
@@ -160,7 +177,9 @@ pub mod error_code {
     pub const HELLO_TIMEOUT: u16 = 4;
     /// The protocol version is not supported.
     pub const UNSUPPORTED_VERSION: u16 = 5;
-    /// The `Hello`'s device id is not the one the credentials are for.
+    /// The `Hello`'s device id is not the one the credentials are for, or
+    /// the provisioning key was presented for a device that has credentials
+    /// of its own (a token, or a certificate identity).
     pub const WRONG_DEVICE: u16 = 6;
     /// A `Batch`'s `seq` is not above the previous one on this connection.
     pub const SEQ_NOT_INCREASING: u16 = 7;
@@ -178,4 +197,11 @@ pub mod error_code {
     /// The device sent frames or readings faster than the hub's per-device
     /// budget allows.
     pub const RATE_LIMITED: u16 = 13;
+    /// A `Batch`'s `seq` jumps more than [`crate::limits::MAX_SEQ_JUMP`]
+    /// past the highest the hub knows for the device. Number batches on
+    /// from `Welcome.last_seq`.
+    pub const SEQ_TOO_FAR: u16 = 14;
+    /// The device would have more metrics than
+    /// [`crate::limits::MAX_METRICS_PER_DEVICE`].
+    pub const TOO_MANY_METRICS: u16 = 15;
 }

@@ -29,11 +29,19 @@ mod codec;
 mod frames;
 pub mod limits;
 
-pub use codec::{DecodeError, is_valid_device_id};
+pub use codec::{DecodeError, is_valid_device_id, is_valid_metric_name};
 pub use frames::{
     Ack, Batch, Command, CommandArg, CommandResult, DeviceFrame, ErrorFrame, Hello, HubFrame,
-    MetricDescriptor, Reading, Welcome, error_code,
+    MetricDescriptor, Reading, Token, Welcome, error_code,
 };
 
 /// The protocol version this crate speaks. Sent in [`Hello::version`].
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// Version 2 adds [`HubFrame::Token`]: a device that registers itself with
+/// the fleet's provisioning key is issued a token of its own, and the key no
+/// longer reaches it afterwards. A version 1 device may still connect with
+/// its own token or certificate, but not with the provisioning key.
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The first version whose devices may register with the provisioning key.
+pub const ENROLMENT_VERSION: u16 = 2;

@@ -27,3 +27,24 @@ pub const MAX_TEXT_LEN: usize = 256;
 
 /// Most arguments in one `Command`.
 pub const MAX_COMMAND_ARGS: usize = 16;
+
+/// Highest batch `seq`: SQLite keeps a device's last one as a signed 64-bit
+/// integer. A batch above it is refused as malformed.
+pub const MAX_SEQ: u64 = i64::MAX as u64;
+
+/// How far past the highest `seq` the hub knows for a device one batch may
+/// jump (2^24, a device that dropped sixteen million batches while offline).
+/// A jump beyond it is refused (`error_code::SEQ_TOO_FAR`), never adopted:
+/// adopted, it would make every later batch below it a "resend".
+pub const MAX_SEQ_JUMP: u64 = 1 << 24;
+
+/// Characters a metric name may not hold beside control characters: MQTT
+/// gives `/` a meaning in topics and forbids `+` and `#` in published ones,
+/// and a metric name is one topic level of the bridge's.
+pub const METRIC_NAME_RESERVED: &str = "/+#";
+
+/// Most metrics one device may have, across all its connections: SQLite
+/// reads a device's history with one term per metric in a compound
+/// `SELECT`, which it caps at 500. A `Hello` that would pass it is refused
+/// (`error_code::TOO_MANY_METRICS`).
+pub const MAX_METRICS_PER_DEVICE: usize = 256;

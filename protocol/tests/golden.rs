@@ -3,7 +3,7 @@
 
 use protocol::{
     Ack, Batch, Command, CommandArg, CommandResult, DeviceFrame, ErrorFrame, Hello, HubFrame,
-    MetricDescriptor, Reading, Welcome, error_code,
+    MetricDescriptor, Reading, Token, Welcome, error_code,
 };
 
 const DOC: &str = include_str!("../../docs/protocol.md");
@@ -65,6 +65,12 @@ fn expected() -> Vec<(&'static str, Frame)> {
             })),
         ),
         ("ack", Frame::Hub(HubFrame::Ack(Ack { seq: 42 }))),
+        (
+            "token",
+            Frame::Hub(HubFrame::Token(Token {
+                token: "t0k3n".into(),
+            })),
+        ),
         (
             "command",
             Frame::Hub(HubFrame::Command(Command {

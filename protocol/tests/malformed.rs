@@ -2,7 +2,7 @@
 //! and never an allocation sized by the sender.
 
 use protocol::limits::{
-    MAX_COMMAND_ARGS, MAX_FRAME_BYTES, MAX_METRICS, MAX_READINGS_PER_BATCH, MAX_TEXT_LEN,
+    MAX_COMMAND_ARGS, MAX_FRAME_BYTES, MAX_METRICS, MAX_READINGS_PER_BATCH, MAX_SEQ, MAX_TEXT_LEN,
 };
 use protocol::{
     Batch, Command, CommandArg, DecodeError, DeviceFrame, Hello, HubFrame, MetricDescriptor,
@@ -64,7 +64,7 @@ fn unknown_variants_are_malformed() {
         Err(DecodeError::Malformed(_))
     ));
     assert!(matches!(
-        HubFrame::decode(&[4, 0]),
+        HubFrame::decode(&[5, 0]),
         Err(DecodeError::Malformed(_))
     ));
 }
@@ -235,4 +235,67 @@ fn a_non_canonical_varint_reads_as_its_value() {
     let mut long = vec![bytes[0], 0x81, 0x00];
     long.extend_from_slice(&bytes[2..]);
     assert_eq!(DeviceFrame::decode(&long), Ok(batch(1, 1)));
+}
+
+#[test]
+fn a_seq_past_the_storable_range_is_refused() {
+    assert!(DeviceFrame::decode(&batch(MAX_SEQ, 1).encode()).is_ok());
+    for seq in [MAX_SEQ + 1, u64::MAX] {
+        assert_eq!(
+            DeviceFrame::decode(&batch(seq, 1).encode()),
+            Err(DecodeError::SeqOutOfRange)
+        );
+    }
+}
+
+#[test]
+fn control_characters_and_topic_wildcards_are_refused_in_metric_names() {
+    for name in [
+        "tab\there",
+        "nul\0",
+        "esc\u{1b}[31m",
+        "c1\u{85}",
+        "a/b",
+        "a+",
+        "#",
+    ] {
+        assert_eq!(
+            DeviceFrame::decode(&hello("d", vec![metric(1, name)]).encode()),
+            Err(DecodeError::BadCharacter {
+                field: "metric name"
+            }),
+            "{name:?}"
+        );
+        assert!(!protocol::is_valid_metric_name(name));
+    }
+    for name in [
+        "temperature",
+        "Außentemperatur",
+        "pm2.5",
+        "=SUM(A1)",
+        "温度 1",
+    ] {
+        assert!(
+            DeviceFrame::decode(&hello("d", vec![metric(1, name)]).encode()).is_ok(),
+            "{name:?}"
+        );
+    }
+}
+
+#[test]
+fn control_characters_are_refused_in_units_models_and_firmware() {
+    let mut with_unit = metric(1, "t");
+    with_unit.unit = "\u{7f}C".into();
+    assert_eq!(
+        DeviceFrame::decode(&hello("d", vec![with_unit]).encode()),
+        Err(DecodeError::BadCharacter { field: "unit" })
+    );
+    let DeviceFrame::Hello(mut bad_model) = hello("d", vec![metric(1, "t")]) else {
+        unreachable!()
+    };
+    bad_model.firmware = "1.0\r\n".into();
+    assert_eq!(
+        DeviceFrame::decode(&DeviceFrame::Hello(bad_model).encode()),
+        Err(DecodeError::BadCharacter { field: "firmware" })
+    );
 }

@@ -2,9 +2,10 @@
 
 use proptest::collection::{btree_set, vec};
 use proptest::prelude::*;
+use protocol::limits::MAX_SEQ;
 use protocol::{
     Ack, Batch, Command, CommandArg, CommandResult, DeviceFrame, ErrorFrame, Hello, HubFrame,
-    MetricDescriptor, Reading, Welcome,
+    MetricDescriptor, Reading, Token, Welcome,
 };
 
 fn device_id() -> impl Strategy<Value = String> {
@@ -16,18 +17,25 @@ fn text() -> impl Strategy<Value = String> {
     ".{0,60}"
 }
 
+/// A text for people without control characters (model, firmware, unit).
+fn printable() -> impl Strategy<Value = String> {
+    "[^\\p{Cc}]{0,60}"
+}
+
 fn metrics() -> impl Strategy<Value = Vec<MetricDescriptor>> {
-    (btree_set("[a-z_]{1,20}", 0..16), any::<u16>(), text()).prop_map(|(names, first, unit)| {
-        names
-            .into_iter()
-            .enumerate()
-            .map(|(i, name)| MetricDescriptor {
-                id: first.wrapping_add(i as u16),
-                name,
-                unit: unit.clone(),
-            })
-            .collect()
-    })
+    (btree_set("[a-z_]{1,20}", 0..16), any::<u16>(), printable()).prop_map(
+        |(names, first, unit)| {
+            names
+                .into_iter()
+                .enumerate()
+                .map(|(i, name)| MetricDescriptor {
+                    id: first.wrapping_add(i as u16),
+                    name,
+                    unit: unit.clone(),
+                })
+                .collect()
+        },
+    )
 }
 
 fn reading() -> impl Strategy<Value = Reading> {
@@ -40,8 +48,14 @@ fn reading() -> impl Strategy<Value = Reading> {
 
 fn device_frame() -> impl Strategy<Value = DeviceFrame> {
     prop_oneof![
-        (any::<u16>(), device_id(), text(), text(), metrics()).prop_map(
-            |(version, device_id, model, firmware, metrics)| {
+        (
+            any::<u16>(),
+            device_id(),
+            printable(),
+            printable(),
+            metrics()
+        )
+            .prop_map(|(version, device_id, model, firmware, metrics)| {
                 DeviceFrame::Hello(Hello {
                     version,
                     device_id,
@@ -49,17 +63,14 @@ fn device_frame() -> impl Strategy<Value = DeviceFrame> {
                     firmware,
                     metrics,
                 })
-            }
-        ),
-        (1..=u64::MAX, any::<u64>(), vec(reading(), 1..200)).prop_map(
-            |(seq, base_ms, readings)| {
-                DeviceFrame::Batch(Batch {
-                    seq,
-                    base_ms,
-                    readings,
-                })
-            }
-        ),
+            }),
+        (1..=MAX_SEQ, any::<u64>(), vec(reading(), 1..200)).prop_map(|(seq, base_ms, readings)| {
+            DeviceFrame::Batch(Batch {
+                seq,
+                base_ms,
+                readings,
+            })
+        }),
         (any::<u64>(), any::<bool>(), text()).prop_map(|(id, ok, detail)| {
             DeviceFrame::CommandResult(CommandResult { id, ok, detail })
         }),
@@ -83,6 +94,7 @@ fn hub_frame() -> impl Strategy<Value = HubFrame> {
             .prop_map(|(id, name, args)| HubFrame::Command(Command { id, name, args })),
         (any::<u16>(), text())
             .prop_map(|(code, message)| HubFrame::Error(ErrorFrame { code, message })),
+        "[0-9a-f]{1,64}".prop_map(|token| HubFrame::Token(Token { token })),
     ]
 }
 
