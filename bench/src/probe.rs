@@ -66,14 +66,14 @@ pub async fn run(spec: ProbeSpec) -> anyhow::Result<ProbeResult> {
             unit: "us".into(),
         }],
     };
-    let (mut ws, welcome) = device_sim::link::handshake(
+    let (mut ws, greeting) = device_sim::link::handshake(
         spec.url.clone(),
         crate::hubproc::client_tls(),
         "bench".into(),
         hello,
     )
     .await?;
-    let first_seq = welcome.last_seq + 1;
+    let first_seq = greeting.welcome.last_seq + 1;
 
     let mut result = ProbeResult {
         rtt_us: latency_histogram(),

@@ -9,21 +9,20 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
-use protocol::{
-    Command, CommandResult, DeviceFrame, Hello, HubFrame, PROTOCOL_VERSION, Reading, Welcome,
-};
+use protocol::{Command, CommandResult, DeviceFrame, Hello, HubFrame, PROTOCOL_VERSION, Reading};
 use tokio::time::{Instant, Interval, MissedTickBehavior, sleep_until};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::link::{Ws, handshake};
+use crate::keyring::Keyring;
+use crate::link::{Greeting, Ws, handshake};
 use crate::outbox::Outbox;
 use crate::rng::Rng;
 use crate::sensors::{SensorKind, Sensors};
 use crate::stats::Stats;
 
-type Handshake = Pin<Box<dyn Future<Output = anyhow::Result<(Box<Ws>, Welcome)>> + Send>>;
+type Handshake = Pin<Box<dyn Future<Output = anyhow::Result<(Box<Ws>, Greeting)>> + Send>>;
 
 /// Batches a backfilling device keeps unacknowledged at most.
 const BACKFILL_WINDOW: usize = 16;
@@ -63,6 +62,9 @@ pub struct DeviceSettings {
     /// Client certificates the devices present to a `wss://` hub (with
     /// [`crate::fleet::Credential::Certificate`], instead of a token).
     pub client_certs: Option<Arc<crate::tls::ClientCerts>>,
+    /// The devices' own tokens, presented instead of the fleet's
+    /// credential; where tokens the hub issues are kept.
+    pub keyring: Arc<Keyring>,
 }
 
 impl DeviceSettings {
@@ -85,6 +87,7 @@ impl DeviceSettings {
             backfill: Duration::ZERO,
             tls: None,
             client_certs: None,
+            keyring: Arc::new(Keyring::in_memory()),
         }
     }
 }
@@ -112,7 +115,8 @@ pub fn endpoint(hub: &str) -> Result<String, String> {
 #[derive(Debug, Clone)]
 pub struct DeviceSpec {
     pub id: String,
-    /// Its bearer token: its own, or the fleet's provisioning key.
+    /// Its bearer token: its own, or the fleet's provisioning key (a
+    /// token in [`DeviceSettings::keyring`] goes first).
     pub credential: String,
     pub seed: u64,
     /// Wait this long before the first connection (spreads a fleet's start).
@@ -173,7 +177,7 @@ impl Link {
 
 enum Event {
     Retry,
-    Handshake(anyhow::Result<(Box<Ws>, Welcome)>),
+    Handshake(anyhow::Result<(Box<Ws>, Greeting)>),
     Incoming(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
     Tick,
     Flush,
@@ -490,15 +494,34 @@ pub async fn run(
                     Link::Down { attempt, .. } => attempt,
                     _ => 0,
                 };
+                let credential = device
+                    .settings
+                    .keyring
+                    .token(&device.spec.id)
+                    .unwrap_or_else(|| device.spec.credential.clone());
                 let handshake = Box::pin(handshake(
                     device.endpoint().to_owned(),
                     device.tls.clone(),
-                    device.spec.credential.clone(),
+                    credential,
                     device.hello(),
                 ));
                 link = Link::Connecting { attempt, handshake };
             }
-            Event::Handshake(Ok((ws, welcome))) => {
+            Event::Handshake(Ok((ws, Greeting { welcome, token }))) => {
+                // Kept before any batch goes: the first one tells the hub
+                // that this device holds its token, and the key stops
+                // working for it.
+                if let Some(token) = token
+                    && let Err(err) = device.settings.keyring.keep(&device.spec.id, &token)
+                {
+                    tracing::warn!(device = %device.spec.id, error = %err, "cannot keep the issued token");
+                    device.stats.set_last_error(format!(
+                        "{}: cannot keep the token the hub issued: {err}",
+                        device.spec.id
+                    ));
+                    link = device.dropped();
+                    continue;
+                }
                 let settled = device.outbox.resume(welcome.last_seq);
                 if settled.readings > 0 {
                     device.fruitless = 0;
@@ -559,7 +582,8 @@ pub async fn run(
                         device.spec.id, error.code, error.message
                     ));
                 }
-                Ok(HubFrame::Welcome(_)) => {}
+                // Only ever sent before Welcome, in the handshake.
+                Ok(HubFrame::Welcome(_) | HubFrame::Token(_)) => {}
                 Err(err) => {
                     tracing::warn!(device = %device.spec.id, error = %err, "undecodable frame from the hub")
                 }

@@ -25,6 +25,9 @@ pub enum Credential {
     /// No token: each device presents its client certificate
     /// ([`crate::device::DeviceSettings::client_certs`]).
     Certificate,
+    /// Each device presents its own token from
+    /// [`crate::device::DeviceSettings::keyring`].
+    Keyring,
 }
 
 /// How the fleet's devices are named.
@@ -117,7 +120,7 @@ pub async fn run(config: FleetConfig) -> Summary {
     for index in 1..=config.devices {
         let credential = match &config.credential {
             Credential::Token(token) | Credential::ProvisionKey(token) => token.clone(),
-            Credential::Certificate => String::new(),
+            Credential::Certificate | Credential::Keyring => String::new(),
         };
         let spec = DeviceSpec {
             id: match &config.ids {

@@ -13,6 +13,7 @@
 pub mod backoff;
 pub mod device;
 pub mod fleet;
+pub mod keyring;
 pub mod link;
 pub mod outbox;
 pub mod rng;

@@ -1,5 +1,6 @@
 //! The device side of the connection handshake: open the WebSocket with a
-//! bearer token, send `Hello`, wait for `Welcome`. The simulator's devices
+//! bearer token, send `Hello`, wait for `Welcome` (and the `Token` before
+//! it, when the provisioning key registered the device). The simulator's devices
 //! use it, and so do the end-to-end tests and the benchmark harness, so
 //! every client of the hub in this workspace shakes hands the same way.
 
@@ -74,14 +75,26 @@ pub async fn connect(
     Ok(ws)
 }
 
-/// Sends `hello` and waits for the hub's `Welcome` (pings aside).
+/// What the hub answered a `Hello`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Greeting {
+    pub welcome: Welcome,
+    /// The device's own token, when the provisioning key registered it
+    /// (it came before `Welcome`): keep it before sending any batch, and
+    /// present it from then on (see [`crate::keyring`]).
+    pub token: Option<String>,
+}
+
+/// Sends `hello` and waits for the hub's `Welcome` (pings aside), taking
+/// the `Token` the hub sends before it when it issues one.
 ///
 /// # Errors
 /// The hub answers with an `Error` frame (its message and code are in the
 /// error), anything else, nothing in time, or closes.
-pub async fn hello(ws: &mut Ws, hello: Hello) -> anyhow::Result<Welcome> {
+pub async fn greet(ws: &mut Ws, hello: Hello) -> anyhow::Result<Greeting> {
     ws.send(Message::Binary(DeviceFrame::Hello(hello).encode().into()))
         .await?;
+    let mut token = None;
     loop {
         let message = timeout(HANDSHAKE_TIMEOUT, ws.next())
             .await
@@ -89,7 +102,8 @@ pub async fn hello(ws: &mut Ws, hello: Hello) -> anyhow::Result<Welcome> {
             .context("hub closed before Welcome")??;
         match message {
             Message::Binary(bytes) => match HubFrame::decode(&bytes)? {
-                HubFrame::Welcome(welcome) => return Ok(welcome),
+                HubFrame::Welcome(welcome) => return Ok(Greeting { welcome, token }),
+                HubFrame::Token(issued) => token = Some(issued.token),
                 HubFrame::Error(error) => {
                     bail!("hub refused Hello: {} (code {})", error.message, error.code)
                 }
@@ -101,7 +115,15 @@ pub async fn hello(ws: &mut Ws, hello: Hello) -> anyhow::Result<Welcome> {
     }
 }
 
-/// [`connect`], then [`hello`].
+/// [`greet`], for a device that has its own token (the hub issues none).
+///
+/// # Errors
+/// As [`greet`].
+pub async fn hello(ws: &mut Ws, hello: Hello) -> anyhow::Result<Welcome> {
+    Ok(greet(ws, hello).await?.welcome)
+}
+
+/// [`connect`], then [`greet`].
 ///
 /// # Errors
 /// Either step fails.
@@ -110,8 +132,8 @@ pub async fn handshake(
     tls: Option<Arc<rustls::ClientConfig>>,
     token: String,
     hello_frame: Hello,
-) -> anyhow::Result<(Box<Ws>, Welcome)> {
+) -> anyhow::Result<(Box<Ws>, Greeting)> {
     let mut ws = connect(&url, tls, &token).await?;
-    let welcome = hello(&mut ws, hello_frame).await?;
-    Ok((Box::new(ws), welcome))
+    let greeting = greet(&mut ws, hello_frame).await?;
+    Ok((Box::new(ws), greeting))
 }

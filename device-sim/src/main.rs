@@ -8,6 +8,7 @@ use clap::Parser;
 use device_sim::backoff::Backoff;
 use device_sim::device::{DeviceSettings, endpoint};
 use device_sim::fleet::{self, Credential, FleetConfig, Ids};
+use device_sim::keyring::Keyring;
 use device_sim::sensors::SensorKind;
 use device_sim::tls::{self, ClientCerts};
 
@@ -60,9 +61,17 @@ struct Args {
     /// The PEM private key of --client-ca-cert.
     #[arg(long, requires = "client_ca_cert")]
     client_ca_key: Option<PathBuf>,
-    /// The hub's provisioning key: every device registers itself with it.
+    /// The hub's provisioning key: every device registers itself with it,
+    /// and the hub issues each its own token, which it presents from then
+    /// on (the key no longer reaches it).
     #[arg(long, env = "SIM_PROVISION_KEY", hide_env_values = true)]
     provision_key: Option<String>,
+    /// Where devices keep the tokens the hub issues them (`device-id
+    /// token` lines, created readable by its owner only); read at start,
+    /// so a fleet run again against the same hub gets in with them.
+    /// Without it, issued tokens live as long as this process.
+    #[arg(long, env = "SIM_TOKEN_FILE", requires = "provision_key")]
+    token_file: Option<PathBuf>,
     /// Readings per second per device (every sample reads every metric);
     /// without it, devices sample at the interval the hub announces.
     #[arg(long, allow_negative_numbers = true)]
@@ -177,6 +186,16 @@ async fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let keyring = match &args.token_file {
+        None => Keyring::in_memory(),
+        Some(path) => match Keyring::open(path) {
+            Ok(keyring) => keyring,
+            Err(err) => {
+                eprintln!("error: --token-file: {err:#}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     let tls = match (args.hub.secure(), &args.ca_cert) {
         (true, ca_cert) => match tls::client_config(ca_cert.as_deref()) {
             Ok(config) => Some(config),
@@ -219,6 +238,7 @@ async fn main() -> ExitCode {
             backfill: args.backfill,
             tls,
             client_certs,
+            keyring: std::sync::Arc::new(keyring),
         },
     };
     let summary = fleet::run(config).await;

@@ -1,5 +1,5 @@
 //! The `hub` command line: `serve`, `demo` (with a simulated fleet), and
-//! `device add|list|revoke` for provisioning. Every flag can also be set by its environment variable.
+//! `device add|token|list|revoke` for provisioning. Every flag can also be set by its environment variable.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -173,6 +173,13 @@ struct ServeArgs {
     /// headers; past it, new connections are closed at once.
     #[arg(long, env = "HUB_MAX_HANDSHAKES", default_value_t = 1_024, value_parser = clap::value_parser!(u32).range(1..))]
     max_handshakes: u32,
+    /// The most HTTP connections served at once, HTTP/1.1 and HTTP/2 alike
+    /// (live streams included; a device's until its WebSocket upgrade,
+    /// then --max-devices counts it); past it, new connections are closed
+    /// at once. Keep it and --max-devices within the hub's descriptor limit
+    /// (ulimit -n), which the hub raises to its hard limit at start.
+    #[arg(long, env = "HUB_MAX_CONNECTIONS", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
     /// Sampling interval announced to devices in Welcome.
     #[arg(long, env = "HUB_SAMPLE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     sample_interval: Duration,
@@ -200,8 +207,14 @@ struct ServeArgs {
     /// Require this token for the monitor API (/v1/events, /v1/devices,
     /// /v1/readings, commands). Without it that API is open to anyone who
     /// can reach the hub.
-    #[arg(long, env = "HUB_MONITOR_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "HUB_MONITOR_TOKEN", hide_env_values = true, value_parser = parse_monitor_token)]
     monitor_token: Option<String>,
+    /// Without --monitor-token, the monitor API answers only requests whose
+    /// Host is an IP address, `localhost`, or one of these names (so a web
+    /// page cannot reach it by DNS rebinding); repeat it, or separate names
+    /// with commas.
+    #[arg(long = "allowed-host", env = "HUB_ALLOWED_HOSTS", value_delimiter = ',', value_parser = parse_host_name)]
+    allowed_hosts: Vec<String>,
     /// Most concurrent live (SSE) subscribers; more get 503 with Retry-After.
     #[arg(long, env = "HUB_MAX_SUBSCRIBERS", default_value_t = 10_000)]
     max_subscribers: usize,
@@ -258,6 +271,17 @@ enum DeviceCommand {
         /// A name for people.
         #[arg(long)]
         name: Option<String>,
+        #[command(flatten)]
+        db: DbArg,
+        #[command(flatten)]
+        cluster: ClusterArg,
+    },
+    /// Give an existing device a new token and print it (alone on standard
+    /// output): its old token stops working, and the provisioning key no
+    /// longer reaches it. For a device that lost the token it had.
+    /// With --nats-url: on every hub of the cluster.
+    Token {
+        id: String,
         #[command(flatten)]
         db: DbArg,
         #[command(flatten)]
@@ -334,20 +358,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 /// it sampled), then the hub.
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let DemoArgs {
-        mut serve,
+        serve,
         devices,
         backfill,
     } = args;
-    let key = match &serve.provision_key {
-        Some(key) => key.clone(),
-        None => crate::auth::generate_token()?,
-    };
-    serve.provision_key = Some(key.clone());
     let (hub, addr) = start(serve).await?;
+    let devices = usize::try_from(devices).unwrap_or(usize::MAX);
+    let tokens = crate::demo::issue_tokens(hub.store(), devices).await?;
     let fleet = crate::demo::fleet(
         &addr.to_string(),
-        &key,
-        usize::try_from(devices).unwrap_or(usize::MAX),
+        device_sim::fleet::Credential::Keyring,
+        tokens,
+        devices,
         backfill,
     )?;
     println!(
@@ -460,6 +482,7 @@ async fn start(args: ServeArgs) -> anyhow::Result<(Hub, std::net::SocketAddr)> {
             header_read_timeout: args.header_read_timeout,
             max_header_bytes: args.max_header_bytes as usize,
             max_handshakes: args.max_handshakes as usize,
+            max_connections: args.max_connections as usize,
         },
         retention: keep.deletes().then_some(Retention {
             keep,
@@ -467,6 +490,7 @@ async fn start(args: ServeArgs) -> anyhow::Result<(Hub, std::net::SocketAddr)> {
         }),
         compact_after: args.compact_after,
         monitor_token: args.monitor_token,
+        allowed_hosts: args.allowed_hosts,
         max_subscribers: args.max_subscribers,
         live_buffer_bytes: usize::try_from(args.live_buffer_mb << 20).unwrap_or(usize::MAX),
         live: subscription::Timing {
@@ -526,15 +550,34 @@ async fn device(command: DeviceCommand) -> anyhow::Result<()> {
                 },
             ..
         } => {
-            let token = crate::auth::generate_token()?;
-            let change = DeviceChange::Token {
-                device: id.clone(),
-                token_sha256: crate::auth::hash_token(&token).to_vec(),
-                name,
-            };
-            journal::provision::announce(&url, &nats_stream, &change).await?;
+            let token = cluster_token(&url, &nats_stream, &id, name).await?;
             print_out(&format!("{token}\n"))?;
             eprintln!("added {id} for every hub of stream {nats_stream}");
+        }
+        DeviceCommand::Token {
+            id,
+            cluster:
+                ClusterArg {
+                    nats_url: Some(url),
+                    nats_stream,
+                },
+            ..
+        } => {
+            let token = cluster_token(&url, &nats_stream, &id, None).await?;
+            print_out(&format!("{token}\n"))?;
+            eprintln!("gave {id} a new token on every hub of stream {nats_stream}");
+        }
+        DeviceCommand::Token { id, db, .. } => {
+            let store = open(&db).await?;
+            if store.device(&id).await?.is_none() {
+                anyhow::bail!(
+                    "no device {id:?} in {}: add it with `hub device add`",
+                    db.db.display()
+                );
+            }
+            let token = store.issue_token(&id).await.context("issuing the token")?;
+            store.close().await;
+            print_out(&format!("{token}\n"))?;
         }
         DeviceCommand::Add { id, name, db, .. } => {
             let store = open(&db).await?;
@@ -599,6 +642,57 @@ async fn device(command: DeviceCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Publishes a new token for `id` to a cluster's stream, for every hub;
+/// returns the token.
+async fn cluster_token(
+    url: &str,
+    stream: &str,
+    id: &str,
+    name: Option<String>,
+) -> anyhow::Result<String> {
+    let token = crate::auth::generate_token()?;
+    let change = DeviceChange::Token {
+        device: id.to_owned(),
+        token_sha256: crate::auth::hash_token(&token).to_vec(),
+        name,
+    };
+    journal::provision::announce(url, stream, &change).await?;
+    Ok(token)
+}
+
+/// A host name as a `Host` header names it: letters, digits, `-` and `.`,
+/// compared without regard to case.
+fn parse_host_name(text: &str) -> Result<String, String> {
+    let name = text.trim().to_ascii_lowercase();
+    if name.is_empty()
+        || name.len() > 253
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
+    {
+        return Err(format!(
+            "{text:?} is not a host name (letters, digits, - and .; no port)"
+        ));
+    }
+    Ok(name)
+}
+
+/// A monitor token: it travels in the `hub_token` cookie, whose value may
+/// hold only RFC 6265's cookie octets (printable ASCII but space, `"`, `,`,
+/// `;` and `\`). Another character would be cut off by the browser, and
+/// every request refused.
+fn parse_monitor_token(text: &str) -> Result<String, String> {
+    let cookie_octet = |c: char| c.is_ascii_graphic() && !matches!(c, '"' | ',' | ';' | '\\');
+    if text.is_empty() || text.len() > 256 || !text.chars().all(cookie_octet) {
+        return Err(
+            "a monitor token is 1 to 256 characters of printable ASCII other than space, \
+             \" , ; and \\ (it travels in a cookie)"
+                .into(),
+        );
+    }
+    Ok(text.to_owned())
 }
 
 /// A topic prefix: one or more levels, no wildcards, no empty level.

@@ -3,21 +3,46 @@
 //! every sensor kind, backfilled so the monitor's charts have history at
 //! once, then sampling once a second.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use device_sim::backoff::Backoff;
 use device_sim::device::{DeviceSettings, endpoint};
-use device_sim::fleet::{Credential, FleetConfig};
+use device_sim::fleet::{Credential, FleetConfig, Ids, device_id};
+use device_sim::keyring::Keyring;
 use device_sim::sensors::SensorKind;
 
-/// The fleet of `devices` devices for the hub at `addr`, registering
-/// themselves with `provision_key`, their clocks starting `backfill` ago.
+use crate::store::Store;
+
+/// The demo's devices are `sim-01`, `sim-02`, …
+const FLEET_PREFIX: &str = "sim-";
+
+/// Gives each of the demo's `devices` devices (`sim-01`, …) a new token,
+/// creating those the database lacks: a demo run again on the same file
+/// finds its devices and streams on as them.
+///
+/// # Errors
+/// The database refuses.
+pub async fn issue_tokens(store: &Store, devices: usize) -> anyhow::Result<Keyring> {
+    let mut tokens = Vec::with_capacity(devices);
+    for index in 1..=devices {
+        let id = device_id(FLEET_PREFIX, index, devices);
+        let token = store.issue_token(&id).await?;
+        tokens.push((id, token));
+    }
+    Ok(Keyring::with_tokens(tokens))
+}
+
+/// The fleet of `devices` devices for the hub at `addr`, presenting
+/// `credential` (the demo's: [`Credential::Keyring`], the tokens of
+/// `keyring`), their clocks starting `backfill` ago.
 ///
 /// # Errors
 /// `addr` does not make a device endpoint.
 pub fn fleet(
     addr: &str,
-    provision_key: &str,
+    credential: Credential,
+    keyring: Keyring,
     devices: usize,
     backfill: Duration,
 ) -> anyhow::Result<FleetConfig> {
@@ -34,13 +59,11 @@ pub fn fleet(
             base: Duration::from_millis(100),
             cap: Duration::from_secs(2),
         },
+        keyring: Arc::new(keyring),
         ..DeviceSettings::new(endpoint(&format!("ws://{addr}")).map_err(anyhow::Error::msg)?)
     };
-    let mut config = FleetConfig::new(
-        devices,
-        Credential::ProvisionKey(provision_key.into()),
-        device,
-    );
+    let mut config = FleetConfig::new(devices, credential, device);
+    config.ids = Ids::Numbered(FLEET_PREFIX.into());
     // Ctrl-C: what is sampled is delivered within this, then the hub stops.
     config.grace = Duration::from_secs(3);
     Ok(config)

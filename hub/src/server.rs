@@ -57,6 +57,9 @@ pub struct Settings {
     pub compact_after: Duration,
     /// When set, the monitor API needs this token.
     pub monitor_token: Option<String>,
+    /// Without a monitor token: the host names (beside IP addresses and
+    /// `localhost`) the monitor API answers to.
+    pub allowed_hosts: Vec<String>,
     /// Most concurrent live (SSE) subscribers.
     pub max_subscribers: usize,
     /// Most bytes of recent events kept in memory for live subscribers.
@@ -112,6 +115,8 @@ pub struct Hub {
     bridge: Option<Bridge>,
     /// In cluster mode: the journal and the first entry not stored here.
     journal: Option<(Journal, u64)>,
+    /// This hub's hold on its database file, until the writer has stopped.
+    _db_lock: crate::store::lock::DbLock,
 }
 
 impl Hub {
@@ -122,6 +127,13 @@ impl Hub {
     pub async fn build(settings: Settings) -> anyhow::Result<Hub> {
         // First: a bad certificate should not wait for the database.
         let tls = settings.tls.clone().map(Tls::new).transpose()?;
+        listener::raise_descriptor_limit(
+            settings
+                .http
+                .max_connections
+                .saturating_add(settings.max_devices),
+        );
+        let db_lock = crate::store::lock::lock(&settings.db)?;
         let store = Store::open(&settings.db, PoolDurability::WithWriter)
             .await
             .with_context(|| format!("opening database {}", settings.db.display()))?;
@@ -194,6 +206,7 @@ impl Hub {
             monitor_token: MonitorToken {
                 token: settings.monitor_token.as_deref().map(Arc::from),
                 secure: tls.is_some(),
+                allowed_hosts: settings.allowed_hosts.iter().cloned().collect(),
             },
             tls,
             mqtt: bridge.as_ref().map(Bridge::status),
@@ -209,7 +222,14 @@ impl Hub {
             retention_cutoff: retention,
             bridge,
             journal,
+            _db_lock: db_lock,
         })
+    }
+
+    /// The hub's database, for what runs beside it in its process
+    /// (`hub demo` issues its fleet's tokens).
+    pub fn store(&self) -> &Store {
+        &self.state.store
     }
 
     /// The address the hub listens on, with the real port.
@@ -239,6 +259,7 @@ impl Hub {
             retention_cutoff,
             bridge,
             journal,
+            _db_lock: db_lock,
         } = self;
         let cancel = state.shutdown.clone();
         let tracker = state.ingest.tracker.clone();
@@ -267,9 +288,8 @@ impl Hub {
             cancel.clone(),
         ));
 
-        if let Some(tls) = state.tls.clone() {
-            tracker.spawn(reload_on_hangup(tls, cancel.clone()));
-        }
+        // Always: SIGHUP's default action would end the hub at once.
+        tracker.spawn(reload_on_hangup(state.tls.clone(), cancel.clone()));
         // On the tracker: it saves its cursor through the writer, which
         // stops only after the tracked tasks.
         if let Some(bridge) = bridge {
@@ -329,6 +349,8 @@ impl Hub {
             tracing::error!(error = %err, "the writer task failed");
         }
         store.close().await;
+        // Only now may another hub open the file.
+        drop(db_lock);
         // A hub whose writer died did not do its job: say so in the exit
         // status, for whatever supervises it.
         match writer_health.failure() {
@@ -338,8 +360,11 @@ impl Hub {
     }
 }
 
-/// Reloads the certificate at every SIGHUP, until `shutdown`.
-async fn reload_on_hangup(tls: Tls, shutdown: CancellationToken) {
+/// Reloads the certificate at every SIGHUP, until `shutdown`; without TLS
+/// there is nothing to reload, and SIGHUP is only logged (its default
+/// action, which this replaces for the life of the process, would end the
+/// hub without its orderly stop).
+async fn reload_on_hangup(tls: Option<Tls>, shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(hangups) => hangups,
@@ -355,7 +380,10 @@ async fn reload_on_hangup(tls: Tls, shutdown: CancellationToken) {
                 if hangup.is_none() {
                     return;
                 }
-                tls.reload();
+                match &tls {
+                    Some(tls) => tls.reload(),
+                    None => tracing::info!("SIGHUP: nothing to reload (no --tls-cert)"),
+                }
             }
         }
     }

@@ -55,6 +55,11 @@ fn a_bad_flag_value_names_the_flag() {
         ("--mqtt-ingest", "sensors/#"),
         ("--nats-url", "http://nats:4222"),
         ("--nats-url", "nats://a:4222,localhost"),
+        // A token the hub_token cookie could not carry whole.
+        ("--monitor-token", "secret;part"),
+        ("--monitor-token", "two words"),
+        ("--monitor-token", "quote\"d"),
+        ("--monitor-token", "tab\tbed"),
     ] {
         let out = hub(&[
             "serve",
@@ -265,6 +270,16 @@ fn devices_are_added_listed_and_revoked() {
     let bad = hub(&["device", "add", "bad id", "--db", db]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(stderr(&bad).contains("device id"));
+
+    // A device that lost its token is given a new one.
+    let out = hub(&["device", "token", "sensor-1", "--db", db]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let renewed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(renewed.trim().len(), 64, "the token alone on stdout");
+    assert_ne!(renewed, token);
+    let unknown = hub(&["device", "token", "nobody", "--db", db]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(stderr(&unknown).contains("nobody"), "{}", stderr(&unknown));
 
     let out = hub(&["device", "revoke", "sensor-1", "--db", db]);
     assert!(out.status.success());

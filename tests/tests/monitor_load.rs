@@ -18,7 +18,14 @@ use e2e::browser::Browser;
 async fn the_monitor_under_a_thousand_devices() {
     let key = "load";
     let hub = TestHub::start(&["--provision-key", key]).await.unwrap();
-    let config = hub::demo::fleet(&hub.addr, key, 1_000, Duration::from_secs(5 * 60)).unwrap();
+    let config = hub::demo::fleet(
+        &hub.addr,
+        device_sim::fleet::Credential::ProvisionKey(key.into()),
+        device_sim::keyring::Keyring::in_memory(),
+        1_000,
+        Duration::from_secs(5 * 60),
+    )
+    .unwrap();
     let run = tokio::spawn(fleet::run(config));
     // Let the backfill land, so the page opens on a fleet in its live state.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);

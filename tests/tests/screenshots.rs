@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use device_sim::fleet;
+use device_sim::keyring::Keyring;
 use e2e::TestHub;
 use e2e::browser::Browser;
 
@@ -20,7 +21,14 @@ use e2e::browser::Browser;
 async fn regenerate_the_readme_screenshots() {
     let key = "screenshots";
     let hub = TestHub::start(&["--provision-key", key]).await.unwrap();
-    let config = hub::demo::fleet(&hub.addr, key, 6, Duration::from_secs(3_600)).unwrap();
+    let config = hub::demo::fleet(
+        &hub.addr,
+        fleet::Credential::ProvisionKey(key.into()),
+        Keyring::in_memory(),
+        6,
+        Duration::from_secs(3_600),
+    )
+    .unwrap();
     let run = tokio::spawn(fleet::run(config));
     let browser = Browser::start().await.unwrap();
     browser

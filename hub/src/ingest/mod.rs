@@ -42,6 +42,12 @@ const WS_MESSAGE_LIMIT: usize = 2 * MAX_FRAME_BYTES;
 /// the buffer grows to the frame's announced length, in reads of this size.
 const WS_READ_BUFFER: usize = 1024;
 
+/// Most bytes a connection's frames may wait in its write buffer: two
+/// frames. Past it a frame (the hub's Ack, say) waits for the device to
+/// read, and tungstenite keeps one pending pong however many pings come,
+/// so a client that sends and never reads costs at most this much.
+pub const WS_WRITE_BUFFER_LIMIT: usize = 2 * MAX_FRAME_BYTES;
+
 /// How often the registry is checked for revoked devices.
 const REVOCATION_POLL: Duration = Duration::from_millis(250);
 
@@ -138,6 +144,7 @@ pub async fn upgrade(
     let tracker = ingest.tracker.clone();
     ws.read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(0)
+        .max_write_buffer_size(WS_WRITE_BUFFER_LIMIT)
         .max_message_size(WS_MESSAGE_LIMIT)
         .max_frame_size(WS_MESSAGE_LIMIT)
         .on_upgrade(move |socket| {

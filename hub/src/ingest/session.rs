@@ -22,13 +22,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::registry::{COMMAND_QUEUE, Change, Kick, PendingCommand, Presence, Registry};
-use super::state::{BatchStream, Budget, Violation, check_hello};
+use super::state::{BatchStream, Budget, KeyAnswer, Violation, check_hello, enrolled, key_answer};
+use crate::auth;
 use crate::journal::Journal;
 use crate::journal::append::Appender;
+use crate::journal::provision::DeviceChange;
 use crate::live::Live;
 use crate::store::Store;
 use crate::store::devices::Credentials;
-use crate::store::writer::{Origin, WriteOutcome, WriterHandle};
+use crate::store::writer::{Origin, Provisioned, WriteOutcome, WriterHandle};
 use crate::telemetry::{Counters, Reject};
 
 /// Most batches a session has handed to the writer and not yet acknowledged.
@@ -36,6 +38,11 @@ const IN_FLIGHT: usize = 32;
 
 /// How long the hub waits for the device's close reply after its own close.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// How long one frame may take to leave. The write buffer is bounded
+/// (`ingest::WS_WRITE_BUFFER_LIMIT`), so a device that stops reading makes
+/// sends wait: past this it is closed, rather than holding its session.
+const SEND_DEADLINE: Duration = Duration::from_secs(10);
 
 /// WebSocket close codes (RFC 6455, section 7.4.1).
 mod close_code {
@@ -193,7 +200,7 @@ pub async fn run(mut socket: WebSocket, auth: Auth, ctx: Arc<Context>) {
 /// One thing read from the socket.
 enum Incoming {
     Frame(DeviceFrame),
-    /// A ping or pong: proof of life, nothing to do.
+    /// A ping or pong: proof of life, and a frame of the device's budget.
     Heartbeat,
     Bad(Violation),
     Gone,
@@ -248,12 +255,25 @@ fn read_error(err: axum::Error) -> Incoming {
     }
 }
 
-async fn send(socket: &mut WebSocket, frame: &HubFrame) -> Result<(), axum::Error> {
-    socket.send(Message::Binary(frame.encode().into())).await
+async fn send(socket: &mut WebSocket, frame: &HubFrame) -> Result<(), Unsent> {
+    send_message(socket, Message::Binary(frame.encode().into())).await
+}
+
+/// A frame that did not leave: the connection failed, or the device has
+/// not read for [`SEND_DEADLINE`].
+struct Unsent;
+
+async fn send_message(socket: &mut WebSocket, message: Message) -> Result<(), Unsent> {
+    match timeout(SEND_DEADLINE, socket.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(Unsent),
+    }
 }
 
 async fn serve(socket: &mut WebSocket, auth: Auth, ctx: &Context) -> Ending {
-    let session = match handshake(socket, auth, ctx).await {
+    // From the first frame on: pings before `Hello` are frames too.
+    let budget = Budget::new(ctx.limits, Instant::now());
+    let session = match handshake(socket, auth, budget, ctx).await {
         Ok(session) => session,
         Err(ending) => return ending,
     };
@@ -282,6 +302,10 @@ struct Established {
     budget: Budget,
     /// What the device said it is: in cluster mode, part of every entry.
     hello: protocol::Hello,
+    /// What to write once the device has shown that it holds its
+    /// credential (its first batch after a `Token`): until then the
+    /// provisioning key may still register it.
+    confirm: Option<Provisioned>,
 }
 
 /// The handshake: a `Hello` within the deadline, for the right device;
@@ -292,25 +316,41 @@ struct Established {
 async fn handshake(
     socket: &mut WebSocket,
     auth: Auth,
+    mut budget: Budget,
     ctx: &Context,
 ) -> Result<Established, Ending> {
-    let first = first_frame(socket, ctx).await?;
+    let first = first_frame(socket, &mut budget, ctx).await?;
     let expected = match &auth {
         Auth::Device(credentials) => Some(credentials.device_id.as_str()),
         Auth::Certificate(device_id) => Some(&**device_id),
         Auth::Provisioning => None,
     };
     let hello = check_hello(first, expected).map_err(Ending::violation)?;
-    let credentials = match auth {
-        Auth::Device(credentials) => credentials,
-        Auth::Provisioning | Auth::Certificate(_) => {
-            match bounded(ctx, register_self(ctx, &hello.device_id)).await? {
-                Some(credentials) => credentials,
+    let (mut credentials, token) = match auth {
+        Auth::Device(credentials) => (credentials, None),
+        Auth::Certificate(_) => {
+            match bounded(ctx, register_certified(ctx, &hello.device_id)).await? {
+                Some(credentials) => (credentials, None),
                 None => return Err(Ending::kicked(Kick::Revoked)),
             }
         }
+        Auth::Provisioning => {
+            let (credentials, token) = enrol(ctx, &hello.device_id).await?;
+            (credentials, Some(token))
+        }
     };
     tracing::Span::current().record("device", credentials.device_id.as_str());
+    // A device that presented its own token or certificate has shown it
+    // holds it: confirm now. One that was just issued a token confirms it
+    // with its first batch.
+    let confirm = credentials.confirm.take();
+    let confirm = match (token.is_some(), confirm) {
+        (false, Some(change)) => {
+            bounded(ctx, provision(ctx, change)).await?;
+            None
+        }
+        (_, confirm) => confirm,
+    };
 
     // Register before reading last_seq: an older connection of this device
     // is kicked first, and whatever it still had in the writer's queue is
@@ -318,8 +358,24 @@ async fn handshake(
     let (presence, inbox) = ctx.registry.register(&credentials.device_id);
     let (last_seq, metric_rows) =
         bounded(ctx, register_hello(ctx, credentials.row, &hello)).await?;
+    if metric_rows.len() < hello.metrics.len() {
+        return Err(Ending::violation(Violation {
+            code: error_code::TOO_MANY_METRICS,
+            message: format!(
+                "this Hello would give the device more than {} metrics",
+                limits::MAX_METRICS_PER_DEVICE
+            ),
+        }));
+    }
     ctx.live
         .register_metrics(&credentials.device_id, &hello.metrics, &metric_rows);
+    if let Some(token) = token {
+        // Before Welcome: a device's first batch (sent after Welcome) then
+        // shows that it has read its token.
+        send(socket, &HubFrame::Token(protocol::Token { token }))
+            .await
+            .map_err(|_| Ending::gone())?;
+    }
     let welcome = HubFrame::Welcome(Welcome {
         version: PROTOCOL_VERSION,
         last_seq,
@@ -333,23 +389,37 @@ async fn handshake(
         presence,
         kicked: inbox.kicked,
         commands: inbox.commands,
-        stream: BatchStream::new(metric_rows),
-        budget: Budget::new(ctx.limits, Instant::now()),
+        stream: BatchStream::new(metric_rows, last_seq),
+        budget,
         hello,
+        confirm,
     })
 }
 
-/// The first frame, within the Hello deadline (pings before it are fine).
-async fn first_frame(socket: &mut WebSocket, ctx: &Context) -> Result<DeviceFrame, Ending> {
+/// The first frame, within the Hello deadline (pings before it are fine,
+/// within the frame budget).
+async fn first_frame(
+    socket: &mut WebSocket,
+    budget: &mut Budget,
+    ctx: &Context,
+) -> Result<DeviceFrame, Ending> {
     let first = timeout(ctx.timing.hello_timeout, async {
         loop {
             match next_incoming(socket, &ctx.counters).await {
-                Incoming::Heartbeat => continue,
-                other => break other,
+                Incoming::Heartbeat => match budget.spend_control(Instant::now()) {
+                    Ok(()) => continue,
+                    Err(violation) => break Err(violation),
+                },
+                other => break Ok(other),
             }
         }
     })
     .await;
+    let first = match first {
+        Ok(Err(violation)) => return Err(Ending::rate_limited(violation)),
+        Ok(Ok(incoming)) => Ok(incoming),
+        Err(elapsed) => Err(elapsed),
+    };
     match first {
         Err(_) => Err(Ending::told(
             error_code::HELLO_TIMEOUT,
@@ -496,7 +566,10 @@ impl Established {
         ctx: &Context,
     ) -> Result<(), Ending> {
         match incoming {
-            Incoming::Heartbeat => Ok(()),
+            Incoming::Heartbeat => self
+                .budget
+                .spend_control(Instant::now())
+                .map_err(Ending::rate_limited),
             Incoming::Gone => Err(Ending::gone()),
             Incoming::Bad(violation) => Err(Ending::violation(violation)),
             Incoming::Frame(DeviceFrame::Batch(batch)) => {
@@ -504,6 +577,11 @@ impl Established {
                     .spend(batch.readings.len(), Instant::now())
                     .map_err(Ending::rate_limited)?;
                 let samples = self.stream.accept(&batch).map_err(Ending::violation)?;
+                if let Some(change) = self.confirm.take() {
+                    // The device read its Token before its Welcome: from
+                    // now on only that token reaches it.
+                    bounded(ctx, provision(ctx, change)).await?;
+                }
                 ctx.counters.readings_in(samples.len());
                 if let Some(appender) = &flow.appender {
                     appender.append(batch).await.map_err(|_| writer_gone(ctx))?;
@@ -555,8 +633,7 @@ async fn ping_or_drop(socket: &mut WebSocket, flow: &Flow, ctx: &Context) -> Res
             Reject::IdleTimeout,
         ));
     }
-    socket
-        .send(Message::Ping(Default::default()))
+    send_message(socket, Message::Ping(Default::default()))
         .await
         .map_err(|_| Ending::gone())
 }
@@ -599,22 +676,94 @@ async fn drain(
     }
 }
 
-/// The device presenting the provisioning key: found, or created by the
-/// writer. `None` if it was revoked.
-async fn register_self(ctx: &Context, device_id: &str) -> Result<Option<Credentials>, String> {
+/// The device a client certificate names: found, or created by the writer
+/// (the CA vouches for it). `None` if it was revoked. A device from before
+/// tokens were issued, which the provisioning key could still reach, is
+/// confirmed: from now on its certificate is what reaches it.
+async fn register_certified(ctx: &Context, device_id: &str) -> Result<Option<Credentials>, String> {
     let found = ctx
         .store
-        .find_device(device_id)
+        .enrolment(device_id)
         .await
         .map_err(|e| e.to_string())?;
-    let (row, revoked) = match found {
-        Some(found) => found,
-        None => ctx.writer.register_device(device_id).await?,
+    let (row, revoked, confirm) = match found {
+        Some(found) => (
+            found.row,
+            found.revoked,
+            found.key_claimable.then(|| Provisioned::Confirmed {
+                device_id: device_id.to_owned(),
+                token_hash: found.token_hash,
+            }),
+        ),
+        None => {
+            let (row, revoked) = ctx.writer.register_device(device_id).await?;
+            (row, revoked, None)
+        }
     };
     Ok((!revoked).then(|| Credentials {
         row,
         device_id: device_id.to_owned(),
+        confirm,
     }))
+}
+
+/// The provisioning key's registration: a device that is new (or whose
+/// issued token was never confirmed) gets a token of its own, which the
+/// device's first batch confirms. Answers its credentials and the token.
+///
+/// # Errors
+/// The key does not reach the device (it has credentials of its own, or
+/// was revoked), or storage failed.
+async fn enrol(ctx: &Context, device_id: &str) -> Result<(Credentials, String), Ending> {
+    let refused = |answer: KeyAnswer| match answer {
+        KeyAnswer::Refused(violation) => Ending::violation(violation),
+        KeyAnswer::Revoked | KeyAnswer::Enrol => Ending::kicked(Kick::Revoked),
+    };
+    let found = bounded(ctx, enrolment(ctx, device_id)).await?;
+    match key_answer(device_id, found.as_ref()) {
+        KeyAnswer::Enrol => {}
+        answer => return Err(refused(answer)),
+    }
+    let token = auth::generate_token()
+        .map_err(|err| storage_trouble(&format!("no randomness for a token: {err}")))?;
+    let token_hash = auth::hash_token(&token);
+    let change = Provisioned::Enrolled {
+        device_id: device_id.to_owned(),
+        token_hash,
+    };
+    bounded(ctx, provision(ctx, change)).await?;
+    // Read back: if two connections raced, one hash won, on every hub.
+    let found = bounded(ctx, enrolment(ctx, device_id)).await?;
+    let row = enrolled(device_id, found.as_ref(), &token_hash).map_err(refused)?;
+    let credentials = Credentials {
+        row,
+        device_id: device_id.to_owned(),
+        confirm: Some(Provisioned::Confirmed {
+            device_id: device_id.to_owned(),
+            token_hash: Some(token_hash),
+        }),
+    };
+    Ok((credentials, token))
+}
+
+async fn enrolment(
+    ctx: &Context,
+    device_id: &str,
+) -> Result<Option<crate::store::devices::Enrolment>, String> {
+    ctx.store
+        .enrolment(device_id)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Writes a change to a device's enrolment: through the writer, or in a
+/// cluster through the stream (every hub applies it in the stream's
+/// order; this one has when this returns).
+async fn provision(ctx: &Context, change: Provisioned) -> Result<(), String> {
+    match (&ctx.journal, DeviceChange::of(&change)) {
+        (Some(journal), Some(entry)) => journal.provision(&entry).await.map_err(|e| e.to_string()),
+        _ => ctx.writer.provision(change).await,
+    }
 }
 
 /// What the session needs from its `Hello`: the last committed seq and the
@@ -682,7 +831,10 @@ async fn finish(socket: &mut WebSocket, ending: Ending) {
         code,
         reason: reason.into(),
     };
-    if socket.send(Message::Close(Some(close))).await.is_err() {
+    if send_message(socket, Message::Close(Some(close)))
+        .await
+        .is_err()
+    {
         return;
     }
     let _ = timeout(CLOSE_GRACE, async {

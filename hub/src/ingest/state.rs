@@ -4,10 +4,12 @@
 
 use std::collections::HashMap;
 
-use protocol::{Batch, DeviceFrame, Hello, PROTOCOL_VERSION, error_code};
+use protocol::limits::MAX_SEQ_JUMP;
+use protocol::{Batch, DeviceFrame, ENROLMENT_VERSION, Hello, PROTOCOL_VERSION, error_code};
 use tokio::time::Instant;
 
 use crate::commits::{BadBatch, Sample};
+use crate::store::devices::Enrolment;
 
 /// A broken rule: the session sends an `Error` frame with this code and
 /// message, then closes the connection.
@@ -49,6 +51,16 @@ pub fn check_hello(frame: DeviceFrame, expected_device: Option<&str>) -> Result<
             ),
         ));
     }
+    if expected_device.is_none() && hello.version < ENROLMENT_VERSION {
+        return Err(Violation::new(
+            error_code::UNSUPPORTED_VERSION,
+            format!(
+                "the provisioning key needs protocol version {ENROLMENT_VERSION} or later \
+                 (the hub issues the device a token of its own); connect with the device's \
+                 own token instead"
+            ),
+        ));
+    }
     if let Some(expected) = expected_device
         && hello.device_id != expected
     {
@@ -63,20 +75,77 @@ pub fn check_hello(frame: DeviceFrame, expected_device: Option<&str>) -> Result<
     Ok(hello)
 }
 
+/// What the provisioning key may do for a device id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyAnswer {
+    /// Register it (again) and issue it a token.
+    Enrol,
+    /// The device is revoked.
+    Revoked,
+    /// The device has credentials of its own: the key does not reach it.
+    Refused(Violation),
+}
+
+/// What the key may do for `device_id`, from what the database holds of
+/// it (`None`: nothing, a new device).
+pub fn key_answer(device_id: &str, found: Option<&Enrolment>) -> KeyAnswer {
+    match found {
+        None => KeyAnswer::Enrol,
+        Some(device) if device.revoked => KeyAnswer::Revoked,
+        Some(device) if device.key_claimable => KeyAnswer::Enrol,
+        Some(_) => KeyAnswer::Refused(Violation::new(
+            error_code::WRONG_DEVICE,
+            format!(
+                "device {device_id:?} has credentials of its own: the provisioning key only \
+                 registers new devices; connect with the device's token"
+            ),
+        )),
+    }
+}
+
+/// Whether the key's registration took: the device now holds the token
+/// of `hash`. `Err` with what the device is told when it does not (it was
+/// revoked meanwhile, or another connection registered it first).
+///
+/// # Errors
+/// The answer for the device, if it is not enrolled with this token.
+pub fn enrolled(
+    device_id: &str,
+    found: Option<&Enrolment>,
+    hash: &[u8; 32],
+) -> Result<i64, KeyAnswer> {
+    match found {
+        Some(device) if !device.revoked && device.token_hash.as_ref() == Some(hash) => {
+            Ok(device.row)
+        }
+        Some(device) if !device.revoked => Err(KeyAnswer::Refused(Violation::new(
+            error_code::WRONG_DEVICE,
+            format!("device {device_id:?} was registered by another connection meanwhile"),
+        ))),
+        _ => Err(KeyAnswer::Revoked),
+    }
+}
+
 /// The state of an established connection: which metrics it declared and
-/// which `seq` it sent last.
+/// the highest `seq` the hub knows for its device.
 #[derive(Debug, Clone)]
 pub struct BatchStream {
     metric_rows: HashMap<u16, i64>,
     previous_seq: Option<u64>,
+    /// The highest `seq` known: the stored one (`Welcome.last_seq`), then
+    /// each accepted batch's. A batch may jump at most
+    /// [`MAX_SEQ_JUMP`] past it.
+    highest_seq: u64,
 }
 
 impl BatchStream {
-    /// Starts a stream with the metric rows its `Hello` registered.
-    pub fn new(metric_rows: HashMap<u16, i64>) -> Self {
+    /// Starts a stream with the metric rows its `Hello` registered and the
+    /// device's last stored `seq`.
+    pub fn new(metric_rows: HashMap<u16, i64>, last_seq: u64) -> Self {
         BatchStream {
             metric_rows,
             previous_seq: None,
+            highest_seq: last_seq,
         }
     }
 
@@ -87,8 +156,9 @@ impl BatchStream {
     /// seqs must strictly increase.
     ///
     /// # Errors
-    /// The seq does not increase, a reading names an undeclared metric, or a
-    /// timestamp does not fit.
+    /// The seq does not increase, or jumps too far (adopted, it would make
+    /// the device's later batches "resends" that are never stored); a
+    /// reading names an undeclared metric, or a timestamp does not fit.
     pub fn accept(&mut self, batch: &Batch) -> Result<Vec<Sample>, Violation> {
         if let Some(previous) = self.previous_seq
             && batch.seq <= previous
@@ -98,8 +168,19 @@ impl BatchStream {
                 format!("batch seq {} does not follow {previous}", batch.seq),
             ));
         }
+        if batch.seq > self.highest_seq.saturating_add(MAX_SEQ_JUMP) {
+            return Err(Violation::new(
+                error_code::SEQ_TOO_FAR,
+                format!(
+                    "batch seq {} jumps more than {MAX_SEQ_JUMP} past {}; number batches on \
+                     from Welcome.last_seq",
+                    batch.seq, self.highest_seq
+                ),
+            ));
+        }
         let samples = samples(&self.metric_rows, batch)?;
         self.previous_seq = Some(batch.seq);
+        self.highest_seq = self.highest_seq.max(batch.seq);
         Ok(samples)
     }
 }
@@ -171,6 +252,16 @@ impl Budget {
         }
     }
 
+    /// Spends one control frame (a ping or a pong): each costs the hub a
+    /// read and, for a ping, a pong to write, so a flood of them is a flood
+    /// of frames.
+    ///
+    /// # Errors
+    /// The device is over its frame budget (`RATE_LIMITED`).
+    pub fn spend_control(&mut self, now: Instant) -> Result<(), Violation> {
+        self.spend(0, now)
+    }
+
     /// Spends one frame carrying `readings` readings.
     ///
     /// # Errors
@@ -235,7 +326,101 @@ mod tests {
     }
 
     fn stream() -> BatchStream {
-        BatchStream::new(HashMap::from([(1, 10), (2, 20)]))
+        BatchStream::new(HashMap::from([(1, 10), (2, 20)]), 0)
+    }
+
+    fn found(revoked: bool, key_claimable: bool, token_hash: Option<[u8; 32]>) -> Enrolment {
+        Enrolment {
+            row: 7,
+            revoked,
+            key_claimable,
+            token_hash,
+        }
+    }
+
+    #[test]
+    fn the_key_enrols_new_and_still_claimable_devices_only() {
+        assert_eq!(key_answer("a", None), KeyAnswer::Enrol);
+        assert_eq!(
+            key_answer("a", Some(&found(false, true, Some([1; 32])))),
+            KeyAnswer::Enrol,
+            "an issued token not yet confirmed"
+        );
+        assert_eq!(
+            key_answer("a", Some(&found(false, true, None))),
+            KeyAnswer::Enrol,
+            "registered with the key before tokens were issued"
+        );
+        assert_eq!(
+            key_answer("a", Some(&found(true, true, None))),
+            KeyAnswer::Revoked
+        );
+        for own in [
+            found(false, false, Some([1; 32])),
+            found(false, false, None),
+        ] {
+            let KeyAnswer::Refused(violation) = key_answer("a", Some(&own)) else {
+                panic!("a device with credentials of its own is out of the key's reach");
+            };
+            assert_eq!(violation.code, error_code::WRONG_DEVICE);
+        }
+    }
+
+    #[test]
+    fn an_enrolment_takes_only_if_the_device_holds_this_connections_token() {
+        let ours = [3; 32];
+        assert_eq!(
+            enrolled("a", Some(&found(false, true, Some(ours))), &ours),
+            Ok(7)
+        );
+        assert!(matches!(
+            enrolled("a", Some(&found(false, true, Some([4; 32]))), &ours),
+            Err(KeyAnswer::Refused(_))
+        ));
+        assert_eq!(
+            enrolled("a", Some(&found(true, true, Some(ours))), &ours),
+            Err(KeyAnswer::Revoked)
+        );
+    }
+
+    #[test]
+    fn the_key_needs_a_device_that_can_keep_its_token() {
+        let err = check_hello(hello("new-device", 1), None).unwrap_err();
+        assert_eq!(err.code, error_code::UNSUPPORTED_VERSION);
+        assert!(check_hello(hello("own-token", 1), Some("own-token")).is_ok());
+    }
+
+    #[test]
+    fn a_seq_far_past_the_stored_one_is_refused_not_adopted() {
+        let mut stream = BatchStream::new(HashMap::from([(1, 10)]), 100);
+        let err = stream
+            .accept(&batch(100 + MAX_SEQ_JUMP + 1, &[(1, 0, 1.0)]))
+            .unwrap_err();
+        assert_eq!(err.code, error_code::SEQ_TOO_FAR);
+        assert!(
+            stream
+                .accept(&batch(100 + MAX_SEQ_JUMP, &[(1, 0, 1.0)]))
+                .is_ok()
+        );
+        // The jump is measured from the highest seq known, batch by batch.
+        assert!(
+            stream
+                .accept(&batch(100 + 2 * MAX_SEQ_JUMP, &[(1, 0, 1.0)]))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn pings_spend_the_frame_budget() {
+        let start = Instant::now();
+        let mut budget = Budget::new(limits(Some(3), None), start);
+        for _ in 0..3 {
+            assert!(budget.spend_control(start).is_ok());
+        }
+        assert_eq!(
+            budget.spend_control(start).unwrap_err().code,
+            error_code::RATE_LIMITED
+        );
     }
 
     #[test]
@@ -251,7 +436,7 @@ mod tests {
 
     #[test]
     fn provisioning_accepts_any_device_id() {
-        assert!(check_hello(hello("new-device", 1), None).is_ok());
+        assert!(check_hello(hello("new-device", PROTOCOL_VERSION), None).is_ok());
     }
 
     #[test]
@@ -264,7 +449,7 @@ mod tests {
 
     #[test]
     fn a_batch_before_hello_is_an_unexpected_frame() {
-        let err = check_hello(DeviceFrame::Batch(batch(1, &[(1, 0, 1.0)])), None).unwrap_err();
+        let err = check_hello(DeviceFrame::Batch(batch(1, &[(1, 0, 1.0)])), Some("a")).unwrap_err();
         assert_eq!(err.code, error_code::UNEXPECTED_FRAME);
     }
 

@@ -218,6 +218,7 @@ impl Journal {
             applied: AtomicU64::new(start - 1),
             stream_last: AtomicU64::new(info.state.last_sequence),
             trouble: Mutex::default(),
+            applied_moved: tokio::sync::Notify::new(),
         });
         let journal = Journal {
             client,
@@ -302,6 +303,8 @@ pub struct Status {
     stream_last: AtomicU64,
     /// The last failure of the applier, until it recovers.
     trouble: Mutex<Option<String>>,
+    /// Told each time `applied` moves, for [`Status::until_applied`].
+    applied_moved: tokio::sync::Notify,
 }
 
 /// What `/healthz` reports of the cluster.
@@ -354,6 +357,20 @@ impl Status {
     fn applied(&self, sequence: u64) {
         self.applied.fetch_max(sequence, Relaxed);
         *self.lock() = None;
+        self.applied_moved.notify_waiters();
+    }
+
+    /// Waits until the stream's entries up to `sequence` are stored (or
+    /// skipped) here.
+    async fn until_applied(&self, sequence: u64) {
+        loop {
+            // Registered before the check, so a move in between wakes it.
+            let moved = self.applied_moved.notified();
+            if self.applied.load(Relaxed) >= sequence {
+                return;
+            }
+            moved.await;
+        }
     }
 
     fn failing(&self, why: String) {

@@ -25,12 +25,50 @@ pub enum DeviceChange {
     },
     /// The device is revoked.
     Revoked { device: String },
+    /// A hub's provisioning key registered the device and issued it the
+    /// token of this hash (see `Provisioned::Enrolled`).
+    Enrolled {
+        device: String,
+        token_sha256: Vec<u8>,
+    },
+    /// The device showed a hub that it holds its credential: the token of
+    /// this hash, or none (a certificate vouched for it).
+    Confirmed {
+        device: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_sha256: Option<Vec<u8>>,
+    },
 }
 
 impl DeviceChange {
+    /// The entry for what a hub's session writes about a device's
+    /// enrolment; `None` for a change that is not a session's.
+    pub fn of(change: &Provisioned) -> Option<DeviceChange> {
+        match change {
+            Provisioned::Enrolled {
+                device_id,
+                token_hash,
+            } => Some(DeviceChange::Enrolled {
+                device: device_id.clone(),
+                token_sha256: token_hash.to_vec(),
+            }),
+            Provisioned::Confirmed {
+                device_id,
+                token_hash,
+            } => Some(DeviceChange::Confirmed {
+                device: device_id.clone(),
+                token_sha256: token_hash.map(|hash| hash.to_vec()),
+            }),
+            Provisioned::Token { .. } | Provisioned::Revoked { .. } => None,
+        }
+    }
+
     fn device(&self) -> &str {
         match self {
-            DeviceChange::Token { device, .. } | DeviceChange::Revoked { device } => device,
+            DeviceChange::Token { device, .. }
+            | DeviceChange::Revoked { device }
+            | DeviceChange::Enrolled { device, .. }
+            | DeviceChange::Confirmed { device, .. } => device,
         }
     }
 
@@ -45,6 +83,11 @@ impl DeviceChange {
                 self.device()
             ));
         }
+        let hash = |bytes: &[u8]| -> Result<[u8; 32], String> {
+            bytes
+                .try_into()
+                .map_err(|_| "a token hash is 32 bytes".to_owned())
+        };
         Ok(match self {
             DeviceChange::Token {
                 device,
@@ -52,17 +95,33 @@ impl DeviceChange {
                 name,
             } => Provisioned::Token {
                 device_id: device.clone(),
-                token_hash: token_sha256
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| "a token hash is 32 bytes".to_owned())?,
+                token_hash: hash(token_sha256)?,
                 name: name.clone(),
+            },
+            DeviceChange::Enrolled {
+                device,
+                token_sha256,
+            } => Provisioned::Enrolled {
+                device_id: device.clone(),
+                token_hash: hash(token_sha256)?,
+            },
+            DeviceChange::Confirmed {
+                device,
+                token_sha256,
+            } => Provisioned::Confirmed {
+                device_id: device.clone(),
+                token_hash: token_sha256.as_deref().map(hash).transpose()?,
             },
             DeviceChange::Revoked { device } => Provisioned::Revoked {
                 device_id: device.clone(),
             },
         })
     }
+}
+
+/// Where a device's provisioning entries go.
+fn device_subject(stream: &str, device: &str) -> String {
+    format!("{stream}.devices.{device}")
 }
 
 /// Publishes `change` to the cluster at `url`, stream `stream`, and waits
@@ -90,10 +149,7 @@ pub async fn announce(url: &str, stream: &str, change: &DeviceChange) -> Result<
     };
     let payload = serde_json::to_vec(change).map_err(|err| refused(err.to_string()))?;
     jetstream
-        .publish(
-            format!("{stream}.devices.{}", change.device()),
-            payload.into(),
-        )
+        .publish(device_subject(stream, change.device()), payload.into())
         .await
         .map_err(|err| refused(err.to_string()))?
         .await
@@ -103,6 +159,37 @@ pub async fn announce(url: &str, stream: &str, change: &DeviceChange) -> Result<
             ))
         })?;
     Ok(())
+}
+
+impl super::Journal {
+    fn device_subject(&self, device: &str) -> String {
+        device_subject(&self.settings.stream, device)
+    }
+
+    /// Publishes a session's change to a device's enrolment and waits
+    /// until this hub's applier has stored it: every hub applies the
+    /// stream's entries in one order, so what this database says of the
+    /// device then (whose enrolment took, if two hubs raced) is what every
+    /// hub's says.
+    ///
+    /// # Errors
+    /// NATS refuses or does not answer in time.
+    pub async fn provision(&self, change: &DeviceChange) -> Result<(), JournalError> {
+        let refused = |detail: String| JournalError::Stream {
+            stream: self.settings.stream.clone(),
+            detail,
+        };
+        let payload = serde_json::to_vec(change).map_err(|err| refused(err.to_string()))?;
+        let ack = self
+            .jetstream
+            .publish(self.device_subject(change.device()), payload.into())
+            .await
+            .map_err(|err| refused(err.to_string()))?
+            .await
+            .map_err(|err| refused(err.to_string()))?;
+        self.status.until_applied(ack.sequence).await;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -136,5 +223,28 @@ mod tests {
             device: "a b".into(),
         };
         assert!(bad_id.to_write().is_err());
+    }
+
+    #[test]
+    fn a_sessions_enrolment_and_confirmation_travel_and_come_back_whole() {
+        for change in [
+            Provisioned::Enrolled {
+                device_id: "dev-1".into(),
+                token_hash: [9; 32],
+            },
+            Provisioned::Confirmed {
+                device_id: "dev-1".into(),
+                token_hash: Some([9; 32]),
+            },
+            Provisioned::Confirmed {
+                device_id: "dev-1".into(),
+                token_hash: None,
+            },
+        ] {
+            let entry = DeviceChange::of(&change).unwrap();
+            let json = serde_json::to_vec(&entry).unwrap();
+            let back: DeviceChange = serde_json::from_slice(&json).unwrap();
+            assert_eq!(back.to_write().unwrap(), change);
+        }
     }
 }

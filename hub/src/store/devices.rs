@@ -11,6 +11,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::query::MetricInfo;
+use super::writer::Provisioned;
 use super::{Store, StoreError, now_ms};
 use crate::auth;
 
@@ -71,6 +72,21 @@ pub struct Credentials {
     pub row: i64,
     /// The id the device must send in `Hello`.
     pub device_id: String,
+    /// What to write once this connection has shown that the device holds
+    /// its credential, while the provisioning key may still reach it (an
+    /// issued token not yet confirmed, or a device from before tokens
+    /// were issued); `None` when there is nothing to confirm.
+    pub confirm: Option<Provisioned>,
+}
+
+/// A device as the provisioning key finds it (migrations/0005).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrolment {
+    pub row: i64,
+    pub revoked: bool,
+    /// Whether the key may (still) register it.
+    pub key_claimable: bool,
+    pub token_hash: Option<[u8; 32]>,
 }
 
 impl Store {
@@ -203,15 +219,74 @@ impl Store {
     pub async fn authenticate(&self, token: &str) -> Result<Option<Credentials>, StoreError> {
         let hash = auth::hash_token(token);
         let row = sqlx::query(
-            "SELECT id, device_id FROM devices WHERE token_hash = ? AND revoked_ms IS NULL",
+            "SELECT id, device_id, key_claimable FROM devices
+             WHERE token_hash = ? AND revoked_ms IS NULL",
         )
         .bind(&hash[..])
         .fetch_optional(self.pool())
         .await?;
-        Ok(row.map(|row| Credentials {
-            row: row.get(0),
-            device_id: row.get(1),
+        Ok(row.map(|row| {
+            let device_id: String = row.get(1);
+            Credentials {
+                row: row.get(0),
+                confirm: row.get::<bool, _>(2).then(|| Provisioned::Confirmed {
+                    device_id: device_id.clone(),
+                    token_hash: Some(hash),
+                }),
+                device_id,
+            }
         }))
+    }
+
+    /// What the provisioning key finds of `device_id`: `None` if it is
+    /// unknown.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn enrolment(&self, device_id: &str) -> Result<Option<Enrolment>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, revoked_ms IS NOT NULL, key_claimable, token_hash FROM devices
+             WHERE device_id = ?",
+        )
+        .bind(device_id)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(|row| Enrolment {
+            row: row.get(0),
+            revoked: row.get(1),
+            key_claimable: row.get(2),
+            token_hash: row
+                .get::<Option<Vec<u8>>, _>(3)
+                .and_then(|hash| hash.try_into().ok()),
+        }))
+    }
+
+    /// Gives a device a new token, creating the device if it is unknown,
+    /// and returns the token; the old one stops working, the provisioning
+    /// key no longer reaches the device, and a revoked device stays
+    /// revoked. For an operator whose device lost its token, and for
+    /// `hub demo`'s fleet.
+    ///
+    /// # Errors
+    /// An invalid id, or a database failure.
+    pub async fn issue_token(&self, device_id: &str) -> Result<String, AddDeviceError> {
+        if !is_valid_device_id(device_id) {
+            return Err(AddDeviceError::InvalidId);
+        }
+        let token = auth::generate_token()?;
+        let hash = auth::hash_token(&token);
+        sqlx::query(
+            "INSERT INTO devices (device_id, token_hash, created_ms) VALUES (?, ?, ?)
+             ON CONFLICT (device_id) DO UPDATE
+             SET token_hash = excluded.token_hash, key_claimable = 0",
+        )
+        .bind(device_id)
+        .bind(&hash[..])
+        .bind(now_ms())
+        .execute(self.pool())
+        .await
+        .map_err(StoreError::from)?;
+        Ok(token)
     }
 
     /// The device with this id: its row and whether it is revoked, or `None`

@@ -10,6 +10,7 @@ pub mod blocks;
 pub mod buckets;
 pub mod compaction;
 pub mod devices;
+pub mod lock;
 pub mod query;
 pub mod retention;
 mod slab_cache;

@@ -115,8 +115,9 @@ pub struct WriteRequest {
 /// database does not have yet.
 #[derive(Debug)]
 pub enum Registration {
-    /// Create the device if it is unknown (it presented the provisioning
-    /// key). Answers its row and whether it is revoked.
+    /// Create the device, without a token, if it is unknown (a
+    /// certificate vouches for it, or MQTT or the cluster's stream brings
+    /// it). Answers its row and whether it is revoked.
     Device {
         device_id: String,
         reply: oneshot::Sender<Result<(i64, bool), String>>,
@@ -163,6 +164,22 @@ pub enum Provisioned {
     /// The device is revoked from now on (known or not: a revoked id
     /// cannot register itself later).
     Revoked { device_id: String },
+    /// The provisioning key registered the device and the hub issued it
+    /// the token of this hash, which the key may still replace until the
+    /// device confirms it. Changes nothing for a device that the key may
+    /// not reach (one with credentials of its own, or revoked): whoever
+    /// reads the device back learns whether its hash is the one it sent.
+    Enrolled {
+        device_id: String,
+        token_hash: [u8; 32],
+    },
+    /// The device has shown that it holds the token of this hash (`None`:
+    /// it has no token, and a certificate vouched for it): from now on the
+    /// provisioning key does not reach it.
+    Confirmed {
+        device_id: String,
+        token_hash: Option<[u8; 32]>,
+    },
 }
 
 /// What the writer is asked to do.

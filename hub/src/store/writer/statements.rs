@@ -10,6 +10,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use protocol::Hello;
+use protocol::limits::MAX_METRICS_PER_DEVICE;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::rollup::{self, Bucket, Tier};
@@ -98,9 +99,32 @@ pub(super) fn provision(conn: &Connection, change: &super::Provisioned) -> rusql
             .prepare_cached(
                 "INSERT INTO devices (device_id, name, token_hash, created_ms) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (device_id) DO UPDATE
-                 SET token_hash = excluded.token_hash, name = coalesce(excluded.name, devices.name)",
+                 SET token_hash = excluded.token_hash, name = coalesce(excluded.name, devices.name),
+                     key_claimable = 0",
             )?
             .execute(rusqlite::params![device_id, name, &token_hash[..], now_ms()])?,
+        super::Provisioned::Enrolled {
+            device_id,
+            token_hash,
+        } => conn
+            .prepare_cached(
+                "INSERT INTO devices (device_id, token_hash, created_ms, key_claimable)
+                 VALUES (?1, ?2, ?3, 1)
+                 ON CONFLICT (device_id) DO UPDATE SET token_hash = excluded.token_hash
+                 WHERE devices.key_claimable = 1 AND devices.revoked_ms IS NULL",
+            )?
+            .execute(rusqlite::params![device_id, &token_hash[..], now_ms()])?,
+        super::Provisioned::Confirmed {
+            device_id,
+            token_hash,
+        } => conn
+            .prepare_cached(
+                "UPDATE devices SET key_claimable = 0 WHERE device_id = ?1 AND token_hash IS ?2",
+            )?
+            .execute(rusqlite::params![
+                device_id,
+                token_hash.as_ref().map(|hash| &hash[..])
+            ])?,
         super::Provisioned::Revoked { device_id } => conn
             .prepare_cached(
                 "INSERT INTO devices (device_id, created_ms, revoked_ms) VALUES (?1, ?2, ?2)
@@ -112,9 +136,9 @@ pub(super) fn provision(conn: &Connection, change: &super::Provisioned) -> rusql
     Ok(())
 }
 
-/// Creates a device registering itself with the provisioning key (or finds
-/// it, if it was created meanwhile). Answers its row and whether it is
-/// revoked.
+/// Creates a device that has no token: one a client certificate vouches
+/// for, or one MQTT or a cluster's stream brings (or finds it, if it was
+/// created meanwhile). Answers its row and whether it is revoked.
 pub(super) fn insert_device(conn: &Connection, device_id: &str) -> rusqlite::Result<(i64, bool)> {
     conn.prepare_cached(
         "INSERT INTO devices (device_id, created_ms) VALUES (?, ?)
@@ -126,12 +150,32 @@ pub(super) fn insert_device(conn: &Connection, device_id: &str) -> rusqlite::Res
 }
 
 /// Records a `Hello`'s model, firmware and metrics; answers the metric rows
-/// by the device's metric ids.
+/// by the device's metric ids. A `Hello` that would give the device more
+/// than [`MAX_METRICS_PER_DEVICE`] metrics writes nothing and gets only the
+/// rows of the metrics the device already has: its session sees the
+/// shortfall and refuses it (so two connections racing cannot pass the cap
+/// either).
 pub(super) fn write_hello(
     conn: &Connection,
     device_row: i64,
     hello: &Hello,
 ) -> rusqlite::Result<HashMap<u16, i64>> {
+    let known: HashMap<String, i64> = conn
+        .prepare_cached("SELECT name, id FROM metrics WHERE device = ?")?
+        .query_map([device_row], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let new = hello
+        .metrics
+        .iter()
+        .filter(|metric| !known.contains_key(&metric.name))
+        .count();
+    if known.len() + new > MAX_METRICS_PER_DEVICE {
+        return Ok(hello
+            .metrics
+            .iter()
+            .filter_map(|metric| Some((metric.id, *known.get(&metric.name)?)))
+            .collect());
+    }
     conn.prepare_cached("UPDATE devices SET model = ?, firmware = ? WHERE id = ?")?
         .execute((&hello.model, &hello.firmware, device_row))?;
     let rows = upsert_metrics(
