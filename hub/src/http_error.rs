@@ -1,7 +1,10 @@
 //! The one place that turns failures into HTTP answers: a status and a JSON
 //! body `{"error": <stable code>, "message": <for people>, "parameter"?: …}`.
 
+use std::time::Duration;
+
 use axum::Json;
+use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -64,7 +67,36 @@ impl ApiError {
             parameter: None,
         }
     }
+
+    /// A JSON body that could not be taken: 408 `body_timeout` when it did
+    /// not arrive in time ([`BodyDeadline`]), 413 past the body limit, 415
+    /// without a JSON content type, and 400 `bad_body` for anything else
+    /// that is not the request the handler expects.
+    pub fn from_json_rejection(rejection: JsonRejection) -> Self {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
+        while let Some(error) = source {
+            if let Some(deadline) = error.downcast_ref::<BodyDeadline>() {
+                return ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    deadline.to_string(),
+                );
+            }
+            source = error.source();
+        }
+        let status = match rejection.status() {
+            status @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => status,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, "bad_body", rejection.body_text())
+    }
 }
+
+/// A request body did not arrive whole within its deadline (the listener
+/// gives every body the header deadline).
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0:?}")]
+pub struct BodyDeadline(pub Duration);
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {

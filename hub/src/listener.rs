@@ -17,25 +17,41 @@
 //! it holds a handshake permit and must end within the header deadline, so
 //! a client that opens TCP and never speaks TLS is dropped like a slowloris.
 //!
+//! The same deadline bounds the rest of what a client could drag out: each
+//! request's whole body (a body that never finishes gets 408 and the
+//! connection closes), and a connection's idle time, HTTP/2's included (a
+//! connection with no request or response in progress for that long is
+//! closed; a live stream's is in progress, and HTTP/2 pings keep it
+//! honest). Past `max_connections` connections being served, whatever
+//! their protocol, new ones are closed at once, so descriptors stay for
+//! the database and the devices already connected.
+//!
 //! It knows nothing of routes: it serves whatever `Router` it is given.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::Request;
+use hyper::body::{Frame, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
+use crate::http_error::BodyDeadline;
 use crate::tls::{ClientIdentity, Tls};
 
 /// What a connection may do before it is served.
@@ -49,6 +65,46 @@ pub struct Limits {
     /// The most connections still waiting for their first request's
     /// headers.
     pub max_handshakes: usize,
+    /// The most connections being served over HTTP (SSE streams included;
+    /// a device's connection counts until its WebSocket upgrade, after
+    /// which `--max-devices` bounds it).
+    pub max_connections: usize,
+}
+
+/// How often HTTP/2 pings a connection with a stream open (a live
+/// stream's), so a peer that vanished is noticed.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
+
+/// Descriptors kept for everything but connections: SQLite's files, the
+/// writer's, NATS, the MQTT broker, the lock file.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// Raises the process's soft limit of open files to its hard limit, and
+/// warns when that cannot hold `connections` connections besides the
+/// hub's own files: past the limit, accepts fail and so does SQLite.
+pub fn raise_descriptor_limit(connections: usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(err) = setrlimit(Resource::Nofile, limit.clone()) {
+            tracing::debug!(error = %err, "cannot raise the descriptor limit");
+            limit = getrlimit(Resource::Nofile);
+        }
+    }
+    let needed = u64::try_from(connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(RESERVED_DESCRIPTORS);
+    if let Some(available) = limit.current
+        && available < needed
+    {
+        tracing::warn!(
+            available,
+            needed,
+            "the descriptor limit (ulimit -n) is below --max-connections plus --max-devices: \
+             lower them, or raise the limit"
+        );
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown`, then shuts connections
@@ -62,6 +118,7 @@ pub async fn serve(
     grace: Duration,
 ) {
     let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
+    let served = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -77,18 +134,19 @@ pub async fn serve(
                 }
             },
         };
+        let Ok(slot) = Arc::clone(&served).try_acquire_owned() else {
+            tracing::debug!(%peer, "as many connections as --max-connections; closing");
+            continue;
+        };
         let Ok(handshake) = Arc::clone(&handshakes).try_acquire_owned() else {
             tracing::debug!(%peer, "too many connections without a request yet; closing");
             continue;
         };
-        connections.spawn(accept(
-            tcp,
-            router.clone(),
-            limits,
-            tls.clone(),
-            handshake,
-            shutdown.clone(),
-        ));
+        let (router, tls, shutdown) = (router.clone(), tls.clone(), shutdown.clone());
+        connections.spawn(async move {
+            accept(tcp, router, limits, tls, handshake, shutdown).await;
+            drop(slot);
+        });
     }
     connections.close();
     if tokio::time::timeout(grace, connections.wait())
@@ -176,7 +234,10 @@ async fn serve_connection<Io>(
     // The permit goes back when the first request's headers are in.
     let handshake = Arc::new(Mutex::new(Some(handshake)));
     let first_request = Arc::clone(&handshake);
-    let service = router.map_request(move |mut request: Request<hyper::body::Incoming>| {
+    let activity = Arc::new(Activity::new());
+    let requests = Arc::clone(&activity);
+    let body_deadline = limits.header_read_timeout;
+    let service = tower::service_fn(move |mut request: Request<hyper::body::Incoming>| {
         first_request
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -184,7 +245,19 @@ async fn serve_connection<Io>(
         if let Some(identity) = &identity {
             request.extensions_mut().insert(identity.clone());
         }
-        request.map(axum::body::Body::new)
+        let in_flight = InFlight::enter(&requests);
+        let request = request.map(|body| Body::new(Deadline::new(body, body_deadline)));
+        let answer = router.clone().oneshot(request);
+        async move {
+            let response = answer.await?;
+            // In flight until its body is over: a live stream stays so.
+            Ok::<_, Infallible>(response.map(|body| {
+                Body::new(Held {
+                    body,
+                    _in_flight: in_flight,
+                })
+            }))
+        }
     });
     let service = TowerToHyperService::new(service);
     let io = TokioIo::new(io);
@@ -200,7 +273,10 @@ async fn serve_connection<Io>(
             let shut_down = |connection: Pin<&mut _>| {
                 hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(connection);
             };
-            drive(connection, shut_down, &handshake, limits, shutdown).await;
+            drive(
+                connection, shut_down, &handshake, &activity, limits, shutdown,
+            )
+            .await;
         }
         Protocols::Http1Or2 => {
             let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -212,38 +288,55 @@ async fn serve_connection<Io>(
             builder
                 .http2()
                 .timer(TokioTimer::new())
+                .keep_alive_interval(H2_KEEP_ALIVE)
+                .keep_alive_timeout(H2_KEEP_ALIVE)
                 .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
             let connection = builder.serve_connection_with_upgrades(io, service);
             tokio::pin!(connection);
             let shut_down = |connection: Pin<&mut _>| {
                 auto::UpgradeableConnection::graceful_shutdown(connection);
             };
-            drive(connection, shut_down, &handshake, limits, shutdown).await;
+            drive(
+                connection, shut_down, &handshake, &activity, limits, shutdown,
+            )
+            .await;
         }
     }
 }
 
 /// Runs a connection to its end: asks it to finish and close on shutdown,
-/// and drops it if no request has come by the header deadline. (HTTP/1.1
-/// bounds each request head by itself; this bounds everything before the
-/// first request whatever the protocol: a half-sent HTTP/2 preface, a
-/// connection that never opens a stream.)
+/// or once it has been idle (no request or response in progress) for the
+/// header deadline, and drops it if no request has come by the header
+/// deadline. (HTTP/1.1 bounds each request head by itself; this bounds
+/// everything before the first request whatever the protocol: a half-sent
+/// HTTP/2 preface, a connection that never opens a stream; and an HTTP/2
+/// connection kept open with nothing to do.)
 async fn drive<C, E>(
     mut connection: Pin<&mut C>,
     shut_down: impl FnOnce(Pin<&mut C>),
     handshake: &Mutex<Option<OwnedSemaphorePermit>>,
+    activity: &Activity,
     limits: Limits,
     shutdown: CancellationToken,
 ) where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    let first_deadline = tokio::time::sleep(limits.header_read_timeout);
+    let idle_limit = limits.header_read_timeout;
+    let first_deadline = tokio::time::sleep(idle_limit);
     tokio::pin!(first_deadline);
     let mut waiting_first = true;
+    let mut idle_check = tokio::time::interval_at(Instant::now() + idle_limit, idle_limit / 4);
     let served = loop {
         tokio::select! {
             served = connection.as_mut() => break served,
+            _ = idle_check.tick() => {
+                if activity.idle_for().is_some_and(|idle| idle >= idle_limit) {
+                    tracing::debug!("idle past the header deadline; closing");
+                    shut_down(connection.as_mut());
+                    break connection.await;
+                }
+            }
             () = &mut first_deadline, if waiting_first => {
                 waiting_first = false;
                 let still_waiting = handshake
@@ -263,5 +356,127 @@ async fn drive<C, E>(
     };
     if let Err(err) = served {
         tracing::debug!(error = %err, "HTTP connection ended with an error");
+    }
+}
+
+/// A connection's requests in progress: from a request's arrival until its
+/// response's body is over (or dropped).
+#[derive(Debug)]
+struct Activity {
+    open: AtomicUsize,
+    /// When the last request in progress ended (or the connection began).
+    idle_since: Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            open: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// How long nothing has been in progress; `None` while something is.
+    fn idle_for(&self) -> Option<Duration> {
+        let since = *self
+            .idle_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        (self.open.load(Relaxed) == 0).then(|| since.elapsed())
+    }
+}
+
+/// One request in progress, until dropped.
+#[derive(Debug)]
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn enter(activity: &Arc<Activity>) -> Self {
+        activity.open.fetch_add(1, Relaxed);
+        InFlight(Arc::clone(activity))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        // The clock first: a check that sees nothing open must see a fresh
+        // time.
+        *self
+            .0
+            .idle_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        self.0.open.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A response body that keeps its request in progress while it lasts.
+struct Held {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Held {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A request body that must be over by its deadline: after it, reading
+/// fails with [`BodyDeadline`], the handler answers 408, and the
+/// connection closes (its body was not read to the end).
+struct Deadline {
+    body: hyper::body::Incoming,
+    deadline: Pin<Box<Sleep>>,
+    limit: Duration,
+}
+
+impl Deadline {
+    fn new(body: hyper::body::Incoming, limit: Duration) -> Self {
+        Deadline {
+            body,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+            limit,
+        }
+    }
+}
+
+impl hyper::body::Body for Deadline {
+    type Data = axum::body::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(BodyDeadline(self.limit).into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

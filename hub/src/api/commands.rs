@@ -96,6 +96,7 @@ struct CommandResult {
         (status = 401, description = "The monitor token is missing or wrong", body = ApiError),
         (status = 403, description = "A cross-site request with the monitor cookie", body = ApiError),
         (status = 404, description = "No such device", body = ApiError),
+        (status = 408, description = "The body did not arrive whole within the header deadline (`--header-read-timeout`)", body = ApiError),
         (status = 409, description = "The device is not connected", body = ApiError),
         (status = 413, description = "The body is over 16 KiB", body = ApiError),
         (status = 415, description = "The body is not `application/json`", body = ApiError),
@@ -112,15 +113,7 @@ pub async fn send(
     let Path(device) = device.map_err(|rejection| {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_path", rejection.body_text())
     })?;
-    let Json(request) = body.map_err(|rejection| {
-        // 413 past MAX_BODY_BYTES, 415 without a JSON content type, 400 for
-        // any other body that is not a command request.
-        let status = match rejection.status() {
-            status @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => status,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        ApiError::new(status, "bad_body", rejection.body_text())
-    })?;
+    let Json(request) = body.map_err(ApiError::from_json_rejection)?;
     let timeout_ms = match request.timeout_ms {
         None => DEFAULT_TIMEOUT_MS,
         Some(ms) if ms.fract() == 0.0 && (1.0..=MAX_TIMEOUT_MS as f64).contains(&ms) => ms as u64,

@@ -23,12 +23,44 @@ use crate::http_error::ApiError;
 /// The cookie the page's token is traded for.
 const COOKIE: &str = "hub_token";
 
-/// The token the monitor API needs (`None` leaves it open), and whether the
-/// hub serves TLS (its cookie is then `Secure`).
+/// The token the monitor API needs (`None` leaves it open), whether the
+/// hub serves TLS (its cookie is then `Secure`), and the host names an open
+/// API answers to.
 #[derive(Debug, Clone, Default)]
 pub struct MonitorToken {
     pub token: Option<Arc<str>>,
     pub secure: bool,
+    /// `--allowed-host`, lowercase.
+    pub allowed_hosts: Arc<[String]>,
+}
+
+/// Whether an open monitor API answers a request for `host` (a `Host`
+/// header or an HTTP/2 authority, with or without its port). DNS
+/// rebinding makes a browser send a page's own name to the hub's address:
+/// an IP address, `localhost` (and `*.localhost`, which browsers resolve
+/// to loopback themselves) and names the operator listed cannot be such a
+/// page's; any other name can.
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    if host.starts_with('[') {
+        return true; // an IPv6 address, [::1]:8080
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || name.ends_with(".localhost")
+        || allowed.iter().any(|allowed| *allowed == name)
+}
+
+/// The host a request is for: HTTP/2's authority, or HTTP/1.1's `Host`.
+fn request_host(request: &Request) -> Option<&str> {
+    match request.uri().authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => request.headers().get(header::HOST)?.to_str().ok(),
+    }
 }
 
 /// How a request presented a token.
@@ -87,15 +119,29 @@ fn cross_site(headers: &HeaderMap) -> bool {
     origin_host != host
 }
 
-/// Refuses monitor requests without the token, when one is configured.
+/// Refuses monitor requests without the token, when one is configured;
+/// without one, refuses requests for a host name it does not know.
 pub async fn require(
     State(MonitorToken {
-        token: expected, ..
+        token: expected,
+        allowed_hosts,
+        ..
     }): State<MonitorToken>,
     request: Request,
     next: Next,
 ) -> Response {
     let Some(expected) = expected else {
+        if let Some(host) = request_host(&request)
+            && !host_allowed(host, &allowed_hosts)
+        {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "host_not_allowed",
+                "this hub has no monitor token: its API answers only for an IP address, \
+                 localhost, or a name given with --allowed-host",
+            )
+            .into_response();
+        }
         return next.run(request).await;
     };
     let (token, by_cookie) = match presented(&request) {
@@ -130,6 +176,7 @@ pub async fn trade_token_for_cookie(
     State(MonitorToken {
         token: expected,
         secure,
+        ..
     }): State<MonitorToken>,
     request: Request,
     next: Next,
@@ -151,6 +198,31 @@ pub async fn trade_token_for_cookie(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_open_hub_answers_addresses_localhost_and_listed_names_only() {
+        let listed = ["hub.plant.example".to_owned()];
+        for host in [
+            "127.0.0.1:8080",
+            "10.1.2.3",
+            "[::1]:8080",
+            "localhost:8080",
+            "LOCALHOST",
+            "monitor.localhost:8080",
+            "Hub.Plant.Example:8080",
+            "hub.plant.example.",
+        ] {
+            assert!(host_allowed(host, &listed), "{host}");
+        }
+        for host in [
+            "attacker.example:8080",
+            "127.0.0.1.nip.io",
+            "localhost.attacker.example",
+            "",
+        ] {
+            assert!(!host_allowed(host, &listed), "{host}");
+        }
+    }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         pairs

@@ -398,13 +398,32 @@ fn buckets_csv(buckets: &[BucketRow]) -> String {
     out
 }
 
-/// Quotes a field when RFC 4180 requires it.
+/// A text field as CSV: quoted when RFC 4180 requires it, and safe to open
+/// in a spreadsheet. A field that begins like a formula (`=`, `+`, `-`,
+/// `@`, a tab or a carriage return) gets a leading `'` inside quotes, as
+/// OWASP advises against CSV injection, and control characters (which a
+/// database from before `Hello` refused them may hold) become U+FFFD.
 fn csv_field(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", text.replace('"', "\"\"")).into()
-    } else {
-        text.into()
+    let formula = text.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let controls = text.contains(|c: char| c.is_control() && !matches!(c, '\n' | '\r' | '\t'));
+    if !formula && !controls && !text.contains([',', '"', '\n', '\r']) {
+        return text.into();
     }
+    let mut field = String::with_capacity(text.len() + 3);
+    field.push('"');
+    if formula {
+        field.push('\'');
+    }
+    for c in text.chars() {
+        match c {
+            '"' => field.push_str("\"\""),
+            '\n' | '\r' | '\t' => field.push(c),
+            c if c.is_control() => field.push(char::REPLACEMENT_CHARACTER),
+            c => field.push(c),
+        }
+    }
+    field.push('"');
+    field.into()
 }
 
 #[cfg(test)]
@@ -624,5 +643,28 @@ mod tests {
         assert_eq!(csv_field("plain"), "plain");
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+
+    #[test]
+    fn csv_fields_that_look_like_formulas_are_neutralised() {
+        for (name, cell) in [
+            ("=HYPERLINK(\"x\")", "\"'=HYPERLINK(\"\"x\"\")\""),
+            ("+1", "\"'+1\""),
+            ("-2+3", "\"'-2+3\""),
+            ("@SUM(A1)", "\"'@SUM(A1)\""),
+            ("\tcmd", "\"'\tcmd\""),
+            ("\rcmd", "\"'\rcmd\""),
+        ] {
+            assert_eq!(csv_field(name), cell, "{name:?}");
+        }
+        assert_eq!(csv_field("a=b"), "a=b", "only a leading sign is a formula");
+    }
+
+    #[test]
+    fn control_characters_never_reach_a_csv_raw() {
+        assert_eq!(
+            csv_field("nul\0esc\u{1b}[31m"),
+            "\"nul\u{fffd}esc\u{fffd}[31m\""
+        );
     }
 }

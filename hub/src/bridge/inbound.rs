@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use protocol::limits::MAX_TEXT_LEN;
+use protocol::limits::{MAX_METRICS_PER_DEVICE, MAX_TEXT_LEN};
 use protocol::{MetricDescriptor, is_valid_device_id};
 use rumqttc::{AsyncClient, Publish};
 use serde::Deserialize;
@@ -195,9 +195,11 @@ pub fn parse(payload: &[u8]) -> Result<Payload, String> {
         }
     };
     if let Some(unit) = &object.unit
-        && unit.len() > MAX_TEXT_LEN
+        && (unit.len() > MAX_TEXT_LEN || unit.contains(char::is_control))
     {
-        return Err(format!("the unit is over {MAX_TEXT_LEN} bytes"));
+        return Err(format!(
+            "the unit must be at most {MAX_TEXT_LEN} bytes without control characters"
+        ));
     }
     Ok(Payload {
         value: object.value.filter(|v| v.is_finite()),
@@ -382,9 +384,10 @@ impl Ingest {
                 shorten(device)
             )));
         }
-        if metric.is_empty() || metric.len() > MAX_TEXT_LEN {
+        if !protocol::is_valid_metric_name(metric) {
             return Err(Refusal::Refused(format!(
-                "a metric name must be 1 to {MAX_TEXT_LEN} bytes"
+                "a metric name must be 1 to {MAX_TEXT_LEN} bytes without control characters \
+                 (as in a device's Hello)"
             )));
         }
         let payload = parse(&publish.payload).map_err(Refusal::Refused)?;
@@ -456,6 +459,11 @@ impl Ingest {
             return Err(Refusal::Refused(format!("device {device:?} is revoked")));
         }
         let row = known.row;
+        if !known.metrics.contains_key(metric) && known.metrics.len() >= MAX_METRICS_PER_DEVICE {
+            return Err(Refusal::Refused(format!(
+                "device {device:?} has {MAX_METRICS_PER_DEVICE} metrics, the most a device may have"
+            )));
+        }
         match known.metrics.get(metric) {
             Some((metric_row, known_unit)) if unit.is_none_or(|unit| unit == known_unit) => {
                 Ok((row, *metric_row))

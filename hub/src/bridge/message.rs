@@ -5,14 +5,23 @@ use serde::Serialize;
 use crate::store::query::ReadingRow;
 
 /// One topic level from a name: MQTT gives `/` a meaning and forbids `+`
-/// and `#` in the topics a client publishes to, so each becomes `_`, as
-/// does an empty name.
+/// and `#` in the topics a client publishes to, and brokers refuse control
+/// characters (Mosquitto drops the connection over one), so each becomes
+/// `_`, as does an empty name. `Hello` refuses all of them in metric
+/// names; a database from before it did may still hold some, and one such
+/// name must not stall the bridge for every device.
 pub fn level(name: &str) -> String {
     if name.is_empty() {
         return "_".into();
     }
     name.chars()
-        .map(|c| if matches!(c, '/' | '+' | '#') { '_' } else { c })
+        .map(|c| {
+            if matches!(c, '/' | '+' | '#') || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
@@ -243,5 +252,6 @@ mod tests {
         assert_eq!(level("a/b+c#d"), "a_b_c_d");
         assert_eq!(level(""), "_");
         assert_eq!(level("°C ok"), "°C ok");
+        assert_eq!(level("tab\there\0\u{85}"), "tab_here__");
     }
 }
