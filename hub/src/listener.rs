@@ -87,7 +87,7 @@ pub fn raise_descriptor_limit(connections: usize) {
     let mut limit = getrlimit(Resource::Nofile);
     if limit.current < limit.maximum {
         limit.current = limit.maximum;
-        if let Err(err) = setrlimit(Resource::Nofile, limit.clone()) {
+        if let Err(err) = setrlimit(Resource::Nofile, limit) {
             tracing::debug!(error = %err, "cannot raise the descriptor limit");
             limit = getrlimit(Resource::Nofile);
         }

@@ -117,6 +117,7 @@ pub struct Hub {
     journal: Option<(Journal, u64)>,
     /// This hub's hold on its database file, until the writer has stopped.
     _db_lock: crate::store::lock::DbLock,
+    hangups: tokio::signal::unix::Signal,
 }
 
 impl Hub {
@@ -134,6 +135,10 @@ impl Hub {
                 .saturating_add(settings.max_devices),
         );
         let db_lock = crate::store::lock::lock(&settings.db)?;
+        // Watched from here on, before the hub says it listens: SIGHUP's
+        // default action would end it without its orderly stop.
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("watching SIGHUP")?;
         let store = Store::open(&settings.db, PoolDurability::WithWriter)
             .await
             .with_context(|| format!("opening database {}", settings.db.display()))?;
@@ -223,6 +228,7 @@ impl Hub {
             bridge,
             journal,
             _db_lock: db_lock,
+            hangups,
         })
     }
 
@@ -260,6 +266,7 @@ impl Hub {
             bridge,
             journal,
             _db_lock: db_lock,
+            hangups,
         } = self;
         let cancel = state.shutdown.clone();
         let tracker = state.ingest.tracker.clone();
@@ -289,7 +296,7 @@ impl Hub {
         ));
 
         // Always: SIGHUP's default action would end the hub at once.
-        tracker.spawn(reload_on_hangup(state.tls.clone(), cancel.clone()));
+        tracker.spawn(reload_on_hangup(hangups, state.tls.clone(), cancel.clone()));
         // On the tracker: it saves its cursor through the writer, which
         // stops only after the tracked tasks.
         if let Some(bridge) = bridge {
@@ -361,18 +368,12 @@ impl Hub {
 }
 
 /// Reloads the certificate at every SIGHUP, until `shutdown`; without TLS
-/// there is nothing to reload, and SIGHUP is only logged (its default
-/// action, which this replaces for the life of the process, would end the
-/// hub without its orderly stop).
-async fn reload_on_hangup(tls: Option<Tls>, shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(hangups) => hangups,
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot watch SIGHUP; the certificate will not reload");
-            return;
-        }
-    };
+/// there is nothing to reload, and SIGHUP is only logged.
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    tls: Option<Tls>,
+    shutdown: CancellationToken,
+) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,

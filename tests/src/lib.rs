@@ -14,8 +14,10 @@ pub mod tls;
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use device_sim::keyring::Keyring;
 use futures_util::{SinkExt, StreamExt};
 use protocol::{Batch, DeviceFrame, Hello, HubFrame, MetricDescriptor, Reading, Welcome};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
@@ -79,6 +81,22 @@ impl TestHub {
     /// Runs `hub <args> --db <this hub's db>` and returns its output.
     pub async fn cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
         cli_on(&self.db_path(), args).await
+    }
+
+    /// Where this hub's fleets keep the tokens the hub issues their devices
+    /// (device-sim's `--token-file`): in the hub's folder, so fleets run
+    /// again, and after the hub's restarts, present them.
+    pub fn token_file(&self) -> PathBuf {
+        self.db_path().with_file_name("device-tokens")
+    }
+
+    /// The keyring of [`TestHub::token_file`], for a fleet's
+    /// `DeviceSettings::keyring`.
+    ///
+    /// # Panics
+    /// The file holds something else than tokens.
+    pub fn keyring(&self) -> Arc<Keyring> {
+        Arc::new(Keyring::open(&self.token_file()).expect("the hub's token file"))
     }
 
     /// Provisions a device and returns its token.
@@ -238,6 +256,18 @@ impl RawDevice {
     /// the hub's `Welcome`.
     pub async fn hello(&mut self, device_id: &str) -> anyhow::Result<Welcome> {
         device_sim::link::hello(&mut self.ws, hello(device_id)).await
+    }
+
+    /// Sends `hello` and returns what the hub answered: its `Welcome`, and
+    /// the token it issued when the provisioning key registered the device.
+    pub async fn greet(&mut self, hello: Hello) -> anyhow::Result<device_sim::link::Greeting> {
+        device_sim::link::greet(&mut self.ws, hello).await
+    }
+
+    /// Sends a WebSocket ping, and reads nothing.
+    pub async fn ping(&mut self) -> anyhow::Result<()> {
+        self.ws.send(Message::Ping(Vec::new().into())).await?;
+        Ok(())
     }
 
     pub async fn send(&mut self, frame: &DeviceFrame) -> anyhow::Result<()> {

@@ -112,6 +112,7 @@ fn fleet_of(hub: &TestHub, devices: usize, count: u64) -> FleetConfig {
             base: Duration::from_millis(50),
             cap: Duration::from_millis(300),
         },
+        keyring: hub.keyring(),
         ..DeviceSettings::new(endpoint(&format!("ws://{}", hub.addr)).unwrap())
     };
     FleetConfig::new(devices, Credential::ProvisionKey("k".into()), device)
@@ -824,4 +825,145 @@ async fn with_mqtt_batch_each_message_holds_one_devices_readings_and_none_is_los
         );
     }
     assert!(several, "some messages carry several readings");
+}
+
+/// A small deterministic generator (xorshift), for the fuzz pass below:
+/// the same names every run, so a failure can be replayed.
+struct Names(u64);
+
+impl Names {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A name of 1 to 80 characters: every other one from characters a
+    /// metric name may hold (spaces, signs, invisible and right-to-left
+    /// marks, multibyte text), the rest with what MQTT and brokers treat
+    /// specially besides (separators, wildcards, control characters).
+    fn name(&mut self) -> String {
+        const ALLOWED: &[char] = &[
+            'a', 'Z', '0', '_', '-', '.', ' ', '=', '@', '$', '%', '\u{200b}', '\u{202e}',
+            '\u{feff}', 'é', '温', '🌡',
+        ];
+        const SPECIAL: &[char] = &[
+            '/', '+', '#', '\t', '\0', '\r', '\n', '\u{1b}', '\u{7f}', '\u{85}',
+        ];
+        let special = self.next().is_multiple_of(2);
+        let len = 1 + self.next() % 80;
+        (0..len)
+            .map(|_| {
+                let pick = self.next();
+                if special && pick.is_multiple_of(4) {
+                    SPECIAL[(pick / 4 % SPECIAL.len() as u64) as usize]
+                } else {
+                    ALLOWED[(pick % ALLOWED.len() as u64) as usize]
+                }
+            })
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn fuzzed_metric_names_are_refused_at_hello_or_bridged_and_none_stalls_the_bridge() {
+    use protocol::{DeviceFrame, Hello, MetricDescriptor, error_code};
+    const DEVICES: usize = 8;
+    const NAMES: usize = 240;
+
+    // Hello: every name either refused (Error 1) or stored under it.
+    let hub = TestHub::start(&[]).await.unwrap();
+    let mut tokens = Vec::new();
+    for i in 0..DEVICES {
+        tokens.push(hub.add_device(&format!("fuzz-{i}")).await.unwrap());
+    }
+    let mut names = Names(0x5eed_1234_abcd_0001);
+    let mut seqs = [0u64; DEVICES];
+    let (mut stored, mut refused) = (0i64, 0);
+    for i in 0..NAMES {
+        let name = names.name();
+        let device = i % DEVICES;
+        let id = format!("fuzz-{device}");
+        let mut client = hub.connect(&tokens[device]).await.unwrap();
+        let hello = Hello {
+            metrics: vec![MetricDescriptor {
+                id: 1,
+                name: name.clone(),
+                unit: String::new(),
+            }],
+            ..e2e::hello(&id)
+        };
+        if protocol::is_valid_metric_name(&name) {
+            client.greet(hello).await.unwrap();
+            seqs[device] += 1;
+            client
+                .send_acked(&batch(seqs[device], 1_000_000, 1))
+                .await
+                .unwrap();
+            stored += 1;
+        } else {
+            client.send(&DeviceFrame::Hello(hello)).await.unwrap();
+            let (closed, _) = client.until_closed().await.unwrap();
+            assert_eq!(closed.error, Some(error_code::MALFORMED), "{name:?}");
+            refused += 1;
+        }
+    }
+    assert!(
+        stored > 20 && refused > 20,
+        "{stored} stored, {refused} refused"
+    );
+
+    // Names a database from before the rule may hold: written as such a
+    // hub would have, while no hub runs.
+    let (_, dir) = hub.terminate().await.unwrap();
+    let path = dir.path().join(testkit::hub::DB_FILE);
+    let db = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap();
+    let legacy = [
+        "tab\there",
+        "nul\0x",
+        "a/b",
+        "x+y",
+        "#",
+        "esc\u{1b}[31m",
+        "c1\u{85}",
+    ];
+    for name in legacy {
+        let metric: i64 = sqlx::query_scalar(
+            "INSERT INTO metrics (device, name, unit)
+             SELECT id, ?, '' FROM devices WHERE device_id = 'fuzz-0' RETURNING id",
+        )
+        .bind(name)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO samples (metric, ts_ms, value) VALUES (?, 5000000, 1.5)")
+            .bind(metric)
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    db.close().await;
+    let stored = stored + legacy.len() as i64;
+
+    // Bridged: every reading, the old names' included, reaches the broker.
+    let broker = Mosquitto::start().await.unwrap();
+    let readings = subscribe(broker.port, "fuzz", "telemetry/+/+", false).await;
+    let url = bridged(&broker);
+    let hub = TestHub::start_in(dir, "127.0.0.1:0", &["--mqtt-url", &url])
+        .await
+        .unwrap();
+    until_all(&readings, stored).await;
+    // And the bridge goes on with what comes next.
+    let mut client = hub.connect(&tokens[1]).await.unwrap();
+    client.hello("fuzz-1").await.unwrap();
+    client
+        .send_acked(&batch(seqs[1] + 1, 2_000_000, 1))
+        .await
+        .unwrap();
+    until_all(&readings, stored + 1).await;
+    let (_, health) = hub.get("/healthz").await.unwrap();
+    assert!(health.contains(r#""connected":true"#), "{health}");
 }

@@ -11,7 +11,7 @@ use device_sim::sensors::SensorKind;
 use e2e::TestHub;
 use e2e::browser::Browser;
 
-fn fleet(addr: &str, count: u64) -> FleetConfig {
+fn fleet(hub: &TestHub, count: u64) -> FleetConfig {
     let device = DeviceSettings {
         kinds: vec![SensorKind::Temperature, SensorKind::Pressure],
         rate: Some(40.0),
@@ -22,7 +22,8 @@ fn fleet(addr: &str, count: u64) -> FleetConfig {
             base: Duration::from_millis(50),
             cap: Duration::from_millis(500),
         },
-        ..DeviceSettings::new(endpoint(&format!("ws://{addr}")).unwrap())
+        keyring: hub.keyring(),
+        ..DeviceSettings::new(endpoint(&format!("ws://{}", hub.addr)).unwrap())
     };
     FleetConfig {
         seed: 11,
@@ -73,7 +74,7 @@ async fn the_monitor_page_shows_live_readings_and_resumes_after_a_hub_restart() 
         .await
         .unwrap();
 
-    let first = fleet::run(fleet(&listen, 60)).await;
+    let first = fleet::run(fleet(&hub, 60)).await;
     assert!(first.complete(), "{first:?}");
     browser
         .wait_for("the first readings", "return window.ids.length === 180")
@@ -92,7 +93,7 @@ async fn the_monitor_page_shows_live_readings_and_resumes_after_a_hub_restart() 
     // Restart the hub; more readings arrive while the browser is reconnecting.
     let (_, dir) = hub.terminate().await.unwrap();
     let hub = TestHub::start_in(dir, &listen, &args).await.unwrap();
-    let second = fleet::run(fleet(&listen, 60)).await;
+    let second = fleet::run(fleet(&hub, 60)).await;
     assert!(second.complete(), "{second:?}");
     browser
         .wait_for("the reconnect", "return window.opened >= 2")
@@ -130,6 +131,7 @@ async fn sparklines_show_the_last_fifteen_minutes_as_soon_as_the_page_loads() {
         flush: Duration::from_millis(50),
         count: Some(20 * 60),
         backfill: Duration::from_secs(20 * 60),
+        keyring: hub.keyring(),
         ..DeviceSettings::new(endpoint(&format!("ws://{}", hub.addr)).unwrap())
     };
     let summary = fleet::run(FleetConfig::new(
@@ -181,6 +183,7 @@ async fn the_device_view_charts_history_switches_ranges_and_sends_commands() {
         batch: 200,
         flush: Duration::from_millis(100),
         backfill: Duration::from_secs(30 * 60),
+        keyring: hub.keyring(),
         ..DeviceSettings::new(endpoint(&format!("ws://{}", hub.addr)).unwrap())
     };
     let run = tokio::spawn(fleet::run(FleetConfig::new(

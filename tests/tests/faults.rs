@@ -157,6 +157,7 @@ async fn a_full_disk_is_reported_and_once_space_returns_everything_is_stored_onc
             base: Duration::from_millis(50),
             cap: Duration::from_millis(300),
         },
+        keyring: hub.keyring(),
         ..DeviceSettings::new(endpoint(&format!("ws://{}", hub.addr)).unwrap())
     };
     let config = FleetConfig::new(3, Credential::ProvisionKey("k".into()), device);

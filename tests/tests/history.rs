@@ -36,6 +36,7 @@ async fn backfill(hub: &TestHub, kinds: Vec<SensorKind>, seconds: u64, batch: us
             base: Duration::from_millis(50),
             cap: Duration::from_millis(300),
         },
+        keyring: hub.keyring(),
         ..DeviceSettings::new(endpoint(&format!("ws://{}", hub.addr)).unwrap())
     };
     let summary = tokio::time::timeout(

@@ -186,7 +186,7 @@ enum Misbehaviour {
 
 fn hello(device_id: &str) -> DeviceFrame {
     DeviceFrame::Hello(Hello {
-        version: 1,
+        version: protocol::PROTOCOL_VERSION,
         device_id: device_id.into(),
         model: String::new(),
         firmware: String::new(),
@@ -396,13 +396,15 @@ async fn the_provisioning_key_registers_unknown_devices_and_a_wrong_key_is_refus
         .await
         .unwrap();
     let mut device = hub.connect("fleet-secret").await.unwrap();
-    let welcome = device.hello("fleet-7").await.unwrap();
-    assert_eq!(welcome.last_seq, 0);
+    let greeting = device.greet(e2e::hello("fleet-7")).await.unwrap();
+    assert_eq!(greeting.welcome.last_seq, 0);
+    let token = greeting.token.expect("the hub issues the device its token");
     device.send_acked(&batch(1, 0, 3)).await.unwrap();
     drop(device);
 
-    // The same key lets it back in, and the hub remembers its seq.
-    let mut device = hub.connect("fleet-secret").await.unwrap();
+    // The issued token lets it back in, and the hub remembers its seq (the
+    // key no longer does: `hostile` tests that).
+    let mut device = hub.connect(&token).await.unwrap();
     assert_eq!(device.hello("fleet-7").await.unwrap().last_seq, 1);
 
     assert_eq!(

@@ -15,6 +15,7 @@ fn fleet(hub: &TestHub, devices: usize, rate: f64, count: u64) -> FleetConfig {
         flush: Duration::from_millis(50),
         count: Some(count),
         buffer: 10_000,
+        keyring: hub.keyring(),
         ..DeviceSettings::new(endpoint(&format!("ws://{}", hub.addr)).unwrap())
     };
     FleetConfig {

@@ -31,6 +31,8 @@ async fn mtls_hub(pki: &Pki) -> TestHub {
         key.to_str().unwrap(),
         "--tls-client-ca",
         ca.to_str().unwrap(),
+        "--provision-key",
+        "fleet-key",
     ])
     .await
     .unwrap()
@@ -109,6 +111,19 @@ async fn devices_authenticate_by_certificate_beside_tokens() {
         .await
         .unwrap_err();
     assert!(format!("{wrong:#}").contains("(code 6)"), "{wrong:#}");
+    // The fleet's provisioning key does not reach a device its certificate
+    // registered.
+    let mut ws = device_sim::link::connect(
+        &url(&hub),
+        Some(client_config(Some(&pki.ca())).unwrap()),
+        "fleet-key",
+    )
+    .await
+    .unwrap();
+    let taken = device_sim::link::hello(&mut ws, e2e::hello("meter-7"))
+        .await
+        .unwrap_err();
+    assert!(format!("{taken:#}").contains("(code 6)"), "{taken:#}");
 
     // A certificate from another CA does not get past the handshake.
     let stranger = Pki::new("another CA");

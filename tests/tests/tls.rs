@@ -207,6 +207,7 @@ async fn stream_over_wss(hub: &TestHub, count: u64) {
         flush: Duration::from_millis(20),
         count: Some(count),
         tls: Some(client_config(Some(&fixture("ca.pem"))).unwrap()),
+        keyring: hub.keyring(),
         ..DeviceSettings::new(url)
     };
     let config = FleetConfig::new(1, Credential::ProvisionKey("k".into()), device);
@@ -322,4 +323,77 @@ async fn a_browser_gets_http2_and_many_streams_share_one_origin() {
         .await
         .unwrap();
     browser.quit().await;
+}
+
+/// An HTTP/2 connection to the hub, and a task that reports when it ends.
+async fn h2_connection(
+    hub: &TestHub,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut config = (*client_config(Some(&fixture("ca.pem"))).unwrap()).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(&hub.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let ended = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (sender, ended)
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_and_one_with_a_live_stream_is_not() {
+    let files = tempfile::tempdir().unwrap();
+    let hub = tls_hub(
+        &files,
+        &["--header-read-timeout", "500ms", "--keep-alive", "200ms"],
+    )
+    .await;
+    let get = |path: &str| {
+        hyper::Request::get(format!("https://localhost:{}{path}", port(&hub)))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    // One request, then nothing: the hub closes the connection (before,
+    // an HTTP/2 connection stayed open for as long as the client liked).
+    let (mut idle, idle_ended) = h2_connection(&hub).await;
+    let response = idle.send_request(get("/healthz")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    drop(response);
+    tokio::time::timeout(e2e::PATIENCE, idle_ended)
+        .await
+        .expect("the hub closed the idle connection")
+        .unwrap();
+
+    // A live stream keeps its connection busy well past the deadline.
+    let (mut live, live_ended) = h2_connection(&hub).await;
+    let response = live.send_request(get("/v1/events")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut text = String::new();
+    let open_until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < open_until {
+        use http_body_util::BodyExt;
+        let frame = tokio::time::timeout(e2e::PATIENCE, body.frame())
+            .await
+            .expect("keep-alive comments flow")
+            .expect("the stream goes on")
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            text.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    assert!(text.contains(": keep-alive"), "{text}");
+    assert!(!live_ended.is_finished(), "a live stream is not idle");
 }

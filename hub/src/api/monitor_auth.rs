@@ -52,7 +52,7 @@ fn host_allowed(host: &str, allowed: &[String]) -> bool {
     name.parse::<std::net::Ipv4Addr>().is_ok()
         || name == "localhost"
         || name.ends_with(".localhost")
-        || allowed.iter().any(|allowed| *allowed == name)
+        || allowed.contains(&name)
 }
 
 /// The host a request is for: HTTP/2's authority, or HTTP/1.1's `Host`.
