@@ -225,22 +225,7 @@ async fn the_live_stream_works_over_http2_resuming_flushing_and_keeping_alive() 
     stream_over_wss(&hub, 10).await;
 
     // A client that offers only h2 by ALPN gets it.
-    let mut config = (*client_config(Some(&fixture("ca.pem"))).unwrap()).clone();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(&hub.addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let (mut sender, _ended) = h2_connection(&hub).await;
     let request = hyper::Request::get(format!(
         "https://localhost:{}/v1/events?last_event_id=0",
         port(&hub)
@@ -325,7 +310,8 @@ async fn a_browser_gets_http2_and_many_streams_share_one_origin() {
     browser.quit().await;
 }
 
-/// An HTTP/2 connection to the hub, and a task that reports when it ends.
+/// An HTTP/2 connection to the hub (a client that offers only `h2` by
+/// ALPN), and a task that ends when the connection does.
 async fn h2_connection(
     hub: &TestHub,
 ) -> (

@@ -94,7 +94,7 @@ struct CommandResult {
         (status = 200, description = "The device's answer", body = CommandResult),
         (status = 400, description = "Not a command: the field at fault is named", body = ApiError),
         (status = 401, description = "The monitor token is missing or wrong", body = ApiError),
-        (status = 403, description = "A cross-site request with the monitor cookie", body = ApiError),
+        (status = 403, description = "A cross-site request with the monitor cookie (`cross_site`), or without a monitor token a `Host` that is not an IP address, `localhost` or an `--allowed-host` name (`host_not_allowed`)", body = ApiError),
         (status = 404, description = "No such device", body = ApiError),
         (status = 408, description = "The body did not arrive whole within the header deadline (`--header-read-timeout`)", body = ApiError),
         (status = 409, description = "The device is not connected", body = ApiError),

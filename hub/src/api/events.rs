@@ -113,6 +113,7 @@ struct Event {
         (status = 200, description = "An endless event stream", body = Event, content_type = "text/event-stream"),
         (status = 400, description = "A bad parameter, named", body = ApiError),
         (status = 401, description = "The monitor token is missing or wrong", body = ApiError),
+        (status = 403, description = "Without a monitor token: a `Host` that is not an IP address, `localhost` or an `--allowed-host` name (`host_not_allowed`)", body = ApiError),
         (status = 503, description = "As many subscribers as `--max-subscribers`; retry after `Retry-After`", body = ApiError),
     ),
 )]

@@ -71,6 +71,7 @@ struct Healthy {
         (status = 200, description = "Every device", body = Devices),
         (status = 400, description = "A bad query parameter", body = ApiError),
         (status = 401, description = "The monitor token is missing or wrong", body = ApiError),
+        (status = 403, description = "Without a monitor token: a `Host` that is not an IP address, `localhost` or an `--allowed-host` name (`host_not_allowed`)", body = ApiError),
         (status = 503, description = "The database cannot be read", body = ApiError),
     ),
 )]
