@@ -70,7 +70,7 @@ struct Args {
     /// token` lines, created readable by its owner only); read at start,
     /// so a fleet run again against the same hub gets in with them.
     /// Without it, issued tokens live as long as this process.
-    #[arg(long, env = "SIM_TOKEN_FILE", requires = "provision_key")]
+    #[arg(long, env = "SIM_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// Readings per second per device (every sample reads every metric);
     /// without it, devices sample at the interval the hub announces.
@@ -136,6 +136,10 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_max_level(tracing::Level::ERROR)
         .init();
+    if args.token_file.is_some() && args.provision_key.is_none() {
+        eprintln!("error: --token-file keeps the tokens the hub issues; it needs --provision-key");
+        return ExitCode::from(2);
+    }
     let credential = match (args.token, args.provision_key) {
         (Some(_), _) if args.devices > 1 => {
             eprintln!(

@@ -35,6 +35,13 @@ fn bad_flags_are_refused_naming_the_flag() {
             "--clock-skew",
         ),
         (&["--token", "t", "--devices", "3"], "--token"),
+        // Issued tokens come only with the key.
+        (&["--token", "t", "--token-file", "x"], "--provision-key"),
+        // A folder is no token file.
+        (
+            &["--provision-key", "k", "--token-file", "/"],
+            "--token-file",
+        ),
         (
             &["--provision-key", "k", "--id", "a", "--devices", "2"],
             "--id",
@@ -134,5 +141,24 @@ fn an_undelivered_count_exits_non_zero_with_a_summary() {
     assert!(
         summary["last_error"].as_str().unwrap().contains("sim-1"),
         "{summary}"
+    );
+}
+
+#[test]
+fn a_token_file_that_holds_something_else_is_refused_naming_the_flag_and_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    std::fs::write(&file, "sim-1 0123\nlonely\n").unwrap();
+    let out = sim(&[
+        "--provision-key",
+        "k",
+        "--token-file",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("--token-file") && err.contains("line 2"),
+        "{err}"
     );
 }

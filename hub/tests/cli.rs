@@ -60,6 +60,9 @@ fn a_bad_flag_value_names_the_flag() {
         ("--monitor-token", "two words"),
         ("--monitor-token", "quote\"d"),
         ("--monitor-token", "tab\tbed"),
+        ("--allowed-host", "hub.example:8080"),
+        ("--allowed-host", "a b"),
+        ("--max-connections", "0"),
     ] {
         let out = hub(&[
             "serve",
