@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The hub's module graph: prints which top-level module of hub/src uses
-# which (`crate::x` paths), and fails if two modules use each other or if
-# anything below `server` uses it. ARCHITECTURE.md explains the direction.
+# which (`crate::x` paths), and fails if two modules use each other, if
+# anything below `server` uses it, or if anything but the wiring (`server`
+# and the command line above it) and the SSE endpoint (`api`) uses `live`:
+# the live stream is a pure consumer, fed by the writer's commits and the
+# presence broadcasts. ARCHITECTURE.md explains the direction.
 set -euo pipefail
 cd "$(dirname "$0")/../hub/src"
 
@@ -21,6 +24,10 @@ while read -r from to; do
         echo "$from uses server: only cli, main and lib may" >&2
         status=1
     fi
+    if [ "$to" = live ] && ! [[ "$from" =~ ^(server|api|cli|main|lib)$ ]]; then
+        echo "$from uses live: only the wiring and the SSE endpoint (api) may" >&2
+        status=1
+    fi
 done <<< "$edges"
-[ "$status" -eq 0 ] && echo "module graph: no cycles, nothing below server uses it"
+[ "$status" -eq 0 ] && echo "module graph: no cycles, nothing below server uses it, live is a pure consumer"
 exit "$status"

@@ -16,16 +16,19 @@ use axum::routing::{get, post};
 use axum::{Router, middleware};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::{Admission, Names};
 use crate::api::{self, monitor_auth::MonitorToken};
 use crate::bridge::{self, Bridge};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, RemoteStatus};
 use crate::commits::{Consumers, InlineConsumer, RetentionCutoff};
 use crate::http_error::ApiError;
-use crate::ingest::{self, Ingest, registry::Registry, session};
+use crate::ingest::registry::{Change, PresenceChange, Registry};
+use crate::ingest::{self, Ingest, session};
 use crate::journal::{self, Journal};
 use crate::live::{Live, subscription};
 use crate::store::writer::{self, WriterHealth};
@@ -150,8 +153,11 @@ impl Hub {
         // The commit consumers, in the order the publisher calls them.
         let consumers = Consumers::new(last_pos);
         let retention = RetentionCutoff::default();
+        // Metric rows' names: told by the admission path, read by `live`.
+        let names = Arc::new(Names::default());
         let live = Arc::new(Live::new(
             store.clone(),
+            Arc::clone(&names),
             consumers.head(),
             retention.clone(),
             settings.max_subscribers,
@@ -186,7 +192,7 @@ impl Hub {
         let writer_health = writer_handle.health().clone();
         let sessions = Arc::new(session::Context {
             store: store.clone(),
-            live: Arc::clone(&live),
+            admission: Admission::new(store.clone(), writer_handle.clone(), names),
             writer: writer_handle,
             registry: registry.clone(),
             counters: Arc::clone(&counters),
@@ -295,6 +301,7 @@ impl Hub {
             cancel.clone(),
         ));
 
+        let mut elsewhere = None;
         // Always: SIGHUP's default action would end the hub at once.
         tracker.spawn(reload_on_hangup(hangups, state.tls.clone(), cancel.clone()));
         // On the tracker: it saves its cursor through the writer, which
@@ -302,28 +309,30 @@ impl Hub {
         if let Some(bridge) = bridge {
             let parts = bridge::Parts {
                 store: store.clone(),
+                admission: state.ingest.sessions.admission.clone(),
                 writer: state.ingest.sessions.writer.clone(),
                 registry: state.registry.clone(),
-                live: Arc::clone(&state.live),
             };
             tracker.spawn(bridge.run(parts, cancel.clone()));
         }
         // On the tracker: it stores through the writer.
         if let Some((journal, start)) = journal {
             let parts = journal::apply::Parts {
-                store: store.clone(),
+                admission: state.ingest.sessions.admission.clone(),
                 writer: state.ingest.sessions.writer.clone(),
-                live: Arc::clone(&state.live),
             };
-            let cluster = Cluster::join(
-                journal.clone(),
-                state.registry.clone(),
-                store.clone(),
-                Arc::clone(&state.live),
-            );
+            let cluster = Cluster::join(journal.clone(), state.registry.clone(), store.clone());
+            elsewhere = Some(cluster.statuses());
             tracker.spawn(cluster.run(cancel.clone()));
             tracker.spawn(journal::apply::run(journal, start, parts, cancel.clone()));
         }
+        // Before the listener accepts: no session's presence is missed.
+        tracker.spawn(statuses_to_live(
+            Arc::clone(&state.live),
+            state.registry.changes(),
+            elsewhere,
+            cancel.clone(),
+        ));
         let tls = state.tls.clone();
         tokio::spawn({
             let cancel = cancel.clone();
@@ -369,6 +378,40 @@ impl Hub {
 
 /// Reloads the certificate at every SIGHUP, until `shutdown`; without TLS
 /// there is nothing to reload, and SIGHUP is only logged.
+/// Presence reaches the live stream the way it reaches the bridge: this
+/// hub's devices as the registry's changes, the other hubs' as the
+/// cluster's statuses. A lagging listener skips the oldest: presence is
+/// also in `/v1/devices`.
+async fn statuses_to_live(
+    live: Arc<Live>,
+    mut here: broadcast::Receiver<PresenceChange>,
+    mut elsewhere: Option<broadcast::Receiver<RemoteStatus>>,
+    cancel: CancellationToken,
+) {
+    let next_elsewhere =
+        async |elsewhere: &mut Option<broadcast::Receiver<RemoteStatus>>| match elsewhere {
+            Some(statuses) => statuses.recv().await,
+            None => std::future::pending().await,
+        };
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            change = here.recv() => match change {
+                Ok((device, Change::Online)) => live.device_status(&device, true),
+                Ok((device, Change::Offline)) => live.device_status(&device, false),
+                // The session it closes announces the device offline.
+                Ok((_, Change::Revoked)) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            },
+            status = next_elsewhere(&mut elsewhere) => match status {
+                Ok((device, online)) => live.device_status(&device, online),
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => elsewhere = None,
+            },
+        }
+    }
+}
+
 async fn reload_on_hangup(
     mut hangups: tokio::signal::unix::Signal,
     tls: Option<Tls>,

@@ -17,18 +17,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use protocol::is_valid_device_id;
 use protocol::limits::{MAX_METRICS_PER_DEVICE, MAX_TEXT_LEN};
-use protocol::{MetricDescriptor, is_valid_device_id};
 use rumqttc::{AsyncClient, Publish};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::Heard;
 use super::status::Status;
+use crate::admission::{Admission, AdmitError, Admitted};
 use crate::commits::Sample;
-use crate::live::Live;
+use crate::store::now_ms;
 use crate::store::writer::{Dedupe, WriteOutcome, WriterHandle};
-use crate::store::{Store, now_ms};
 
 /// Messages taken into one round of commits at most; the broker's own
 /// in-flight limit (Mosquitto: 20 by default) is usually lower. The channel
@@ -228,9 +228,9 @@ pub struct Context {
     pub settings: Arc<Settings>,
     /// The bridge's own topics (and Home Assistant's) are never taken in.
     pub prefix: String,
-    pub store: Store,
+    /// Devices and their metrics: found, or registered through the writer.
+    pub admission: Admission,
     pub writer: WriterHandle,
-    pub live: Arc<Live>,
     pub status: Arc<Status>,
 }
 
@@ -411,27 +411,22 @@ impl Ingest {
         metric: &str,
         unit: Option<&str>,
     ) -> Result<(i64, i64), Refusal> {
-        let storage =
-            |err: String| Refusal::Storage(format!("ingest cannot read or write devices: {err}"));
+        let storage = |err: AdmitError| {
+            Refusal::Storage(format!("ingest cannot read or write devices: {err}"))
+        };
+        let admission = &self.ctx.admission;
         let fresh = self
             .known
             .get(device)
             .is_some_and(|known| known.read_at.elapsed() < RECHECK);
         if !fresh {
-            let found = self
-                .ctx
-                .store
-                .find_device(device)
-                .await
-                .map_err(|e| storage(e.to_string()))?;
-            let (row, revoked) = match found {
-                Some(found) => found,
-                None if self.ctx.settings.register => self
-                    .ctx
-                    .writer
-                    .register_device(device)
-                    .await
-                    .map_err(storage)?,
+            let found = if self.ctx.settings.register {
+                Some(admission.find_or_register(device).await)
+            } else {
+                admission.find(device).await.transpose()
+            };
+            let Admitted { row, revoked } = match found {
+                Some(found) => found.map_err(storage)?,
                 None => {
                     return Err(Refusal::Refused(format!(
                         "no device {device:?}: add it with `hub device add`, or pass --mqtt-ingest-register"
@@ -440,7 +435,7 @@ impl Ingest {
             };
             let metrics = match self.known.remove(device) {
                 Some(known) if known.row == row => known.metrics,
-                _ => self.load_metrics(device, row).await.map_err(storage)?,
+                _ => admission.metrics(device, row).await.map_err(storage)?,
             };
             self.known.insert(
                 device.to_owned(),
@@ -452,7 +447,7 @@ impl Ingest {
                 },
             );
         }
-        let Some(known) = self.known.get(device) else {
+        let Some(known) = self.known.get_mut(device) else {
             return Err(Refusal::Storage("lost a device just read".into()));
         };
         if known.revoked {
@@ -473,56 +468,14 @@ impl Ingest {
                     .or(known_metric.map(|(_, unit)| unit.as_str()))
                     .unwrap_or_default()
                     .to_owned();
-                let rows = self
-                    .ctx
-                    .writer
-                    .register_metrics(row, vec![(metric.to_owned(), unit.clone())])
+                let metric_row = admission
+                    .metric(device, row, metric, &unit)
                     .await
                     .map_err(storage)?;
-                let metric_row = rows
-                    .first()
-                    .copied()
-                    .ok_or_else(|| storage("no metric row".into()))?;
-                self.catalog(device, metric, &unit, metric_row);
-                if let Some(known) = self.known.get_mut(device) {
-                    known.metrics.insert(metric.to_owned(), (metric_row, unit));
-                }
+                known.metrics.insert(metric.to_owned(), (metric_row, unit));
                 Ok((row, metric_row))
             }
         }
-    }
-
-    /// A device's metrics as stored, made known to the live fan-out.
-    async fn load_metrics(
-        &self,
-        device: &str,
-        row: i64,
-    ) -> Result<HashMap<String, (i64, String)>, String> {
-        let rows = self
-            .ctx
-            .store
-            .metric_rows(row)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut metrics = HashMap::with_capacity(rows.len());
-        for (metric_row, name, unit) in rows {
-            self.catalog(device, &name, &unit, metric_row);
-            metrics.insert(name, (metric_row, unit));
-        }
-        Ok(metrics)
-    }
-
-    /// Tells the live fan-out a metric's names, before any of its readings
-    /// is committed.
-    fn catalog(&self, device: &str, metric: &str, unit: &str, row: i64) {
-        let descriptor = MetricDescriptor {
-            id: 0,
-            name: metric.to_owned(),
-            unit: unit.to_owned(),
-        };
-        self.ctx
-            .live
-            .register_metrics(device, &[descriptor], &HashMap::from([(0, row)]));
     }
 }
 

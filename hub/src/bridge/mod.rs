@@ -33,9 +33,9 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::Admission;
 use crate::commits::{Head, Position};
 use crate::ingest::registry::{Change, PresenceChange, Registry};
-use crate::live::Live;
 use crate::store::query::ReadingRow;
 use crate::store::writer::WriterHandle;
 use crate::store::{Store, StoreError};
@@ -160,8 +160,8 @@ pub struct Parts {
     pub writer: WriterHandle,
     /// Presence changes, and where commands go.
     pub registry: Registry,
-    /// Where readings taken in from MQTT get their names on the SSE stream.
-    pub live: Arc<Live>,
+    /// Where devices and metrics that MQTT brings are found or registered.
+    pub admission: Admission,
 }
 
 /// A bridge ready to run: its status can be shown before it connects.
@@ -724,9 +724,8 @@ impl Worker {
             let ctx = inbound::Context {
                 settings: Arc::new(bridge.settings.ingest.clone()),
                 prefix: bridge.settings.prefix.clone(),
-                store: self.parts.store.clone(),
+                admission: self.parts.admission.clone(),
                 writer: self.parts.writer.clone(),
-                live: Arc::clone(&self.parts.live),
                 status: Arc::clone(&bridge.status),
             };
             let task = tokio::spawn(inbound::run(messages, client.clone(), report.clone(), ctx));

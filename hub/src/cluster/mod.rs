@@ -30,6 +30,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use protocol::CommandArg;
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -38,7 +39,6 @@ use tokio_util::sync::CancellationToken;
 use crate::ingest::command::{self, Answer, Failure};
 use crate::ingest::registry::{Change, CommandOutcome, Elsewhere, Registry};
 use crate::journal::Journal;
-use crate::live::Live;
 use crate::store::Store;
 use roster::Roster;
 
@@ -97,19 +97,27 @@ pub struct Cluster {
     journal: Journal,
     registry: Registry,
     store: Store,
-    live: Arc<Live>,
+    /// Devices that came or went on other hubs, for the live stream.
+    statuses: broadcast::Sender<RemoteStatus>,
     roster: Mutex<Roster>,
 }
+
+/// A device that came (`true`) or went on another hub.
+pub type RemoteStatus = (Arc<str>, bool);
+
+/// Remote statuses buffered for each listener; one that lags further
+/// skips the oldest (presence is also in `/v1/devices`).
+const STATUSES: usize = 1024;
 
 impl Cluster {
     /// Joins `registry` to the cluster: from now on it knows the other
     /// hubs' devices and routes commands to them.
-    pub fn join(journal: Journal, registry: Registry, store: Store, live: Arc<Live>) -> Arc<Self> {
+    pub fn join(journal: Journal, registry: Registry, store: Store) -> Arc<Self> {
         let cluster = Arc::new(Cluster {
             journal,
             registry: registry.clone(),
             store,
-            live,
+            statuses: broadcast::Sender::new(STATUSES),
             roster: Mutex::default(),
         });
         registry.set_elsewhere(Arc::clone(&cluster) as Arc<dyn Elsewhere>);
@@ -242,12 +250,17 @@ impl Cluster {
         self.tell_subscribers(flips);
     }
 
-    /// Status events for devices that came or went on other hubs; a device
-    /// connected here is this hub's sessions' to report.
+    /// Devices that came or went on other hubs, from now on; a device
+    /// connected here is this hub's registry's to report.
+    pub fn statuses(&self) -> broadcast::Receiver<RemoteStatus> {
+        self.statuses.subscribe()
+    }
+
     fn tell_subscribers(&self, flips: Vec<roster::Flip>) {
         for (device, online) in flips {
             if !self.registry.is_online(&device) {
-                self.live.device_status(&device, online);
+                // No listener is not an error.
+                let _ = self.statuses.send((device.into(), online));
             }
         }
     }

@@ -23,14 +23,14 @@ use tracing::Instrument;
 
 use super::registry::{COMMAND_QUEUE, Change, Kick, PendingCommand, Presence, Registry};
 use super::state::{BatchStream, Budget, KeyAnswer, Violation, check_hello, enrolled, key_answer};
+use crate::admission::{Admission, AdmitError};
 use crate::auth;
-use crate::journal::Journal;
 use crate::journal::append::Appender;
 use crate::journal::provision::DeviceChange;
-use crate::live::Live;
-use crate::store::Store;
+use crate::journal::{Journal, JournalError};
 use crate::store::devices::Credentials;
-use crate::store::writer::{Origin, Provisioned, WriteOutcome, WriterHandle};
+use crate::store::writer::{Origin, Provisioned, WriteError, WriteOutcome, WriterHandle};
+use crate::store::{Store, StoreError};
 use crate::telemetry::{Counters, Reject};
 
 /// Most batches a session has handed to the writer and not yet acknowledged.
@@ -69,7 +69,8 @@ pub use super::state::Limits;
 #[derive(Debug)]
 pub struct Context {
     pub store: Store,
-    pub live: Arc<Live>,
+    /// Devices and their metrics: found, or registered through the writer.
+    pub admission: Admission,
     pub writer: WriterHandle,
     pub registry: Registry,
     pub counters: Arc<Counters>,
@@ -278,13 +279,11 @@ async fn serve(socket: &mut WebSocket, auth: Auth, ctx: &Context) -> Ending {
         Err(ending) => return ending,
     };
     let device = session.credentials.device_id.clone();
-    ctx.live.device_status(&device, true);
     ctx.registry.announce(&device, Change::Online);
     let ending = session.run(socket, ctx).await;
     // The session (and its place in the registry) is gone now; a
     // replacement connection keeps the device online.
     if !ctx.registry.online_anywhere(&device) {
-        ctx.live.device_status(&device, false);
         ctx.registry.announce(&device, Change::Offline);
     }
     ending
@@ -356,8 +355,10 @@ async fn handshake(
     // is kicked first, and whatever it still had in the writer's queue is
     // recognised as a resend by the writer if the device sends it again.
     let (presence, inbox) = ctx.registry.register(&credentials.device_id);
-    let (last_seq, metric_rows) =
-        bounded(ctx, register_hello(ctx, credentials.row, &hello)).await?;
+    let (last_seq, metric_rows) = bounded(ctx, async {
+        Ok(ctx.admission.hello(credentials.row, &hello).await?)
+    })
+    .await?;
     if metric_rows.len() < hello.metrics.len() {
         return Err(Ending::violation(Violation {
             code: error_code::TOO_MANY_METRICS,
@@ -367,8 +368,6 @@ async fn handshake(
             ),
         }));
     }
-    ctx.live
-        .register_metrics(&credentials.device_id, &hello.metrics, &metric_rows);
     if let Some(token) = token {
         // Before Welcome: a device's first batch (sent after Welcome) then
         // shows that it has read its token.
@@ -438,13 +437,31 @@ async fn first_frame(
 /// would hold the socket.
 async fn bounded<T>(
     ctx: &Context,
-    work: impl Future<Output = Result<T, String>>,
+    work: impl Future<Output = Result<T, StorageTrouble>>,
 ) -> Result<T, Ending> {
     match timeout(ctx.timing.hello_timeout, work).await {
         Ok(Ok(done)) => Ok(done),
         Ok(Err(err)) => Err(storage_trouble(&err)),
-        Err(_) => Err(storage_trouble("registration timed out")),
+        Err(_) => Err(storage_trouble(&StorageTrouble::TimedOut)),
     }
+}
+
+/// Why the handshake's storage work failed: the device is told to come
+/// back later, whichever it was.
+#[derive(Debug, thiserror::Error)]
+enum StorageTrouble {
+    #[error(transparent)]
+    Read(#[from] StoreError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error(transparent)]
+    Admit(#[from] AdmitError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("no randomness for a token: {0}")]
+    Randomness(String),
+    #[error("registration timed out")]
+    TimedOut,
 }
 
 /// An established session's moving parts: batches in flight, commands
@@ -680,12 +697,11 @@ async fn drain(
 /// (the CA vouches for it). `None` if it was revoked. A device from before
 /// tokens were issued, which the provisioning key could still reach, is
 /// confirmed: from now on its certificate is what reaches it.
-async fn register_certified(ctx: &Context, device_id: &str) -> Result<Option<Credentials>, String> {
-    let found = ctx
-        .store
-        .enrolment(device_id)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn register_certified(
+    ctx: &Context,
+    device_id: &str,
+) -> Result<Option<Credentials>, StorageTrouble> {
+    let found = ctx.store.enrolment(device_id).await?;
     let (row, revoked, confirm) = match found {
         Some(found) => (
             found.row,
@@ -696,8 +712,8 @@ async fn register_certified(ctx: &Context, device_id: &str) -> Result<Option<Cre
             }),
         ),
         None => {
-            let (row, revoked) = ctx.writer.register_device(device_id).await?;
-            (row, revoked, None)
+            let admitted = ctx.admission.find_or_register(device_id).await?;
+            (admitted.row, admitted.revoked, None)
         }
     };
     Ok((!revoked).then(|| Credentials {
@@ -725,7 +741,7 @@ async fn enrol(ctx: &Context, device_id: &str) -> Result<(Credentials, String), 
         answer => return Err(refused(answer)),
     }
     let token = auth::generate_token()
-        .map_err(|err| storage_trouble(&format!("no randomness for a token: {err}")))?;
+        .map_err(|err| storage_trouble(&StorageTrouble::Randomness(err.to_string())))?;
     let token_hash = auth::hash_token(&token);
     let change = Provisioned::Enrolled {
         device_id: device_id.to_owned(),
@@ -749,40 +765,19 @@ async fn enrol(ctx: &Context, device_id: &str) -> Result<(Credentials, String), 
 async fn enrolment(
     ctx: &Context,
     device_id: &str,
-) -> Result<Option<crate::store::devices::Enrolment>, String> {
-    ctx.store
-        .enrolment(device_id)
-        .await
-        .map_err(|e| e.to_string())
+) -> Result<Option<crate::store::devices::Enrolment>, StorageTrouble> {
+    Ok(ctx.store.enrolment(device_id).await?)
 }
 
 /// Writes a change to a device's enrolment: through the writer, or in a
 /// cluster through the stream (every hub applies it in the stream's
 /// order; this one has when this returns).
-async fn provision(ctx: &Context, change: Provisioned) -> Result<(), String> {
+async fn provision(ctx: &Context, change: Provisioned) -> Result<(), StorageTrouble> {
     match (&ctx.journal, DeviceChange::of(&change)) {
-        (Some(journal), Some(entry)) => journal.provision(&entry).await.map_err(|e| e.to_string()),
-        _ => ctx.writer.provision(change).await,
+        (Some(journal), Some(entry)) => journal.provision(&entry).await?,
+        _ => ctx.writer.provision(change).await?,
     }
-}
-
-/// What the session needs from its `Hello`: the last committed seq and the
-/// metric rows, written by the writer only when the `Hello` brings news.
-async fn register_hello(
-    ctx: &Context,
-    device_row: i64,
-    hello: &protocol::Hello,
-) -> Result<(u64, HashMap<u16, i64>), String> {
-    let (last_seq, known) = ctx
-        .store
-        .known_hello(device_row, hello)
-        .await
-        .map_err(|e| e.to_string())?;
-    let metric_rows = match known {
-        Some(rows) => rows,
-        None => ctx.writer.register_hello(device_row, hello).await?,
-    };
-    Ok((last_seq, metric_rows))
+    Ok(())
 }
 
 /// The writer refused a batch: the hub is stopping, or the writer died.
@@ -806,7 +801,7 @@ fn storage_lost(reason: &str) -> Ending {
     )
 }
 
-fn storage_trouble(err: &str) -> Ending {
+fn storage_trouble(err: &StorageTrouble) -> Ending {
     tracing::error!(error = %err, "storage failed during handshake");
     Ending::told(
         error_code::STORAGE_UNAVAILABLE,

@@ -13,7 +13,6 @@
 //! again harmlessly.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
@@ -24,9 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::provision::DeviceChange;
 use super::{Journal, first_position, record};
+use crate::admission::Admission;
 use crate::commits;
-use crate::live::Live;
-use crate::store::Store;
 use crate::store::writer::{WriteOutcome, WriterHandle};
 
 /// Entries handed to the writer and not yet answered. When full, the
@@ -46,9 +44,8 @@ const STALL_CHECK: Duration = Duration::from_secs(3);
 /// What the applier writes to.
 #[derive(Debug, Clone)]
 pub struct Parts {
-    pub store: Store,
+    pub admission: Admission,
     pub writer: WriterHandle,
-    pub live: Arc<Live>,
 }
 
 /// A device as this hub's database knows it, for the entries that follow.
@@ -247,20 +244,10 @@ impl Applier {
     /// Finds (or registers through the writer) the device's row and metric
     /// rows for `hello`, and keeps them for its entries that follow.
     async fn learn(&mut self, hello: Hello, hello_part: &[u8]) -> Result<(), async_nats::Error> {
-        let Parts {
-            store,
-            writer,
-            live,
-        } = &self.parts;
-        let row = match store.find_device(&hello.device_id).await? {
-            Some((row, _revoked)) => row,
-            None => writer.register_device(&hello.device_id).await?.0,
-        };
-        let metric_rows = match store.known_hello(row, &hello).await?.1 {
-            Some(rows) => rows,
-            None => writer.register_hello(row, &hello).await?,
-        };
-        live.register_metrics(&hello.device_id, &hello.metrics, &metric_rows);
+        let admission = &self.parts.admission;
+        // The stream holds only what a hub admitted: register it here too.
+        let row = admission.find_or_register(&hello.device_id).await?.row;
+        let (_, metric_rows) = admission.hello(row, &hello).await?;
         self.devices.insert(
             hello.device_id,
             Known {

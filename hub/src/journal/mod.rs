@@ -31,7 +31,7 @@ use async_nats::connection::State;
 use async_nats::jetstream::{self, stream};
 
 use crate::commits::Position;
-use crate::store::writer::WriterHandle;
+use crate::store::writer::{WriteError, WriterHandle};
 use crate::store::{Store, StoreError};
 
 /// An entry's readings take the positions `sequence << ENTRY_BITS` and
@@ -88,7 +88,7 @@ pub enum JournalError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the writer refused: {0}")]
-    Writer(String),
+    Writer(#[from] WriteError),
     #[error("{0}")]
     BadChange(String),
 }

@@ -1,13 +1,13 @@
 //! The metric catalog: what the fan-out needs to know about a `metrics.id`
-//! row to format and filter its readings, registered by each session before
-//! its first batch can be committed.
+//! row to format and filter its readings. Built from the admission path's
+//! [`Names`] the first time the fan-out meets a row: the names are told
+//! before any of the metric's readings can be committed.
 
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock};
-
-use protocol::MetricDescriptor;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use super::format;
+use crate::admission::Names;
 
 /// One metric of one device.
 #[derive(Debug)]
@@ -18,36 +18,52 @@ pub struct MetricMeta {
     pub(super) prefix: String,
 }
 
-/// Metrics by `metrics.id` row. Read on every commit, written only when a
-/// device connects: an `RwLock`, never held across an await.
-#[derive(Debug, Default)]
-pub(super) struct Catalog(RwLock<HashMap<i64, Arc<MetricMeta>>>);
+/// Metrics by `metrics.id` row. Read on every commit, written the first
+/// time a row is met: an `RwLock`, never held across an await.
+#[derive(Debug)]
+pub(super) struct Catalog {
+    names: Arc<Names>,
+    known: RwLock<HashMap<i64, Arc<MetricMeta>>>,
+}
 
 impl Catalog {
-    /// Records the names behind a connection's metric rows.
-    pub fn register(&self, device: &str, metrics: &[MetricDescriptor], rows: &HashMap<u16, i64>) {
-        let device: Arc<str> = device.into();
-        let mut catalog = self.0.write().unwrap_or_else(PoisonError::into_inner);
-        for metric in metrics {
-            if let Some(&row) = rows.get(&metric.id) {
-                catalog.insert(
-                    row,
-                    Arc::new(MetricMeta {
-                        device: Arc::clone(&device),
-                        name: metric.name.as_str().into(),
-                        prefix: format::reading_prefix(&device, &metric.name, &metric.unit),
-                    }),
-                );
-            }
+    pub fn new(names: Arc<Names>) -> Self {
+        Catalog {
+            names,
+            known: RwLock::default(),
         }
     }
 
     pub fn get(&self, row: i64) -> Option<Arc<MetricMeta>> {
-        self.read().get(&row).cloned()
+        if let Some(meta) = self.read().get(&row) {
+            return Some(Arc::clone(meta));
+        }
+        let meta = self.learn(row)?;
+        self.keep(std::iter::once((row, Arc::clone(&meta))));
+        Some(meta)
     }
 
-    /// The whole map, for a commit's worth of look-ups under one lock.
-    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<i64, Arc<MetricMeta>>> {
-        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    /// The rows met so far, for a commit's worth of look-ups under one
+    /// lock; a row it lacks is [`learn`](Self::learn)ed and then kept.
+    pub fn read(&self) -> RwLockReadGuard<'_, HashMap<i64, Arc<MetricMeta>>> {
+        self.known.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Builds a row's entry from its names, if it was admitted.
+    pub fn learn(&self, row: i64) -> Option<Arc<MetricMeta>> {
+        let names = self.names.get(row)?;
+        Some(Arc::new(MetricMeta {
+            prefix: format::reading_prefix(&names.device, &names.name, &names.unit),
+            device: Arc::clone(&names.device),
+            name: Arc::clone(&names.name),
+        }))
+    }
+
+    /// Keeps entries built by `learn`.
+    pub fn keep(&self, learned: impl IntoIterator<Item = (i64, Arc<MetricMeta>)>) {
+        self.known
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(learned);
     }
 }

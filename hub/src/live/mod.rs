@@ -27,9 +27,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::body::Bytes;
-use protocol::MetricDescriptor;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 
+use crate::admission::Names;
 use crate::commits::{Committed, Head, InlineConsumer, RetentionCutoff};
 use crate::store::{Store, now_ms};
 use catalog::Catalog;
@@ -65,9 +65,11 @@ pub struct Live {
 impl Live {
     /// A fan-out following `head`, allowing `max_subscribers` concurrent
     /// subscribers and keeping at most `ring_bytes` of recent events in
-    /// memory. Readings below `retention` are not served from memory.
+    /// memory. Readings below `retention` are not served from memory;
+    /// metric rows are shown by their admitted `names`.
     pub fn new(
         store: Store,
+        names: Arc<Names>,
         head: Head,
         retention: RetentionCutoff,
         max_subscribers: usize,
@@ -77,7 +79,7 @@ impl Live {
             ring: Mutex::new(Ring::new(ring_bytes)),
             head,
             retention,
-            catalog: Catalog::default(),
+            catalog: Catalog::new(names),
             status: broadcast::Sender::new(STATUS_BUFFER),
             router: Router::default(),
             store,
@@ -88,17 +90,6 @@ impl Live {
     /// A permit for one more subscriber, if `--max-subscribers` allows it.
     pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
         Arc::clone(&self.slots).try_acquire_owned().ok()
-    }
-
-    /// Records the names behind a connection's metric rows, before any of
-    /// its readings can be committed.
-    pub fn register_metrics(
-        &self,
-        device: &str,
-        metrics: &[MetricDescriptor],
-        rows: &HashMap<u16, i64>,
-    ) {
-        self.catalog.register(device, metrics, rows);
     }
 
     /// Publishes a device's connect or disconnect.
@@ -120,15 +111,22 @@ impl Live {
         let mut seen: HashSet<*const u8> = HashSet::new();
         let mut min_ts = i64::MAX;
         let catalog = self.catalog.read();
+        // Rows met for the first time: kept once the read lock is gone.
+        let mut learned: HashMap<i64, Arc<MetricMeta>> = HashMap::new();
         for row in rows {
-            let Some(meta) = catalog.get(&row.sample.metric) else {
-                // Sessions register metrics before sending any batch, so
-                // this cannot happen; the reading is still in SQLite.
-                tracing::error!(
-                    metric = row.sample.metric,
-                    "no metadata for a committed metric"
-                );
-                continue;
+            let metric = row.sample.metric;
+            let meta = match catalog.get(&metric).or_else(|| learned.get(&metric)) {
+                Some(meta) => Arc::clone(meta),
+                None => match self.catalog.learn(metric) {
+                    Some(meta) => Arc::clone(learned.entry(metric).or_insert(meta)),
+                    None => {
+                        // Metrics are admitted (named) before any of their
+                        // readings is committed, so this cannot happen; the
+                        // reading is still in SQLite.
+                        tracing::error!(metric, "no names for a committed metric");
+                        continue;
+                    }
+                },
             };
             if route && seen.insert(meta.device.as_ptr()) {
                 devices.push(Arc::clone(&meta.device));
@@ -149,6 +147,10 @@ impl Live {
                 start,
                 end: text.len(),
             });
+        }
+        drop(catalog);
+        if !learned.is_empty() {
+            self.catalog.keep(learned);
         }
         // The ring's budget counts text bytes; the allocation must not be
         // larger than what is counted.

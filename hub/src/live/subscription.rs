@@ -391,12 +391,12 @@ fn format_rows(rows: &[ReadingRow]) -> Bytes {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap as Map;
 
     use protocol::{Hello, MetricDescriptor, PROTOCOL_VERSION};
     use tokio::sync::mpsc;
 
     use super::*;
+    use crate::admission::{Admission, Names};
     use crate::commits::{Committed, Consumers, InlineConsumer, RetentionCutoff, Sample};
     use crate::store::writer::{self, WriteOutcome};
     use crate::store::{PoolDurability, Store};
@@ -456,8 +456,10 @@ mod tests {
         let opened = writer::open(&store).await.unwrap();
         let consumers = Consumers::new(opened.last_pos());
         // Room for about five commits of 100 readings.
+        let names = Arc::new(Names::default());
         let live = Arc::new(Live::new(
             store.clone(),
+            Arc::clone(&names),
             consumers.head(),
             RetentionCutoff::default(),
             10,
@@ -468,7 +470,8 @@ mod tests {
         let (writer, task) = opened
             .spawn(Arc::new(Counters::default()), consumers, stop.clone())
             .unwrap();
-        let (device, _) = writer.register_device("dev-1").await.unwrap();
+        let admission = Admission::new(store.clone(), writer.clone(), names);
+        let device = admission.find_or_register("dev-1").await.unwrap().row;
         let hello = Hello {
             version: PROTOCOL_VERSION,
             device_id: "dev-1".into(),
@@ -476,8 +479,7 @@ mod tests {
             firmware: "f".into(),
             metrics: temperature(),
         };
-        let rows = writer.register_hello(device, &hello).await.unwrap();
-        live.register_metrics("dev-1", &hello.metrics, &rows);
+        let (_, rows) = admission.hello(device, &hello).await.unwrap();
         let (reply, mut outcomes) = mpsc::channel(1);
         for seq in 1..=25u64 {
             let samples = (0..100)
@@ -538,18 +540,18 @@ mod tests {
             .unwrap();
         let consumers = Consumers::new(0);
         let retention = RetentionCutoff::default();
+        let names = Arc::new(Names::default());
+        names.tell("dev-1", [(1, "temperature", "°C")]);
+        names.tell("dev-2", [(2, "temperature", "°C")]);
         let live = Arc::new(Live::new(
             store,
+            names,
             consumers.head(),
             retention.clone(),
             10,
             1 << 20,
         ));
         let consumers = consumers.with_inline(Arc::clone(&live) as Arc<dyn InlineConsumer>);
-        let rows = Map::from([(1, 1)]);
-        live.register_metrics("dev-1", &temperature(), &rows);
-        let rows = Map::from([(1, 2)]);
-        live.register_metrics("dev-2", &temperature(), &rows);
         (live, consumers, retention, dir)
     }
 

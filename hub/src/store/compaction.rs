@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::blocks::{SLAB, slab_end};
-use super::writer::WriterHandle;
+use super::writer::{WriteError, WriterHandle};
 use super::{Store, StoreError};
 
 /// Readings one writer step moves at most (whole metrics, so a block is
@@ -40,7 +40,7 @@ pub enum CompactError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the writer could not compact: {0}")]
-    Writer(String),
+    Writer(#[from] WriteError),
 }
 
 impl Store {

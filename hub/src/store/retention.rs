@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::writer::rollup::{self, Tier};
-use super::writer::{Retainable, WriterHandle};
+use super::writer::{Retainable, WriteError, WriterHandle};
 use super::{Store, StoreError, now_ms};
 use crate::commits::RetentionCutoff;
 
@@ -21,7 +21,7 @@ pub enum SweepError {
     #[error("reading what is due: {0}")]
     Store(#[from] StoreError),
     #[error("deleting: {0}")]
-    Writer(String),
+    Writer(#[from] WriteError),
 }
 
 impl Store {

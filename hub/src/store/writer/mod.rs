@@ -27,454 +27,34 @@
 //! ([`crate::commits`]) and then answers the sessions, while the writer
 //! starts the next commit.
 
+mod commit;
 mod file;
+mod handle;
 mod health;
+mod jobs;
 mod publisher;
 pub mod rollup;
 mod statements;
 
+pub use handle::WriterHandle;
 pub use health::WriterHealth;
+pub use jobs::{Dedupe, Origin, Provisioned, Retainable, Retained, WriteError, WriteOutcome};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
-use protocol::Hello;
-
+use handle::QUEUED_REQUESTS;
+use jobs::{Job, RETAIN_ROWS, RetainChunk};
 use publisher::Settled;
-use rusqlite::{Connection, TransactionBehavior};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Store, StoreError, now_ms};
-use crate::commits::{Committed, Consumers, Position, Sample};
+use super::{Store, StoreError};
+use crate::commits::{Consumers, Position};
 use crate::telemetry::Counters;
-
-/// Most rows queued for the writer across all sessions. A session that
-/// cannot get permits for its batch waits, and so stops reading its socket:
-/// the device sees TCP backpressure and nothing is dropped.
-const QUEUED_ROWS: usize = 128 * 1024;
-
-/// Most requests queued for the writer (the rows budget above is usually the
-/// tighter bound); when full, `submit` waits, with the same backpressure.
-const QUEUED_REQUESTS: usize = 4096;
-
-/// What the writer tells a session about one of its batches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteOutcome {
-    /// Committed now, or committed before (a resend).
-    Stored { seq: u64 },
-    /// The transaction failed; nothing of the batch was stored.
-    Failed { seq: u64 },
-}
-
-/// Where a batch comes from: the device's `devices.id` row, and the session
-/// (one connection, numbered by the registry in order) that read it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Origin {
-    pub device_row: i64,
-    pub session: u64,
-}
-
-/// How the writer keeps a batch from being stored twice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Dedupe {
-    /// A WebSocket batch: a `seq` at or below the device's last committed
-    /// one is a resend, acknowledged again and not stored.
-    BySeq,
-    /// Readings from MQTT that carry their own time: one whose metric
-    /// already has a reading at that `ts_ms` is a redelivery, not stored.
-    ByTime,
-    /// Readings from MQTT timed by the hub's clock: nothing tells a
-    /// redelivery apart, so each is stored.
-    Never,
-}
-
-/// One device batch on its way to the database.
-#[derive(Debug)]
-pub struct WriteRequest {
-    pub origin: Origin,
-    /// The batch's seq; with `Dedupe::ByTime` or `Never` only a tag for
-    /// the outcome.
-    pub seq: u64,
-    pub dedupe: Dedupe,
-    pub samples: Vec<Sample>,
-    /// Where the batch's readings go, when the position is not the
-    /// writer's to choose: the cluster journal's (each hub stores a
-    /// journal entry at the same positions). `None`: the next ones.
-    pub at: Option<Position>,
-    /// The session's outcome channel. Its capacity is the session's in-flight
-    /// window, so the writer's `try_send` never finds it full.
-    pub reply: mpsc::Sender<WriteOutcome>,
-    /// Held until the request is answered: its share of [`QUEUED_ROWS`].
-    _permit: OwnedSemaphorePermit,
-}
-
-/// A registration write: what a device's connection brings that the
-/// database does not have yet.
-#[derive(Debug)]
-pub enum Registration {
-    /// Create the device, without a token, if it is unknown (a
-    /// certificate vouches for it, or MQTT or the cluster's stream brings
-    /// it). Answers its row and whether it is revoked.
-    Device {
-        device_id: String,
-        reply: oneshot::Sender<Result<(i64, bool), String>>,
-    },
-    /// Record a `Hello`'s model, firmware and metrics. Answers the metric
-    /// rows by the device's metric ids.
-    Hello {
-        device_row: i64,
-        hello: Hello,
-        reply: oneshot::Sender<Result<HashMap<u16, i64>, String>>,
-    },
-    /// Create or update (the unit) metrics of a device, by name and unit:
-    /// readings from MQTT bring no `Hello`. Answers their rows, in order.
-    Metrics {
-        device_row: i64,
-        metrics: Vec<(String, String)>,
-        reply: oneshot::Sender<Result<Vec<i64>, String>>,
-    },
-    /// A device provisioned or revoked for a whole cluster (`hub device
-    /// add|revoke --nats-url`), as the cluster's stream brings it.
-    Provision {
-        change: Provisioned,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-    /// Set one of the hub's facts about itself in `hub_state` (a cursor
-    /// consumer's cursor, say).
-    State {
-        key: &'static str,
-        value: i64,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-}
-
-/// A device's credentials as a cluster's stream carries them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Provisioned {
-    /// The device may connect with the token of this SHA-256 hash (a new
-    /// device, or a new token for a known one); `name` is kept if `None`.
-    Token {
-        device_id: String,
-        token_hash: [u8; 32],
-        name: Option<String>,
-    },
-    /// The device is revoked from now on (known or not: a revoked id
-    /// cannot register itself later).
-    Revoked { device_id: String },
-    /// The provisioning key registered the device and the hub issued it
-    /// the token of this hash, which the key may still replace until the
-    /// device confirms it. Changes nothing for a device that the key may
-    /// not reach (one with credentials of its own, or revoked): whoever
-    /// reads the device back learns whether its hash is the one it sent.
-    Enrolled {
-        device_id: String,
-        token_hash: [u8; 32],
-    },
-    /// The device has shown that it holds the token of this hash (`None`:
-    /// it has no token, and a certificate vouched for it): from now on the
-    /// provisioning key does not reach it.
-    Confirmed {
-        device_id: String,
-        token_hash: Option<[u8; 32]>,
-    },
-}
-
-/// What the writer is asked to do.
-#[derive(Debug)]
-enum Job {
-    Batch(WriteRequest),
-    Register(Registration),
-    /// Retention's deletes, run by the writer so that nothing else in the
-    /// running hub takes SQLite's write lock.
-    Retain(RetainChunk),
-    /// Compaction's moves, run by the writer for the same reason.
-    Compact(CompactStep),
-    /// The hub is stopping: refuse new jobs, finish the queued ones, exit.
-    Stop,
-}
-
-/// Rows one retention chunk deletes at most: a few milliseconds of the
-/// writer's time, between two group commits.
-const RETAIN_ROWS: usize = 2_000;
-
-/// What retention deletes: raw readings by device time, or a roll-up
-/// tier's buckets by their start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retainable {
-    Readings,
-    Buckets(rollup::Tier),
-}
-
-/// One chunk of retention: delete rows of `what` older than `before_ms` of
-/// `metrics`, in order, up to [`RETAIN_ROWS`].
-#[derive(Debug)]
-struct RetainChunk {
-    what: Retainable,
-    metrics: Vec<i64>,
-    before_ms: i64,
-    reply: oneshot::Sender<Result<Retained, String>>,
-}
-
-/// What a retention chunk did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retained {
-    /// Readings deleted.
-    pub deleted: usize,
-    /// How many of the metrics asked for have nothing older left; the
-    /// rest need another chunk.
-    pub finished: usize,
-}
-
-/// One step of compaction: move these metrics' readings at these
-/// positions (all of one slab) into blocks.
-#[derive(Debug)]
-struct CompactStep {
-    metrics: Vec<(i64, Vec<i64>)>,
-    reply: oneshot::Sender<Result<usize, String>>,
-}
-
-/// What a registration produced, answered after the commit.
-enum Registered {
-    Device(i64, bool),
-    Hello(HashMap<u16, i64>),
-    Metrics(Vec<i64>),
-    State,
-}
-
-/// The writer has stopped (the hub is shutting down).
-#[derive(Debug, thiserror::Error)]
-#[error("the writer has stopped")]
-pub struct WriterStopped;
-
-/// The sessions' handle on the writer. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct WriterHandle {
-    requests: mpsc::Sender<Job>,
-    rows: Arc<Semaphore>,
-    health: WriterHealth,
-}
-
-impl WriterHandle {
-    /// Whether the writer still runs.
-    pub fn health(&self) -> &WriterHealth {
-        &self.health
-    }
-
-    /// Queues a batch, waiting while the writer is behind.
-    ///
-    /// # Errors
-    /// The writer has stopped.
-    pub async fn submit(
-        &self,
-        origin: Origin,
-        seq: u64,
-        samples: Vec<Sample>,
-        reply: mpsc::Sender<WriteOutcome>,
-    ) -> Result<(), WriterStopped> {
-        self.enqueue(origin, seq, Dedupe::BySeq, samples, None, reply)
-            .await
-    }
-
-    /// Queues a batch from the cluster journal, deduplicated by `seq` like
-    /// a device's own, whose readings take the positions from `first_pos`
-    /// on. Batches must come in position order; one whose positions are
-    /// already taken was stored before and is not stored again.
-    ///
-    /// # Errors
-    /// The writer has stopped.
-    pub async fn submit_at(
-        &self,
-        device_row: i64,
-        seq: u64,
-        samples: Vec<Sample>,
-        first_pos: Position,
-        reply: mpsc::Sender<WriteOutcome>,
-    ) -> Result<(), WriterStopped> {
-        let origin = Origin {
-            device_row,
-            session: 0,
-        };
-        self.enqueue(origin, seq, Dedupe::BySeq, samples, Some(first_pos), reply)
-            .await
-    }
-
-    /// Queues readings that came without a sequence (from MQTT), kept from
-    /// being stored twice as `dedupe` says; `tag` comes back in the outcome.
-    ///
-    /// # Errors
-    /// The writer has stopped.
-    pub async fn submit_unsequenced(
-        &self,
-        device_row: i64,
-        tag: u64,
-        dedupe: Dedupe,
-        samples: Vec<Sample>,
-        reply: mpsc::Sender<WriteOutcome>,
-    ) -> Result<(), WriterStopped> {
-        let origin = Origin {
-            device_row,
-            session: 0,
-        };
-        self.enqueue(origin, tag, dedupe, samples, None, reply)
-            .await
-    }
-
-    async fn enqueue(
-        &self,
-        origin: Origin,
-        seq: u64,
-        dedupe: Dedupe,
-        samples: Vec<Sample>,
-        at: Option<Position>,
-        reply: mpsc::Sender<WriteOutcome>,
-    ) -> Result<(), WriterStopped> {
-        let wanted = samples.len().clamp(1, QUEUED_ROWS);
-        let permit = Arc::clone(&self.rows)
-            .acquire_many_owned(u32::try_from(wanted).unwrap_or(u32::MAX))
-            .await
-            .map_err(|_| WriterStopped)?;
-        let request = WriteRequest {
-            origin,
-            seq,
-            dedupe,
-            samples,
-            at,
-            reply,
-            _permit: permit,
-        };
-        self.requests
-            .send(Job::Batch(request))
-            .await
-            .map_err(|_| WriterStopped)
-    }
-
-    /// Creates a device registering itself with the provisioning key, in the
-    /// next group commit; answers its row and whether it is revoked.
-    ///
-    /// # Errors
-    /// The writer has stopped or the transaction failed.
-    pub async fn register_device(&self, device_id: &str) -> Result<(i64, bool), String> {
-        let device_id = device_id.to_owned();
-        self.register(|reply| Registration::Device { device_id, reply })
-            .await
-    }
-
-    /// Writes a `Hello`'s model, firmware and metrics in the next group
-    /// commit and returns the metric rows.
-    ///
-    /// # Errors
-    /// The writer has stopped or the transaction failed.
-    pub async fn register_hello(
-        &self,
-        device_row: i64,
-        hello: &Hello,
-    ) -> Result<HashMap<u16, i64>, String> {
-        let hello = hello.clone();
-        self.register(|reply| Registration::Hello {
-            device_row,
-            hello,
-            reply,
-        })
-        .await
-    }
-
-    /// Creates (or updates the unit of) a device's metrics, given by name
-    /// and unit, in the next group commit; answers their rows in order.
-    ///
-    /// # Errors
-    /// The writer has stopped or the transaction failed.
-    pub async fn register_metrics(
-        &self,
-        device_row: i64,
-        metrics: Vec<(String, String)>,
-    ) -> Result<Vec<i64>, String> {
-        self.register(|reply| Registration::Metrics {
-            device_row,
-            metrics,
-            reply,
-        })
-        .await
-    }
-
-    /// Writes a device's provisioning from the cluster's stream in the next
-    /// group commit.
-    ///
-    /// # Errors
-    /// The writer has stopped or the transaction failed.
-    pub async fn provision(&self, change: Provisioned) -> Result<(), String> {
-        self.register(|reply| Registration::Provision { change, reply })
-            .await
-    }
-
-    /// Sets `key` in `hub_state` to `value` in the next group commit.
-    ///
-    /// # Errors
-    /// The writer has stopped or the transaction failed.
-    pub async fn set_state(&self, key: &'static str, value: i64) -> Result<(), String> {
-        self.register(|reply| Registration::State { key, value, reply })
-            .await
-    }
-
-    /// Deletes one chunk (at most 2,000 rows) of `what` older than
-    /// `before_ms` of `metrics`, taken in order, between two group commits.
-    /// Call again with the metrics not yet `finished`.
-    ///
-    /// # Errors
-    /// The writer has stopped or the delete failed.
-    pub async fn retain(
-        &self,
-        what: Retainable,
-        metrics: Vec<i64>,
-        before_ms: i64,
-    ) -> Result<Retained, String> {
-        let (reply, answer) = oneshot::channel();
-        let chunk = RetainChunk {
-            what,
-            metrics,
-            before_ms,
-            reply,
-        };
-        self.requests
-            .send(Job::Retain(chunk))
-            .await
-            .map_err(|_| WriterStopped.to_string())?;
-        answer.await.map_err(|_| WriterStopped.to_string())?
-    }
-
-    /// Moves the readings at `metrics`' positions (one slab's, found by
-    /// compaction on a reader) into one compacted block per metric, in one
-    /// transaction between two group commits. Returns how many moved.
-    ///
-    /// # Errors
-    /// The writer has stopped or the move failed (and nothing moved).
-    pub async fn compact(&self, metrics: Vec<(i64, Vec<i64>)>) -> Result<usize, String> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Job::Compact(CompactStep { metrics, reply }))
-            .await
-            .map_err(|_| WriterStopped.to_string())?;
-        answer.await.map_err(|_| WriterStopped.to_string())?
-    }
-
-    async fn register<T>(
-        &self,
-        job: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Registration,
-    ) -> Result<T, String> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Job::Register(job(reply)))
-            .await
-            .map_err(|_| WriterStopped.to_string())?;
-        // A dead publisher would never answer.
-        tokio::select! {
-            answer = answer => answer.map_err(|_| WriterStopped.to_string())?,
-            () = self.health.failed() => Err(self.health.failure().unwrap_or_default().to_owned()),
-        }
-    }
-}
 
 /// The writer's connection, opened but not yet running: it knows the last
 /// stored position, which the commit consumers start from.
@@ -565,11 +145,7 @@ impl Opened {
             stop.cancelled().await;
             let _ = stopper.send(Job::Stop).await;
         });
-        let handle = WriterHandle {
-            requests,
-            rows: Arc::new(Semaphore::new(QUEUED_ROWS)),
-            health,
-        };
+        let handle = WriterHandle::new(requests, health);
         let task = tokio::spawn(async move {
             let _ = thread_done.await;
         });
@@ -634,7 +210,7 @@ impl Writer {
                     Job::Retain(chunk) => self.retain(chunk),
                     Job::Compact(step) => {
                         let moved = statements::compact(&mut self.conn, &step.metrics)
-                            .map_err(|err| err.to_string());
+                            .map_err(WriteError::from);
                         let _ = step.reply.send(moved);
                     }
                     _ => {}
@@ -649,29 +225,24 @@ impl Writer {
 
     /// Commits `jobs` in one transaction and hands the outcome to the
     /// publisher. `false` if the publisher has gone.
-    fn group_commit(&mut self, jobs: Vec<Job>, publish: &SyncSender<Settled>) -> bool {
+    fn group_commit(&mut self, mut jobs: Vec<Job>, publish: &SyncSender<Settled>) -> bool {
         if let Err(reason) = self.file.check() {
             // Commits would go to a file nobody can read again: answer
             // these as failed and stop, rather than acknowledge them.
             let _ = publish.send(Settled::Failed {
                 jobs,
-                error: reason.clone(),
+                error: WriteError::Failed(reason.as_str().into()),
             });
             self.health.fail(reason);
             return false;
         }
         let mut rows = Vec::new();
-        let mut registered = Vec::new();
         let began = Instant::now();
-        let settled = match self.commit(&jobs, &mut rows, &mut registered) {
+        let settled = match self.commit(&mut jobs, &mut rows) {
             Ok(()) => {
                 self.counters.record_commit(rows.len(), began.elapsed());
                 self.health.commit_succeeded();
-                Settled::Committed {
-                    jobs,
-                    rows,
-                    registered,
-                }
+                Settled::Committed { jobs, rows }
             }
             Err(err) => {
                 tracing::error!(error = %err, batches = jobs.len(), "commit failed; sessions will close and devices resend");
@@ -686,7 +257,7 @@ impl Writer {
                 }
                 Settled::Failed {
                     jobs,
-                    error: err.to_string(),
+                    error: err.into(),
                 }
             }
         };
@@ -727,7 +298,7 @@ impl Writer {
         };
         let result = result
             .map(|(deleted, finished)| Retained { deleted, finished })
-            .map_err(|err| err.to_string());
+            .map_err(WriteError::from);
         let _ = reply.send(result);
     }
 
@@ -784,174 +355,6 @@ impl Writer {
             }
         }
     }
-
-    fn commit(
-        &mut self,
-        jobs: &[Job],
-        committed: &mut Vec<Committed>,
-        registered: &mut Vec<Registered>,
-    ) -> rusqlite::Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        // Registrations first: a batch in the same commit may depend on them.
-        for job in jobs {
-            match job {
-                Job::Register(Registration::Device { device_id, .. }) => {
-                    let (row, revoked) = statements::insert_device(&tx, device_id)?;
-                    registered.push(Registered::Device(row, revoked));
-                }
-                Job::Register(Registration::Hello {
-                    device_row, hello, ..
-                }) => {
-                    let rows = statements::write_hello(&tx, *device_row, hello)?;
-                    registered.push(Registered::Hello(rows));
-                }
-                Job::Register(Registration::Metrics {
-                    device_row,
-                    metrics,
-                    ..
-                }) => {
-                    let rows = statements::upsert_metrics(
-                        &tx,
-                        *device_row,
-                        metrics
-                            .iter()
-                            .map(|(name, unit)| (name.as_str(), unit.as_str())),
-                    )?;
-                    registered.push(Registered::Metrics(rows));
-                }
-                Job::Register(Registration::Provision { change, .. }) => {
-                    statements::provision(&tx, change)?;
-                    registered.push(Registered::State);
-                }
-                Job::Register(Registration::State { key, value, .. }) => {
-                    statements::set_state(&tx, key, *value)?;
-                    registered.push(Registered::State);
-                }
-                Job::Batch(_) | Job::Retain(_) | Job::Compact(_) | Job::Stop => {}
-            }
-        }
-        let mut advanced: HashMap<i64, u64> = HashMap::new();
-        // `(metric, ts_ms)` of this commit's readings deduplicated by time.
-        let mut timed: HashSet<(i64, i64)> = HashSet::new();
-        let mut pos = self.next_pos;
-        let requests = jobs.iter().filter_map(|job| match job {
-            Job::Batch(request) => Some(request),
-            Job::Register(_) | Job::Retain(_) | Job::Compact(_) | Job::Stop => None,
-        });
-        for request in requests {
-            let device_row = request.origin.device_row;
-            let last = match advanced.get(&device_row) {
-                Some(&seq) => seq,
-                None => match self.last_seq.get(&device_row) {
-                    Some(&seq) => seq,
-                    None => statements::last_seq(&tx, device_row)?,
-                },
-            };
-            if request.dedupe != Dedupe::BySeq {
-                // The seq stays; the time seen moves.
-                advanced.entry(device_row).or_insert(last);
-                for sample in &request.samples {
-                    if request.dedupe == Dedupe::ByTime
-                        && (!timed.insert((sample.metric, sample.ts_ms))
-                            || statements::has_reading_at(&tx, sample.metric, sample.ts_ms)?)
-                    {
-                        continue; // a redelivery: acknowledged again, stored once
-                    }
-                    committed.push(Committed {
-                        pos,
-                        sample: *sample,
-                    });
-                    pos += 1;
-                }
-                continue;
-            }
-            if request.seq <= last {
-                continue; // a resend: acknowledged again, stored once
-            }
-            if let Some(first) = request.at {
-                if first < pos {
-                    // Stored before, at these very positions.
-                    continue;
-                }
-                pos = first;
-            }
-            advanced.insert(device_row, request.seq);
-            for sample in &request.samples {
-                committed.push(Committed {
-                    pos,
-                    sample: *sample,
-                });
-                pos += 1;
-            }
-        }
-        statements::insert_samples(&tx, committed)?;
-        // In the same transaction: no reading is ever stored without its
-        // buckets, so retention can delete raw rows at any time.
-        for tier in [rollup::MINUTES, rollup::HOURS] {
-            statements::upsert_rollups(&tx, tier, &rollup::aggregate(committed, tier))?;
-        }
-        statements::record_last_seq(&tx, &advanced, now_ms())?;
-        tx.commit()?;
-        self.next_pos = pos;
-        self.last_seq.extend(advanced);
-        Ok(())
-    }
-}
-
-/// Answers every job: batches with `outcome`, registrations (in order) with
-/// `registered`.
-fn reply_all(
-    pending: &mut Vec<Job>,
-    mut registered: impl Iterator<Item = Result<Registered, String>>,
-    outcome: impl Fn(u64) -> WriteOutcome,
-) {
-    for job in pending.drain(..) {
-        match job {
-            // A closed channel means the session has gone; the device will
-            // learn the outcome from Welcome's last_seq when it reconnects.
-            Job::Batch(request) => {
-                let _ = request.reply.try_send(outcome(request.seq));
-            }
-            Job::Register(Registration::Device { reply, .. }) => {
-                let answer = match registered.next() {
-                    Some(Ok(Registered::Device(row, revoked))) => Ok((row, revoked)),
-                    Some(Err(err)) => Err(err),
-                    _ => Err("registration out of step".into()),
-                };
-                let _ = reply.send(answer);
-            }
-            Job::Register(Registration::Hello { reply, .. }) => {
-                let answer = match registered.next() {
-                    Some(Ok(Registered::Hello(rows))) => Ok(rows),
-                    Some(Err(err)) => Err(err),
-                    _ => Err("registration out of step".into()),
-                };
-                let _ = reply.send(answer);
-            }
-            Job::Register(Registration::Metrics { reply, .. }) => {
-                let answer = match registered.next() {
-                    Some(Ok(Registered::Metrics(rows))) => Ok(rows),
-                    Some(Err(err)) => Err(err),
-                    _ => Err("registration out of step".into()),
-                };
-                let _ = reply.send(answer);
-            }
-            Job::Register(
-                Registration::State { reply, .. } | Registration::Provision { reply, .. },
-            ) => {
-                let answer = match registered.next() {
-                    Some(Ok(Registered::State)) => Ok(()),
-                    Some(Err(err)) => Err(err),
-                    _ => Err("registration out of step".into()),
-                };
-                let _ = reply.send(answer);
-            }
-            // Never part of a group commit (the writer runs them apart).
-            Job::Retain(_) | Job::Compact(_) | Job::Stop => {}
-        }
-    }
 }
 
 /// Compacts every slab of the database at `path` at once, as the running
@@ -987,10 +390,10 @@ pub(crate) fn compact_everything(path: &std::path::Path) {
 mod tests {
     use std::sync::Mutex;
 
-    use protocol::{MetricDescriptor, PROTOCOL_VERSION};
+    use protocol::{Hello, MetricDescriptor, PROTOCOL_VERSION};
 
     use super::*;
-    use crate::commits::InlineConsumer;
+    use crate::commits::{Committed, InlineConsumer, Sample};
     use crate::store::PoolDurability;
 
     /// Keeps every committed row, as the live fan-out would see them.
@@ -1517,7 +920,8 @@ mod tests {
         let rig = Rig::start().await;
         // No device row 404: the metrics' foreign key fails the commit.
         let err = rig.writer.register_hello(404, &hello()).await.unwrap_err();
-        assert!(err.contains("FOREIGN KEY"), "{err}");
+        assert!(matches!(err, WriteError::Database(_)), "{err}");
+        assert!(err.to_string().contains("FOREIGN KEY"), "{err}");
         let (device, _) = rig.writer.register_device("dev-2").await.unwrap();
         let metrics = rig.writer.register_hello(device, &hello()).await.unwrap();
         assert_eq!(metrics.len(), 1);

@@ -12,7 +12,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
 use super::health::{Faults, WriterHealth, guard, trip};
-use super::{Job, Registered, WriteOutcome, reply_all};
+use super::jobs::{Job, WriteError, WriteOutcome};
 use crate::commits::{Committed, Consumers};
 
 /// Commits waiting to be published. When full, the writer waits before its
@@ -24,11 +24,10 @@ pub(super) enum Settled {
     Committed {
         jobs: Vec<Job>,
         rows: Vec<Committed>,
-        registered: Vec<Registered>,
     },
     Failed {
         jobs: Vec<Job>,
-        error: String,
+        error: WriteError,
     },
 }
 
@@ -56,20 +55,33 @@ fn publish_all(queue: &Receiver<Settled>, consumers: &Consumers, faults: Faults)
     for (n, commit) in (1..).zip(queue) {
         trip(faults.publisher_panics_at, n, "publisher");
         match commit {
-            Settled::Committed {
-                mut jobs,
-                rows,
-                registered,
-            } => {
+            Settled::Committed { jobs, rows } => {
                 consumers.publish(&rows);
-                reply_all(&mut jobs, registered.into_iter().map(Ok), |seq| {
-                    WriteOutcome::Stored { seq }
-                });
+                reply_all(jobs, None);
             }
-            Settled::Failed { mut jobs, error } => {
-                let failed = std::iter::repeat_with(|| Err(error.clone()));
-                reply_all(&mut jobs, failed, |seq| WriteOutcome::Failed { seq });
+            Settled::Failed { jobs, error } => reply_all(jobs, Some(&error)),
+        }
+    }
+}
+
+/// Answers every job of a commit: batches `Stored`, or `Failed` after a
+/// `failure`; registrations with what they wrote, or the `failure`.
+fn reply_all(jobs: Vec<Job>, failure: Option<&WriteError>) {
+    for job in jobs {
+        match job {
+            // A closed channel means the session has gone; the device will
+            // learn the outcome from Welcome's last_seq when it reconnects.
+            Job::Batch(request) => {
+                let seq = request.seq;
+                let outcome = match failure {
+                    None => WriteOutcome::Stored { seq },
+                    Some(_) => WriteOutcome::Failed { seq },
+                };
+                let _ = request.reply.try_send(outcome);
             }
+            Job::Register(registration) => registration.settle(failure),
+            // Never part of a group commit (the writer runs them apart).
+            Job::Retain(_) | Job::Compact(_) | Job::Stop => {}
         }
     }
 }

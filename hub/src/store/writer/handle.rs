@@ -1,0 +1,256 @@
+//! [`WriterHandle`]: how the rest of the hub hands the writer its jobs, and
+//! the bounds on what may wait in its queue.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use protocol::Hello;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::WriterHealth;
+use super::jobs::{
+    CompactStep, Dedupe, Job, Origin, Provisioned, Registration, Reply, RetainChunk, Retainable,
+    Retained, WriteError, WriteOutcome, WriteRequest,
+};
+use crate::commits::{Position, Sample};
+
+/// Most rows queued for the writer across all sessions. A session that
+/// cannot get permits for its batch waits, and so stops reading its socket:
+/// the device sees TCP backpressure and nothing is dropped.
+pub(super) const QUEUED_ROWS: usize = 128 * 1024;
+
+/// Most requests queued for the writer (the rows budget above is usually the
+/// tighter bound); when full, `submit` waits, with the same backpressure.
+pub(super) const QUEUED_REQUESTS: usize = 4096;
+
+/// The sessions' handle on the writer. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct WriterHandle {
+    requests: mpsc::Sender<Job>,
+    rows: Arc<Semaphore>,
+    health: WriterHealth,
+}
+
+impl WriterHandle {
+    pub(super) fn new(requests: mpsc::Sender<Job>, health: WriterHealth) -> Self {
+        WriterHandle {
+            requests,
+            rows: Arc::new(Semaphore::new(QUEUED_ROWS)),
+            health,
+        }
+    }
+
+    /// Whether the writer still runs.
+    pub fn health(&self) -> &WriterHealth {
+        &self.health
+    }
+
+    /// Queues a batch, waiting while the writer is behind.
+    ///
+    /// # Errors
+    /// The writer has stopped.
+    pub async fn submit(
+        &self,
+        origin: Origin,
+        seq: u64,
+        samples: Vec<Sample>,
+        reply: mpsc::Sender<WriteOutcome>,
+    ) -> Result<(), WriteError> {
+        self.enqueue(origin, seq, Dedupe::BySeq, samples, None, reply)
+            .await
+    }
+
+    /// Queues a batch from the cluster journal, deduplicated by `seq` like
+    /// a device's own, whose readings take the positions from `first_pos`
+    /// on. Batches must come in position order; one whose positions are
+    /// already taken was stored before and is not stored again.
+    ///
+    /// # Errors
+    /// The writer has stopped.
+    pub async fn submit_at(
+        &self,
+        device_row: i64,
+        seq: u64,
+        samples: Vec<Sample>,
+        first_pos: Position,
+        reply: mpsc::Sender<WriteOutcome>,
+    ) -> Result<(), WriteError> {
+        let origin = Origin {
+            device_row,
+            session: 0,
+        };
+        self.enqueue(origin, seq, Dedupe::BySeq, samples, Some(first_pos), reply)
+            .await
+    }
+
+    /// Queues readings that came without a sequence (from MQTT), kept from
+    /// being stored twice as `dedupe` says; `tag` comes back in the outcome.
+    ///
+    /// # Errors
+    /// The writer has stopped.
+    pub async fn submit_unsequenced(
+        &self,
+        device_row: i64,
+        tag: u64,
+        dedupe: Dedupe,
+        samples: Vec<Sample>,
+        reply: mpsc::Sender<WriteOutcome>,
+    ) -> Result<(), WriteError> {
+        let origin = Origin {
+            device_row,
+            session: 0,
+        };
+        self.enqueue(origin, tag, dedupe, samples, None, reply)
+            .await
+    }
+
+    async fn enqueue(
+        &self,
+        origin: Origin,
+        seq: u64,
+        dedupe: Dedupe,
+        samples: Vec<Sample>,
+        at: Option<Position>,
+        reply: mpsc::Sender<WriteOutcome>,
+    ) -> Result<(), WriteError> {
+        let wanted = samples.len().clamp(1, QUEUED_ROWS);
+        let permit = Arc::clone(&self.rows)
+            .acquire_many_owned(u32::try_from(wanted).unwrap_or(u32::MAX))
+            .await
+            .map_err(|_| WriteError::Stopped)?;
+        let request = WriteRequest {
+            origin,
+            seq,
+            dedupe,
+            samples,
+            at,
+            reply,
+            _permit: permit,
+        };
+        self.send(Job::Batch(request)).await
+    }
+
+    /// Creates a device unless it is known, in the next group commit;
+    /// answers its row and whether it is revoked.
+    ///
+    /// # Errors
+    /// The writer has stopped or the transaction failed.
+    pub async fn register_device(&self, device_id: &str) -> Result<(i64, bool), WriteError> {
+        let device_id = device_id.to_owned();
+        self.register(|reply| Registration::Device { device_id, reply })
+            .await
+    }
+
+    /// Writes a `Hello`'s model, firmware and metrics in the next group
+    /// commit and returns the metric rows.
+    ///
+    /// # Errors
+    /// The writer has stopped or the transaction failed.
+    pub async fn register_hello(
+        &self,
+        device_row: i64,
+        hello: &Hello,
+    ) -> Result<HashMap<u16, i64>, WriteError> {
+        let hello = hello.clone();
+        self.register(|reply| Registration::Hello {
+            device_row,
+            hello,
+            reply,
+        })
+        .await
+    }
+
+    /// Creates (or updates the unit of) a device's metrics, given by name
+    /// and unit, in the next group commit; answers their rows in order.
+    ///
+    /// # Errors
+    /// The writer has stopped or the transaction failed.
+    pub async fn register_metrics(
+        &self,
+        device_row: i64,
+        metrics: Vec<(String, String)>,
+    ) -> Result<Vec<i64>, WriteError> {
+        self.register(|reply| Registration::Metrics {
+            device_row,
+            metrics,
+            reply,
+        })
+        .await
+    }
+
+    /// Writes a change to a device's credentials in the next group commit.
+    ///
+    /// # Errors
+    /// The writer has stopped or the transaction failed.
+    pub async fn provision(&self, change: Provisioned) -> Result<(), WriteError> {
+        self.register(|reply| Registration::Provision { change, reply })
+            .await
+    }
+
+    /// Sets `key` in `hub_state` to `value` in the next group commit.
+    ///
+    /// # Errors
+    /// The writer has stopped or the transaction failed.
+    pub async fn set_state(&self, key: &'static str, value: i64) -> Result<(), WriteError> {
+        self.register(|reply| Registration::State { key, value, reply })
+            .await
+    }
+
+    /// Deletes one chunk (at most 2,000 rows) of `what` older than
+    /// `before_ms` of `metrics`, taken in order, between two group commits.
+    /// Call again with the metrics not yet `finished`.
+    ///
+    /// # Errors
+    /// The writer has stopped or the delete failed.
+    pub async fn retain(
+        &self,
+        what: Retainable,
+        metrics: Vec<i64>,
+        before_ms: i64,
+    ) -> Result<Retained, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        let chunk = RetainChunk {
+            what,
+            metrics,
+            before_ms,
+            reply,
+        };
+        self.send(Job::Retain(chunk)).await?;
+        answer.await.map_err(|_| WriteError::Stopped)?
+    }
+
+    /// Moves the readings at `metrics`' positions (one slab's, found by
+    /// compaction on a reader) into one compacted block per metric, in one
+    /// transaction between two group commits. Returns how many moved.
+    ///
+    /// # Errors
+    /// The writer has stopped or the move failed (and nothing moved).
+    pub async fn compact(&self, metrics: Vec<(i64, Vec<i64>)>) -> Result<usize, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Job::Compact(CompactStep { metrics, reply }))
+            .await?;
+        answer.await.map_err(|_| WriteError::Stopped)?
+    }
+
+    async fn register<T>(
+        &self,
+        job: impl FnOnce(Reply<T>) -> Registration,
+    ) -> Result<T, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Job::Register(job(Reply::new(reply)))).await?;
+        // A dead publisher would never answer.
+        tokio::select! {
+            answer = answer => answer.map_err(|_| WriteError::Stopped)?,
+            () = self.health.failed() => Err(WriteError::Failed(
+                self.health.failure().unwrap_or_default().into(),
+            )),
+        }
+    }
+
+    async fn send(&self, job: Job) -> Result<(), WriteError> {
+        self.requests
+            .send(job)
+            .await
+            .map_err(|_| WriteError::Stopped)
+    }
+}
