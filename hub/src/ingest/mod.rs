@@ -6,6 +6,7 @@
 //! the sessions of devices revoked by `hub device revoke` in another process.
 
 pub mod command;
+mod destination;
 pub mod registry;
 pub mod session;
 pub mod state;

@@ -21,11 +21,11 @@ use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::destination::Destination;
 use super::registry::{COMMAND_QUEUE, Change, Kick, PendingCommand, Presence, Registry};
 use super::state::{BatchStream, Budget, KeyAnswer, Violation, check_hello, enrolled, key_answer};
 use crate::admission::{Admission, AdmitError};
 use crate::auth;
-use crate::journal::append::Appender;
 use crate::journal::provision::DeviceChange;
 use crate::journal::{Journal, JournalError};
 use crate::store::devices::Credentials;
@@ -467,7 +467,7 @@ enum StorageTrouble {
 /// An established session's moving parts: batches in flight, commands
 /// awaiting results, and the liveness check.
 struct Flow {
-    outcome_tx: mpsc::Sender<WriteOutcome>,
+    /// Where the destination answers each batch handed on.
     outcomes: mpsc::Receiver<WriteOutcome>,
     /// Batches handed to the writer and not yet acknowledged.
     in_flight: usize,
@@ -476,20 +476,15 @@ struct Flow {
     awaiting: HashMap<u64, oneshot::Sender<CommandResult>>,
     /// When the device last sent anything the hub read.
     last_heard: Instant,
-    /// In cluster mode, where batches go instead of the writer.
-    appender: Option<Appender>,
 }
 
 impl Flow {
-    fn new(now: Instant) -> Self {
-        let (outcome_tx, outcomes) = mpsc::channel(IN_FLIGHT);
+    fn new(now: Instant, outcomes: mpsc::Receiver<WriteOutcome>) -> Self {
         Flow {
-            outcome_tx,
             outcomes,
             in_flight: 0,
             awaiting: HashMap::new(),
             last_heard: now,
-            appender: None,
         }
     }
 
@@ -522,11 +517,21 @@ impl Established {
     /// everything already handed to the writer is committed and acknowledged
     /// before the close.
     async fn run(mut self, socket: &mut WebSocket, ctx: &Context) -> Ending {
-        let mut flow = Flow::new(Instant::now());
-        flow.appender = ctx
-            .journal
-            .as_ref()
-            .map(|journal| journal.appender(&self.hello, flow.outcome_tx.clone(), IN_FLIGHT));
+        // The outcome channel holds the whole window: its senders never wait.
+        let (outcome_tx, outcomes) = mpsc::channel(IN_FLIGHT);
+        let origin = Origin {
+            device_row: self.credentials.row,
+            session: self.presence.session(),
+        };
+        let destination = Destination::choose(
+            ctx.journal.as_ref(),
+            &ctx.writer,
+            &self.hello,
+            origin,
+            outcome_tx,
+            IN_FLIGHT,
+        );
+        let mut flow = Flow::new(Instant::now(), outcomes);
         let mut ping = tokio::time::interval_at(
             Instant::now() + ctx.timing.ping_interval,
             ctx.timing.ping_interval,
@@ -558,7 +563,7 @@ impl Established {
                 }
                 incoming = next_incoming(socket, &ctx.counters), if flow.reading() => {
                     flow.last_heard = Instant::now();
-                    self.on_incoming(incoming, &mut flow, ctx).await
+                    self.on_incoming(incoming, &mut flow, &destination, ctx).await
                 }
                 _ = ping.tick() => ping_or_drop(socket, &flow, ctx).await,
             };
@@ -580,6 +585,7 @@ impl Established {
         &mut self,
         incoming: Incoming,
         flow: &mut Flow,
+        destination: &Destination,
         ctx: &Context,
     ) -> Result<(), Ending> {
         match incoming {
@@ -600,21 +606,8 @@ impl Established {
                     bounded(ctx, provision(ctx, change)).await?;
                 }
                 ctx.counters.readings_in(samples.len());
-                if let Some(appender) = &flow.appender {
-                    appender.append(batch).await.map_err(|_| writer_gone(ctx))?;
-                    flow.in_flight += 1;
-                    return Ok(());
-                }
-                ctx.writer
-                    .submit(
-                        Origin {
-                            device_row: self.credentials.row,
-                            session: self.presence.session(),
-                        },
-                        batch.seq,
-                        samples,
-                        flow.outcome_tx.clone(),
-                    )
+                destination
+                    .hand(batch, samples)
                     .await
                     .map_err(|_| writer_gone(ctx))?;
                 flow.in_flight += 1;
@@ -901,7 +894,7 @@ mod tests {
     #[test]
     fn a_device_is_idle_after_two_silent_ping_intervals() {
         let start = Instant::now();
-        let flow = Flow::new(start);
+        let flow = Flow::new(start, mpsc::channel(1).1);
         let ping = Duration::from_secs(20);
         assert!(!flow.is_idle(start + Duration::from_secs(39), ping));
         assert!(flow.is_idle(start + Duration::from_secs(40), ping));
@@ -911,7 +904,7 @@ mod tests {
     fn a_device_waiting_on_a_full_window_is_not_idle() {
         let start = Instant::now();
         let ping = Duration::from_secs(20);
-        let mut flow = Flow::new(start);
+        let mut flow = Flow::new(start, mpsc::channel(1).1);
         flow.in_flight = IN_FLIGHT;
         let later = start + Duration::from_secs(300);
         assert!(
