@@ -12,6 +12,7 @@ use tracing_subscriber::prelude::*;
 
 use crate::bridge;
 use crate::ingest::session::{Limits, Timing};
+use crate::invalid::Invalid;
 use crate::journal;
 use crate::journal::provision::DeviceChange;
 use crate::listener;
@@ -322,7 +323,7 @@ struct ClusterArg {
 ///
 /// # Errors
 /// A message saying what a duration looks like.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, Invalid> {
     let duration = humantime::parse_duration(text)
         .map_err(|err| format!("{err} (for example 500ms, 30s, 15m, 2h or 30d)"))?;
     if duration.is_zero() {
@@ -335,8 +336,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 ///
 /// # Errors
 /// Not a duration.
-pub fn parse_age(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|err| format!("{err} (for example 0s, 30m, 2h or 1d)"))
+pub fn parse_age(text: &str) -> Result<Duration, Invalid> {
+    humantime::parse_duration(text)
+        .map_err(|err| Invalid(format!("{err} (for example 0s, 30m, 2h or 1d)")))
 }
 
 /// Runs the command line.
@@ -664,7 +666,7 @@ async fn cluster_token(
 
 /// A host name as a `Host` header names it: letters, digits, `-` and `.`,
 /// compared without regard to case.
-fn parse_host_name(text: &str) -> Result<String, String> {
+fn parse_host_name(text: &str) -> Result<String, Invalid> {
     let name = text.trim().to_ascii_lowercase();
     if name.is_empty()
         || name.len() > 253
@@ -672,9 +674,9 @@ fn parse_host_name(text: &str) -> Result<String, String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
     {
-        return Err(format!(
-            "{text:?} is not a host name (letters, digits, - and .; no port)"
-        ));
+        return Err(
+            format!("{text:?} is not a host name (letters, digits, - and .; no port)").into(),
+        );
     }
     Ok(name)
 }
@@ -683,7 +685,7 @@ fn parse_host_name(text: &str) -> Result<String, String> {
 /// hold only RFC 6265's cookie octets (printable ASCII but space, `"`, `,`,
 /// `;` and `\`). Another character would be cut off by the browser, and
 /// every request refused.
-fn parse_monitor_token(text: &str) -> Result<String, String> {
+fn parse_monitor_token(text: &str) -> Result<String, Invalid> {
     let cookie_octet = |c: char| c.is_ascii_graphic() && !matches!(c, '"' | ',' | ';' | '\\');
     if text.is_empty() || text.len() > 256 || !text.chars().all(cookie_octet) {
         return Err(
@@ -696,11 +698,12 @@ fn parse_monitor_token(text: &str) -> Result<String, String> {
 }
 
 /// A topic prefix: one or more levels, no wildcards, no empty level.
-fn parse_mqtt_prefix(text: &str) -> Result<String, String> {
+fn parse_mqtt_prefix(text: &str) -> Result<String, Invalid> {
     if text.is_empty() || text.split('/').any(str::is_empty) || text.contains(['+', '#']) {
         return Err(format!(
             "{text:?} is not a topic prefix: levels separated by /, none empty, no + or #"
-        ));
+        )
+        .into());
     }
     Ok(text.to_owned())
 }
@@ -751,21 +754,19 @@ async fn shutdown_signal() {
 }
 
 /// A `--nats-url`: one or more `nats://` (or `tls://`) servers.
-fn parse_nats_url(text: &str) -> Result<String, String> {
+fn parse_nats_url(text: &str) -> Result<String, Invalid> {
     for server in text.split(',') {
         let url = url::Url::parse(server.trim())
             .map_err(|err| format!("{server:?} is not a URL ({err}); use nats://host:port"))?;
         if !matches!(url.scheme(), "nats" | "tls") || url.host_str().is_none() {
-            return Err(format!(
-                "{server:?}: use nats://host:port (or tls://host:port)"
-            ));
+            return Err(format!("{server:?}: use nats://host:port (or tls://host:port)").into());
         }
     }
     Ok(text.to_owned())
 }
 
 /// A JetStream stream name, which is also the cluster's subject prefix.
-fn parse_stream_name(text: &str) -> Result<String, String> {
+fn parse_stream_name(text: &str) -> Result<String, Invalid> {
     if text.is_empty()
         || text.len() > 32
         || !text
@@ -780,7 +781,7 @@ fn parse_stream_name(text: &str) -> Result<String, String> {
 }
 
 /// A hub id: what a device id may be.
-fn parse_hub_id(text: &str) -> Result<String, String> {
+fn parse_hub_id(text: &str) -> Result<String, Invalid> {
     if protocol::is_valid_device_id(text) {
         Ok(text.to_owned())
     } else {

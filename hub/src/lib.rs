@@ -55,6 +55,7 @@ pub mod commits;
 pub mod demo;
 pub mod http_error;
 pub mod ingest;
+pub mod invalid;
 pub mod journal;
 pub mod listener;
 pub mod live;

@@ -131,7 +131,7 @@ pub async fn health(
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "cluster_unavailable",
-                reason,
+                reason.to_string(),
             ));
         }
     };

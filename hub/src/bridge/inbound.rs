@@ -27,8 +27,9 @@ use super::Heard;
 use super::status::Status;
 use crate::admission::{Admission, AdmitError, Admitted};
 use crate::commits::Sample;
+use crate::invalid::Invalid;
 use crate::store::now_ms;
-use crate::store::writer::{Dedupe, WriteOutcome, WriterHandle};
+use crate::store::writer::{Dedupe, WriteError, WriteOutcome, WriterHandle};
 
 /// Messages taken into one round of commits at most; the broker's own
 /// in-flight limit (Mosquitto: 20 by default) is usually lower. The channel
@@ -66,9 +67,9 @@ impl std::fmt::Display for Template {
 }
 
 impl FromStr for Template {
-    type Err = String;
+    type Err = Invalid;
 
-    fn from_str(text: &str) -> Result<Self, String> {
+    fn from_str(text: &str) -> Result<Self, Invalid> {
         let levels: Vec<Level> = text
             .split('/')
             .map(|level| match level {
@@ -89,7 +90,7 @@ impl FromStr for Template {
                 } else {
                     "metric"
                 };
-                return Err(format!("the template needs {{{name}}} exactly once"));
+                return Err(format!("the template needs {{{name}}} exactly once").into());
             }
         }
         Ok(Template {
@@ -169,7 +170,7 @@ fn nullable<'de, D: serde::Deserializer<'de>>(from: D) -> Result<Option<f64>, D:
 ///
 /// # Errors
 /// Not a number nor such an object; the message says why.
-pub fn parse(payload: &[u8]) -> Result<Payload, String> {
+pub fn parse(payload: &[u8]) -> Result<Payload, Invalid> {
     let text = std::str::from_utf8(payload)
         .map_err(|_| "the payload is not UTF-8".to_owned())?
         .trim();
@@ -189,9 +190,7 @@ pub fn parse(payload: &[u8]) -> Result<Payload, String> {
         None => None,
         Some(ms) if ms.fract() == 0.0 && (0.0..=MAX_TS_MS as f64).contains(&ms) => Some(ms as i64),
         Some(ms) => {
-            return Err(format!(
-                "ts_ms {ms} is not a time in ms since the Unix epoch"
-            ));
+            return Err(format!("ts_ms {ms} is not a time in ms since the Unix epoch").into());
         }
     };
     if let Some(unit) = &object.unit
@@ -199,7 +198,8 @@ pub fn parse(payload: &[u8]) -> Result<Payload, String> {
     {
         return Err(format!(
             "the unit must be at most {MAX_TEXT_LEN} bytes without control characters"
-        ));
+        )
+        .into());
     }
     Ok(Payload {
         value: object.value.filter(|v| v.is_finite()),
@@ -244,6 +244,19 @@ struct Known {
     metrics: HashMap<String, (i64, String)>,
 }
 
+/// Why a round of messages was not stored: the broker delivers it again.
+#[derive(Debug, thiserror::Error)]
+enum NotStored {
+    #[error("ingest cannot read or write devices: {0}")]
+    Admission(#[from] AdmitError),
+    #[error("ingest lost a device it had just read")]
+    Forgotten,
+    #[error("storing readings from MQTT: {0}")]
+    Writer(#[from] WriteError),
+    #[error("storing readings from MQTT failed; the broker delivers them again")]
+    Failed,
+}
+
 /// Why a message was not stored.
 enum Refusal {
     /// One of the hub's own topics, or a subscription the broker kept from
@@ -252,7 +265,7 @@ enum Refusal {
     /// Counted and logged: unparsable, or a device that may not send.
     Refused(String),
     /// Storage could not be read: the connection ends unacknowledged.
-    Storage(String),
+    Storage(NotStored),
 }
 
 /// Takes one connection's messages until it ends: stores them in rounds and
@@ -277,7 +290,7 @@ pub async fn run(
     let mut round = Vec::with_capacity(BATCH);
     while messages.recv_many(&mut round, BATCH).await > 0 {
         if let Err(error) = ingest.store(&round).await {
-            let _ = report.send(Heard::Lost(error)).await;
+            let _ = report.send(Heard::Lost(error.to_string())).await;
             return;
         }
         for publish in round.drain(..) {
@@ -300,7 +313,7 @@ struct Ingest {
 
 impl Ingest {
     /// Stores a round of messages, refusing what cannot be stored.
-    async fn store(&mut self, round: &[Publish]) -> Result<(), String> {
+    async fn store(&mut self, round: &[Publish]) -> Result<(), NotStored> {
         let now = now_ms();
         let mut batches: HashMap<(i64, Dedupe), Vec<Sample>> = HashMap::new();
         for publish in round {
@@ -322,17 +335,12 @@ impl Ingest {
             self.ctx
                 .writer
                 .submit_unsequenced(row, tag, dedupe, samples, reply.clone())
-                .await
-                .map_err(|err| err.to_string())?;
+                .await?;
         }
         for _ in 0..count {
             match outcomes.recv().await {
                 Some(WriteOutcome::Stored { .. }) => {}
-                Some(WriteOutcome::Failed { .. }) | None => {
-                    return Err(
-                        "storing readings from MQTT failed; the broker delivers them again".into(),
-                    );
-                }
+                Some(WriteOutcome::Failed { .. }) | None => return Err(NotStored::Failed),
             }
         }
         self.ctx.status.ingested.fetch_add(readings, Relaxed);
@@ -390,7 +398,7 @@ impl Ingest {
                  (as in a device's Hello)"
             )));
         }
-        let payload = parse(&publish.payload).map_err(Refusal::Refused)?;
+        let payload = parse(&publish.payload).map_err(|why| Refusal::Refused(why.0))?;
         let (row, metric_row) = self.rows(device, metric, payload.unit.as_deref()).await?;
         let (ts_ms, dedupe) = match payload.ts_ms {
             Some(ts_ms) => (ts_ms, Dedupe::ByTime),
@@ -411,9 +419,7 @@ impl Ingest {
         metric: &str,
         unit: Option<&str>,
     ) -> Result<(i64, i64), Refusal> {
-        let storage = |err: AdmitError| {
-            Refusal::Storage(format!("ingest cannot read or write devices: {err}"))
-        };
+        let storage = |err: AdmitError| Refusal::Storage(err.into());
         let admission = &self.ctx.admission;
         let fresh = self
             .known
@@ -448,7 +454,7 @@ impl Ingest {
             );
         }
         let Some(known) = self.known.get_mut(device) else {
-            return Err(Refusal::Storage("lost a device just read".into()));
+            return Err(Refusal::Storage(NotStored::Forgotten));
         };
         if known.revoked {
             return Err(Refusal::Refused(format!("device {device:?} is revoked")));
@@ -512,18 +518,21 @@ mod tests {
             "sensors/{device}"
                 .parse::<Template>()
                 .unwrap_err()
+                .0
                 .contains("{metric}")
         );
         assert!(
             "{device}/{device}/{metric}"
                 .parse::<Template>()
                 .unwrap_err()
+                .0
                 .contains("once")
         );
         assert!(
             "a/+/{device}/{metric}"
                 .parse::<Template>()
                 .unwrap_err()
+                .0
                 .contains("\"+\"")
         );
         assert!("a/#".parse::<Template>().is_err());
@@ -531,6 +540,7 @@ mod tests {
             "a//{device}/{metric}"
                 .parse::<Template>()
                 .unwrap_err()
+                .0
                 .contains("empty")
         );
         assert!("a/{dev}/{metric}".parse::<Template>().is_err());
@@ -576,24 +586,27 @@ mod tests {
 
     #[test]
     fn unparsable_payloads_say_why() {
-        assert!(parse(b"ON").unwrap_err().contains("not a number"));
+        assert!(parse(b"ON").unwrap_err().0.contains("not a number"));
         assert!(
             parse(b"{\"value\": \"hot\"}")
                 .unwrap_err()
+                .0
                 .contains("not a reading")
         );
         assert!(
             parse(br#"{"value": 1, "ts_ms": -5}"#)
                 .unwrap_err()
+                .0
                 .contains("ts_ms")
         );
         assert!(
             parse(br#"{"value": 1, "ts_ms": 1.5}"#)
                 .unwrap_err()
+                .0
                 .contains("ts_ms")
         );
-        assert!(parse(&[0xff, 0xfe]).unwrap_err().contains("UTF-8"));
+        assert!(parse(&[0xff, 0xfe]).unwrap_err().0.contains("UTF-8"));
         assert!(parse(b"").is_err());
-        assert!(parse(br#"{"ts_ms": 5}"#).unwrap_err().contains("value"));
+        assert!(parse(br#"{"ts_ms": 5}"#).unwrap_err().0.contains("value"));
     }
 }

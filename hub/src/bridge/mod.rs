@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admission::Admission;
 use crate::commits::{Head, Position};
 use crate::ingest::registry::{Change, PresenceChange, Registry};
+use crate::invalid::Invalid;
 use crate::store::query::ReadingRow;
 use crate::store::writer::WriterHandle;
 use crate::store::{Store, StoreError};
@@ -78,18 +79,18 @@ pub struct BrokerUrl {
 }
 
 impl FromStr for BrokerUrl {
-    type Err = String;
+    type Err = Invalid;
 
     /// Port 1883 by default, 8883 for `mqtts://`.
-    fn from_str(text: &str) -> Result<Self, String> {
+    fn from_str(text: &str) -> Result<Self, Invalid> {
         let url = url::Url::parse(text).map_err(|err| format!("not a URL ({err})"))?;
         let tls = match url.scheme() {
             "mqtt" => false,
             "mqtts" => true,
             other => {
-                return Err(format!(
-                    "the scheme must be mqtt:// or mqtts://, not {other}://"
-                ));
+                return Err(
+                    format!("the scheme must be mqtt:// or mqtts://, not {other}://").into(),
+                );
             }
         };
         let host = url.host_str().filter(|h| !h.is_empty()).ok_or("no host")?;
@@ -850,7 +851,7 @@ mod tests {
         let tls = url("mqtts://broker.example").unwrap();
         assert_eq!((tls.port, tls.tls), (8883, true));
         assert_eq!(url("mqtt://[::1]:1883").unwrap().host, "::1");
-        assert!(url("http://broker").unwrap_err().contains("mqtts://"));
+        assert!(url("http://broker").unwrap_err().0.contains("mqtts://"));
         assert!(url("broker:1883").is_err());
     }
 

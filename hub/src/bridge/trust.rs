@@ -9,13 +9,15 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use rustls::{ClientConfig, RootCertStore};
 
+use crate::invalid::Invalid;
+
 /// A client configuration trusting the system's roots and every
 /// certificate in the PEM file `extra_ca`.
 ///
 /// # Errors
 /// `extra_ca` cannot be read or holds no usable certificate, or no root is
 /// trusted at all; the message names `--mqtt-ca-cert`.
-pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
+pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, Invalid> {
     let mut roots = RootCertStore::empty();
     // A machine without a CA bundle can still trust an explicit CA.
     let system = rustls_native_certs::load_native_certs();
@@ -29,7 +31,7 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, Strin
             .and_then(Iterator::collect)
             .map_err(|err| format!("--mqtt-ca-cert {shown}: {err}"))?;
         if certs.is_empty() {
-            return Err(format!("--mqtt-ca-cert {shown}: no PEM certificate in it"));
+            return Err(format!("--mqtt-ca-cert {shown}: no PEM certificate in it").into());
         }
         for cert in certs {
             roots.add(cert).map_err(|err| {
@@ -56,12 +58,12 @@ mod tests {
     #[test]
     fn a_missing_or_empty_ca_file_names_the_flag() {
         let missing = client_config(Some(Path::new("/nonexistent/ca.pem"))).unwrap_err();
-        assert!(missing.contains("--mqtt-ca-cert"), "{missing}");
+        assert!(missing.0.contains("--mqtt-ca-cert"), "{missing}");
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
         let none = client_config(Some(&empty)).unwrap_err();
-        assert!(none.contains("no PEM certificate"), "{none}");
+        assert!(none.0.contains("no PEM certificate"), "{none}");
     }
 
     #[test]

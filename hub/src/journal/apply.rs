@@ -25,6 +25,7 @@ use super::provision::DeviceChange;
 use super::{Journal, first_position, record};
 use crate::admission::Admission;
 use crate::commits;
+use crate::invalid::Invalid;
 use crate::store::writer::{WriteOutcome, WriterHandle};
 
 /// Entries handed to the writer and not yet answered. When full, the
@@ -232,7 +233,7 @@ impl Applier {
     /// is logged and skipped.
     async fn provision(&self, sequence: u64, payload: &[u8]) -> Result<(), async_nats::Error> {
         let change = serde_json::from_slice::<DeviceChange>(payload)
-            .map_err(|err| err.to_string())
+            .map_err(|err| Invalid(format!("it does not decode: {err}")))
             .and_then(|change| change.to_write());
         match change {
             Ok(change) => self.parts.writer.provision(change).await?,

@@ -22,7 +22,9 @@ pub mod append;
 pub mod apply;
 pub mod provision;
 mod record;
+mod resume;
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -31,8 +33,10 @@ use async_nats::connection::State;
 use async_nats::jetstream::{self, stream};
 
 use crate::commits::Position;
+use crate::invalid::Invalid;
 use crate::store::writer::{WriteError, WriterHandle};
 use crate::store::{Store, StoreError};
+use resume::Divergence;
 
 /// An entry's readings take the positions `sequence << ENTRY_BITS` and
 /// up: room for a whole batch (`protocol::limits::MAX_READINGS_PER_BATCH`).
@@ -90,7 +94,7 @@ pub enum JournalError {
     #[error("the writer refused: {0}")]
     Writer(#[from] WriteError),
     #[error("{0}")]
-    BadChange(String),
+    BadChange(#[from] Invalid),
 }
 
 /// The hub's handle on the cluster: the NATS connection and the stream.
@@ -153,58 +157,35 @@ impl Journal {
                 info.config.subjects
             )));
         }
-        let epoch = i64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(i64::MAX);
-        let applied = entry_of(last_pos);
-        match store.state(EPOCH_KEY).await? {
-            None if last_pos > 0 => {
-                return Err(JournalError::Diverged(format!(
-                    "{} already holds readings stored outside the cluster; a hub joins \
-                     a cluster with a database of its own (a new --db)",
-                    store.path().display()
-                )));
-            }
-            None => writer
-                .set_state(EPOCH_KEY, epoch)
-                .await
-                .map_err(JournalError::Writer)?,
-            Some(known) if known != epoch => {
-                return Err(JournalError::Diverged(format!(
-                    "the stream {:?} was created again since {} followed it (its sequences \
-                     started over): start this hub on a new --db",
-                    settings.stream,
-                    store.path().display()
-                )));
-            }
-            Some(_) => {}
+        let facts = resume::Facts {
+            known_epoch: store.state(EPOCH_KEY).await?,
+            stream_epoch: i64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(i64::MAX),
+            last_pos,
+            first: info.state.first_sequence,
+            last: info.state.last_sequence,
+        };
+        let resume = resume::decide(facts)
+            .map_err(|divergence| diverged(divergence, &settings.stream, store.path()))?;
+        if resume.record_epoch {
+            writer.set_state(EPOCH_KEY, facts.stream_epoch).await?;
         }
-        if applied > info.state.last_sequence {
-            return Err(JournalError::Diverged(format!(
-                "{} holds stream entries up to {applied}, but the stream {:?} ends at {}: \
-                 start this hub on a new --db",
-                store.path().display(),
-                settings.stream,
-                info.state.last_sequence
-            )));
-        }
-        let mut start = applied + 1;
-        if start < info.state.first_sequence {
-            // Entries this hub never stored have aged out of the stream. A
-            // subscriber resuming from before them is told `reset`, as it
-            // is after retention.
+        if let Some(missed) = &resume.missed {
+            // A subscriber resuming from before them is told `reset`, as
+            // it is after retention.
             tracing::warn!(
-                missed_from = start,
-                missed_to = info.state.first_sequence - 1,
+                missed_from = missed.start(),
+                missed_to = missed.end(),
                 "the stream no longer holds entries this hub has not stored"
             );
-            start = info.state.first_sequence;
-            let watermark = first_position(start) - 1;
-            if store.retention_watermark().await? < watermark {
-                writer
-                    .set_state("retention_deleted_through", watermark)
-                    .await
-                    .map_err(JournalError::Writer)?;
-            }
         }
+        if let Some(watermark) = resume.watermark()
+            && store.retention_watermark().await? < watermark
+        {
+            writer
+                .set_state("retention_deleted_through", watermark)
+                .await?;
+        }
+        let start = resume.start;
         tracing::info!(
             stream = %settings.stream,
             hub = %settings.hub_id,
@@ -307,6 +288,16 @@ pub struct Status {
     applied_moved: tokio::sync::Notify,
 }
 
+/// Why this hub cannot take readings in cluster mode now.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unhealthy {
+    #[error("cannot reach NATS at {0}: readings are not accepted")]
+    Unreachable(String),
+    /// The applier's last failure; it is retrying.
+    #[error("{0}")]
+    Applier(String),
+}
+
 /// What `/healthz` reports of the cluster.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Health {
@@ -323,15 +314,12 @@ impl Status {
     ///
     /// # Errors
     /// NATS is unreachable, or the applier failed and is retrying.
-    pub fn health(&self) -> Result<Health, String> {
+    pub fn health(&self) -> Result<Health, Unhealthy> {
         if self.client.connection_state() != State::Connected {
-            return Err(format!(
-                "cannot reach NATS at {}: readings are not accepted",
-                self.url
-            ));
+            return Err(Unhealthy::Unreachable(self.url.clone()));
         }
         if let Some(trouble) = self.lock().clone() {
-            return Err(trouble);
+            return Err(Unhealthy::Applier(trouble));
         }
         let applied = self.applied.load(Relaxed);
         Ok(Health {
@@ -395,6 +383,25 @@ impl Status {
             u8::from(self.connected()),
         )
     }
+}
+
+/// Says why a database cannot follow the stream, and what to do.
+fn diverged(divergence: Divergence, stream: &str, db: &Path) -> JournalError {
+    let db = db.display();
+    JournalError::Diverged(match divergence {
+        Divergence::ReadingsFromOutside => format!(
+            "{db} already holds readings stored outside the cluster; a hub joins a cluster \
+             with a database of its own (a new --db)"
+        ),
+        Divergence::StreamRecreated => format!(
+            "the stream {stream:?} was created again since {db} followed it (its sequences \
+             started over): start this hub on a new --db"
+        ),
+        Divergence::AheadOfStream { applied, last } => format!(
+            "{db} holds stream entries up to {applied}, but the stream {stream:?} ends at \
+             {last}: start this hub on a new --db"
+        ),
+    })
 }
 
 #[cfg(test)]

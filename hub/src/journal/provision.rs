@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{JournalError, NATS_TIMEOUT, Settings};
+use crate::invalid::Invalid;
 use crate::store::writer::Provisioned;
 
 /// A provisioning entry.
@@ -76,12 +77,13 @@ impl DeviceChange {
     ///
     /// # Errors
     /// The id is not a device id, or the hash is not 32 bytes.
-    pub fn to_write(&self) -> Result<Provisioned, String> {
+    pub fn to_write(&self) -> Result<Provisioned, Invalid> {
         if !protocol::is_valid_device_id(self.device()) {
             return Err(format!(
                 "{:?} is not a device id: 1 to 64 characters of A-Z a-z 0-9 - _ . :",
                 self.device()
-            ));
+            )
+            .into());
         }
         let hash = |bytes: &[u8]| -> Result<[u8; 32], String> {
             bytes

@@ -7,6 +7,18 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+/// The file the writer opened is no longer at its path.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum FileLost {
+    #[error("the database file {} was replaced while the hub ran; restart the hub", .0.display())]
+    Replaced(PathBuf),
+    #[error("the database file {} is gone ({error}); restart the hub", .path.display())]
+    Gone {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
 /// The identity of the file opened at `path`.
 #[derive(Debug, Clone)]
 pub(super) struct DbFile {
@@ -27,17 +39,14 @@ impl DbFile {
     }
 
     /// Whether `path` is still the file that was opened; if not, why not.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), FileLost> {
         match std::fs::metadata(&self.path) {
             Ok(meta) if meta.dev() == self.dev && meta.ino() == self.ino => Ok(()),
-            Ok(_) => Err(format!(
-                "the database file {} was replaced while the hub ran; restart the hub",
-                self.path.display()
-            )),
-            Err(err) => Err(format!(
-                "the database file {} is gone ({err}); restart the hub",
-                self.path.display()
-            )),
+            Ok(_) => Err(FileLost::Replaced(self.path.clone())),
+            Err(error) => Err(FileLost::Gone {
+                path: self.path.clone(),
+                error,
+            }),
         }
     }
 }
@@ -55,12 +64,16 @@ mod tests {
         // Held open, as the writer's connection holds it: its inode cannot
         // be handed to the replacement.
         let _held = std::fs::File::open(&path).unwrap();
-        assert_eq!(file.check(), Ok(()));
+        assert!(file.check().is_ok());
 
         std::fs::remove_file(&path).unwrap();
-        assert!(file.check().unwrap_err().contains("is gone"));
+        let gone = file.check().unwrap_err();
+        assert!(matches!(gone, FileLost::Gone { .. }), "{gone}");
+        assert!(gone.to_string().contains("is gone"), "{gone}");
 
         std::fs::write(&path, b"y").unwrap();
-        assert!(file.check().unwrap_err().contains("replaced"));
+        let replaced = file.check().unwrap_err();
+        assert!(matches!(replaced, FileLost::Replaced(_)), "{replaced}");
+        assert!(replaced.to_string().contains("replaced"), "{replaced}");
     }
 }

@@ -226,7 +226,8 @@ impl Writer {
     /// Commits `jobs` in one transaction and hands the outcome to the
     /// publisher. `false` if the publisher has gone.
     fn group_commit(&mut self, mut jobs: Vec<Job>, publish: &SyncSender<Settled>) -> bool {
-        if let Err(reason) = self.file.check() {
+        if let Err(lost) = self.file.check() {
+            let reason = lost.to_string();
             // Commits would go to a file nobody can read again: answer
             // these as failed and stop, rather than acknowledge them.
             let _ = publish.send(Settled::Failed {
