@@ -53,6 +53,8 @@ pub mod cli;
 pub mod cluster;
 pub mod commits;
 pub mod demo;
+#[cfg(test)]
+mod fixtures;
 pub mod http_error;
 pub mod ingest;
 pub mod invalid;

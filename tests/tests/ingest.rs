@@ -185,13 +185,7 @@ enum Misbehaviour {
 }
 
 fn hello(device_id: &str) -> DeviceFrame {
-    DeviceFrame::Hello(Hello {
-        version: protocol::PROTOCOL_VERSION,
-        device_id: device_id.into(),
-        model: String::new(),
-        firmware: String::new(),
-        metrics: vec![e2e::temperature()],
-    })
+    DeviceFrame::Hello(e2e::hello(device_id))
 }
 
 #[tokio::test]

@@ -292,21 +292,14 @@ impl Budget {
 
 #[cfg(test)]
 mod tests {
-    use protocol::{MetricDescriptor, Reading};
+    use protocol::Reading;
 
     use super::*;
 
     fn hello(device_id: &str, version: u16) -> DeviceFrame {
         DeviceFrame::Hello(Hello {
             version,
-            device_id: device_id.into(),
-            model: "m".into(),
-            firmware: "f".into(),
-            metrics: vec![MetricDescriptor {
-                id: 1,
-                name: "temperature".into(),
-                unit: "°C".into(),
-            }],
+            ..crate::fixtures::hello(device_id)
         })
     }
 

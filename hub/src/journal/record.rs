@@ -69,22 +69,12 @@ fn frame(bytes: &[u8]) -> Result<DeviceFrame, Malformed> {
 
 #[cfg(test)]
 mod tests {
-    use protocol::{MetricDescriptor, PROTOCOL_VERSION, Reading};
+    use protocol::Reading;
 
     use super::*;
 
     fn hello() -> Hello {
-        Hello {
-            version: PROTOCOL_VERSION,
-            device_id: "dev-1".into(),
-            model: "m".into(),
-            firmware: "f".into(),
-            metrics: vec![MetricDescriptor {
-                id: 3,
-                name: "temperature".into(),
-                unit: "°C".into(),
-            }],
-        }
+        crate::fixtures::hello("dev-1")
     }
 
     /// Both parts, decoded.

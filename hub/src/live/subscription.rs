@@ -392,7 +392,6 @@ fn format_rows(rows: &[ReadingRow]) -> Bytes {
 #[cfg(test)]
 mod tests {
 
-    use protocol::{Hello, MetricDescriptor, PROTOCOL_VERSION};
     use tokio::sync::mpsc;
 
     use super::*;
@@ -415,14 +414,6 @@ mod tests {
             .filter_map(|line| line.strip_prefix("id: "))
             .map(|id| id.parse().unwrap())
             .collect()
-    }
-
-    fn temperature() -> Vec<MetricDescriptor> {
-        vec![MetricDescriptor {
-            id: 1,
-            name: "temperature".into(),
-            unit: "°C".into(),
-        }]
     }
 
     async fn subscribe(live: &Arc<Live>, filter: Filter, start: Start) -> Subscription {
@@ -472,13 +463,7 @@ mod tests {
             .unwrap();
         let admission = Admission::new(store.clone(), writer.clone(), names);
         let device = admission.find_or_register("dev-1").await.unwrap().row;
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            device_id: "dev-1".into(),
-            model: "m".into(),
-            firmware: "f".into(),
-            metrics: temperature(),
-        };
+        let hello = crate::fixtures::hello("dev-1");
         let (_, rows) = admission.hello(device, &hello).await.unwrap();
         let (reply, mut outcomes) = mpsc::channel(1);
         for seq in 1..=25u64 {

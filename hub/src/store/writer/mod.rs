@@ -391,7 +391,7 @@ pub(crate) fn compact_everything(path: &std::path::Path) {
 mod tests {
     use std::sync::Mutex;
 
-    use protocol::{Hello, MetricDescriptor, PROTOCOL_VERSION};
+    use protocol::Hello;
 
     use super::*;
     use crate::commits::{Committed, InlineConsumer, Sample};
@@ -412,17 +412,7 @@ mod tests {
     }
 
     fn hello() -> Hello {
-        Hello {
-            version: PROTOCOL_VERSION,
-            device_id: "dev-1".into(),
-            model: "m".into(),
-            firmware: "f".into(),
-            metrics: vec![MetricDescriptor {
-                id: 1,
-                name: "temperature".into(),
-                unit: "°C".into(),
-            }],
-        }
+        crate::fixtures::hello("dev-1")
     }
 
     /// A running writer on a fresh database, with `dev-1` registered with
