@@ -12,6 +12,7 @@
 
 pub mod backoff;
 pub mod device;
+pub mod duration;
 pub mod fleet;
 pub mod keyring;
 pub mod link;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use device_sim::backoff::Backoff;
 use device_sim::device::{DeviceSettings, endpoint};
+use device_sim::duration;
 use device_sim::fleet::{self, Credential, FleetConfig, Ids};
 use device_sim::keyring::Keyring;
 use device_sim::sensors::SensorKind;
@@ -80,14 +81,14 @@ struct Args {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=protocol::limits::MAX_READINGS_PER_BATCH as u64))]
     batch: u64,
     /// Longest a reading waits for its batch to fill.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = duration::parse)]
     flush: Duration,
     /// Sensors each device carries, comma-separated: temperature, humidity,
     /// pressure, vibration, battery.
     #[arg(long, value_delimiter = ',', default_value = "temperature,humidity")]
     metrics: Vec<SensorKind>,
     /// Stop sampling after this long (then deliver what is left).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = duration::parse)]
     duration: Option<Duration>,
     /// Readings per device; exit once all are acknowledged. With --duration,
     /// exit non-zero if they were not all delivered in time.
@@ -101,12 +102,12 @@ struct Args {
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
     buffer: u64,
     /// Longest wait between reconnect attempts.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = duration::parse)]
     backoff_cap: Duration,
     /// Start every device's clock this long ago (2h): those samples are sent
     /// as fast as the hub acknowledges them, then sampling carries on live at
     /// the rate. --count counts them too.
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, default_value = "0s", value_parser = duration::parse)]
     backfill: Duration,
     /// Offset added to every device's clock: 90s, or -5m for a clock behind.
     #[arg(long, default_value = "0s", allow_hyphen_values = true, value_parser = parse_signed_duration)]
@@ -116,14 +117,12 @@ struct Args {
     json: bool,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|err| format!("{err} (for example 500ms, 30s or 5m)"))
-}
-
 /// Parses `90s` or `-5m` into signed milliseconds.
 fn parse_signed_duration(text: &str) -> Result<i64, String> {
     let (sign, magnitude) = text.strip_prefix('-').map_or((1, text), |rest| (-1, rest));
-    let ms = parse_duration(magnitude)?.as_millis();
+    let ms = duration::parse(magnitude)
+        .map_err(|err| err.to_string())?
+        .as_millis();
     i64::try_from(ms)
         .map(|ms| sign * ms)
         .map_err(|_| format!("{text:?} is too long"))
@@ -201,10 +200,10 @@ async fn main() -> ExitCode {
         },
     };
     let tls = match (args.hub.secure(), &args.ca_cert) {
-        (true, ca_cert) => match tls::client_config(ca_cert.as_deref()) {
+        (true, ca_cert) => match tls::client_config(ca_cert.as_deref(), "--ca-cert") {
             Ok(config) => Some(config),
             Err(err) => {
-                eprintln!("error: --ca-cert: {err:#}");
+                eprintln!("error: {err:#}");
                 return ExitCode::from(2);
             }
         },

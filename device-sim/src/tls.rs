@@ -21,12 +21,13 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, SignatureScheme};
 
 /// A client configuration trusting the system's roots and every certificate
-/// in the PEM file `extra_ca`.
+/// in the PEM file `extra_ca`, given with `flag`. The one trust of the
+/// workspace's TLS clients: devices' `wss://` and the hub's `mqtts://`.
 ///
 /// # Errors
 /// `extra_ca` cannot be read, holds no certificate or a malformed one; or no
-/// root is trusted at all.
-pub fn client_config(extra_ca: Option<&Path>) -> anyhow::Result<Arc<ClientConfig>> {
+/// root is trusted at all. The message names `flag`.
+pub fn client_config(extra_ca: Option<&Path>, flag: &str) -> anyhow::Result<Arc<ClientConfig>> {
     let mut roots = RootCertStore::empty();
     // A machine without a CA bundle can still trust an explicit --ca-cert,
     // so the system's roots are added as far as they load.
@@ -36,16 +37,16 @@ pub fn client_config(extra_ca: Option<&Path>) -> anyhow::Result<Arc<ClientConfig
     }
     roots.add_parsable_certificates(system.certs);
     if let Some(path) = extra_ca {
-        for cert in read_certificates(path)? {
+        let named = || format!("{flag} {}", path.display());
+        for cert in read_certificates(path).with_context(named)? {
             roots
                 .add(cert)
-                .with_context(|| format!("{} is not a usable CA certificate", path.display()))?;
+                .context("not a usable CA certificate")
+                .with_context(named)?;
         }
     }
     if roots.is_empty() {
-        bail!(
-            "no trusted root certificates: the system has none; pass the hub's CA with --ca-cert"
-        );
+        bail!("no trusted root certificates: the system has none; pass the CA with {flag}");
     }
     Ok(Arc::new(
         ClientConfig::builder()
@@ -198,7 +199,7 @@ mod tests {
         let dir = ca();
         let ca = dir.path().join("ca.pem");
         assert_eq!(read_certificates(&ca).unwrap().len(), 1);
-        assert!(client_config(Some(&ca)).is_ok());
+        assert!(client_config(Some(&ca), "--ca-cert").is_ok());
     }
 
     #[test]
@@ -206,10 +207,11 @@ mod tests {
         let dir = ca();
         let not_pem = dir.path().join("notes.txt");
         std::fs::write(&not_pem, "no certificate here\n").unwrap();
-        let err = client_config(Some(&not_pem)).unwrap_err();
+        let err = client_config(Some(&not_pem), "--ca-cert").unwrap_err();
         assert!(format!("{err:#}").contains("notes.txt"), "{err:#}");
-        let err = client_config(Some(&dir.path().join("missing.pem"))).unwrap_err();
+        let err = client_config(Some(&dir.path().join("missing.pem")), "--ca-cert").unwrap_err();
         assert!(format!("{err:#}").contains("cannot read"), "{err:#}");
+        assert!(format!("{err:#}").starts_with("--ca-cert "), "{err:#}");
     }
 
     #[test]
@@ -223,7 +225,7 @@ mod tests {
         let key = issue(issuer, "meter-7").unwrap();
         // The subject's CN is a UTF8String of the id, inside the DER.
         assert!(key.cert[0].windows(7).any(|bytes| bytes == b"meter-7"));
-        let base = client_config(Some(&dir.path().join("ca.pem"))).unwrap();
+        let base = client_config(Some(&dir.path().join("ca.pem")), "--ca-cert").unwrap();
         let config = certs.config_for(&base, "meter-7").unwrap();
         assert!(config.client_auth_cert_resolver.has_certs());
     }

@@ -324,8 +324,7 @@ struct ClusterArg {
 /// # Errors
 /// A message saying what a duration looks like.
 pub fn parse_duration(text: &str) -> Result<Duration, Invalid> {
-    let duration = humantime::parse_duration(text)
-        .map_err(|err| format!("{err} (for example 500ms, 30s, 15m, 2h or 30d)"))?;
+    let duration = parse_age(text)?;
     if duration.is_zero() {
         return Err("a duration must be longer than zero".into());
     }
@@ -337,8 +336,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, Invalid> {
 /// # Errors
 /// Not a duration.
 pub fn parse_age(text: &str) -> Result<Duration, Invalid> {
-    humantime::parse_duration(text)
-        .map_err(|err| Invalid(format!("{err} (for example 0s, 30m, 2h or 1d)")))
+    device_sim::duration::parse(text).map_err(|err| Invalid(err.to_string()))
 }
 
 /// Runs the command line.
@@ -427,10 +425,12 @@ async fn start(args: ServeArgs) -> anyhow::Result<(Hub, std::net::SocketAddr)> {
             )
             .exit();
     }
-    tracing_subscriber::registry()
+    // Once per process: a second hub in it (the in-process tests) logs
+    // through the first one's subscriber.
+    let _ = tracing_subscriber::registry()
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .with(args.log)
-        .init();
+        .try_init();
     let keep = retention::Keep {
         readings: args.retention,
         minutes: args.rollup_retention,
@@ -452,10 +452,10 @@ async fn start(args: ServeArgs) -> anyhow::Result<(Hub, std::net::SocketAddr)> {
     // Read before anything starts, so a bad --mqtt-ca-cert stops the hub
     // with its name.
     let mqtt_tls = match &args.mqtt_url {
-        Some(broker) if broker.tls => Some(
-            bridge::trust::client_config(args.mqtt_ca_cert.as_deref())
-                .map_err(anyhow::Error::msg)?,
-        ),
+        Some(broker) if broker.tls => Some(device_sim::tls::client_config(
+            args.mqtt_ca_cert.as_deref(),
+            "--mqtt-ca-cert",
+        )?),
         _ => None,
     };
     let clustered = args.nats_url.is_some();
@@ -825,5 +825,63 @@ mod tests {
         for text in ["", "10", "s", "10x", "0s", "-5s", "99999999999999999999d"] {
             assert!(parse_duration(text).is_err(), "{text}");
         }
+    }
+
+    /// The hub `hub serve` builds with `flags` on a fresh database, whose
+    /// routes answer requests in-process.
+    async fn router_of(flags: &[&str]) -> (axum::Router, Hub, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("hub.db");
+        let mut args = vec!["hub", "serve", "--listen", "127.0.0.1:0", "--db"];
+        args.push(db.to_str().unwrap());
+        args.extend_from_slice(flags);
+        let Command::Serve(serve) = Cli::try_parse_from(args).unwrap().command else {
+            panic!("not hub serve");
+        };
+        let (hub, _) = start(*serve).await.unwrap();
+        (hub.router(), hub, dir)
+    }
+
+    async fn request(router: &axum::Router, uri: &str) -> (u16, serde_json::Value) {
+        use tower::ServiceExt;
+        let request = axum::http::Request::get(uri)
+            .header("host", "localhost")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_router_answers_in_process_and_bad_requests_get_a_json_error() {
+        let (router, _hub, _dir) = router_of(&[]).await;
+        let (status, health) = request(&router, "/healthz").await;
+        assert_eq!((status, &health["status"]), (200, &"ok".into()), "{health}");
+        let (status, devices) = request(&router, "/v1/devices").await;
+        assert_eq!(status, 200, "{devices}");
+        assert_eq!(
+            devices["devices"].as_array().map(Vec::len),
+            Some(0),
+            "{devices}"
+        );
+
+        let (status, error) = request(&router, "/v1/readings?device=dev-1&limit=zero").await;
+        assert_eq!(status, 400, "{error}");
+        assert!(
+            error["error"].is_string() && error["message"].is_string(),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_a_monitor_token_the_router_asks_for_it() {
+        let (router, _hub, _dir) = router_of(&["--monitor-token", "t0k3n"]).await;
+        let (status, error) = request(&router, "/v1/devices").await;
+        assert_eq!(status, 401, "{error}");
+        assert!(error["error"].is_string(), "{error}");
     }
 }

@@ -244,6 +244,12 @@ impl Hub {
         &self.state.store
     }
 
+    /// The hub's routes over its state, for requests served in-process
+    /// (tests), without the listener's connection handling.
+    pub fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
     /// The address the hub listens on, with the real port.
     ///
     /// # Errors

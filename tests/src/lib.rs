@@ -8,6 +8,7 @@
 //! handshake is the simulator's ([`device_sim::link`]).
 
 pub mod browser;
+pub mod fleets;
 pub mod nginx;
 pub mod partition;
 pub mod tls;

@@ -9,10 +9,10 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use device_sim::backoff::Backoff;
-use device_sim::device::{DeviceSettings, endpoint};
-use device_sim::fleet::{self, Credential, FleetConfig};
+use device_sim::device::DeviceSettings;
+use device_sim::fleet::{self, FleetConfig};
 use device_sim::sensors::SensorKind;
+use e2e::fleets;
 use e2e::{TestHub, batch};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use testkit::mosquitto::{Mosquitto, Options};
@@ -103,19 +103,9 @@ async fn until_all(inbox: &Inbox, count: i64) {
 fn fleet_of(hub: &TestHub, devices: usize, count: u64) -> FleetConfig {
     let device = DeviceSettings {
         kinds: vec![SensorKind::Temperature],
-        rate: Some(200.0),
-        batch: 10,
-        flush: Duration::from_millis(50),
-        count: Some(count),
-        buffer: 10_000,
-        backoff: Backoff {
-            base: Duration::from_millis(50),
-            cap: Duration::from_millis(300),
-        },
-        keyring: hub.keyring(),
-        ..DeviceSettings::new(endpoint(&format!("ws://{}", hub.addr)).unwrap())
+        ..hub.quick_device(200.0, count)
     };
-    FleetConfig::new(devices, Credential::ProvisionKey("k".into()), device)
+    fleets::fleet_of(devices, device)
 }
 
 /// Publishes one message at QoS 1 and waits for the broker's ack.

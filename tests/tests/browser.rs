@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use device_sim::backoff::Backoff;
 use device_sim::device::{DeviceSettings, endpoint};
 use device_sim::fleet::{self, Credential, FleetConfig};
 use device_sim::sensors::SensorKind;
@@ -14,16 +13,8 @@ use e2e::browser::Browser;
 fn fleet(hub: &TestHub, count: u64) -> FleetConfig {
     let device = DeviceSettings {
         kinds: vec![SensorKind::Temperature, SensorKind::Pressure],
-        rate: Some(40.0),
         batch: 4,
-        flush: Duration::from_millis(50),
-        count: Some(count),
-        backoff: Backoff {
-            base: Duration::from_millis(50),
-            cap: Duration::from_millis(500),
-        },
-        keyring: hub.keyring(),
-        ..DeviceSettings::new(endpoint(&format!("ws://{}", hub.addr)).unwrap())
+        ..hub.quick_device(40.0, count)
     };
     FleetConfig {
         seed: 11,

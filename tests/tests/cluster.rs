@@ -8,9 +8,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use device_sim::backoff::Backoff;
 use device_sim::device::{DeviceSettings, endpoint};
-use device_sim::fleet::{self, Credential, FleetConfig, Ids};
+use device_sim::fleet::{self, FleetConfig, Ids};
+use e2e::fleets;
 use e2e::nginx::Nginx;
 use e2e::partition::Relay;
 use e2e::{PATIENCE, RawDevice, SseClient, TestHub, batch, hub_binary};
@@ -42,21 +42,14 @@ async fn three(nats: &str) -> (TestHub, TestHub, TestHub) {
 fn fleet(prefix: &str, devices: usize, count: u64, hubs: &[&str]) -> FleetConfig {
     let url = |hub: &&str| endpoint(&format!("ws://{hub}")).unwrap();
     let settings = DeviceSettings {
-        rate: Some(200.0),
         batch: 5,
-        flush: Duration::from_millis(50),
-        count: Some(count),
-        backoff: Backoff {
-            base: Duration::from_millis(50),
-            cap: Duration::from_millis(500),
-        },
         other_urls: hubs[1..].iter().map(url).collect(),
-        ..DeviceSettings::new(url(&hubs[0]))
+        ..fleets::quick_device(url(&hubs[0]), 200.0, count)
     };
     FleetConfig {
         ids: Ids::Numbered(prefix.into()),
         grace: Duration::from_secs(30),
-        ..FleetConfig::new(devices, Credential::ProvisionKey("k".into()), settings)
+        ..fleets::fleet_of(devices, settings)
     }
 }
 

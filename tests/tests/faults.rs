@@ -11,6 +11,7 @@ use device_sim::backoff::Backoff;
 use device_sim::device::{DeviceSettings, endpoint};
 use device_sim::fleet::{self, Credential, FleetConfig};
 use device_sim::sensors::SensorKind;
+use e2e::fleets;
 use e2e::{TestHub, batch};
 use tokio_tungstenite::tungstenite;
 
@@ -148,19 +149,9 @@ async fn a_full_disk_is_reported_and_once_space_returns_everything_is_stored_onc
         .unwrap();
     let device = DeviceSettings {
         kinds: vec![SensorKind::Temperature],
-        rate: Some(200.0),
-        batch: 10,
-        flush: Duration::from_millis(50),
-        count: Some(1_000),
-        buffer: 10_000,
-        backoff: Backoff {
-            base: Duration::from_millis(50),
-            cap: Duration::from_millis(300),
-        },
-        keyring: hub.keyring(),
-        ..DeviceSettings::new(endpoint(&format!("ws://{}", hub.addr)).unwrap())
+        ..hub.quick_device(200.0, 1_000)
     };
-    let config = FleetConfig::new(3, Credential::ProvisionKey("k".into()), device);
+    let config = fleets::fleet_of(3, device);
 
     // Let the devices register and store a little, then fill the disk.
     let run = tokio::spawn(fleet::run(config));

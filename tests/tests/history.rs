@@ -5,8 +5,7 @@
 
 use std::time::Duration;
 
-use device_sim::backoff::Backoff;
-use device_sim::device::{DeviceSettings, endpoint};
+use device_sim::device::DeviceSettings;
 use device_sim::fleet::{self, Credential, FleetConfig};
 use device_sim::sensors::SensorKind;
 use e2e::{TestHub, batch};
@@ -27,17 +26,9 @@ async fn backfill(hub: &TestHub, kinds: Vec<SensorKind>, seconds: u64, batch: us
     let per_second = kinds.len() as u64;
     let device = DeviceSettings {
         kinds,
-        rate: Some(per_second as f64),
         batch,
-        flush: Duration::from_millis(50),
-        count: Some(per_second * seconds),
         backfill: Duration::from_secs(seconds),
-        backoff: Backoff {
-            base: Duration::from_millis(50),
-            cap: Duration::from_millis(300),
-        },
-        keyring: hub.keyring(),
-        ..DeviceSettings::new(endpoint(&format!("ws://{}", hub.addr)).unwrap())
+        ..hub.quick_device(per_second as f64, per_second * seconds)
     };
     let summary = tokio::time::timeout(
         Duration::from_secs(120),

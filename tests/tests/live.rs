@@ -5,22 +5,14 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use device_sim::device::{DeviceSettings, endpoint};
-use device_sim::fleet::{self, Credential, FleetConfig};
+use device_sim::fleet::{self, FleetConfig};
+use e2e::fleets;
 use e2e::{SseClient, TestHub, batch};
 
 fn fleet(hub: &TestHub, devices: usize, rate: f64, count: u64) -> FleetConfig {
-    let device = DeviceSettings {
-        rate: Some(rate),
-        flush: Duration::from_millis(50),
-        count: Some(count),
-        buffer: 10_000,
-        keyring: hub.keyring(),
-        ..DeviceSettings::new(endpoint(&format!("ws://{}", hub.addr)).unwrap())
-    };
     FleetConfig {
         seed: 3,
-        ..FleetConfig::new(devices, Credential::ProvisionKey("k".into()), device)
+        ..fleets::fleet_of(devices, hub.quick_device(rate, count))
     }
 }
 

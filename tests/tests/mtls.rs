@@ -8,11 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use device_sim::backoff::Backoff;
 use device_sim::device::{DeviceSettings, endpoint};
 use device_sim::fleet::{self, Credential, FleetConfig};
 use device_sim::tls::{ClientCerts, client_config};
 use e2e::TestHub;
+use e2e::fleets;
 use e2e::tls::https_get_trusting;
 use testkit::pki::Pki;
 
@@ -52,7 +52,7 @@ async fn hello_with(
     device_id: &str,
     hello_as: &str,
 ) -> anyhow::Result<protocol::Welcome> {
-    let base = client_config(Some(&pki.ca()))?;
+    let base = client_config(Some(&pki.ca()), "--ca-cert")?;
     let tls = certs.config_for(&base, device_id)?;
     let mut ws = device_sim::link::connect(&url(hub), Some(tls), "").await?;
     device_sim::link::hello(&mut ws, e2e::hello(hello_as)).await
@@ -65,19 +65,12 @@ async fn devices_authenticate_by_certificate_beside_tokens() {
 
     // Three devices, each issued its own certificate at start, no token.
     let device = DeviceSettings {
-        rate: Some(100.0),
         batch: 5,
-        flush: Duration::from_millis(50),
-        count: Some(100),
-        backoff: Backoff {
-            base: Duration::from_millis(50),
-            cap: Duration::from_millis(500),
-        },
-        tls: Some(client_config(Some(&pki.ca())).unwrap()),
+        tls: Some(client_config(Some(&pki.ca()), "--ca-cert").unwrap()),
         client_certs: Some(Arc::new(
             ClientCerts::issued_by(&pki.ca(), &pki.ca_key()).unwrap(),
         )),
-        ..DeviceSettings::new(url(&hub))
+        ..fleets::quick_device(url(&hub), 100.0, 100)
     };
     let config = FleetConfig::new(3, Credential::Certificate, device);
     let summary = tokio::time::timeout(Duration::from_secs(60), fleet::run(config))
@@ -115,7 +108,7 @@ async fn devices_authenticate_by_certificate_beside_tokens() {
     // registered.
     let mut ws = device_sim::link::connect(
         &url(&hub),
-        Some(client_config(Some(&pki.ca())).unwrap()),
+        Some(client_config(Some(&pki.ca()), "--ca-cert").unwrap()),
         "fleet-key",
     )
     .await
@@ -144,7 +137,7 @@ async fn devices_authenticate_by_certificate_beside_tokens() {
 
     // Tokens work beside certificates, on the same port.
     let token = hub.add_device("with-token").await.unwrap();
-    let base = client_config(Some(&pki.ca())).unwrap();
+    let base = client_config(Some(&pki.ca()), "--ca-cert").unwrap();
     let mut ws = device_sim::link::connect(&url(&hub), Some(base), &token)
         .await
         .unwrap();

@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use device_sim::backoff::Backoff;
 use device_sim::device::{DeviceSettings, endpoint};
-use device_sim::fleet::{self, Credential, FleetConfig};
+use device_sim::fleet::{self};
+use e2e::fleets;
 use e2e::nginx::Nginx;
 use e2e::{SseClient, TestHub, batch};
 
@@ -41,18 +41,12 @@ async fn devices_and_browsers_work_through_the_documented_nginx_config() {
     assert_eq!(first.pos(), 1);
 
     // A fleet streams through it; everything is stored.
+    let url = endpoint(&format!("ws://{}", nginx.addr)).unwrap();
     let settings = DeviceSettings {
-        rate: Some(100.0),
         batch: 5,
-        flush: Duration::from_millis(50),
-        count: Some(100),
-        backoff: Backoff {
-            base: Duration::from_millis(50),
-            cap: Duration::from_millis(500),
-        },
-        ..DeviceSettings::new(endpoint(&format!("ws://{}", nginx.addr)).unwrap())
+        ..fleets::quick_device(url, 100.0, 100)
     };
-    let config = FleetConfig::new(3, Credential::ProvisionKey("k".into()), settings);
+    let config = fleets::fleet_of(3, settings);
     let summary = tokio::time::timeout(Duration::from_secs(60), fleet::run(config))
         .await
         .expect("the fleet finished");

@@ -236,7 +236,7 @@ async fn behind_tls(
 
 #[tokio::test]
 async fn a_fleet_delivers_over_wss_to_a_hub_behind_tls() {
-    let trust = tls::client_config(Some(&fixture("ca.pem"))).unwrap();
+    let trust = tls::client_config(Some(&fixture("ca.pem")), "--ca-cert").unwrap();
     let (hub, _front, config) = behind_tls(3, 50, (*trust).clone()).await;
     let summary = run_with_patience(config).await;
     assert!(summary.complete(), "{summary:?}");

@@ -6,11 +6,11 @@
 
 use std::time::Duration;
 
-use device_sim::backoff::Backoff;
 use device_sim::device::{DeviceSettings, endpoint};
 use device_sim::fleet::{self, Credential, FleetConfig};
 use device_sim::tls::client_config;
 use e2e::TestHub;
+use e2e::fleets;
 use e2e::tls::{fixture, https_get};
 use futures_util::{SinkExt, StreamExt};
 use protocol::HubFrame;
@@ -44,18 +44,11 @@ async fn devices_stream_over_wss_straight_to_the_hub() {
     let hub = tls_hub(&files, &["--provision-key", "k"]).await;
     let url = endpoint(&format!("wss://localhost:{}", port(&hub))).unwrap();
     let device = DeviceSettings {
-        rate: Some(100.0),
         batch: 5,
-        flush: Duration::from_millis(50),
-        count: Some(100),
-        backoff: Backoff {
-            base: Duration::from_millis(50),
-            cap: Duration::from_millis(500),
-        },
-        tls: Some(client_config(Some(&fixture("ca.pem"))).unwrap()),
-        ..DeviceSettings::new(url)
+        tls: Some(client_config(Some(&fixture("ca.pem")), "--ca-cert").unwrap()),
+        ..fleets::quick_device(url, 100.0, 100)
     };
-    let config = FleetConfig::new(3, Credential::ProvisionKey("k".into()), device);
+    let config = fleets::fleet_of(3, device);
     let summary = tokio::time::timeout(Duration::from_secs(60), fleet::run(config))
         .await
         .expect("the fleet finished");
@@ -149,7 +142,7 @@ async fn sighup_serves_a_renewed_certificate_to_new_clients_keeps_old_connection
     // A device connected before the renewal.
     let token = hub.add_device("dev-1").await.unwrap();
     let url = endpoint(&format!("wss://{addr}")).unwrap();
-    let trust = client_config(Some(&fixture("ca.pem"))).unwrap();
+    let trust = client_config(Some(&fixture("ca.pem")), "--ca-cert").unwrap();
     let mut device = device_sim::link::connect(&url, Some(trust), &token)
         .await
         .unwrap();
@@ -206,7 +199,7 @@ async fn stream_over_wss(hub: &TestHub, count: u64) {
         batch: 5,
         flush: Duration::from_millis(20),
         count: Some(count),
-        tls: Some(client_config(Some(&fixture("ca.pem"))).unwrap()),
+        tls: Some(client_config(Some(&fixture("ca.pem")), "--ca-cert").unwrap()),
         keyring: hub.keyring(),
         ..DeviceSettings::new(url)
     };
@@ -318,7 +311,7 @@ async fn h2_connection(
     hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
     tokio::task::JoinHandle<()>,
 ) {
-    let mut config = (*client_config(Some(&fixture("ca.pem"))).unwrap()).clone();
+    let mut config = (*client_config(Some(&fixture("ca.pem")), "--ca-cert").unwrap()).clone();
     config.alpn_protocols = vec![b"h2".to_vec()];
     let tcp = tokio::net::TcpStream::connect(&hub.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();

@@ -17,7 +17,6 @@ mod inbound;
 mod message;
 mod news;
 mod status;
-pub mod trust;
 
 use std::collections::VecDeque;
 use std::str::FromStr;

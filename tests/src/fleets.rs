@@ -1,0 +1,57 @@
+//! Simulated fleets for tests: devices that flush every 50 ms and
+//! reconnect within 300 ms, so a test waits on the hub, not on them.
+
+use std::time::Duration;
+
+use device_sim::backoff::Backoff;
+use device_sim::device::{DeviceSettings, endpoint};
+use device_sim::fleet::{Credential, FleetConfig};
+
+use crate::TestHub;
+
+/// The provisioning key the tests' hubs are started with (`--provision-key k`).
+pub const PROVISION_KEY: &str = "k";
+
+/// A quick device against `url`: `count` readings at `rate` a second, in
+/// batches of 10, an outbox of 10,000.
+pub fn quick_device(url: String, rate: f64, count: u64) -> DeviceSettings {
+    DeviceSettings {
+        rate: Some(rate),
+        flush: Duration::from_millis(50),
+        count: Some(count),
+        buffer: 10_000,
+        backoff: Backoff {
+            base: Duration::from_millis(50),
+            cap: Duration::from_millis(300),
+        },
+        ..DeviceSettings::new(url)
+    }
+}
+
+impl TestHub {
+    /// The hub's device endpoint, `ws://…/v1/ws`.
+    ///
+    /// # Panics
+    /// Never: the hub's address is a socket address.
+    pub fn ws_url(&self) -> String {
+        endpoint(&format!("ws://{}", self.addr)).expect("a socket address makes an endpoint")
+    }
+
+    /// A [`quick_device`] of this hub that keeps the tokens the hub issues
+    /// in its [`keyring`](TestHub::keyring), so a fleet may run again.
+    pub fn quick_device(&self, rate: f64, count: u64) -> DeviceSettings {
+        DeviceSettings {
+            keyring: self.keyring(),
+            ..quick_device(self.ws_url(), rate, count)
+        }
+    }
+}
+
+/// `devices` devices of `settings`, enrolled with [`PROVISION_KEY`].
+pub fn fleet_of(devices: usize, settings: DeviceSettings) -> FleetConfig {
+    FleetConfig::new(
+        devices,
+        Credential::ProvisionKey(PROVISION_KEY.into()),
+        settings,
+    )
+}
