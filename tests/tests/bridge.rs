@@ -6,7 +6,7 @@
 //! discovery configs, and commands sent over MQTT.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LockResult, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use device_sim::device::DeviceSettings;
@@ -16,9 +16,49 @@ use e2e::fleets;
 use e2e::{TestHub, batch};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use testkit::mosquitto::{Mosquitto, Options};
+use tokio::sync::Notify;
 
-/// What a subscriber has received: (topic, payload, retained).
-type Inbox = Arc<Mutex<Vec<(String, String, bool)>>>;
+/// One message a subscriber received: (topic, payload, retained).
+type Received = (String, String, bool);
+
+/// What a subscriber has received, and a signal each time that grows, so
+/// a test waits for a message rather than sleeping and looking.
+#[derive(Clone, Default)]
+struct Inbox {
+    messages: Arc<Mutex<Vec<Received>>>,
+    grew: Arc<Notify>,
+}
+
+impl Inbox {
+    fn lock(&self) -> LockResult<MutexGuard<'_, Vec<Received>>> {
+        self.messages.lock()
+    }
+
+    fn push(&self, message: Received) {
+        self.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(message);
+        self.grew.notify_waiters();
+    }
+
+    /// Waits until `check` holds of what has arrived; `false` if it still
+    /// does not after `patience`.
+    async fn holds(&self, patience: Duration, check: impl Fn(&[Received]) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            // Registered before the check: a message in between wakes it.
+            let grew = self.grew.notified();
+            tokio::pin!(grew);
+            grew.as_mut().enable();
+            if check(&self.lock().unwrap_or_else(PoisonError::into_inner)) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, grew).await.is_err() {
+                return false;
+            }
+        }
+    }
+}
 
 /// A QoS 1 subscriber to `filter`, reconnecting by itself; with
 /// `persistent`, its session (and what the broker queued for it) outlives
@@ -30,11 +70,11 @@ async fn subscribe(port: u16, id: &str, filter: &str, persistent: bool) -> Inbox
         .set_keep_alive(Duration::from_secs(5))
         .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = AsyncClient::new(options, 64);
-    let inbox: Inbox = Arc::default();
+    let inbox = Inbox::default();
     let (ready_tx, ready) = tokio::sync::oneshot::channel();
     let mut ready_tx = Some(ready_tx);
     let filter = filter.to_owned();
-    let seen = Arc::clone(&inbox);
+    let seen = inbox.clone();
     tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
@@ -47,7 +87,7 @@ async fn subscribe(port: u16, id: &str, filter: &str, persistent: bool) -> Inbox
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    seen.lock().unwrap_or_else(PoisonError::into_inner).push((
+                    seen.push((
                         publish.topic.clone(),
                         String::from_utf8_lossy(&publish.payload).into_owned(),
                         publish.retain,
@@ -68,9 +108,11 @@ async fn subscribe(port: u16, id: &str, filter: &str, persistent: bool) -> Inbox
 /// The storage positions in an inbox's reading payloads (one reading, or
 /// an `--mqtt-batch` array of them).
 fn positions(inbox: &Inbox) -> BTreeSet<i64> {
-    inbox
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
+    positions_in(&inbox.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
+fn positions_in(messages: &[Received]) -> BTreeSet<i64> {
+    messages
         .iter()
         .filter_map(|(_, payload, _)| serde_json::from_str::<serde_json::Value>(payload).ok())
         .flat_map(|value| match value {
@@ -83,20 +125,27 @@ fn positions(inbox: &Inbox) -> BTreeSet<i64> {
 
 /// Waits until the inbox holds every position in `1..=count`.
 async fn until_all(inbox: &Inbox, count: i64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    let all = |messages: &[Received]| {
+        let got = positions_in(messages);
+        (1..=count).all(|pos| got.contains(&pos))
+    };
+    if !inbox.holds(Duration::from_secs(60), all).await {
         let got = positions(inbox);
-        if (1..=count).all(|pos| got.contains(&pos)) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
+        panic!(
             "the broker delivered {} of {count}; missing from {:?}",
             got.len(),
             (1..=count).find(|pos| !got.contains(pos))
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits until the inbox holds at least `count` positions.
+async fn until_some(inbox: &Inbox, count: usize) {
+    let enough = |messages: &[Received]| positions_in(messages).len() >= count;
+    assert!(
+        inbox.holds(e2e::PATIENCE, enough).await,
+        "fewer than {count} readings arrived"
+    );
 }
 
 /// A fleet streaming `count` readings from each of `devices` devices.
@@ -140,19 +189,12 @@ fn on(inbox: &Inbox, topic: &str) -> Vec<(String, bool)> {
 }
 
 /// Waits until `check` holds for the inbox.
-async fn until(inbox: &Inbox, what: &str, check: impl Fn(&[(String, String, bool)]) -> bool) {
-    let deadline = tokio::time::Instant::now() + e2e::PATIENCE;
-    loop {
-        if check(&inbox.lock().unwrap_or_else(PoisonError::into_inner)) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: {:?}",
-            inbox.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn until(inbox: &Inbox, what: &str, check: impl Fn(&[Received]) -> bool) {
+    assert!(
+        inbox.holds(e2e::PATIENCE, check).await,
+        "{what}: {:?}",
+        inbox.lock().unwrap()
+    );
 }
 
 /// The last payload an inbox got on `topic`, parsed.
@@ -209,16 +251,11 @@ async fn readings_reach_the_broker_on_their_topics_and_the_hub_says_online_then_
 
     // The hub's availability, retained: a subscriber arriving now sees it.
     let status = subscribe(broker.port, "status-1", "telemetry/hub/+/status", false).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        status
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|(_, payload, retained)| payload == "online" && *retained),
-        "{:?}",
-        status.lock().unwrap()
-    );
+    until(&status, "the hub's retained online", |seen| {
+        seen.iter()
+            .any(|(_, payload, retained)| payload == "online" && *retained)
+    })
+    .await;
     let (code, body) = hub.get("/healthz").await.unwrap();
     assert_eq!(code, 200);
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -231,7 +268,7 @@ async fn readings_reach_the_broker_on_their_topics_and_the_hub_says_online_then_
     let (exit, _) = hub.terminate().await.unwrap();
     assert!(exit.success());
     let after = subscribe(broker.port, "status-2", "telemetry/hub/+/status", false).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until(&after, "the hub's retained status", |seen| !seen.is_empty()).await;
     let seen = after.lock().unwrap().clone();
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0].1, "offline");
@@ -253,9 +290,7 @@ async fn a_broker_stopped_and_started_mid_stream_still_gets_every_reading() {
         .await
         .unwrap();
     let run = tokio::spawn(fleet::run(fleet_of(&hub, 3, 600)));
-    while positions(&keeper).len() < 200 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_some(&keeper, 200).await;
     // Twice down and up while the fleet streams on.
     for _ in 0..2 {
         broker.stop().await.unwrap();
@@ -287,22 +322,14 @@ async fn a_hub_killed_mid_stream_resumes_from_its_cursor() {
     let hub = TestHub::start(&args).await.unwrap();
     let listen = hub.addr.clone();
     let run = tokio::spawn(fleet::run(fleet_of(&hub, 2, 500)));
-    while positions(&readings).len() < 300 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_some(&readings, 300).await;
     let dir = hub.kill().await.unwrap();
     // Its last will says so.
     let status = subscribe(broker.port, "status", "telemetry/hub/+/status", false).await;
-    let deadline = tokio::time::Instant::now() + e2e::PATIENCE;
-    while !status
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|(_, payload, _)| payload == "offline")
-    {
-        assert!(tokio::time::Instant::now() < deadline, "no last will");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(&status, "the hub's last will", |seen| {
+        seen.iter().any(|(_, payload, _)| payload == "offline")
+    })
+    .await;
     let hub = TestHub::start_in(dir, &listen, &args).await.unwrap();
     let summary = tokio::time::timeout(Duration::from_secs(60), run)
         .await
@@ -776,9 +803,7 @@ async fn with_mqtt_batch_each_message_holds_one_devices_readings_and_none_is_los
         .await
         .unwrap();
     let run = tokio::spawn(fleet::run(fleet_of(&hub, 3, 400)));
-    while positions(&batches).len() < 200 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_some(&batches, 200).await;
     broker.stop().await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     broker.resume().await.unwrap();
