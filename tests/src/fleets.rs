@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use device_sim::backoff::Backoff;
 use device_sim::device::{DeviceSettings, endpoint};
-use device_sim::fleet::{Credential, FleetConfig};
+use device_sim::fleet::{self, Credential, FleetConfig, Summary};
 
 use crate::TestHub;
 
@@ -54,4 +54,17 @@ pub fn fleet_of(devices: usize, settings: DeviceSettings) -> FleetConfig {
         Credential::ProvisionKey(PROVISION_KEY.into()),
         settings,
     )
+}
+
+/// Runs `config` to its end, within a minute, and checks that every
+/// reading of every device was acknowledged.
+///
+/// # Panics
+/// The fleet did not finish in time, or left readings unacknowledged.
+pub async fn run_complete(config: FleetConfig) -> Summary {
+    let summary = tokio::time::timeout(Duration::from_secs(60), fleet::run(config))
+        .await
+        .expect("the fleet finished");
+    assert!(summary.complete(), "{summary:?}");
+    summary
 }

@@ -6,10 +6,9 @@
 //! certificate's expiry in `/metrics`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use device_sim::device::{DeviceSettings, endpoint};
-use device_sim::fleet::{self, Credential, FleetConfig};
+use device_sim::fleet::{Credential, FleetConfig};
 use device_sim::tls::{ClientCerts, client_config};
 use e2e::TestHub;
 use e2e::fleets;
@@ -73,10 +72,7 @@ async fn devices_authenticate_by_certificate_beside_tokens() {
         ..fleets::quick_device(url(&hub), 100.0, 100)
     };
     let config = FleetConfig::new(3, Credential::Certificate, device);
-    let summary = tokio::time::timeout(Duration::from_secs(60), fleet::run(config))
-        .await
-        .expect("the fleet finished");
-    assert!(summary.complete(), "{summary:?}");
+    let summary = fleets::run_complete(config).await;
     assert_eq!(summary.acked, 300);
     let db = hub.db().await.unwrap();
     let stored: Vec<(String, i64)> =

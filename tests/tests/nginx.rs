@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use device_sim::device::{DeviceSettings, endpoint};
-use device_sim::fleet::{self};
 use e2e::fleets;
 use e2e::nginx::Nginx;
 use e2e::{SseClient, TestHub, batch};
@@ -47,10 +46,7 @@ async fn devices_and_browsers_work_through_the_documented_nginx_config() {
         ..fleets::quick_device(url, 100.0, 100)
     };
     let config = fleets::fleet_of(3, settings);
-    let summary = tokio::time::timeout(Duration::from_secs(60), fleet::run(config))
-        .await
-        .expect("the fleet finished");
-    assert!(summary.complete(), "{summary:?}");
+    let summary = fleets::run_complete(config).await;
     assert_eq!(summary.acked, 300);
     let db = hub.db().await.unwrap();
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM samples")

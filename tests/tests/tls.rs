@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use device_sim::device::{DeviceSettings, endpoint};
-use device_sim::fleet::{self, Credential, FleetConfig};
+use device_sim::fleet::{Credential, FleetConfig};
 use device_sim::tls::client_config;
 use e2e::TestHub;
 use e2e::fleets;
@@ -49,10 +49,7 @@ async fn devices_stream_over_wss_straight_to_the_hub() {
         ..fleets::quick_device(url, 100.0, 100)
     };
     let config = fleets::fleet_of(3, device);
-    let summary = tokio::time::timeout(Duration::from_secs(60), fleet::run(config))
-        .await
-        .expect("the fleet finished");
-    assert!(summary.complete(), "{summary:?}");
+    let summary = fleets::run_complete(config).await;
     let db = hub.db().await.unwrap();
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM samples")
         .fetch_one(&db)
@@ -204,10 +201,7 @@ async fn stream_over_wss(hub: &TestHub, count: u64) {
         ..DeviceSettings::new(url)
     };
     let config = FleetConfig::new(1, Credential::ProvisionKey("k".into()), device);
-    let summary = tokio::time::timeout(Duration::from_secs(60), fleet::run(config))
-        .await
-        .expect("the fleet finished");
-    assert!(summary.complete(), "{summary:?}");
+    let _summary = fleets::run_complete(config).await;
 }
 
 #[tokio::test]
