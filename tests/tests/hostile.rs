@@ -279,7 +279,9 @@ async fn unfinished_body(addr: &str) -> tokio::net::TcpStream {
 
 #[tokio::test]
 async fn a_body_that_never_finishes_gets_408_and_connections_past_the_cap_are_closed_at_once() {
-    let hub = TestHub::start(&["--header-read-timeout", "500ms", "--max-connections", "4"])
+    // A deadline far above the wait for the fifth connection below, so a
+    // busy machine cannot make one look like the other.
+    let hub = TestHub::start(&["--header-read-timeout", "3s", "--max-connections", "4"])
         .await
         .unwrap();
     let mut slow = unfinished_body(&hub.addr).await;
@@ -295,7 +297,7 @@ async fn a_body_that_never_finishes_gets_408_and_connections_past_the_cap_are_cl
     }
     let mut fifth = tokio::net::TcpStream::connect(&hub.addr).await.unwrap();
     let mut byte = [0u8; 1];
-    let read = tokio::time::timeout(Duration::from_millis(300), fifth.read(&mut byte))
+    let read = tokio::time::timeout(Duration::from_millis(1_500), fifth.read(&mut byte))
         .await
         .expect("closed before the deadline");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
