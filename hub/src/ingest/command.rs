@@ -7,60 +7,9 @@ use std::time::Duration;
 
 use protocol::{Command, CommandArg, DecodeError, HubFrame};
 
-use super::registry::{COMMAND_QUEUE, CommandRefused, Registry};
-use crate::store::{Store, StoreError};
-
-/// The device's answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
-    /// The command's id on this hub.
-    pub id: u64,
-    pub ok: bool,
-    pub detail: String,
-}
-
-/// Why a command got no answer from its device.
-#[derive(Debug, thiserror::Error)]
-pub enum Failure {
-    /// Outside the protocol's limits: the device would refuse the frame.
-    #[error("not a valid command: {error}")]
-    Invalid {
-        /// `name` or `args`.
-        field: &'static str,
-        error: DecodeError,
-    },
-    #[error("no device {0:?}")]
-    UnknownDevice(String),
-    #[error("device {0:?} is not connected")]
-    Offline(String),
-    #[error("device {0:?} has {COMMAND_QUEUE} commands waiting")]
-    QueueFull(String),
-    #[error("device {device:?} disconnected before answering command {id}")]
-    Disconnected { device: String, id: u64 },
-    #[error("device {device:?} did not answer command {id} within {ms} ms")]
-    TimedOut { device: String, id: u64, ms: u128 },
-    #[error(transparent)]
-    Storage(#[from] StoreError),
-    /// The hub holding the device could not be asked (NATS trouble).
-    #[error("cannot reach the cluster: {0}")]
-    Cluster(String),
-}
-
-impl Failure {
-    /// A stable code for programs (the HTTP API's `error` field, the
-    /// bridge's `cmd/result`).
-    pub fn code(&self) -> &'static str {
-        match self {
-            Failure::Invalid { .. } => "bad_command",
-            Failure::UnknownDevice(_) => "unknown_device",
-            Failure::Offline(_) | Failure::Disconnected { .. } => "device_offline",
-            Failure::QueueFull(_) => "command_queue_full",
-            Failure::TimedOut { .. } => "command_timeout",
-            Failure::Storage(_) => "storage_failing",
-            Failure::Cluster(_) => "cluster_unavailable",
-        }
-    }
-}
+pub use super::outcome::{Answer, Failure};
+use super::registry::{CommandRefused, Registry};
+use crate::store::Store;
 
 /// Sends `name(args)` to `device` and waits up to `timeout` for its answer:
 /// on this hub if the device is connected here, else, in a cluster, on the

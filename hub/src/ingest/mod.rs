@@ -7,6 +7,7 @@
 
 pub mod command;
 mod destination;
+pub mod outcome;
 pub mod registry;
 pub mod session;
 pub mod state;

@@ -16,10 +16,7 @@ use std::time::Duration;
 use protocol::{Command, CommandResult};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-/// Commands queued for one session. When full, new commands are refused
-/// (the API answers 503): a device that does not keep up with its commands
-/// cannot make the hub hold more of them.
-pub const COMMAND_QUEUE: usize = 16;
+pub use super::outcome::{COMMAND_QUEUE, CommandOutcome};
 
 /// A command on its way to a device, and where its result goes.
 #[derive(Debug)]
@@ -86,9 +83,6 @@ pub struct Inbox {
     /// Commands for the device.
     pub commands: mpsc::Receiver<Box<PendingCommand>>,
 }
-
-/// A command's answer, or why there is none.
-pub type CommandOutcome = Result<super::command::Answer, super::command::Failure>;
 
 /// The other hubs of a cluster, as the registry sees them: which devices
 /// are connected there, and a way to call a command on one of them.
