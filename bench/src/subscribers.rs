@@ -40,13 +40,23 @@ fn value_of(json: &[u8]) -> Option<f64> {
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
+/// Whether an SSE block is a reading (`id: …` then `event: reading`):
+/// devices' statuses have ids too, and are not what is counted.
+fn is_reading(event: &[u8]) -> bool {
+    event.starts_with(b"id: ")
+        && event
+            .iter()
+            .position(|&b| b == b'\n')
+            .is_some_and(|end| event[end + 1..].starts_with(b"event: reading\n"))
+}
+
 /// Subscribes to the hub's `/v1/events?<query>`, reads until `expected`
 /// readings arrived, and keeps every `stride`-th latency. The subscription
 /// is open when `ready` is sent.
 ///
 /// The body comes from reqwest (which undoes the chunking); events are
-/// counted by scanning for `id: ` at the start of each block rather than
-/// parsed, so the receiving side costs what the MQTT one does.
+/// counted by looking at the start of each block rather than parsed, so
+/// the receiving side costs what the MQTT one does.
 pub async fn sse(
     addr: String,
     query: String,
@@ -90,7 +100,7 @@ pub async fn sse(
         while let Some(end) = body[consumed..].windows(2).position(|w| w == b"\n\n") {
             let event = &body[consumed..consumed + end];
             consumed += end + 2;
-            if event.starts_with(b"id: ") {
+            if is_reading(event) {
                 received.count += 1;
                 last_event = tokio::time::Instant::now();
                 if received.count % stride == 0
@@ -275,6 +285,14 @@ mod tests {
     fn the_value_is_read_from_a_reading() {
         let data = br#"id: 3\nevent: reading\ndata: {"device":"d","metric":"m","unit":"","ts_ms":1,"value":1795852306386123.0}"#;
         assert_eq!(value_of(data), Some(1_795_852_306_386_123.0));
+    }
+
+    #[test]
+    fn only_readings_are_counted() {
+        assert!(is_reading(b"id: 3\nevent: reading\ndata: {}"));
+        assert!(!is_reading(b"id: 4\nevent: status\ndata: {}"));
+        assert!(!is_reading(b"event: reset\ndata: {}"));
+        assert!(!is_reading(b": keep-alive"));
     }
 
     #[test]

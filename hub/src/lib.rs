@@ -62,6 +62,7 @@ pub mod journal;
 pub mod listener;
 pub mod live;
 pub mod monitor;
+pub mod presence;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -16,7 +16,6 @@ use axum::routing::{get, post};
 use axum::{Router, middleware};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,10 +23,10 @@ use tokio_util::task::TaskTracker;
 use crate::admission::{Admission, Names};
 use crate::api::{self, monitor_auth::MonitorToken};
 use crate::bridge::{self, Bridge};
-use crate::cluster::{Cluster, RemoteStatus};
+use crate::cluster::Cluster;
 use crate::commits::{Consumers, InlineConsumer, RetentionCutoff};
 use crate::http_error::ApiError;
-use crate::ingest::registry::{Change, PresenceChange, Registry};
+use crate::ingest::registry::Registry;
 use crate::ingest::{self, Ingest, session};
 use crate::journal::{self, Journal};
 use crate::live::{Live, subscription};
@@ -35,7 +34,7 @@ use crate::store::writer::{self, WriterHealth};
 use crate::store::{PoolDurability, Store, compaction, retention};
 use crate::telemetry::Counters;
 use crate::tls::{Tls, TlsFiles};
-use crate::{listener, monitor};
+use crate::{listener, monitor, presence};
 
 /// Everything `hub serve` can be told.
 #[derive(Debug, Clone)]
@@ -307,7 +306,6 @@ impl Hub {
             cancel.clone(),
         ));
 
-        let mut elsewhere = None;
         // Always: SIGHUP's default action would end the hub at once.
         tracker.spawn(reload_on_hangup(hangups, state.tls.clone(), cancel.clone()));
         // On the tracker: it saves its cursor through the writer, which
@@ -321,6 +319,7 @@ impl Hub {
             };
             tracker.spawn(bridge.run(parts, cancel.clone()));
         }
+        let cluster_journal = journal.as_ref().map(|(journal, _)| journal.clone());
         // On the tracker: it stores through the writer.
         if let Some((journal, start)) = journal {
             let parts = journal::apply::Parts {
@@ -328,17 +327,24 @@ impl Hub {
                 writer: state.ingest.sessions.writer.clone(),
             };
             let cluster = Cluster::join(journal.clone(), state.registry.clone(), store.clone());
-            elsewhere = Some(cluster.statuses());
             tracker.spawn(cluster.run(cancel.clone()));
             tracker.spawn(journal::apply::run(journal, start, parts, cancel.clone()));
         }
-        // Before the listener accepts: no session's presence is missed.
-        tracker.spawn(statuses_to_live(
-            Arc::clone(&state.live),
-            state.registry.changes(),
-            elsewhere,
-            cancel.clone(),
-        ));
+        // Before the listener accepts: no session's presence is missed. On
+        // the tracker: it records through the writer or the stream.
+        let log = match &cluster_journal {
+            Some(journal) => presence::Log::Stream(Box::new(journal.clone())),
+            None => presence::Log::Writer(state.ingest.sessions.writer.clone()),
+        };
+        let recorder = presence::Recorder::new(
+            state.registry.clone(),
+            state.ingest.sessions.admission.clone(),
+            &store,
+            log,
+        )
+        .await
+        .context("reading the devices' last statuses")?;
+        tracker.spawn(recorder.run(cancel.clone()));
         let tls = state.tls.clone();
         tokio::spawn({
             let cancel = cancel.clone();
@@ -384,40 +390,6 @@ impl Hub {
 
 /// Reloads the certificate at every SIGHUP, until `shutdown`; without TLS
 /// there is nothing to reload, and SIGHUP is only logged.
-/// Presence reaches the live stream the way it reaches the bridge: this
-/// hub's devices as the registry's changes, the other hubs' as the
-/// cluster's statuses. A lagging listener skips the oldest: presence is
-/// also in `/v1/devices`.
-async fn statuses_to_live(
-    live: Arc<Live>,
-    mut here: broadcast::Receiver<PresenceChange>,
-    mut elsewhere: Option<broadcast::Receiver<RemoteStatus>>,
-    cancel: CancellationToken,
-) {
-    let next_elsewhere =
-        async |elsewhere: &mut Option<broadcast::Receiver<RemoteStatus>>| match elsewhere {
-            Some(statuses) => statuses.recv().await,
-            None => std::future::pending().await,
-        };
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            change = here.recv() => match change {
-                Ok((device, Change::Online)) => live.device_status(&device, true),
-                Ok((device, Change::Offline)) => live.device_status(&device, false),
-                // The session it closes announces the device offline.
-                Ok((_, Change::Revoked)) | Err(RecvError::Lagged(_)) => {}
-                Err(RecvError::Closed) => return,
-            },
-            status = next_elsewhere(&mut elsewhere) => match status {
-                Ok((device, online)) => live.device_status(&device, online),
-                Err(RecvError::Lagged(_)) => {}
-                Err(RecvError::Closed) => elsewhere = None,
-            },
-        }
-    }
-}
-
 async fn reload_on_hangup(
     mut hangups: tokio::signal::unix::Signal,
     tls: Option<Tls>,

@@ -148,6 +148,40 @@ impl TestHub {
         }
     }
 
+    /// Waits until the hub has stored `device`'s status as `online` (its
+    /// last), and answers that status's position. Statuses take positions
+    /// among the readings, moments after the change: a test that counts
+    /// positions waits for it before the device sends.
+    ///
+    /// # Errors
+    /// The database cannot be read, or the status is not stored in time.
+    pub async fn until_status(&self, device: &str, online: bool) -> anyhow::Result<i64> {
+        let db = self.db().await?;
+        let wanted = format!(r#"{{"online":{online}}}"#);
+        let deadline = tokio::time::Instant::now() + 2 * PATIENCE;
+        let pos = loop {
+            let last: Option<(i64, String)> = sqlx::query_as(
+                "SELECT pos, body FROM device_events WHERE device = ? AND kind = 'status'
+                 ORDER BY pos DESC LIMIT 1",
+            )
+            .bind(device)
+            .fetch_optional(&db)
+            .await?;
+            if let Some((pos, body)) = last
+                && body == wanted
+            {
+                break pos;
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{device}'s status {wanted} was never stored"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        db.close().await;
+        Ok(pos)
+    }
+
     /// `GET path` on the hub: status and body.
     pub async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         testkit::http::get(&self.addr, path, &[]).await

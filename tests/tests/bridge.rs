@@ -123,18 +123,31 @@ fn positions_in(messages: &[Received]) -> BTreeSet<i64> {
         .collect()
 }
 
-/// Waits until the inbox holds every position in `1..=count`.
-async fn until_all(inbox: &Inbox, count: i64) {
+/// Waits until the inbox holds the position of every reading `hub`
+/// stored, `count` of them (devices' statuses take positions too).
+async fn until_all(inbox: &Inbox, hub: &TestHub, count: usize) {
+    let db = hub.db().await.unwrap();
+    let stored: Vec<i64> = sqlx::query_scalar("SELECT pos FROM readings ORDER BY pos")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    assert_eq!(
+        stored.len(),
+        count,
+        "the hub stored {} readings",
+        stored.len()
+    );
     let all = |messages: &[Received]| {
         let got = positions_in(messages);
-        (1..=count).all(|pos| got.contains(&pos))
+        stored.iter().all(|pos| got.contains(pos))
     };
     if !inbox.holds(Duration::from_secs(60), all).await {
         let got = positions(inbox);
         panic!(
             "the broker delivered {} of {count}; missing from {:?}",
             got.len(),
-            (1..=count).find(|pos| !got.contains(pos))
+            stored.iter().find(|pos| !got.contains(pos))
         );
     }
 }
@@ -236,8 +249,9 @@ async fn readings_reach_the_broker_on_their_topics_and_the_hub_says_online_then_
     let token = hub.add_device("dev-1").await.unwrap();
     let mut device = hub.connect(&token).await.unwrap();
     device.hello("dev-1").await.unwrap();
+    let online = hub.until_status("dev-1", true).await.unwrap();
     device.send_acked(&batch(1, 10_000, 3)).await.unwrap();
-    until_all(&readings, 3).await;
+    until_all(&readings, &hub, 3).await;
     let got = readings.lock().unwrap().clone();
     let (topic, payload, _) = got
         .iter()
@@ -246,7 +260,7 @@ async fn readings_reach_the_broker_on_their_topics_and_the_hub_says_online_then_
     assert_eq!(topic, "telemetry/dev-1/temperature");
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(payload).unwrap(),
-        serde_json::json!({"pos": 1, "ts_ms": 10_000, "value": 1_000.0, "unit": "°C"})
+        serde_json::json!({"pos": online + 1, "ts_ms": 10_000, "value": 1_000.0, "unit": "°C"})
     );
 
     // The hub's availability, retained: a subscriber arriving now sees it.
@@ -305,7 +319,7 @@ async fn a_broker_stopped_and_started_mid_stream_still_gets_every_reading() {
         .expect("the fleet finished")
         .unwrap();
     assert!(summary.complete(), "{summary:?}");
-    until_all(&keeper, 1_800).await;
+    until_all(&keeper, &hub, 1_800).await;
 }
 
 #[tokio::test]
@@ -336,7 +350,7 @@ async fn a_hub_killed_mid_stream_resumes_from_its_cursor() {
         .expect("the fleet finished")
         .unwrap();
     assert!(summary.complete(), "{summary:?}");
-    until_all(&readings, 1_000).await;
+    until_all(&readings, &hub, 1_000).await;
     let (_, metrics) = hub.get("/metrics").await.unwrap();
     assert!(metrics.contains("hub_mqtt_skipped_total 0"), "{metrics}");
 }
@@ -363,6 +377,7 @@ async fn a_broker_that_refuses_the_hub_is_reported_and_ingest_goes_on() {
     let token = hub.add_device("dev-1").await.unwrap();
     let mut device = hub.connect(&token).await.unwrap();
     device.hello("dev-1").await.unwrap();
+    hub.until_status("dev-1", true).await.unwrap();
     device.send_acked(&batch(1, 10_000, 3)).await.unwrap();
     let deadline = tokio::time::Instant::now() + e2e::PATIENCE;
     let body = loop {
@@ -376,7 +391,8 @@ async fn a_broker_that_refuses_the_hub_is_reported_and_ingest_goes_on() {
     };
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["mqtt"]["connected"], false);
-    assert_eq!(body["mqtt"]["lag"], 3);
+    // Three readings and the device's status, all of them positions.
+    assert_eq!(body["mqtt"]["lag"], 4);
     let error = body["mqtt"]["error"].as_str().unwrap();
     assert!(
         error.contains("refused") || error.contains("Refused"),
@@ -762,7 +778,7 @@ async fn an_mqtts_broker_with_a_private_ca_is_trusted_through_mqtt_ca_cert_only(
     let mut device = hub.connect(&token).await.unwrap();
     device.hello("dev-1").await.unwrap();
     device.send_acked(&batch(1, 10_000, 3)).await.unwrap();
-    until_all(&readings, 3).await;
+    until_all(&readings, &hub, 3).await;
 
     // Without the CA the broker is a stranger: said in /healthz, and
     // ingest goes on.
@@ -812,7 +828,7 @@ async fn with_mqtt_batch_each_message_holds_one_devices_readings_and_none_is_los
         .expect("the fleet finished")
         .unwrap();
     assert!(summary.complete(), "{summary:?}");
-    until_all(&batches, 1_200).await;
+    until_all(&batches, &hub, 1_200).await;
     let seen = batches.lock().unwrap().clone();
     let mut several = false;
     for (topic, payload, _) in &seen {
@@ -970,7 +986,7 @@ async fn fuzzed_metric_names_are_refused_at_hello_or_bridged_and_none_stalls_the
     let hub = TestHub::start_in(dir, "127.0.0.1:0", &["--mqtt-url", &url])
         .await
         .unwrap();
-    until_all(&readings, stored).await;
+    until_all(&readings, &hub, stored as usize).await;
     // And the bridge goes on with what comes next.
     let mut client = hub.connect(&tokens[1]).await.unwrap();
     client.hello("fuzz-1").await.unwrap();
@@ -978,7 +994,7 @@ async fn fuzzed_metric_names_are_refused_at_hello_or_bridged_and_none_stalls_the
         .send_acked(&batch(seqs[1] + 1, 2_000_000, 1))
         .await
         .unwrap();
-    until_all(&readings, stored + 1).await;
+    until_all(&readings, &hub, stored as usize + 1).await;
     let (_, health) = hub.get("/healthz").await.unwrap();
     assert!(health.contains(r#""connected":true"#), "{health}");
 }

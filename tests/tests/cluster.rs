@@ -62,27 +62,37 @@ async fn delivered(config: FleetConfig) -> u64 {
     summary.acked
 }
 
-/// Every reading the hub stored, in position order, once it holds `n`.
-async fn stored(hub: &TestHub, n: usize) -> Vec<Row> {
+/// The rows `sql` (with `device` bound, if given) selects on `hub`, once
+/// there are at least `n`: each hub stores the stream moments after it.
+async fn at_least<T>(hub: &TestHub, n: usize, sql: &'static str, device: Option<&str>) -> Vec<T>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin + std::fmt::Debug,
+{
     let db = hub.db().await.unwrap();
     let deadline = tokio::time::Instant::now() + 4 * PATIENCE;
     loop {
-        let rows: Vec<Row> =
-            sqlx::query_as("SELECT pos, device, metric, ts_ms, value FROM readings ORDER BY pos")
-                .fetch_all(&db)
-                .await
-                .unwrap();
+        let mut query = sqlx::query_as(sql);
+        if let Some(device) = device {
+            query = query.bind(device);
+        }
+        let rows: Vec<T> = query.fetch_all(&db).await.unwrap();
         if rows.len() >= n {
             return rows;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{} holds {} of {n} readings",
+            "{} holds {} of {n}: {rows:?}",
             hub.addr,
             rows.len()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Every reading the hub stored, in position order, once it holds `n`.
+async fn stored(hub: &TestHub, n: usize) -> Vec<Row> {
+    let sql = "SELECT pos, device, metric, ts_ms, value FROM readings ORDER BY pos";
+    at_least(hub, n, sql, None).await
 }
 
 /// Each reading once: no two rows share device, metric and time, and
@@ -201,6 +211,51 @@ async fn three_hubs_hold_every_reading_and_browsers_and_commands_cross_them() {
     let (status, body) = c.get("/healthz").await.unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(r#""connected":true"#), "{body}");
+}
+
+/// The device's stored statuses on `hub`: `(pos, body)`, once it holds `n`.
+async fn statuses(hub: &TestHub, device: &str, n: usize) -> Vec<(i64, String)> {
+    let sql =
+        "SELECT pos, body FROM device_events WHERE device = ? AND kind = 'status' ORDER BY pos";
+    at_least(hub, n, sql, Some(device)).await
+}
+
+#[tokio::test]
+async fn a_status_has_one_id_on_every_hub_and_a_silent_hubs_devices_go_offline_once() {
+    let nats = NatsServer::start().await.unwrap();
+    let (a, b, c) = three(&nats.url()).await;
+    let mut live_b = SseClient::connect(&b.addr, "/v1/events", &[])
+        .await
+        .unwrap();
+
+    let mut device = RawDevice::connect(&a.addr, Some("k")).await.unwrap();
+    device.hello("st-1").await.unwrap();
+    let online = live_b.next_of("status").await.unwrap();
+    assert_eq!(online.json()["device"], "st-1");
+    assert_eq!(online.json()["online"], true);
+    // The same event, at the same id, on the hub the device is on.
+    let mut replay_a = SseClient::connect(&a.addr, "/v1/events", &[("Last-Event-ID", "0")])
+        .await
+        .unwrap();
+    assert_eq!(replay_a.next_of("status").await.unwrap(), online);
+
+    // A is killed: it says nothing more. B and C each notice it silent
+    // and record its device offline; the stream keeps one entry.
+    a.kill().await.unwrap();
+    drop(device);
+    let offline = live_b.next_of("status").await.unwrap();
+    assert_eq!(offline.json()["device"], "st-1");
+    assert_eq!(offline.json()["online"], false);
+    let on_c = statuses(&c, "st-1", 2).await;
+    // C's own publish, a moment after B's, would come in under a second.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let expected = vec![
+        (online.pos(), r#"{"online":true}"#.to_owned()),
+        (offline.pos(), r#"{"online":false}"#.to_owned()),
+    ];
+    assert_eq!(statuses(&b, "st-1", 2).await, expected);
+    assert_eq!(on_c, expected);
+    assert_eq!(statuses(&c, "st-1", 2).await, expected);
 }
 
 #[tokio::test]

@@ -43,12 +43,16 @@ async fn a_subscriber_sees_readings_and_status_as_they_happen() {
     let online = sse.next_of("status").await.unwrap();
     assert_eq!(online.json()["device"], "dev-1");
     assert_eq!(online.json()["online"], true);
-    assert_eq!(online.id, None, "status events are not replayable");
+    assert_eq!(
+        online.pos(),
+        1,
+        "a status is stored, at a position of its own"
+    );
 
     device.send_acked(&batch(1, 1_000, 3)).await.unwrap();
     for i in 0..3 {
         let event = sse.next_of("reading").await.unwrap();
-        assert_eq!(event.pos(), i + 1);
+        assert_eq!(event.pos(), i + 2);
         let data = event.json();
         assert_eq!(data["device"], "dev-1");
         assert_eq!(data["metric"], "temperature");
@@ -59,6 +63,70 @@ async fn a_subscriber_sees_readings_and_status_as_they_happen() {
 
     drop(device);
     let offline = sse.next_of("status").await.unwrap();
+    assert_eq!(offline.json()["online"], false);
+    assert_eq!(offline.pos(), 5);
+
+    // A browser that was away gets the statuses it missed, in order with
+    // the readings, as sqlite3 sees them.
+    let mut resumed = SseClient::connect(&hub.addr, "/v1/events", &[("Last-Event-ID", "0")])
+        .await
+        .unwrap();
+    let mut replayed = Vec::new();
+    while replayed.len() < 5 {
+        let event = resumed.next_event().await.unwrap().unwrap();
+        if event.event != "message" {
+            replayed.push((event.pos(), event.event));
+        }
+    }
+    let kinds: Vec<(i64, &str)> = replayed
+        .iter()
+        .map(|(pos, kind)| (*pos, kind.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (1, "status"),
+            (2, "reading"),
+            (3, "reading"),
+            (4, "reading"),
+            (5, "status")
+        ]
+    );
+    let db = hub.db().await.unwrap();
+    let stored: Vec<(i64, String, String)> =
+        sqlx::query_as("SELECT pos, device, body FROM device_events ORDER BY pos")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(
+        stored,
+        [
+            (1, "dev-1".into(), r#"{"online":true}"#.into()),
+            (5, "dev-1".into(), r#"{"online":false}"#.into())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_device_left_online_by_a_killed_hub_is_recorded_offline_at_the_next_start() {
+    let hub = TestHub::start(&[]).await.unwrap();
+    let token = hub.add_device("dev-1").await.unwrap();
+    let mut sse = SseClient::connect(&hub.addr, "/v1/events", &[])
+        .await
+        .unwrap();
+    let mut device = hub.connect(&token).await.unwrap();
+    device.hello("dev-1").await.unwrap();
+    assert_eq!(sse.next_of("status").await.unwrap().pos(), 1);
+    let dir = hub.kill().await.unwrap();
+    drop(device);
+
+    let hub = TestHub::start_in(dir, "127.0.0.1:0", &[]).await.unwrap();
+    let mut sse = SseClient::connect(&hub.addr, "/v1/events", &[("Last-Event-ID", "1")])
+        .await
+        .unwrap();
+    let offline = sse.next_of("status").await.unwrap();
+    assert_eq!(offline.pos(), 2);
+    assert_eq!(offline.json()["device"], "dev-1");
     assert_eq!(offline.json()["online"], false);
 }
 
@@ -244,8 +312,10 @@ async fn after_a_restart_history_comes_from_storage() {
     let mut sse = SseClient::connect(&hub.addr, "/v1/events", &[("Last-Event-ID", "700")])
         .await
         .unwrap();
+    assert_eq!(positions(&hub, 0).await.len(), 4 * 500);
+    // Readings only: the devices' statuses hold positions too.
     let expected = positions(&hub, 700).await;
-    assert_eq!(expected.len(), 4 * 500 - 700);
+    assert!(expected.len() >= 4 * 500 - 700 - 8, "{}", expected.len());
     let mut got = Vec::new();
     while got.len() < expected.len() {
         got.push(sse.next_of("reading").await.unwrap().pos());
@@ -273,6 +343,8 @@ async fn an_id_older_than_retention_or_unknown_gets_a_reset_event() {
     let token = hub.add_device("dev-1").await.unwrap();
     let mut device = hub.connect(&token).await.unwrap();
     device.hello("dev-1").await.unwrap();
+    // Its status takes position 1 and is kept: it is of the hub's time.
+    assert_eq!(hub.until_status("dev-1", true).await.unwrap(), 1);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -280,8 +352,8 @@ async fn an_id_older_than_retention_or_unknown_gets_a_reset_event() {
     device
         .send_acked(&batch(1, now - 2 * 3_600_000, 5))
         .await
-        .unwrap(); // positions 1..=5, expired
-    device.send_acked(&batch(2, now, 5)).await.unwrap(); // positions 6..=10
+        .unwrap(); // positions 2..=6, expired
+    device.send_acked(&batch(2, now, 5)).await.unwrap(); // positions 7..=11
     retention_leaves(&hub, 5).await;
 
     // Nothing the database no longer holds is served, though the hub still
@@ -293,31 +365,31 @@ async fn an_id_older_than_retention_or_unknown_gets_a_reset_event() {
     assert_eq!(reset.event, "reset");
     assert_eq!(reset.json()["reason"], "retention");
     assert_eq!(reset.json()["requested"], 2);
-    assert_eq!(reset.json()["oldest"], 6);
-    assert_eq!(reset.json()["resume_after"], 5);
+    assert_eq!(reset.json()["oldest"], 1);
+    assert_eq!(reset.json()["resume_after"], 2);
     let mut got = Vec::new();
     while got.len() < 5 {
         got.push(sse.next_of("reading").await.unwrap().pos());
     }
-    assert_eq!(got, [6, 7, 8, 9, 10]);
+    assert_eq!(got, [7, 8, 9, 10, 11]);
 
-    // A late batch of old readings gets new positions (11 to 15), and
-    // retention deletes them as well: a subscriber at 10 is told, and gets
+    // A late batch of old readings gets new positions (12 to 16), and
+    // retention deletes them as well: a subscriber at 11 is told, and gets
     // only what comes after.
     device
         .send_acked(&batch(3, now - 2 * 3_600_000, 5))
         .await
         .unwrap();
     retention_leaves(&hub, 5).await;
-    let mut sse = SseClient::connect(&hub.addr, "/v1/events?last_event_id=10", &[])
+    let mut sse = SseClient::connect(&hub.addr, "/v1/events?last_event_id=11", &[])
         .await
         .unwrap();
     let reset = sse.next_event().await.unwrap().unwrap();
     assert_eq!(reset.event, "reset");
-    assert_eq!(reset.json()["resume_after"], 10);
-    device.send_acked(&batch(4, now, 2)).await.unwrap(); // positions 16, 17
+    assert_eq!(reset.json()["resume_after"], 11);
+    device.send_acked(&batch(4, now, 2)).await.unwrap(); // positions 17, 18
     let next = sse.next_of("reading").await.unwrap().pos();
-    assert_eq!(next, 16, "the deleted 11 to 15 are not served");
+    assert_eq!(next, 17, "the deleted 12 to 16 are not served");
 
     let mut sse = SseClient::connect(&hub.addr, "/v1/events", &[("Last-Event-ID", "999")])
         .await
@@ -325,19 +397,21 @@ async fn an_id_older_than_retention_or_unknown_gets_a_reset_event() {
     let reset = sse.next_event().await.unwrap().unwrap();
     assert_eq!(reset.event, "reset");
     assert_eq!(reset.json()["reason"], "unknown");
-    assert_eq!(reset.json()["resume_after"], 17);
+    assert_eq!(reset.json()["resume_after"], 18);
 
     // Asking for everything retained is not news, and is what is retained.
     let mut sse = SseClient::connect(&hub.addr, "/v1/events?last_event_id=0", &[])
         .await
         .unwrap();
     let mut got = Vec::new();
-    while got.len() < 7 {
+    while got.len() < 8 {
         let event = sse.next_event().await.unwrap().unwrap();
-        assert_eq!(event.event, "reading");
-        got.push(event.pos());
+        got.push((event.event.clone(), event.pos()));
     }
-    assert_eq!(got, [6, 7, 8, 9, 10, 16, 17]);
+    let reading = |pos| ("reading".to_owned(), pos);
+    let mut expected = vec![("status".to_owned(), 1)];
+    expected.extend([7, 8, 9, 10, 11, 17, 18].map(reading));
+    assert_eq!(got, expected);
 }
 
 #[tokio::test]

@@ -388,7 +388,13 @@ impl Worker {
                 {
                     Ok(read) => {
                         let skipped = if self.bridge.settings.dense_positions {
-                            gaps(after, &read.rows, read.read_through, self.checked_through)
+                            // Events hold positions too; the bridge
+                            // publishes presence from the registry.
+                            let mut held: Vec<Position> =
+                                read.rows.iter().map(|row| row.pos).collect();
+                            held.extend(read.events.iter().map(|event| event.pos));
+                            held.sort_unstable();
+                            gaps(after, &held, read.read_through, self.checked_through)
                         } else {
                             0
                         };
@@ -664,10 +670,11 @@ impl Worker {
     }
 }
 
-/// Readings missing between `after` and `read_through` (positions are
-/// assigned without gaps, so a missing one was deleted by retention), not
-/// counting those at or below `checked_through`.
-fn gaps(after: Position, rows: &[ReadingRow], read_through: Position, checked: Position) -> u64 {
+/// Positions missing between `after` and `read_through` from `held` (the
+/// page's readings and events, in order): positions are assigned without
+/// gaps, so a missing one was deleted by retention. Those at or below
+/// `checked` are not counted again.
+fn gaps(after: Position, held: &[Position], read_through: Position, checked: Position) -> u64 {
     let mut missing = 0;
     let mut expected = after + 1;
     let mut count = |from: Position, to: Position| {
@@ -676,11 +683,11 @@ fn gaps(after: Position, rows: &[ReadingRow], read_through: Position, checked: P
             missing += u64::try_from(to - from + 1).unwrap_or(0);
         }
     };
-    for row in rows {
-        if row.pos > expected {
-            count(expected, row.pos - 1);
+    for &pos in held {
+        if pos > expected {
+            count(expected, pos - 1);
         }
-        expected = row.pos + 1;
+        expected = pos + 1;
     }
     if read_through >= expected {
         count(expected, read_through);
@@ -806,28 +813,14 @@ fn backoff(failures: u32) -> Duration {
 mod tests {
     use super::*;
 
-    fn rows(positions: &[Position]) -> Vec<ReadingRow> {
-        positions
-            .iter()
-            .map(|&pos| ReadingRow {
-                pos,
-                device: "d".into(),
-                metric: "m".into(),
-                unit: String::new(),
-                ts_ms: 0,
-                value: None,
-            })
-            .collect()
-    }
-
     #[test]
     fn missing_positions_are_what_retention_deleted() {
-        assert_eq!(gaps(0, &rows(&[1, 2, 3]), 3, 0), 0);
-        assert_eq!(gaps(0, &rows(&[4, 5]), 5, 0), 3);
-        assert_eq!(gaps(10, &rows(&[11, 14]), 20, 0), 2 + 6);
+        assert_eq!(gaps(0, &[1, 2, 3], 3, 0), 0);
+        assert_eq!(gaps(0, &[4, 5], 5, 0), 3);
+        assert_eq!(gaps(10, &[11, 14], 20, 0), 2 + 6);
         // Counted once: a rewind reads them again.
-        assert_eq!(gaps(0, &rows(&[4, 5]), 5, 5), 0);
-        assert_eq!(gaps(0, &rows(&[]), 5, 2), 3);
+        assert_eq!(gaps(0, &[4, 5], 5, 5), 0);
+        assert_eq!(gaps(0, &[], 5, 2), 3);
     }
 
     #[test]

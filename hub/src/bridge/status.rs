@@ -34,7 +34,8 @@ pub struct Status {
 pub struct Health {
     /// Connected to the broker now.
     pub connected: bool,
-    /// Stored readings the broker has not acknowledged yet.
+    /// Storage positions past the broker's last acknowledgement (devices'
+    /// events, which are not published, count too).
     pub lag: i64,
     /// Why the last connection failed, while it is not connected.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -104,9 +105,9 @@ impl Status {
             "# HELP hub_mqtt_connected Whether the bridge is connected to the broker.\n# TYPE hub_mqtt_connected gauge\nhub_mqtt_connected {}\n\
              # HELP hub_mqtt_published_total Readings handed to the broker (a rewind publishes some again).\n# TYPE hub_mqtt_published_total counter\nhub_mqtt_published_total {}\n\
              # HELP hub_mqtt_cursor Every reading at or below this position was acknowledged by the broker.\n# TYPE hub_mqtt_cursor gauge\nhub_mqtt_cursor {}\n\
-             # HELP hub_mqtt_lag_positions Stored readings the broker has not acknowledged yet.\n# TYPE hub_mqtt_lag_positions gauge\nhub_mqtt_lag_positions {}\n\
+             # HELP hub_mqtt_lag_positions Storage positions (readings, and devices' events, which are not published) past the broker's last acknowledgement.\n# TYPE hub_mqtt_lag_positions gauge\nhub_mqtt_lag_positions {}\n\
              # HELP hub_mqtt_lag_seconds How long since the bridge was last caught up (0 while it is).\n# TYPE hub_mqtt_lag_seconds gauge\nhub_mqtt_lag_seconds {lag_s:.3}\n\
-             # HELP hub_mqtt_skipped_total Readings retention deleted before the bridge published them.\n# TYPE hub_mqtt_skipped_total counter\nhub_mqtt_skipped_total {}\n\
+             # HELP hub_mqtt_skipped_total Positions retention deleted before the bridge read them.\n# TYPE hub_mqtt_skipped_total counter\nhub_mqtt_skipped_total {}\n\
              # HELP hub_mqtt_commands_total Commands received on {{prefix}}/{{device}}/cmd.\n# TYPE hub_mqtt_commands_total counter\nhub_mqtt_commands_total {}\n\
              # HELP hub_mqtt_commands_dropped_total Commands dropped unanswered: too many were waiting for devices.\n# TYPE hub_mqtt_commands_dropped_total counter\nhub_mqtt_commands_dropped_total {}\n\
              # HELP hub_mqtt_ingested_total Readings from --mqtt-ingest topics committed (a redelivery kept once counts again).\n# TYPE hub_mqtt_ingested_total counter\nhub_mqtt_ingested_total {}\n\

@@ -4,8 +4,10 @@
 //! * **Presence.** Each hub publishes on `{stream}.presence` every change
 //!   of its devices' connections and, every [`HEARTBEAT`], its whole list.
 //!   The others keep a [`roster::Roster`], so `/v1/devices` on any hub
-//!   says which devices are online anywhere, and live subscribers get a
-//!   `status` event when a device comes or goes on another hub.
+//!   says which devices are online anywhere. Each hub records its own
+//!   devices' `status` events in the stream (`presence`); when a hub goes
+//!   silent, the others record its devices offline, as one entry each
+//!   (the same message id from every hub that notices).
 //! * **Commands.** A hub subscribes to `{stream}.cmd.{device}` for every
 //!   device connected to it. A command asked of a hub that does not have
 //!   the device (`POST …/commands`, the MQTT bridge) becomes a NATS request
@@ -30,17 +32,17 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use protocol::CommandArg;
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::commits::EventKind;
 use crate::ingest::command::{self, Answer, Failure};
 use crate::ingest::registry::{Change, CommandOutcome, Elsewhere, Registry};
 use crate::journal::Journal;
-use crate::store::Store;
-use roster::Roster;
+use crate::store::{Store, now_ms};
+use roster::{Gone, Roster};
 
 /// How often a hub sends its whole list of connected devices.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -97,17 +99,8 @@ pub struct Cluster {
     journal: Journal,
     registry: Registry,
     store: Store,
-    /// Devices that came or went on other hubs, for the live stream.
-    statuses: broadcast::Sender<RemoteStatus>,
     roster: Mutex<Roster>,
 }
-
-/// A device that came (`true`) or went on another hub.
-pub type RemoteStatus = (Arc<str>, bool);
-
-/// Remote statuses buffered for each listener; one that lags further
-/// skips the oldest (presence is also in `/v1/devices`).
-const STATUSES: usize = 1024;
 
 impl Cluster {
     /// Joins `registry` to the cluster: from now on it knows the other
@@ -117,7 +110,6 @@ impl Cluster {
             journal,
             registry: registry.clone(),
             store,
-            statuses: broadcast::Sender::new(STATUSES),
             roster: Mutex::default(),
         });
         registry.set_elsewhere(Arc::clone(&cluster) as Arc<dyn Elsewhere>);
@@ -167,8 +159,11 @@ impl Cluster {
                     self.serve_exactly(&mut served, &here);
                     round += 1;
                     self.heartbeat(round, &here).await;
-                    let flips = self.roster().expire(Instant::now());
-                    self.tell_subscribers(flips);
+                    let gone = self.roster().expire(Instant::now());
+                    if !gone.is_empty() {
+                        // Not in this loop: a large fleet's entries take a while.
+                        tokio::spawn(record_gone(self.journal.clone(), self.registry.clone(), gone));
+                    }
                 }
                 change = changes.recv() => match change {
                     Ok((device, change)) => {
@@ -239,29 +234,13 @@ impl Cluster {
             return;
         }
         let now = Instant::now();
-        let flips = match news {
+        match news {
             News::Heartbeat {
                 round,
                 devices,
                 last,
             } => self.roster().heartbeat(&hub, round, devices, last, now),
             News::Change { device, online } => self.roster().change(&hub, &device, online, now),
-        };
-        self.tell_subscribers(flips);
-    }
-
-    /// Devices that came or went on other hubs, from now on; a device
-    /// connected here is this hub's registry's to report.
-    pub fn statuses(&self) -> broadcast::Receiver<RemoteStatus> {
-        self.statuses.subscribe()
-    }
-
-    fn tell_subscribers(&self, flips: Vec<roster::Flip>) {
-        for (device, online) in flips {
-            if !self.registry.is_online(&device) {
-                // No listener is not an error.
-                let _ = self.statuses.send((device.into(), online));
-            }
         }
     }
 
@@ -296,6 +275,25 @@ impl Cluster {
             device.to_owned(),
         ));
         served.insert(device.to_owned(), server);
+    }
+}
+
+/// Records offline the devices of a hub that went silent, unless they are
+/// back somewhere: each entry's id is the same on every hub that notices,
+/// so the stream keeps one (within its duplicate window).
+async fn record_gone(journal: Journal, registry: Registry, gone: Vec<Gone>) {
+    for Gone { device, hub, round } in gone {
+        if registry.online_anywhere(&device) {
+            continue;
+        }
+        let id = format!("gone:{device}:{hub}:{round}");
+        let offline = EventKind::Status { online: false };
+        if let Err(err) = journal
+            .append_event(&device, now_ms(), offline, Some(id))
+            .await
+        {
+            tracing::warn!(%device, %hub, error = %err, "the stream did not take the status of a silent hub's device");
+        }
     }
 }
 

@@ -4,9 +4,9 @@
 //! Each hub sends its whole list of connected devices every
 //! [`super::HEARTBEAT`], in parts that each fit a NATS message (a round),
 //! and each change as it happens. A hub not heard for [`EXPIRES_AFTER`]
-//! (killed, or cut off from NATS) is taken to have no devices. Every
-//! update answers the devices whose "connected to another hub" state it
-//! flipped, for the live status events.
+//! (killed, or cut off from NATS) is taken to have no devices: forgetting
+//! it answers which of them are now offline everywhere, for their status
+//! events (a hub that is alive records its own devices' changes).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -16,8 +16,15 @@ use tokio::time::Instant;
 /// A hub silent this long has lost its devices: three heartbeats and a bit.
 pub const EXPIRES_AFTER: Duration = Duration::from_secs(7);
 
-/// A device that came online (`true`) or went offline on the other hubs.
-pub type Flip = (String, bool);
+/// A device that went offline everywhere because the hub that had it went
+/// silent after its heartbeat `round`: the same facts on every hub that
+/// notices, so their status events can be told as one.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Gone {
+    pub device: String,
+    pub hub: String,
+    pub round: u64,
+}
 
 #[derive(Debug, Default)]
 pub struct Roster {
@@ -29,6 +36,8 @@ struct HubView {
     devices: HashSet<String>,
     /// The round of heartbeat parts being gathered, and what it holds.
     gathering: Option<(u64, HashSet<String>)>,
+    /// The last heartbeat round heard.
+    round: u64,
     heard: Instant,
 }
 
@@ -49,9 +58,9 @@ impl Roster {
         devices: Vec<String>,
         last: bool,
         now: Instant,
-    ) -> Vec<Flip> {
-        let before = self.online(now);
+    ) {
         let view = self.view(hub, now);
+        view.round = round;
         let gathered = match view.gathering.take() {
             Some((gathering, mut set)) if gathering == round => {
                 set.extend(devices);
@@ -65,31 +74,40 @@ impl Roster {
         } else {
             view.gathering = Some((round, gathered));
         }
-        self.flips(&before, now)
     }
 
     /// One device of a hub came or went.
-    pub fn change(&mut self, hub: &str, device: &str, online: bool, now: Instant) -> Vec<Flip> {
-        let before = self.online(now);
+    pub fn change(&mut self, hub: &str, device: &str, online: bool, now: Instant) {
         let view = self.view(hub, now);
         if online {
             view.devices.insert(device.to_owned());
         } else {
             view.devices.remove(device);
         }
-        self.flips(&before, now)
     }
 
-    /// Forgets hubs not heard from lately: their devices go offline.
-    pub fn expire(&mut self, now: Instant) -> Vec<Flip> {
-        // Everything they said, live or not: what status events last told.
-        let before: HashSet<String> = self
-            .hubs
-            .values()
-            .flat_map(|hub| hub.devices.iter().cloned())
+    /// Forgets hubs not heard from lately, answering their devices that no
+    /// live hub has: offline everywhere now.
+    pub fn expire(&mut self, now: Instant) -> Vec<Gone> {
+        let (silent, live): (HashMap<_, _>, HashMap<_, _>) = std::mem::take(&mut self.hubs)
+            .into_iter()
+            .partition(|(_, view)| !view.is_live(now));
+        self.hubs = live;
+        let online = self.online(now);
+        let mut gone: Vec<Gone> = silent
+            .into_iter()
+            .flat_map(|(hub, view)| {
+                let round = view.round;
+                view.devices.into_iter().map(move |device| Gone {
+                    device,
+                    hub: hub.clone(),
+                    round,
+                })
+            })
+            .filter(|gone| !online.contains(&gone.device))
             .collect();
-        self.hubs.retain(|_, hub| hub.is_live(now));
-        self.flips(&before, now)
+        gone.sort();
+        gone
     }
 
     /// The hub's view, heard from now.
@@ -97,6 +115,7 @@ impl Roster {
         let view = self.hubs.entry(hub.to_owned()).or_insert_with(|| HubView {
             devices: HashSet::new(),
             gathering: None,
+            round: 0,
             heard: now,
         });
         view.heard = now;
@@ -109,21 +128,6 @@ impl Roster {
             .filter(|hub| hub.is_live(now))
             .flat_map(|hub| hub.devices.iter().cloned())
             .collect()
-    }
-
-    fn flips(&self, before: &HashSet<String>, now: Instant) -> Vec<Flip> {
-        let after = self.online(now);
-        let mut flips: Vec<Flip> = after
-            .difference(before)
-            .map(|device| (device.clone(), true))
-            .chain(
-                before
-                    .difference(&after)
-                    .map(|device| (device.clone(), false)),
-            )
-            .collect();
-        flips.sort();
-        flips
     }
 }
 
@@ -141,24 +145,15 @@ mod tests {
         devices.iter().map(|d| (*d).to_owned()).collect()
     }
 
-    fn flip(device: &str, online: bool) -> Flip {
-        (device.to_owned(), online)
-    }
-
     #[test]
     fn a_heartbeat_brings_its_hubs_devices_online() {
         let now = Instant::now();
         let mut roster = Roster::default();
-        assert_eq!(
-            roster.heartbeat("a", 1, list(&["d1", "d2"]), true, now),
-            [flip("d1", true), flip("d2", true)]
-        );
-        assert!(roster.is_online("d1", now));
+        roster.heartbeat("a", 1, list(&["d1", "d2"]), true, now);
+        assert!(roster.is_online("d1", now) && roster.is_online("d2", now));
         assert!(!roster.is_online("d3", now));
-        assert_eq!(
-            roster.heartbeat("a", 2, list(&["d2"]), true, now),
-            [flip("d1", false)]
-        );
+        roster.heartbeat("a", 2, list(&["d2"]), true, now);
+        assert!(!roster.is_online("d1", now));
     }
 
     #[test]
@@ -166,18 +161,14 @@ mod tests {
         let now = Instant::now();
         let mut roster = Roster::default();
         roster.heartbeat("a", 1, list(&["d1", "d2"]), true, now);
-        assert_eq!(
-            roster.heartbeat("a", 2, list(&["d2", "d3"]), false, now),
-            []
-        );
+        roster.heartbeat("a", 2, list(&["d2", "d3"]), false, now);
         assert!(
             !roster.is_online("d3", now),
             "not before the round is whole"
         );
-        assert_eq!(
-            roster.heartbeat("a", 2, list(&["d4"]), true, now),
-            [flip("d1", false), flip("d3", true), flip("d4", true)]
-        );
+        roster.heartbeat("a", 2, list(&["d4"]), true, now);
+        assert!(!roster.is_online("d1", now));
+        assert!(roster.is_online("d3", now) && roster.is_online("d4", now));
         // A round cut short is dropped when the next one starts.
         roster.heartbeat("a", 3, list(&["d9"]), false, now);
         roster.heartbeat("a", 4, list(&["d2"]), true, now);
@@ -190,22 +181,29 @@ mod tests {
         let now = Instant::now();
         let mut roster = Roster::default();
         roster.change("a", "d1", true, now);
-        assert_eq!(roster.change("b", "d1", true, now), []);
-        assert_eq!(roster.change("a", "d1", false, now), []);
+        roster.change("b", "d1", true, now);
+        roster.change("a", "d1", false, now);
         assert!(roster.is_online("d1", now));
-        assert_eq!(roster.change("b", "d1", false, now), [flip("d1", false)]);
+        roster.change("b", "d1", false, now);
+        assert!(!roster.is_online("d1", now));
     }
 
     #[test]
-    fn a_silent_hub_loses_its_devices() {
+    fn a_silent_hub_loses_its_devices_but_not_those_another_hub_has() {
         let start = Instant::now();
         let mut roster = Roster::default();
-        roster.heartbeat("a", 1, list(&["d1"]), true, start);
-        roster.heartbeat("b", 1, list(&["d2"]), true, start);
+        roster.heartbeat("a", 7, list(&["d1", "d3"]), true, start);
+        roster.heartbeat("b", 1, list(&["d2", "d3"]), true, start);
         let later = start + EXPIRES_AFTER;
-        roster.heartbeat("b", 2, list(&["d2"]), true, later);
+        roster.heartbeat("b", 2, list(&["d2", "d3"]), true, later);
         assert!(!roster.is_online("d1", later), "a is past its time");
-        assert_eq!(roster.expire(later), [flip("d1", false)]);
-        assert!(roster.is_online("d2", later));
+        let gone = Gone {
+            device: "d1".into(),
+            hub: "a".into(),
+            round: 7,
+        };
+        assert_eq!(roster.expire(later), [gone]);
+        assert_eq!(roster.expire(later), [], "told once");
+        assert!(roster.is_online("d2", later) && roster.is_online("d3", later));
     }
 }

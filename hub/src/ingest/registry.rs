@@ -208,6 +208,12 @@ impl Registry {
                 .is_some_and(|elsewhere| elsewhere.is_online(device_id))
     }
 
+    /// Whether another hub of the cluster has a live session of the device.
+    pub fn online_elsewhere(&self, device_id: &str) -> bool {
+        self.elsewhere()
+            .is_some_and(|elsewhere| elsewhere.is_online(device_id))
+    }
+
     /// Every device with a live session here.
     pub fn online_here(&self) -> Vec<String> {
         self.lock().live.keys().cloned().collect()

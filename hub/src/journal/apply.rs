@@ -21,10 +21,11 @@ use protocol::Hello;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::events::EventEntry;
 use super::provision::DeviceChange;
 use super::{Journal, first_position, record};
 use crate::admission::Admission;
-use crate::commits;
+use crate::commits::{self, NewEvent};
 use crate::invalid::Invalid;
 use crate::store::writer::{WriteOutcome, WriterHandle};
 
@@ -159,6 +160,11 @@ impl Applier {
                         if in_flight.is_empty() {
                             self.stored(sequence);
                         }
+                    } else if let Some(device) = self.journal.event_device(&entry.subject) {
+                        self.event(sequence, device, &entry.payload).await?;
+                        if in_flight.is_empty() {
+                            self.stored(sequence);
+                        }
                     } else if self.apply(sequence, &entry.subject, &entry.payload, &reply).await? {
                         in_flight.push_back(sequence);
                     } else if in_flight.is_empty() {
@@ -239,6 +245,37 @@ impl Applier {
             Ok(change) => self.parts.writer.provision(change).await?,
             Err(err) => tracing::warn!(sequence, error = %err, "skipped a provisioning entry"),
         }
+        Ok(())
+    }
+
+    /// Stores a device's event at the entry's position (after the entries
+    /// before it, in the writer's order); one that does not decode is
+    /// logged and skipped.
+    async fn event(
+        &self,
+        sequence: u64,
+        device: &str,
+        payload: &[u8],
+    ) -> Result<(), async_nats::Error> {
+        let EventEntry { ts_ms, event } = match serde_json::from_slice(payload) {
+            Ok(entry) => entry,
+            Err(err) => {
+                tracing::warn!(sequence, error = %err, "skipped an event entry");
+                return Ok(());
+            }
+        };
+        // An event may come before the device's first readings.
+        let row = self.parts.admission.find_or_register(device).await?.row;
+        let event = NewEvent {
+            device_row: row,
+            device: device.into(),
+            ts_ms,
+            kind: event,
+        };
+        self.parts
+            .writer
+            .record_at(event, first_position(sequence))
+            .await?;
         Ok(())
     }
 

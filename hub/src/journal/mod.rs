@@ -13,6 +13,10 @@
 //! number space on every hub: a browser resumes on any hub, and the live
 //! ring, catch-up, the bridge and compaction work as on a single hub.
 //!
+//! Devices' events (their statuses) are entries of the same stream
+//! (`{stream}.events.{device}`, [`events`]), stored at their entries'
+//! positions like readings, so a status has the same id on every hub.
+//!
 //! This module owns the connection to NATS, the stream and its identity
 //! (the epoch kept in `hub_state`), publishing and applying entries, and
 //! their status for `/healthz`. Presence and commands across hubs are
@@ -20,6 +24,7 @@
 
 pub mod append;
 pub mod apply;
+mod events;
 pub mod provision;
 mod record;
 mod resume;
@@ -141,12 +146,30 @@ impl Journal {
             })
             .await
             .map_err(|err| stream_error(err.to_string()))?;
-        let info = stream
+        let mut info = stream
             .info()
             .await
             .map_err(|err| stream_error(err.to_string()))?
             .clone();
         let wanted = subjects(&settings.stream);
+        let events = &wanted[2];
+        if !info.config.subjects.contains(events)
+            && info
+                .config
+                .subjects
+                .iter()
+                .any(|subject| subject == &wanted[0])
+        {
+            // A stream made by a hub from before events were stored: it
+            // takes them from now on.
+            let mut config = info.config.clone();
+            config.subjects.push(events.clone());
+            info = jetstream
+                .update_stream(config)
+                .await
+                .map_err(|err| stream_error(format!("adding {events:?} to it: {err}")))?;
+            tracing::info!(stream = %settings.stream, subject = %events, "the stream now takes events");
+        }
         if !wanted
             .iter()
             .all(|subject| info.config.subjects.contains(subject))
@@ -251,12 +274,13 @@ impl Journal {
     }
 }
 
-/// The stream's subjects: devices' readings, and devices provisioned for
-/// the whole cluster.
-fn subjects(stream: &str) -> [String; 2] {
+/// The stream's subjects: devices' readings, devices provisioned for the
+/// whole cluster, and devices' events.
+fn subjects(stream: &str) -> [String; 3] {
     [
         format!("{stream}.readings.>"),
         format!("{stream}.devices.>"),
+        format!("{stream}.events.>"),
     ]
 }
 

@@ -17,6 +17,8 @@
 
 use std::fmt::Write;
 
+use crate::commits::EventKind;
+
 /// `text` as a JSON string, quotes included.
 fn json_string(text: &str) -> String {
     serde_json::to_string(text).expect("a string always serializes")
@@ -51,13 +53,15 @@ pub fn reading(out: &mut String, pos: i64, prefix: &str, ts_ms: i64, value: Opti
     out.push_str("}\n\n");
 }
 
-/// A `status` event: a device connected or disconnected. It has no id: it
-/// is not stored, so it is not replayed.
-pub fn status(device: &str, online: bool, ts_ms: i64) -> String {
-    format!(
-        "event: status\ndata: {{\"device\":{},\"online\":{online},\"ts_ms\":{ts_ms}}}\n\n",
-        json_string(device)
-    )
+/// Appends a stored event (a `status`, say) to `out`: its position is its
+/// id, as for a reading, so it is resumed alike.
+pub fn event(out: &mut String, pos: i64, device: &str, ts_ms: i64, kind: &EventKind) {
+    let _ = write!(
+        out,
+        "id: {pos}\nevent: {}\ndata: {}\n\n",
+        kind.name(),
+        kind.sse_data(device, ts_ms)
+    );
 }
 
 /// A `reset` event: the subscriber asked to resume after `requested`, but
@@ -139,14 +143,21 @@ mod tests {
     }
 
     #[test]
-    fn status_and_reset_events_carry_json_and_no_id() {
-        let status = status("d1", true, 5);
-        assert!(!status.contains("id:"));
+    fn a_status_is_an_sse_event_with_its_position_as_id() {
+        let mut out = String::new();
+        event(&mut out, 7, "d1", 5, &EventKind::Status { online: true });
+        assert!(out.starts_with("id: 7\nevent: status\ndata: "));
+        assert!(out.ends_with("\n\n"));
         assert_eq!(
-            data_json(&status),
+            data_json(&out),
             serde_json::json!({"device":"d1","online":true,"ts_ms":5})
         );
+    }
+
+    #[test]
+    fn a_reset_carries_json_and_no_id() {
         let reset = reset("retention", 3, 10, 9);
+        assert!(!reset.contains("id:"));
         assert!(reset.starts_with("event: reset\n"));
         assert_eq!(data_json(&reset)["oldest"], 10);
     }

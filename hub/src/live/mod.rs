@@ -1,7 +1,9 @@
-//! Live: fan-out of committed readings to Server-Sent Events subscribers.
+//! Live: fan-out of committed readings and events to Server-Sent Events
+//! subscribers.
 //!
 //! [`Live`] is an in-line commit consumer ([`crate::commits`]): on the
-//! publisher thread it formats every reading of a commit once as SSE text
+//! publisher thread it formats every reading and event (a device's
+//! `status`) of a commit once as SSE text, with its position as its id,
 //! and appends the commit as one [`Chunk`] to the [`ring`] (at most
 //! `--live-buffer-mb`; the oldest commits are evicted first). Subscribers
 //! ([`subscription`]) are cursor consumers: each keeps the last position it
@@ -13,9 +15,7 @@
 //!
 //! Beside the ring: the [`catalog`] of metric names, the device [`router`]
 //! (so an idle device-filtered subscriber is woken only by commits of its
-//! devices), the `status` broadcast of device connects and disconnects
-//! (live-only: not stored, not replayed) and the admission permits
-//! (`--max-subscribers`).
+//! devices) and the admission permits (`--max-subscribers`).
 
 mod catalog;
 pub mod format;
@@ -27,23 +27,16 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::body::Bytes;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::admission::Names;
-use crate::commits::{Committed, Head, InlineConsumer, RetentionCutoff};
-use crate::store::{Store, now_ms};
+use crate::commits::{Commit, Entry, Head, InlineConsumer, RetentionCutoff};
+use crate::store::Store;
 use catalog::Catalog;
 pub use catalog::MetricMeta;
 pub use ring::Chunk;
-use ring::{EventSpan, Ring};
+use ring::{EventSpan, Ring, Subject};
 use router::Router;
-
-/// Status events buffered for subscribers. One that lags further skips the
-/// oldest: presence is also in `/v1/devices`.
-const STATUS_BUFFER: usize = 1024;
-
-/// A status event: the device it is about, and its SSE text.
-type StatusEvent = (Arc<str>, Bytes);
 
 /// The fan-out shared by the publisher and every subscriber.
 #[derive(Debug)]
@@ -52,7 +45,6 @@ pub struct Live {
     /// The last position published; subscribers follow it.
     head: Head,
     catalog: Catalog,
-    status: broadcast::Sender<StatusEvent>,
     router: Router,
     /// For catch-up reads.
     store: Store,
@@ -80,7 +72,6 @@ impl Live {
             head,
             retention,
             catalog: Catalog::new(names),
-            status: broadcast::Sender::new(STATUS_BUFFER),
             router: Router::default(),
             store,
             slots: Arc::new(Semaphore::new(max_subscribers)),
@@ -92,58 +83,70 @@ impl Live {
         Arc::clone(&self.slots).try_acquire_owned().ok()
     }
 
-    /// Publishes a device's connect or disconnect.
-    pub fn device_status(&self, device: &str, online: bool) {
-        let text = format::status(device, online, now_ms());
-        // No subscribers is not an error.
-        let _ = self.status.send((device.into(), Bytes::from(text)));
-    }
-
     fn lock_ring(&self) -> MutexGuard<'_, Ring> {
         self.ring.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Formats a commit as one chunk. `devices` gets the devices it
     /// contains when `route` is set.
-    fn format(&self, rows: &[Committed], route: bool, devices: &mut Vec<Arc<str>>) -> Chunk {
-        let mut text = String::with_capacity(rows.len() * 160);
-        let mut events = Vec::with_capacity(rows.len());
+    fn format(&self, commit: &Commit, route: bool, devices: &mut Vec<Arc<str>>) -> Chunk {
+        let entries = commit.readings.len() + commit.events.len();
+        let mut text = String::with_capacity(entries * 160);
+        let mut events = Vec::with_capacity(entries);
         let mut seen: HashSet<*const u8> = HashSet::new();
         let mut min_ts = i64::MAX;
         let catalog = self.catalog.read();
         // Rows met for the first time: kept once the read lock is gone.
         let mut learned: HashMap<i64, Arc<MetricMeta>> = HashMap::new();
-        for row in rows {
-            let metric = row.sample.metric;
-            let meta = match catalog.get(&metric).or_else(|| learned.get(&metric)) {
-                Some(meta) => Arc::clone(meta),
-                None => match self.catalog.learn(metric) {
-                    Some(meta) => Arc::clone(learned.entry(metric).or_insert(meta)),
-                    None => {
-                        // Metrics are admitted (named) before any of their
-                        // readings is committed, so this cannot happen; the
-                        // reading is still in SQLite.
-                        tracing::error!(metric, "no names for a committed metric");
-                        continue;
-                    }
-                },
-            };
-            if route && seen.insert(meta.device.as_ptr()) {
-                devices.push(Arc::clone(&meta.device));
-            }
+        for entry in commit.in_order() {
             let start = text.len();
-            format::reading(
-                &mut text,
-                row.pos,
-                &meta.prefix,
-                row.sample.ts_ms,
-                row.sample.value,
-            );
-            min_ts = min_ts.min(row.sample.ts_ms);
+            let (pos, ts_ms, device, subject) = match entry {
+                Entry::Reading(row) => {
+                    let metric = row.sample.metric;
+                    let meta = match catalog.get(&metric).or_else(|| learned.get(&metric)) {
+                        Some(meta) => Arc::clone(meta),
+                        None => match self.catalog.learn(metric) {
+                            Some(meta) => Arc::clone(learned.entry(metric).or_insert(meta)),
+                            None => {
+                                // Metrics are admitted (named) before any of
+                                // their readings is committed, so this cannot
+                                // happen; the reading is still in SQLite.
+                                tracing::error!(metric, "no names for a committed metric");
+                                continue;
+                            }
+                        },
+                    };
+                    let ts_ms = row.sample.ts_ms;
+                    format::reading(&mut text, row.pos, &meta.prefix, ts_ms, row.sample.value);
+                    let device = Arc::clone(&meta.device);
+                    (row.pos, ts_ms, device, Subject::Metric(metric))
+                }
+                Entry::Event(stored) => {
+                    let event = &stored.event;
+                    format::event(
+                        &mut text,
+                        stored.pos,
+                        &event.device,
+                        event.ts_ms,
+                        &event.kind,
+                    );
+                    let device = Arc::clone(&event.device);
+                    (
+                        stored.pos,
+                        event.ts_ms,
+                        Arc::clone(&device),
+                        Subject::Device(device),
+                    )
+                }
+            };
+            if route && seen.insert(device.as_ptr()) {
+                devices.push(device);
+            }
+            min_ts = min_ts.min(ts_ms);
             events.push(EventSpan {
-                pos: row.pos,
-                metric: row.sample.metric,
-                ts_ms: row.sample.ts_ms,
+                pos,
+                subject,
+                ts_ms,
                 start,
                 end: text.len(),
             });
@@ -156,8 +159,8 @@ impl Live {
         // larger than what is counted.
         text.shrink_to_fit();
         Chunk {
-            first_pos: rows.first().map_or(0, |row| row.pos),
-            last_pos: rows.last().map_or(0, |row| row.pos),
+            first_pos: events.first().map_or(0, |event| event.pos),
+            last_pos: commit.last_pos().unwrap_or(0),
             min_ts,
             text: Bytes::from(text),
             events,
@@ -166,10 +169,10 @@ impl Live {
 }
 
 impl InlineConsumer for Live {
-    fn committed(&self, rows: &[Committed]) {
+    fn committed(&self, commit: &Commit) {
         let route = !self.router.is_empty();
         let mut devices = Vec::new();
-        let chunk = Arc::new(self.format(rows, route, &mut devices));
+        let chunk = Arc::new(self.format(commit, route, &mut devices));
         self.lock_ring().push(Arc::clone(&chunk));
         if route {
             self.router.deliver(&chunk, &devices);

@@ -10,24 +10,32 @@ use axum::body::Bytes;
 
 use crate::commits::Position;
 
-/// One reading inside a chunk's text.
-#[derive(Debug, Clone, Copy)]
+/// What an event of a chunk is about, for filters.
+#[derive(Debug, Clone)]
+pub(super) enum Subject {
+    /// A reading of this `metrics.id` row.
+    Metric(i64),
+    /// An event of this device (its status).
+    Device(Arc<str>),
+}
+
+/// One reading or event inside a chunk's text.
+#[derive(Debug, Clone)]
 pub(super) struct EventSpan {
     pub pos: Position,
-    /// The `metrics.id` row, for filters.
-    pub metric: i64,
-    /// Device time, for retention.
+    pub subject: Subject,
+    /// Device time (the hub's, for an event), for retention.
     pub ts_ms: i64,
     pub start: usize,
     pub end: usize,
 }
 
-/// One commit's readings, formatted as SSE events.
+/// One commit's readings and events, formatted as SSE events.
 #[derive(Debug)]
 pub struct Chunk {
     pub(super) first_pos: Position,
     pub(super) last_pos: Position,
-    /// The oldest device time among its readings.
+    /// The oldest time among its readings and events.
     pub(super) min_ts: i64,
     pub(super) text: Bytes,
     pub(super) events: Vec<EventSpan>,
@@ -107,7 +115,7 @@ mod tests {
             .zip(0..)
             .map(|(pos, i)| EventSpan {
                 pos,
-                metric: 1,
+                subject: Subject::Metric(1),
                 ts_ms: 0,
                 start: i * 10,
                 end: i * 10 + 10,

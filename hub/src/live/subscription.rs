@@ -19,17 +19,16 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use bytes::BytesMut;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio::sync::{OwnedSemaphorePermit, broadcast};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Interval};
 use tokio_util::sync::CancellationToken;
 
-use super::ring::RingRead;
+use super::ring::{RingRead, Subject};
 use super::router::Inbox;
 use super::{Chunk, Live, format};
 use crate::commits::{Head, Position};
 use crate::store::StoreError;
-use crate::store::query::ReadingRow;
+use crate::store::query::{EventRow, ReadingRow};
 
 /// Readings read from SQLite per catch-up query.
 const CATCH_UP_ROWS: u32 = 1_000;
@@ -91,12 +90,11 @@ enum Mode {
 
 /// What woke a waiting subscriber.
 enum Wake {
-    /// Text to send: a status event or a keep-alive.
+    /// Text to send: a keep-alive.
     Send(Bytes),
     /// A commit of this subscriber's devices, from its inbox.
     Commit(Arc<Chunk>),
-    /// Something to look at again (the head moved, a status event for
-    /// other devices).
+    /// Something to look at again (the head moved).
     Again,
     /// The hub is stopping.
     End,
@@ -111,7 +109,6 @@ pub struct Subscription {
     /// Per metric row: does this subscriber want it?
     verdicts: HashMap<i64, bool>,
     head: Head,
-    status: broadcast::Receiver<(Arc<str>, Bytes)>,
     /// Text to send before anything else (retry hint, reset).
     preamble: Option<Bytes>,
     keep_alive: Interval,
@@ -144,7 +141,6 @@ impl Subscription {
             .as_ref()
             .map(|devices| live.router.open(devices));
         let mut head = live.head.clone();
-        let status = live.status.subscribe();
         let now = head.current();
         let mut preamble = format::retry(timing.retry.as_millis() as u64);
         let mut reset_reported = 0;
@@ -180,7 +176,6 @@ impl Subscription {
             filter,
             verdicts: HashMap::new(),
             head,
-            status,
             preamble: Some(Bytes::from(preamble)),
             keep_alive: tokio::time::interval_at(
                 Instant::now() + timing.keep_alive,
@@ -203,9 +198,6 @@ impl Subscription {
         loop {
             if self.shutdown.is_cancelled() {
                 return None;
-            }
-            if let Some(text) = self.queued_status() {
-                return Some(text);
             }
             if self.mode == Mode::Reading {
                 match self.read().await {
@@ -240,18 +232,6 @@ impl Subscription {
         }
     }
 
-    /// A status event already waiting for this subscriber, if any: they go
-    /// out before more readings, so a busy stream still shows presence.
-    fn queued_status(&mut self) -> Option<Bytes> {
-        loop {
-            match self.status.try_recv() {
-                Ok((device, text)) if self.filter.wants_device(&device) => return Some(text),
-                Ok(_) | Err(TryRecvError::Lagged(_)) => {}
-                Err(TryRecvError::Empty | TryRecvError::Closed) => return None,
-            }
-        }
-    }
-
     /// One step of [`Mode::Reading`]: the next text past the cursor from the
     /// ring or SQLite, or `None` with nothing to send (yet).
     async fn read(&mut self) -> Result<Option<Bytes>, StoreError> {
@@ -266,8 +246,8 @@ impl Subscription {
         }
     }
 
-    /// Waits for whatever comes first: the hub stopping, a status event, the
-    /// keep-alive, or what the mode follows (the head, or the inbox).
+    /// Waits for whatever comes first: the hub stopping, the keep-alive, or
+    /// what the mode follows (the head, or the inbox).
     async fn wait(&mut self) -> Wake {
         let inbox = match (self.mode, &mut self.inbox) {
             (Mode::FollowingInbox, Some(inbox)) => {
@@ -294,11 +274,6 @@ impl Subscription {
             }, if following_inbox => {
                 chunk.map_or(Wake::End, Wake::Commit)
             }
-            status = self.status.recv() => match status {
-                Ok((device, text)) if self.filter.wants_device(&device) => Wake::Send(text),
-                Ok(_) | Err(RecvError::Lagged(_)) => Wake::Again,
-                Err(RecvError::Closed) => Wake::End,
-            },
             _ = self.keep_alive.tick() => Wake::Send(Bytes::from_static(format::KEEP_ALIVE.as_bytes())),
         }
     }
@@ -322,7 +297,11 @@ impl Subscription {
         let mut out = BytesMut::new();
         for event in events {
             // Retention is deleting what is older: SQLite may not hold it.
-            if event.ts_ms >= cutoff && self.wants_metric(event.metric) {
+            let wanted = match &event.subject {
+                Subject::Metric(row) => self.wants_metric(*row),
+                Subject::Device(device) => self.filter.wants_device(device),
+            };
+            if event.ts_ms >= cutoff && wanted {
                 out.extend_from_slice(&chunk.text[event.start..event.end]);
             }
         }
@@ -342,8 +321,8 @@ impl Subscription {
         verdict
     }
 
-    /// Reads the next readings after the cursor, up to `head`, from SQLite,
-    /// reporting first if retention deleted some of them.
+    /// Reads the next readings and events after the cursor, up to `head`,
+    /// from SQLite, reporting first if retention deleted some of them.
     async fn catch_up(&mut self, head: Position) -> Result<Option<Bytes>, StoreError> {
         let store = &self.live.store;
         let watermark = store.retention_watermark().await?;
@@ -365,7 +344,8 @@ impl Subscription {
             )
             .await?;
         self.cursor = page.read_through;
-        Ok((!page.rows.is_empty()).then(|| format_rows(&page.rows)))
+        let empty = page.rows.is_empty() && page.events.is_empty();
+        Ok((!empty).then(|| format_page(&page.rows, &page.events)))
     }
 }
 
@@ -380,12 +360,21 @@ fn resume_point(after: Position, oldest: Position, head: Position) -> Position {
     }
 }
 
-fn format_rows(rows: &[ReadingRow]) -> Bytes {
-    let mut text = String::with_capacity(rows.len() * 160);
+/// A catch-up page's readings and events as SSE text, in position order.
+fn format_page(rows: &[ReadingRow], events: &[EventRow]) -> Bytes {
+    let mut text = String::with_capacity((rows.len() + events.len()) * 160);
+    let mut events = events.iter().peekable();
+    let mut format_events_before = |text: &mut String, pos: Position| {
+        while let Some(event) = events.next_if(|event| event.pos < pos) {
+            format::event(text, event.pos, &event.device, event.ts_ms, &event.kind);
+        }
+    };
     for row in rows {
+        format_events_before(&mut text, row.pos);
         let prefix = format::reading_prefix(&row.device, &row.metric, &row.unit);
         format::reading(&mut text, row.pos, &prefix, row.ts_ms, row.value);
     }
+    format_events_before(&mut text, Position::MAX);
     Bytes::from(text)
 }
 
@@ -396,7 +385,9 @@ mod tests {
 
     use super::*;
     use crate::admission::{Admission, Names};
-    use crate::commits::{Committed, Consumers, InlineConsumer, RetentionCutoff, Sample};
+    use crate::commits::{
+        Commit, Committed, Consumers, EventKind, InlineConsumer, NewEvent, RetentionCutoff, Sample,
+    };
     use crate::store::writer::{self, WriteOutcome};
     use crate::store::{PoolDurability, Store};
     use crate::telemetry::Counters;
@@ -406,7 +397,7 @@ mod tests {
         keep_alive: Duration::from_secs(15),
     };
 
-    /// The ids of the reading events in a piece of the stream.
+    /// The ids of the events (readings and statuses) in a piece of the stream.
     fn ids(text: &[u8]) -> Vec<Position> {
         std::str::from_utf8(text)
             .unwrap()
@@ -438,58 +429,117 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_subscriber_behind_the_ring_reads_sqlite_then_the_ring_with_no_gap_or_duplicate() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("hub.db"), PoolDurability::WithWriter)
-            .await
-            .unwrap();
-        let opened = writer::open(&store).await.unwrap();
-        let consumers = Consumers::new(opened.last_pos());
-        // Room for about five commits of 100 readings.
-        let names = Arc::new(Names::default());
-        let live = Arc::new(Live::new(
-            store.clone(),
-            Arc::clone(&names),
-            consumers.head(),
-            RetentionCutoff::default(),
-            10,
-            60_000,
-        ));
-        let consumers = consumers.with_inline(Arc::clone(&live) as Arc<dyn InlineConsumer>);
-        let stop = CancellationToken::new();
-        let (writer, task) = opened
-            .spawn(Arc::new(Counters::default()), consumers, stop.clone())
-            .unwrap();
-        let admission = Admission::new(store.clone(), writer.clone(), names);
-        let device = admission.find_or_register("dev-1").await.unwrap().row;
-        let hello = crate::fixtures::hello("dev-1");
-        let (_, rows) = admission.hello(device, &hello).await.unwrap();
-        let (reply, mut outcomes) = mpsc::channel(1);
-        for seq in 1..=25u64 {
-            let samples = (0..100)
+    /// A fan-out fed by a running writer, its ring `ring_bytes` long, and
+    /// `dev-1` admitted with one metric.
+    struct Stack {
+        live: Arc<Live>,
+        store: Store,
+        writer: writer::WriterHandle,
+        device: i64,
+        metric: i64,
+        stop: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Stack {
+        async fn start(ring_bytes: usize) -> Stack {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&dir.path().join("hub.db"), PoolDurability::WithWriter)
+                .await
+                .unwrap();
+            let opened = writer::open(&store).await.unwrap();
+            let consumers = Consumers::new(opened.last_pos());
+            let names = Arc::new(Names::default());
+            let live = Arc::new(Live::new(
+                store.clone(),
+                Arc::clone(&names),
+                consumers.head(),
+                RetentionCutoff::default(),
+                10,
+                ring_bytes,
+            ));
+            let consumers = consumers.with_inline(Arc::clone(&live) as Arc<dyn InlineConsumer>);
+            let stop = CancellationToken::new();
+            let (writer, task) = opened
+                .spawn(Arc::new(Counters::default()), consumers, stop.clone())
+                .unwrap();
+            let admission = Admission::new(store.clone(), writer.clone(), names);
+            let device = admission.find_or_register("dev-1").await.unwrap().row;
+            let hello = crate::fixtures::hello("dev-1");
+            let (_, rows) = admission.hello(device, &hello).await.unwrap();
+            Stack {
+                live,
+                store,
+                writer,
+                device,
+                metric: rows[&1],
+                stop,
+                task,
+                _dir: dir,
+            }
+        }
+
+        /// Stores batch `seq` of dev-1: `n` readings.
+        async fn batch(&self, seq: u64, n: i64) {
+            let (reply, mut outcomes) = mpsc::channel(1);
+            let samples = (0..n)
                 .map(|i| Sample {
-                    metric: rows[&1],
+                    metric: self.metric,
                     ts_ms: 1_000_000 + seq as i64 * 100 + i,
                     value: Some(1.5),
                 })
                 .collect();
-            writer
-                .submit(
-                    writer::Origin {
-                        device_row: device,
-                        session: 1,
-                    },
-                    seq,
-                    samples,
-                    reply.clone(),
-                )
+            let origin = writer::Origin {
+                device_row: self.device,
+                session: 1,
+            };
+            self.writer
+                .submit(origin, seq, samples, reply)
                 .await
                 .unwrap();
             assert_eq!(outcomes.recv().await, Some(WriteOutcome::Stored { seq }));
         }
+
+        async fn status(&self, online: bool) -> Position {
+            let event = NewEvent {
+                device_row: self.device,
+                device: "dev-1".into(),
+                ts_ms: 1_000_000,
+                kind: EventKind::Status { online },
+            };
+            self.writer.record(vec![event]).await.unwrap()[0]
+        }
+
+        async fn stop(self) {
+            self.stop.cancel();
+            self.task.await.unwrap();
+        }
+    }
+
+    /// Reads ids from `subscription` until it has `n` of them.
+    async fn read_ids(subscription: &mut Subscription, n: usize) -> (Vec<Position>, String) {
+        let (mut seen, mut text) = (Vec::new(), String::new());
+        while seen.len() < n {
+            let piece = tokio::time::timeout(Duration::from_secs(15), subscription.next_text())
+                .await
+                .expect("the stream keeps up")
+                .expect("the stream goes on");
+            seen.extend(ids(&piece));
+            text.push_str(std::str::from_utf8(&piece).unwrap());
+        }
+        (seen, text)
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_behind_the_ring_reads_sqlite_then_the_ring_with_no_gap_or_duplicate() {
+        // Room for about five commits of 100 readings.
+        let stack = Stack::start(60_000).await;
+        for seq in 1..=25u64 {
+            stack.batch(seq, 100).await;
+        }
         {
-            let ring = live.lock_ring();
+            let ring = stack.live.lock_ring();
             assert!(matches!(ring.after(0, 2_500), RingRead::Behind));
             assert!(matches!(ring.after(1_000, 2_500), RingRead::Behind));
             assert!(matches!(ring.after(2_000, 2_500), RingRead::Next(_)));
@@ -497,23 +547,45 @@ mod tests {
         // What the ring holds is now only in the ring: a subscriber that
         // still gets it has switched from SQLite to the ring.
         sqlx::query("DELETE FROM samples WHERE pos > 2000")
-            .execute(store.pool())
+            .execute(stack.store.pool())
             .await
             .unwrap();
 
-        let mut subscription = subscribe(&live, Filter::default(), Start::After(0)).await;
+        let mut subscription = subscribe(&stack.live, Filter::default(), Start::After(0)).await;
         subscription.next_text().await.unwrap(); // retry hint
-        let mut seen = Vec::new();
-        while seen.len() < 2_500 {
-            let text = tokio::time::timeout(Duration::from_secs(15), subscription.next_text())
-                .await
-                .expect("the stream keeps up")
-                .expect("the stream goes on");
-            seen.extend(ids(&text));
-        }
+        let (seen, _) = read_ids(&mut subscription, 2_500).await;
         assert_eq!(seen, (1..=2_500).collect::<Vec<_>>());
-        stop.cancel();
-        task.await.unwrap();
+        stack.stop().await;
+    }
+
+    #[tokio::test]
+    async fn status_events_are_caught_up_from_sqlite_among_the_readings_in_position_order() {
+        // The ring keeps only the newest commit.
+        let stack = Stack::start(1).await;
+        stack.batch(1, 2).await; // 1, 2
+        assert_eq!(stack.status(false).await, 3);
+        stack.batch(2, 1).await; // 4
+        assert_eq!(stack.status(true).await, 5);
+        stack.batch(3, 1).await; // 6
+
+        let dev_1 = Filter {
+            devices: Some(HashSet::from(["dev-1".to_owned()])),
+            metrics: None,
+        };
+        let mut subscription = subscribe(&stack.live, dev_1, Start::After(1)).await;
+        subscription.next_text().await.unwrap(); // retry hint
+        let (seen, text) = read_ids(&mut subscription, 5).await;
+        assert_eq!(seen, [2, 3, 4, 5, 6]);
+        let statuses: Vec<&str> = text
+            .lines()
+            .filter(|line| line.starts_with("data: {\"device\":\"dev-1\",\"online\""))
+            .collect();
+        assert_eq!(statuses.len(), 2, "{text}");
+        assert!(
+            text.contains("id: 3\nevent: status\ndata: {\"device\":\"dev-1\",\"online\":false")
+        );
+
+        stack.stop().await;
     }
 
     /// A fan-out with no writer: commits are handed to it directly, and its
@@ -538,6 +610,25 @@ mod tests {
         ));
         let consumers = consumers.with_inline(Arc::clone(&live) as Arc<dyn InlineConsumer>);
         (live, consumers, retention, dir)
+    }
+
+    fn commit(readings: &[Committed]) -> Commit {
+        Commit {
+            readings: readings.to_vec(),
+            events: Vec::new(),
+        }
+    }
+
+    fn status(pos: Position, device: &str, online: bool) -> crate::commits::Event {
+        crate::commits::Event {
+            pos,
+            event: NewEvent {
+                device_row: 1,
+                device: device.into(),
+                ts_ms: pos,
+                kind: EventKind::Status { online },
+            },
+        }
     }
 
     fn reading(pos: Position, metric: i64) -> Committed {
@@ -568,8 +659,8 @@ mod tests {
         // Twice the inbox's room of dev-1 commits, each beside a dev-2 one.
         let commits = 2 * super::super::router::INBOX_CHUNKS as i64;
         for n in 0..commits {
-            consumers.publish(&[reading(2 * n + 1, 1)]);
-            consumers.publish(&[reading(2 * n + 2, 2)]);
+            consumers.publish(&commit(&[reading(2 * n + 1, 1)]));
+            consumers.publish(&commit(&[reading(2 * n + 2, 2)]));
         }
         let first = subscription.next_text().await.unwrap();
         assert_eq!(
@@ -583,7 +674,7 @@ mod tests {
         assert_eq!(seen, dev_1);
         assert_eq!(subscription.mode, Mode::FollowingInbox);
 
-        consumers.publish(&[reading(1_000, 1)]);
+        consumers.publish(&commit(&[reading(1_000, 1)]));
         assert_eq!(read_until_idle(&mut subscription).await, [1_000]);
     }
 
@@ -607,7 +698,7 @@ mod tests {
         .await;
         everything.next_text().await.unwrap();
         dev_2.next_text().await.unwrap();
-        consumers.publish(&[reading(1, 1), reading(2, 2), reading(3, 1)]);
+        consumers.publish(&commit(&[reading(1, 1), reading(2, 2), reading(3, 1)]));
         assert_eq!(read_until_idle(&mut everything).await, [1, 2, 3]);
         assert_eq!(read_until_idle(&mut dev_2).await, [2]);
     }
@@ -621,10 +712,31 @@ mod tests {
         // ts_ms is the position in these readings: 1 and 3 are older than
         // the cutoff, 5 and 6 are not.
         retention.raise(4);
-        consumers.publish(&[reading(1, 1), reading(5, 2)]);
-        consumers.publish(&[reading(3, 2)]);
-        consumers.publish(&[reading(6, 1)]);
+        consumers.publish(&commit(&[reading(1, 1), reading(5, 2)]));
+        consumers.publish(&commit(&[reading(3, 2)]));
+        consumers.publish(&commit(&[reading(6, 1)]));
         assert_eq!(read_until_idle(&mut everything).await, [5, 6]);
+    }
+
+    #[tokio::test]
+    async fn a_status_in_a_commit_reaches_subscribers_of_its_device_in_position_order() {
+        let (live, consumers, _retention, _dir) = bare_live().await;
+        tokio::time::pause();
+        let mut everything = subscribe(&live, Filter::default(), Start::Live).await;
+        let dev_2 = Filter {
+            devices: Some(HashSet::from(["dev-2".to_owned()])),
+            metrics: Some(HashSet::from(["humidity".to_owned()])),
+        };
+        let mut following = subscribe(&live, dev_2, Start::Live).await;
+        everything.next_text().await.unwrap();
+        following.next_text().await.unwrap();
+        assert!(read_until_idle(&mut following).await.is_empty());
+        let mut mixed = commit(&[reading(1, 1), reading(3, 2)]);
+        mixed.events = vec![status(2, "dev-2", true), status(4, "dev-1", false)];
+        consumers.publish(&mixed);
+        assert_eq!(read_until_idle(&mut everything).await, [1, 2, 3, 4]);
+        // A status passes a metric filter: it is about the device.
+        assert_eq!(read_until_idle(&mut following).await, [2]);
     }
 
     #[test]

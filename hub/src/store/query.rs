@@ -12,7 +12,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use super::blocks::{self, slab_end, slab_start};
 use super::slab_cache::{Identity, Names, Slab};
 use super::{Store, StoreError};
-use crate::commits::Position;
+use crate::commits::{EventKind, Position};
 
 /// One stored reading, as the API and the `readings` view show it.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -40,12 +40,24 @@ fn reading_row(row: SqliteRow) -> ReadingRow {
     }
 }
 
-/// One page of a cursor consumer's catch-up.
+/// One stored event (a device's status), as cursor consumers read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    pub pos: Position,
+    pub device: String,
+    /// The hub's time, ms since the Unix epoch.
+    pub ts_ms: i64,
+    pub kind: EventKind,
+}
+
+/// One page of a cursor consumer's catch-up: readings and events, each in
+/// position order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page {
     pub rows: Vec<ReadingRow>,
+    pub events: Vec<EventRow>,
     /// Where the cursor stands after this page: every position up to it was
-    /// read (those not in `rows` did not match, or are gone).
+    /// read (those in neither list did not match, or are gone).
     pub read_through: Position,
 }
 
@@ -346,14 +358,88 @@ impl Store {
     }
 
     /// The next page for a cursor consumer at `after` following a head at
-    /// `upto`: readings with `after < pos <= upto`, in position order, at
-    /// most `limit`, of the given devices and metrics (`None`: all). This is
-    /// how live subscribers catch up, and how any cursor consumer reads what
-    /// it has missed.
+    /// `upto`: readings and events with `after < pos <= upto`, in position
+    /// order, at most `limit` of each, of the given devices (and readings
+    /// of the given metrics; `None`: all). This is how live subscribers
+    /// catch up, and how any cursor consumer reads what it has missed.
     ///
     /// # Errors
-    /// A database failure.
+    /// A database failure, or a stored event that does not read back.
     pub async fn readings_page(
+        &self,
+        after: Position,
+        upto: Position,
+        devices: Option<&[String]>,
+        metrics: Option<&[String]>,
+        limit: u32,
+    ) -> Result<Page, StoreError> {
+        let mut page = self
+            .only_readings_page(after, upto, devices, metrics, limit)
+            .await?;
+        page.events = self
+            .events_between(after, page.read_through, devices, limit)
+            .await?;
+        if page.events.len() == limit as usize
+            && let Some(last) = page.events.last()
+        {
+            // Events fill the page: it ends at the last of them.
+            page.read_through = last.pos;
+            page.rows.retain(|row| row.pos <= last.pos);
+        }
+        Ok(page)
+    }
+
+    /// Events with `after < pos <= upto` of `devices` (`None`: all), in
+    /// position order, at most `limit`.
+    async fn events_between(
+        &self,
+        after: Position,
+        upto: Position,
+        devices: Option<&[String]>,
+        limit: u32,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT e.pos, d.device_id, e.ts_ms, e.kind, e.body
+             FROM events e CROSS JOIN devices d ON d.id = e.device WHERE e.pos > ",
+        );
+        query
+            .push_bind(after)
+            .push(" AND e.pos <= ")
+            .push_bind(upto);
+        if let Some(devices) = devices {
+            query.push(" AND d.device_id IN (");
+            let mut list = query.separated(", ");
+            for device in devices {
+                list.push_bind(device.clone());
+            }
+            query.push(")");
+        }
+        query
+            .push(" ORDER BY e.pos LIMIT ")
+            .push_bind(i64::from(limit));
+        query
+            .build()
+            .fetch_all(self.pool())
+            .await?
+            .into_iter()
+            .map(|row| {
+                let kind: String = row.get(3);
+                let body: String = row.get(4);
+                let kind = EventKind::from_row(&kind, &body)
+                    .map_err(|err| sqlx::Error::Decode(Box::new(err)))?;
+                Ok(EventRow {
+                    pos: row.get(0),
+                    device: row.get(1),
+                    ts_ms: row.get(2),
+                    kind,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// The readings of [`Store::readings_page`]'s page, without events.
+    async fn only_readings_page(
         &self,
         after: Position,
         upto: Position,
@@ -422,11 +508,34 @@ impl Store {
     pub async fn oldest_pos(&self) -> Result<i64, StoreError> {
         let pos: Option<i64> = sqlx::query_scalar(
             "SELECT min(p) FROM (SELECT min(pos) AS p FROM samples
-                                 UNION ALL SELECT min(first_pos) FROM sample_blocks)",
+                                 UNION ALL SELECT min(first_pos) FROM sample_blocks
+                                 UNION ALL SELECT min(pos) FROM events)",
         )
         .fetch_one(self.pool())
         .await?;
         Ok(pos.unwrap_or(0))
+    }
+
+    /// The devices whose last stored status says they are online.
+    ///
+    /// # Errors
+    /// A database failure, or a stored status that does not read back.
+    pub async fn last_online(&self) -> Result<Vec<String>, StoreError> {
+        let last: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT d.device_id, e.kind, e.body FROM events e JOIN devices d ON d.id = e.device
+             WHERE e.pos IN (SELECT max(pos) FROM events WHERE kind = 'status' GROUP BY device)",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let mut online = Vec::new();
+        for (device, kind, body) in last {
+            let kind = EventKind::from_row(&kind, &body)
+                .map_err(|err| sqlx::Error::Decode(Box::new(err)))?;
+            if kind == (EventKind::Status { online: true }) {
+                online.push(device);
+            }
+        }
+        Ok(online)
     }
 
     /// The largest storage position retention has deleted (0 if none).
@@ -554,7 +663,11 @@ fn page_of(rows: Vec<ReadingRow>, upto: Position, limit: u32) -> Page {
     } else {
         rows.last().map_or(upto, |row| row.pos)
     };
-    Page { rows, read_through }
+    Page {
+        rows,
+        events: Vec::new(),
+        read_through,
+    }
 }
 
 /// The rows of `samples` with `after < pos <= upto` that pass `filter`, at

@@ -116,6 +116,25 @@ async fn sweep_due(
     Ok(deleted)
 }
 
+/// Deletes events older than `before_ms` (the hub's time), a chunk at a
+/// time through the writer. Returns how many went.
+///
+/// # Errors
+/// The writer fails a chunk.
+pub async fn sweep_events(writer: &WriterHandle, before_ms: i64) -> Result<usize, SweepError> {
+    let mut deleted = 0;
+    loop {
+        let chunk = writer
+            .retain(Retainable::Events, Vec::new(), before_ms)
+            .await
+            .map_err(SweepError::Writer)?;
+        deleted += chunk.deleted;
+        if chunk.finished > 0 {
+            return Ok(deleted);
+        }
+    }
+}
+
 /// How long each kind of history is kept; `None` is forever.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Keep {
@@ -165,6 +184,12 @@ pub async fn run(
                 swept = sweep(&store, &writer, before) => swept,
             };
             report(swept, "readings");
+            // Events are kept as long as readings.
+            let swept = tokio::select! {
+                () = shutdown.cancelled() => return,
+                swept = sweep_events(&writer, before) => swept,
+            };
+            report(swept, "events");
         }
         for (tier, kept) in [(rollup::MINUTES, keep.minutes), (rollup::HOURS, keep.hours)] {
             let Some(kept) = kept else { continue };

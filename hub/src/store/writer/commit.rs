@@ -1,24 +1,26 @@
 //! One group commit's transaction: the registrations it holds, then its
-//! batches, each placed at its positions (or dropped as a resend), the
-//! roll-ups of what was placed, and every device's new `last_seq`.
+//! batches and events in the order asked, each placed at its positions (or
+//! dropped as a resend), the roll-ups of what was placed, and every
+//! device's new `last_seq`.
 
 use std::collections::{HashMap, HashSet};
 
 use rusqlite::{Transaction, TransactionBehavior};
 
-use super::jobs::{Dedupe, Job, Registration, WriteRequest};
+use super::jobs::{Dedupe, EventRecord, Job, Registration, WriteRequest};
 use super::{Writer, rollup, statements};
-use crate::commits::{Committed, Position};
+use crate::commits::{Commit, Committed, Event, Position};
 use crate::store::now_ms;
 
 impl Writer {
     /// Writes `jobs` in one transaction and commits it. `committed` gets
-    /// the readings stored, at their positions; each registration keeps
-    /// its answer, to be given once the commit is published.
+    /// the readings and events stored, at their positions; each
+    /// registration and event keeps its answer, to be given once the commit
+    /// is published.
     pub(super) fn commit(
         &mut self,
         jobs: &mut [Job],
-        committed: &mut Vec<Committed>,
+        committed: &mut Commit,
     ) -> rusqlite::Result<()> {
         let tx = self
             .conn
@@ -29,31 +31,35 @@ impl Writer {
                 register(&tx, registration)?;
             }
         }
-        let requests = jobs.iter().filter_map(|job| match job {
-            Job::Batch(request) => Some(request),
-            Job::Register(_) | Job::Retain(_) | Job::Compact(_) | Job::Stop => None,
-        });
         let mut placing = Placing {
             pos: self.next_pos,
             advanced: HashMap::new(),
             timed: HashSet::new(),
         };
-        for request in requests {
-            let device_row = request.origin.device_row;
-            let last = match placing.advanced.get(&device_row) {
-                Some(&seq) => seq,
-                None => match self.last_seq.get(&device_row) {
-                    Some(&seq) => seq,
-                    None => statements::last_seq(&tx, device_row)?,
-                },
-            };
-            placing.place(&tx, request, last, committed)?;
+        for job in jobs.iter_mut() {
+            match job {
+                Job::Batch(request) => {
+                    let device_row = request.origin.device_row;
+                    let last = match placing.advanced.get(&device_row) {
+                        Some(&seq) => seq,
+                        None => match self.last_seq.get(&device_row) {
+                            Some(&seq) => seq,
+                            None => statements::last_seq(&tx, device_row)?,
+                        },
+                    };
+                    placing.place(&tx, request, last, &mut committed.readings)?;
+                }
+                Job::Record(record) => placing.place_events(record, &mut committed.events),
+                Job::Register(_) | Job::Retain(_) | Job::Compact(_) | Job::Stop => {}
+            }
         }
-        statements::insert_samples(&tx, committed)?;
+        statements::insert_samples(&tx, &committed.readings)?;
+        statements::insert_events(&tx, &committed.events)?;
         // In the same transaction: no reading is ever stored without its
         // buckets, so retention can delete raw rows at any time.
         for tier in [rollup::MINUTES, rollup::HOURS] {
-            statements::upsert_rollups(&tx, tier, &rollup::aggregate(committed, tier))?;
+            let buckets = rollup::aggregate(&committed.readings, tier);
+            statements::upsert_rollups(&tx, tier, &buckets)?;
         }
         statements::record_last_seq(&tx, &placing.advanced, now_ms())?;
         tx.commit()?;
@@ -96,9 +102,9 @@ fn register(tx: &Transaction, registration: &mut Registration) -> rusqlite::Resu
     Ok(())
 }
 
-/// Where a commit's batches go, decided one batch after another.
+/// Where a commit's batches and events go, decided one after another.
 struct Placing {
-    /// The position the next stored reading gets.
+    /// The position the next stored reading or event gets.
     pos: Position,
     /// Each device's `seq` as this commit leaves it.
     advanced: HashMap<i64, u64>,
@@ -146,6 +152,28 @@ impl Placing {
             self.push(committed, *sample);
         }
         Ok(())
+    }
+
+    /// Places each event at the next position, or at its own (a journal
+    /// entry's) unless that one is behind: stored before.
+    fn place_events(&mut self, record: &mut EventRecord, events: &mut Vec<Event>) {
+        let mut placed = Vec::with_capacity(record.events.len());
+        for (event, at) in &record.events {
+            if let Some(at) = *at {
+                if at < self.pos {
+                    placed.push(None);
+                    continue;
+                }
+                self.pos = at;
+            }
+            events.push(Event {
+                pos: self.pos,
+                event: event.clone(),
+            });
+            placed.push(Some(self.pos));
+            self.pos += 1;
+        }
+        record.reply.wrote(placed);
     }
 
     fn push(&mut self, committed: &mut Vec<Committed>, sample: crate::commits::Sample) {

@@ -9,10 +9,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::WriterHealth;
 use super::jobs::{
-    CompactStep, Dedupe, Job, Origin, Provisioned, Registration, Reply, RetainChunk, Retainable,
-    Retained, WriteError, WriteOutcome, WriteRequest,
+    CompactStep, Dedupe, EventRecord, Job, Origin, Provisioned, Registration, Reply, RetainChunk,
+    Retainable, Retained, WriteError, WriteOutcome, WriteRequest,
 };
-use crate::commits::{Position, Sample};
+use crate::commits::{NewEvent, Position, Sample};
 
 /// Most rows queued for the writer across all sessions. A session that
 /// cannot get permits for its batch waits, and so stops reading its socket:
@@ -232,13 +232,53 @@ impl WriterHandle {
         answer.await.map_err(|_| WriteError::Stopped)?
     }
 
+    /// Stores `events`, in order, at the next positions, in one group
+    /// commit, and answers their positions once it is committed and
+    /// published.
+    ///
+    /// # Errors
+    /// The writer has stopped, or the commit failed: none was stored.
+    pub async fn record(&self, events: Vec<NewEvent>) -> Result<Vec<Position>, WriteError> {
+        let events = events.into_iter().map(|event| (event, None)).collect();
+        let stored = self
+            .ask(|reply| Job::Record(EventRecord { events, reply }))
+            .await?;
+        stored
+            .into_iter()
+            .map(|pos| pos.ok_or_else(|| WriteError::Failed("an event without a position".into())))
+            .collect()
+    }
+
+    /// Stores `event` at `at` (a cluster journal entry's position), or
+    /// answers `None` if that position is already taken: the entry was
+    /// stored before.
+    ///
+    /// # Errors
+    /// The writer has stopped, or the commit failed.
+    pub async fn record_at(
+        &self,
+        event: NewEvent,
+        at: Position,
+    ) -> Result<Option<Position>, WriteError> {
+        let events = vec![(event, Some(at))];
+        let stored = self
+            .ask(|reply| Job::Record(EventRecord { events, reply }))
+            .await?;
+        Ok(stored.into_iter().next().flatten())
+    }
+
     async fn register<T>(
         &self,
         job: impl FnOnce(Reply<T>) -> Registration,
     ) -> Result<T, WriteError> {
+        self.ask(|reply| Job::Register(job(reply))).await
+    }
+
+    /// Queues the job `job` makes of a reply, and waits for that reply (or
+    /// for the writer to fail).
+    async fn ask<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, WriteError> {
         let (reply, answer) = oneshot::channel();
-        self.send(Job::Register(job(Reply::new(reply)))).await?;
-        // A dead publisher would never answer.
+        self.send(job(Reply::new(reply))).await?;
         tokio::select! {
             answer = answer => answer.map_err(|_| WriteError::Stopped)?,
             () = self.health.failed() => Err(WriteError::Failed(

@@ -8,7 +8,7 @@ use protocol::Hello;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use super::rollup;
-use crate::commits::{Position, Sample};
+use crate::commits::{NewEvent, Position, Sample};
 
 /// Why a write was not done.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -202,11 +202,22 @@ pub enum Provisioned {
     },
 }
 
+/// Events to store in order, each at the next position or at its own (a
+/// cluster journal entry's, as for a batch). Answers each one's position,
+/// or `None` for one stored before (a journal entry read again).
+#[derive(Debug)]
+pub(super) struct EventRecord {
+    pub events: Vec<(NewEvent, Option<Position>)>,
+    pub reply: Reply<Vec<Option<Position>>>,
+}
+
 /// What the writer is asked to do.
 #[derive(Debug)]
 pub(super) enum Job {
     Batch(WriteRequest),
     Register(Registration),
+    /// Events, placed among the commit's batches in the order asked.
+    Record(EventRecord),
     /// Retention's deletes, run by the writer so that nothing else in the
     /// running hub takes SQLite's write lock.
     Retain(RetainChunk),
@@ -225,6 +236,8 @@ pub(super) const RETAIN_ROWS: usize = 2_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retainable {
     Readings,
+    /// Events, by the hub's time (the metrics asked for do not matter).
+    Events,
     Buckets(rollup::Tier),
 }
 

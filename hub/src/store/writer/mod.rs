@@ -53,7 +53,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{Store, StoreError};
-use crate::commits::{Consumers, Position};
+use crate::commits::{Commit, Consumers, Position};
 use crate::telemetry::Counters;
 
 /// The writer's connection, opened but not yet running: it knows the last
@@ -237,13 +237,14 @@ impl Writer {
             self.health.fail(reason);
             return false;
         }
-        let mut rows = Vec::new();
+        let mut commit = Commit::default();
         let began = Instant::now();
-        let settled = match self.commit(&mut jobs, &mut rows) {
+        let settled = match self.commit(&mut jobs, &mut commit) {
             Ok(()) => {
-                self.counters.record_commit(rows.len(), began.elapsed());
+                self.counters
+                    .record_commit(commit.readings.len(), began.elapsed());
                 self.health.commit_succeeded();
-                Settled::Committed { jobs, rows }
+                Settled::Committed { jobs, commit }
             }
             Err(err) => {
                 tracing::error!(error = %err, batches = jobs.len(), "commit failed; sessions will close and devices resend");
@@ -288,6 +289,9 @@ impl Writer {
         let result = match what {
             Retainable::Readings => {
                 statements::delete_old(&mut self.conn, &metrics, before_ms, RETAIN_ROWS)
+            }
+            Retainable::Events => {
+                statements::delete_old_events(&mut self.conn, before_ms, RETAIN_ROWS)
             }
             Retainable::Buckets(tier) => statements::delete_old_buckets(
                 &mut self.conn,
@@ -394,16 +398,18 @@ mod tests {
     use protocol::Hello;
 
     use super::*;
-    use crate::commits::{Committed, InlineConsumer, Sample};
+    use crate::commits::{Committed, Event, EventKind, InlineConsumer, NewEvent, Sample};
     use crate::store::PoolDurability;
 
-    /// Keeps every committed row, as the live fan-out would see them.
+    /// Keeps every committed row (and apart, every event), as the live
+    /// fan-out would see them.
     #[derive(Default)]
-    struct Seen(Mutex<Vec<Committed>>);
+    struct Seen(Mutex<Vec<Committed>>, Mutex<Vec<Event>>);
 
     impl InlineConsumer for Seen {
-        fn committed(&self, rows: &[Committed]) {
-            self.0.lock().unwrap().extend_from_slice(rows);
+        fn committed(&self, commit: &Commit) {
+            self.0.lock().unwrap().extend_from_slice(&commit.readings);
+            self.1.lock().unwrap().extend_from_slice(&commit.events);
         }
     }
 
@@ -880,6 +886,64 @@ mod tests {
         rig.stop().await;
     }
 
+    fn online(rig: &Rig) -> NewEvent {
+        NewEvent {
+            device_row: rig.device,
+            device: "dev-1".into(),
+            ts_ms: 42,
+            kind: EventKind::Status { online: true },
+        }
+    }
+
+    #[tokio::test]
+    async fn events_take_positions_of_the_readings_sequence() {
+        let rig = Rig::start().await;
+        let (reply, mut outcomes) = mpsc::channel(4);
+        rig.submit(1, 1, samples(rig.metric, 1..3), &reply).await;
+        assert_eq!(outcomes.recv().await, Some(WriteOutcome::Stored { seq: 1 }));
+        assert_eq!(rig.writer.record(vec![online(&rig)]).await.unwrap(), [3]);
+        rig.submit(1, 2, samples(rig.metric, 3..4), &reply).await;
+        assert_eq!(outcomes.recv().await, Some(WriteOutcome::Stored { seq: 2 }));
+
+        let seen = rig.seen.1.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            [Event {
+                pos: 3,
+                event: online(&rig)
+            }]
+        );
+        let positions: Vec<Position> = rig.seen.0.lock().unwrap().iter().map(|r| r.pos).collect();
+        assert_eq!(positions, [1, 2, 4]);
+        let stored: (i64, String, String) =
+            sqlx::query_as("SELECT pos, kind, body FROM device_events WHERE device = 'dev-1'")
+                .fetch_one(rig.store.pool())
+                .await
+                .unwrap();
+        assert_eq!(stored, (3, "status".into(), r#"{"online":true}"#.into()));
+
+        // An event last: the last position, which a restarted writer goes
+        // on from, is past it.
+        assert_eq!(rig.writer.record(vec![online(&rig)]).await.unwrap(), [5]);
+        assert_eq!(open(&rig.store).await.unwrap().last_pos, 5);
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_event_at_a_position_already_taken_was_stored_before() {
+        let rig = Rig::start().await;
+        assert_eq!(
+            rig.writer.record_at(online(&rig), 4096).await.unwrap(),
+            Some(4096)
+        );
+        assert_eq!(
+            rig.writer.record_at(online(&rig), 4096).await.unwrap(),
+            None
+        );
+        assert_eq!(rig.count("SELECT count(*) FROM events").await, 1);
+        rig.stop().await;
+    }
+
     #[tokio::test]
     async fn a_failed_commit_is_reported_stores_nothing_and_the_writer_goes_on() {
         let rig = Rig::start().await;
@@ -973,6 +1037,26 @@ mod tests {
         let due = rig.store.metrics_with_readings_before(5_000).await.unwrap();
         assert!(due.is_empty());
         assert_eq!(sweep().await.unwrap(), 0);
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn retention_deletes_old_events_and_says_so_in_the_watermark() {
+        let rig = Rig::start().await;
+        let at = |ts_ms| NewEvent {
+            ts_ms,
+            ..online(&rig)
+        };
+        let old: Vec<NewEvent> = (0..RETAIN_ROWS as i64 + 5).map(at).collect();
+        rig.writer.record(old).await.unwrap();
+        let kept = rig.writer.record(vec![at(10_000)]).await.unwrap()[0];
+
+        let sweep = crate::store::retention::sweep_events(&rig.writer, 5_000);
+        assert_eq!(sweep.await.unwrap(), RETAIN_ROWS + 5);
+        assert_eq!(rig.count("SELECT count(*) FROM events").await, 1);
+        let watermark = rig.store.retention_watermark().await.unwrap();
+        assert_eq!(watermark, kept - 1);
+        assert_eq!(rig.store.oldest_pos().await.unwrap(), kept);
         rig.stop().await;
     }
 }

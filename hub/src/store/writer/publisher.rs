@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 
 use super::health::{Faults, WriterHealth, guard, trip};
 use super::jobs::{Job, WriteError, WriteOutcome};
-use crate::commits::{Committed, Consumers};
+use crate::commits::{Commit, Consumers};
 
 /// Commits waiting to be published. When full, the writer waits before its
 /// next commit; sessions' requests queue behind it as for a slow disk.
@@ -21,14 +21,8 @@ const SETTLED_QUEUE: usize = 16;
 
 /// What became of one group commit.
 pub(super) enum Settled {
-    Committed {
-        jobs: Vec<Job>,
-        rows: Vec<Committed>,
-    },
-    Failed {
-        jobs: Vec<Job>,
-        error: WriteError,
-    },
+    Committed { jobs: Vec<Job>, commit: Commit },
+    Failed { jobs: Vec<Job>, error: WriteError },
 }
 
 /// Starts the publisher. It ends once the sender is dropped and every
@@ -55,8 +49,8 @@ fn publish_all(queue: &Receiver<Settled>, consumers: &Consumers, faults: Faults)
     for (n, commit) in (1..).zip(queue) {
         trip(faults.publisher_panics_at, n, "publisher");
         match commit {
-            Settled::Committed { jobs, rows } => {
-                consumers.publish(&rows);
+            Settled::Committed { jobs, commit } => {
+                consumers.publish(&commit);
                 reply_all(jobs, None);
             }
             Settled::Failed { jobs, error } => reply_all(jobs, Some(&error)),
@@ -80,6 +74,7 @@ fn reply_all(jobs: Vec<Job>, failure: Option<&WriteError>) {
                 let _ = request.reply.try_send(outcome);
             }
             Job::Register(registration) => registration.settle(failure),
+            Job::Record(record) => record.reply.settle(failure),
             // Never part of a group commit (the writer runs them apart).
             Job::Retain(_) | Job::Compact(_) | Job::Stop => {}
         }

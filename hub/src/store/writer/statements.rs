@@ -14,7 +14,7 @@ use protocol::limits::MAX_METRICS_PER_DEVICE;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::rollup::{self, Bucket, Tier};
-use crate::commits::Committed;
+use crate::commits::{Committed, Event};
 use crate::store::blocks::{Block, Reading};
 use crate::store::now_ms;
 
@@ -280,6 +280,67 @@ pub(super) fn insert_samples(conn: &Connection, committed: &[Committed]) -> rusq
         insert.raw_execute()?;
     }
     Ok(())
+}
+
+/// Inserts a commit's events, then moves `samples`' row of
+/// `sqlite_sequence` past the last of them: it is the one record of the
+/// last position ever assigned, whether a reading or an event took it.
+pub(super) fn insert_events(conn: &Connection, events: &[Event]) -> rusqlite::Result<()> {
+    let Some(last) = events.last() else {
+        return Ok(());
+    };
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO events (pos, device, ts_ms, kind, body) VALUES (?, ?, ?, ?, ?)",
+    )?;
+    for Event { pos, event } in events {
+        let (kind, body) = event.kind.to_row();
+        insert.execute(rusqlite::params![
+            pos,
+            event.device_row,
+            event.ts_ms,
+            kind,
+            body
+        ])?;
+    }
+    let moved = conn
+        .prepare_cached("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'samples'")?
+        .execute([last.pos])?;
+    if moved == 0 {
+        // No reading was ever stored: the row does not exist yet.
+        conn.prepare_cached("INSERT INTO sqlite_sequence (name, seq) VALUES ('samples', ?)")?
+            .execute([last.pos])?;
+    }
+    Ok(())
+}
+
+/// Deletes events older than `before_ms` (the hub's time), at most
+/// `max_rows`, raising the retention watermark past them. Returns how many
+/// went, and 1 if none older is left (else 0).
+pub(super) fn delete_old_events(
+    conn: &mut Connection,
+    before_ms: i64,
+    max_rows: usize,
+) -> rusqlite::Result<(usize, usize)> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let positions = tx
+        .prepare_cached(
+            "DELETE FROM events WHERE pos IN (
+                 SELECT pos FROM events WHERE ts_ms < ? LIMIT ?)
+             RETURNING pos",
+        )?
+        .query_map(
+            rusqlite::params![before_ms, i64::try_from(max_rows).unwrap_or(i64::MAX)],
+            |row| row.get::<_, i64>(0),
+        )?
+        .collect::<rusqlite::Result<Vec<i64>>>()?;
+    if let Some(watermark) = positions.iter().copied().max() {
+        tx.prepare_cached(
+            "UPDATE hub_state SET value = max(value, ?) WHERE key = 'retention_deleted_through'",
+        )?
+        .execute([watermark])?;
+    }
+    tx.commit()?;
+    Ok((positions.len(), usize::from(positions.len() < max_rows)))
 }
 
 /// `INSERT … ON CONFLICT DO UPDATE` of a roll-up table: a bucket the

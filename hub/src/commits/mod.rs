@@ -1,8 +1,9 @@
 //! Commits: the seam between the writer and everything that consumes
-//! committed readings.
+//! committed readings and events.
 //!
 //! The types here are what flows along the pipeline — a [`Sample`] on its
-//! way in, a [`Committed`] reading on its way out, its [`Position`] — and
+//! way in, a [`Committed`] reading on its way out, an [`Event`] (a device's
+//! status, in [`event`]), a [`Commit`] of both, their [`Position`]s — and
 //! the two ways of consuming commits. They depend on nothing else in the
 //! hub, so `ingest`, `store`, the cluster journal and every consumer
 //! (`live`, the MQTT bridge) can use them without importing each other.
@@ -26,9 +27,14 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use tokio::sync::watch;
 
-/// A storage position: `samples.pos`, the SSE event id. Assigned by the
-/// writer in commit order, it only grows and is never reused, so a consumer
-/// that has seen position N has seen every committed position below it.
+pub mod event;
+
+pub use event::{Event, EventKind, NewEvent};
+
+/// A storage position: `samples.pos` or `events.pos`, the SSE event id.
+/// Readings and events take them from one sequence, assigned by the writer
+/// in commit order: it only grows and is never reused, so a consumer that
+/// has seen position N has seen every committed position below it.
 pub type Position = i64;
 
 /// One reading, ready to store.
@@ -90,12 +96,51 @@ pub struct Committed {
     pub sample: Sample,
 }
 
+/// What one group commit stored: its readings and its events, each in
+/// position order (the two interleave: [`Commit::in_order`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Commit {
+    pub readings: Vec<Committed>,
+    pub events: Vec<Event>,
+}
+
+/// One entry of a commit, in position order.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Entry<'a> {
+    Reading(&'a Committed),
+    Event(&'a Event),
+}
+
+impl Commit {
+    pub fn is_empty(&self) -> bool {
+        self.readings.is_empty() && self.events.is_empty()
+    }
+
+    /// The last position it took (`None` if it stored nothing).
+    pub fn last_pos(&self) -> Option<Position> {
+        let reading = self.readings.last().map(|row| row.pos);
+        let event = self.events.last().map(|event| event.pos);
+        reading.max(event)
+    }
+
+    /// Its readings and events merged in position order.
+    pub fn in_order(&self) -> impl Iterator<Item = Entry<'_>> {
+        let mut readings = self.readings.iter().peekable();
+        let mut events = self.events.iter().peekable();
+        std::iter::from_fn(move || match (readings.peek(), events.peek()) {
+            (Some(row), Some(event)) if event.pos < row.pos => events.next().map(Entry::Event),
+            (Some(_), _) => readings.next().map(Entry::Reading),
+            (None, _) => events.next().map(Entry::Event),
+        })
+    }
+}
+
 /// Told of every commit on the publisher thread, in commit order, after it
 /// is durable and before any session hears of it.
 pub trait InlineConsumer: Send + Sync {
-    /// `rows` are the readings just committed, in position order (never
-    /// empty). Must not block or wait for I/O: every Ack waits for it.
-    fn committed(&self, rows: &[Committed]);
+    /// `commit` holds what was just committed (never nothing). Must not
+    /// block or wait for I/O: every Ack waits for it.
+    fn committed(&self, commit: &Commit);
 }
 
 /// Every consumer of commits, in the order the publisher calls them.
@@ -137,14 +182,14 @@ impl Consumers {
     /// Hands a commit to every in-line consumer, then moves the head: a
     /// cursor consumer woken by the head finds the commit in every in-line
     /// consumer already (the live ring, for one).
-    pub fn publish(&self, rows: &[Committed]) {
-        let Some(last) = rows.last() else {
+    pub fn publish(&self, commit: &Commit) {
+        let Some(last) = commit.last_pos() else {
             return;
         };
         for consumer in &self.inline {
-            consumer.committed(rows);
+            consumer.committed(commit);
         }
-        self.head.send_replace(last.pos);
+        self.head.send_replace(last);
     }
 }
 
@@ -201,10 +246,11 @@ mod tests {
     struct Named(&'static str, Arc<Recorder>, Head);
 
     impl InlineConsumer for Named {
-        fn committed(&self, rows: &[Committed]) {
+        fn committed(&self, commit: &Commit) {
+            let first = commit.readings[0].pos;
             // The head has not moved yet when in-line consumers run.
-            assert!(self.2.peek() < rows[0].pos);
-            self.1.0.lock().unwrap().push((self.0, rows[0].pos));
+            assert!(self.2.peek() < first);
+            self.1.0.lock().unwrap().push((self.0, first));
         }
     }
 
@@ -219,6 +265,25 @@ mod tests {
         }
     }
 
+    fn status(pos: Position) -> Event {
+        Event {
+            pos,
+            event: NewEvent {
+                device_row: 1,
+                device: "d1".into(),
+                ts_ms: 0,
+                kind: EventKind::Status { online: true },
+            },
+        }
+    }
+
+    fn readings(positions: &[Position]) -> Commit {
+        Commit {
+            readings: positions.iter().copied().map(row).collect(),
+            events: Vec::new(),
+        }
+    }
+
     #[tokio::test]
     async fn in_line_consumers_run_in_order_before_the_head_moves() {
         let seen = Arc::new(Recorder::default());
@@ -230,7 +295,7 @@ mod tests {
         let mut head = consumers.head();
         assert_eq!(head.current(), 0);
 
-        consumers.publish(&[row(1), row(2)]);
+        consumers.publish(&readings(&[1, 2]));
         assert!(head.moved().await);
         assert_eq!(head.current(), 2);
         assert_eq!(*seen.0.lock().unwrap(), [("first", 1), ("second", 1)]);
@@ -241,9 +306,36 @@ mod tests {
         let consumers = Consumers::new(5);
         let mut head = consumers.head();
         head.current();
-        consumers.publish(&[]);
+        consumers.publish(&Commit::default());
         assert_eq!(head.peek(), 5);
         drop(consumers);
         assert!(!head.moved().await, "the head reports the publisher's end");
+    }
+
+    #[tokio::test]
+    async fn a_commit_of_readings_and_events_moves_the_head_to_its_last_position() {
+        let consumers = Consumers::new(0);
+        let mut head = consumers.head();
+        let mut commit = readings(&[1, 3]);
+        commit.events = vec![status(2), status(4)];
+        consumers.publish(&commit);
+        assert_eq!(head.current(), 4);
+    }
+
+    #[test]
+    fn a_commit_reads_in_position_order() {
+        let mut commit = readings(&[2, 3, 5]);
+        commit.events = vec![status(1), status(4), status(6)];
+        let order: Vec<(char, Position)> = commit
+            .in_order()
+            .map(|entry| match entry {
+                Entry::Reading(row) => ('r', row.pos),
+                Entry::Event(event) => ('e', event.pos),
+            })
+            .collect();
+        assert_eq!(
+            order,
+            [('e', 1), ('r', 2), ('r', 3), ('e', 4), ('r', 5), ('e', 6)]
+        );
     }
 }

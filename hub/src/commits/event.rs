@@ -1,0 +1,131 @@
+//! Events: what happens to a device besides its readings, stored at
+//! positions of the same sequence, so that every cursor consumer meets
+//! readings and events in one order and resumes past both alike.
+//!
+//! [`EventKind`] is the one list of kinds, and this module the one place
+//! that turns them into text: the `events` table's `kind` and `body`
+//! columns ([`EventKind::to_row`], [`EventKind::from_row`]), the cluster
+//! stream's entries (the same JSON with its `kind`), and the data of a
+//! live `event:` ([`EventKind::sse_data`]). A new kind (an alert, a
+//! configuration change) is a new variant here; storage, the ring,
+//! catch-up and the cluster carry it unchanged.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::Position;
+
+/// What happened. Serialised with its name under `kind`:
+/// `{"kind":"status","online":true}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum EventKind {
+    /// The device connected (`true`) to the hub, or to any hub of a
+    /// cluster, or is no longer connected anywhere.
+    Status { online: bool },
+}
+
+/// Why a stored or streamed event cannot be read back.
+#[derive(Debug, thiserror::Error)]
+#[error("an event of kind {kind:?} does not read back: {source}")]
+pub struct BadEvent {
+    kind: String,
+    source: serde_json::Error,
+}
+
+impl EventKind {
+    /// The kind's name: the `events.kind` column, the SSE `event:` field.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::Status { .. } => "status",
+        }
+    }
+
+    /// The `events` row's `kind` and `body` (the JSON without its kind).
+    pub fn to_row(&self) -> (&'static str, String) {
+        let mut fields = self.fields();
+        fields.remove("kind");
+        (self.name(), Value::Object(fields).to_string())
+    }
+
+    /// Reads an `events` row's `kind` and `body` back.
+    ///
+    /// # Errors
+    /// The kind is unknown or the body does not fit it.
+    pub fn from_row(kind: &str, body: &str) -> Result<EventKind, BadEvent> {
+        let bad = |source| BadEvent {
+            kind: kind.to_owned(),
+            source,
+        };
+        let mut fields: Map<String, Value> = serde_json::from_str(body).map_err(bad)?;
+        fields.insert("kind".into(), Value::String(kind.to_owned()));
+        serde_json::from_value(Value::Object(fields)).map_err(bad)
+    }
+
+    /// The data of its live event: the body's fields with the device and
+    /// the time, `{"device":"d1","online":true,"ts_ms":1700000000000}`.
+    pub fn sse_data(&self, device: &str, ts_ms: i64) -> String {
+        let mut fields = self.fields();
+        fields.remove("kind");
+        fields.insert("device".into(), Value::String(device.to_owned()));
+        fields.insert("ts_ms".into(), Value::from(ts_ms));
+        Value::Object(fields).to_string()
+    }
+
+    fn fields(&self) -> Map<String, Value> {
+        match serde_json::to_value(self) {
+            Ok(Value::Object(fields)) => fields,
+            // A tagged enum of structs always serialises to an object.
+            _ => unreachable!("an event kind serialises to an object"),
+        }
+    }
+}
+
+/// An event on its way to storage: the device's `devices.id` row and its
+/// id, and the hub's time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub device_row: i64,
+    pub device: Arc<str>,
+    pub ts_ms: i64,
+    pub kind: EventKind,
+}
+
+/// A stored event, as the writer reports it after commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub pos: Position,
+    pub event: NewEvent,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_is_stored_as_its_kind_and_a_body_without_it() {
+        let online = EventKind::Status { online: true };
+        assert_eq!(online.to_row(), ("status", r#"{"online":true}"#.to_owned()));
+        let (kind, body) = online.to_row();
+        assert_eq!(EventKind::from_row(kind, &body).unwrap(), online);
+    }
+
+    #[test]
+    fn a_status_streams_as_it_always_did() {
+        let offline = EventKind::Status { online: false };
+        assert_eq!(
+            offline.sse_data("freezer \"3\"", 1_700_000_000_000),
+            r#"{"device":"freezer \"3\"","online":false,"ts_ms":1700000000000}"#
+        );
+    }
+
+    #[test]
+    fn an_unknown_kind_or_a_body_that_does_not_fit_is_refused() {
+        assert!(EventKind::from_row("meteor", "{}").is_err());
+        assert!(EventKind::from_row("status", r#"{"online":"yes"}"#).is_err());
+        assert!(EventKind::from_row("status", r#"{"online":true,"extra":1}"#).is_err());
+        assert!(EventKind::from_row("status", "[]").is_err());
+    }
+}
