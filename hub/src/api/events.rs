@@ -86,14 +86,14 @@ struct Event {
     event: Option<String>,
     /// JSON text.
     data: String,
-    /// A reading's storage position.
+    /// A reading's or a status's storage position (one sequence).
     id: Option<String>,
     /// How long the browser waits before it reconnects, in ms.
     retry: Option<u64>,
 }
 
 /// The live stream of readings and device status, as Server-Sent Events:
-/// `reading` events whose id is the storage position, `status` events,
+/// `reading` and `status` events whose id is their storage position,
 /// `reset` when a resume point is gone, and keep-alive comments.
 #[utoipa::path(
     get,
