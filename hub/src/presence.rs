@@ -193,25 +193,27 @@ impl Recorder {
 
     /// Stores `statuses` in one group commit: all of them, or none.
     async fn record_in_storage(&self, writer: &WriterHandle, statuses: &[Status]) -> usize {
+        let ids: Vec<&str> = statuses.iter().map(|(device, _)| &**device).collect();
+        let rows = match self.admission.rows(&ids).await {
+            Ok(rows) => rows,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot look up devices for their status; trying again");
+                return 0;
+            }
+        };
         let ts_ms = now_ms();
-        let mut events = Vec::with_capacity(statuses.len());
-        for (device, online) in statuses {
-            let device_row = match self.admission.find(device).await {
-                Ok(Some(found)) => found.row,
-                // Only a registered device has a session.
-                Ok(None) => continue,
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot look up devices for their status; trying again");
-                    return 0;
-                }
-            };
-            events.push(NewEvent {
-                device_row,
-                device: Arc::clone(device),
-                ts_ms,
-                kind: EventKind::Status { online: *online },
-            });
-        }
+        let events = statuses
+            .iter()
+            // Only a registered device has a session.
+            .filter_map(|(device, online)| {
+                Some(NewEvent {
+                    device_row: *rows.get(&**device)?,
+                    device: Arc::clone(device),
+                    ts_ms,
+                    kind: EventKind::Status { online: *online },
+                })
+            })
+            .collect();
         match writer.record(events).await {
             Ok(_) => statuses.len(),
             Err(err) => {

@@ -59,6 +59,15 @@ impl Admission {
         Ok(found.map(|(row, revoked)| Admitted { row, revoked }))
     }
 
+    /// The rows of those of `device_ids` that are registered (one read for
+    /// all: presence records a fleet's connects together).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn rows(&self, device_ids: &[&str]) -> Result<HashMap<String, i64>, AdmitError> {
+        Ok(self.store.device_rows(device_ids).await?)
+    }
+
     /// The device's row, registered by the writer if it is unknown (a
     /// certificate, the cluster's stream or `--mqtt-ingest-register`
     /// vouches for it).

@@ -100,7 +100,7 @@ impl Live {
         let mut learned: HashMap<i64, Arc<MetricMeta>> = HashMap::new();
         for entry in commit.in_order() {
             let start = text.len();
-            let (pos, ts_ms, device, subject) = match entry {
+            let (pos, ts_ms, subject) = match entry {
                 Entry::Reading(row) => {
                     let metric = row.sample.metric;
                     let meta = match catalog.get(&metric).or_else(|| learned.get(&metric)) {
@@ -118,8 +118,10 @@ impl Live {
                     };
                     let ts_ms = row.sample.ts_ms;
                     format::reading(&mut text, row.pos, &meta.prefix, ts_ms, row.sample.value);
-                    let device = Arc::clone(&meta.device);
-                    (row.pos, ts_ms, device, Subject::Metric(metric))
+                    if route && seen.insert(meta.device.as_ptr()) {
+                        devices.push(Arc::clone(&meta.device));
+                    }
+                    (row.pos, ts_ms, Subject::Metric(metric))
                 }
                 Entry::Event(stored) => {
                     let event = &stored.event;
@@ -130,18 +132,13 @@ impl Live {
                         event.ts_ms,
                         &event.kind,
                     );
+                    if route && seen.insert(event.device.as_ptr()) {
+                        devices.push(Arc::clone(&event.device));
+                    }
                     let device = Arc::clone(&event.device);
-                    (
-                        stored.pos,
-                        event.ts_ms,
-                        Arc::clone(&device),
-                        Subject::Device(device),
-                    )
+                    (stored.pos, event.ts_ms, Subject::Device(device))
                 }
             };
-            if route && seen.insert(device.as_ptr()) {
-                devices.push(device);
-            }
             min_ts = min_ts.min(ts_ms);
             events.push(EventSpan {
                 pos,

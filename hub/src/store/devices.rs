@@ -304,6 +304,25 @@ impl Store {
         )
     }
 
+    /// The rows of those of `device_ids` that are registered, in one read
+    /// however many are asked for.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn device_rows(
+        &self,
+        device_ids: &[&str],
+    ) -> Result<HashMap<String, i64>, StoreError> {
+        let ids = serde_json::to_string(device_ids).expect("strings are valid JSON");
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT device_id, id FROM devices WHERE device_id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(ids)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
     /// What the database already knows of a device's `Hello`: the last
     /// committed seq, and the metric rows if model, firmware and every
     /// metric (by name and unit) are already stored. `None` for the rows
