@@ -85,10 +85,10 @@ impl DeviceChange {
             )
             .into());
         }
-        let hash = |bytes: &[u8]| -> Result<[u8; 32], String> {
+        let hash = |bytes: &[u8]| -> Result<[u8; 32], Invalid> {
             bytes
                 .try_into()
-                .map_err(|_| "a token hash is 32 bytes".to_owned())
+                .map_err(|_| Invalid::from("a token hash is 32 bytes"))
         };
         Ok(match self {
             DeviceChange::Token {
