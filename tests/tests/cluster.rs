@@ -608,8 +608,9 @@ async fn entries_no_hub_wrote_are_skipped_and_harm_no_one() {
     let (a, b) = (member(&url, "a", &[]).await, member(&url, "b", &[]).await);
 
     // Anyone who may publish on the stream's subjects: bytes that are no
-    // entry, a Hello naming another device than its subject, and a
-    // provisioning change with a hash that is not one.
+    // entry, a Hello naming another device than its subject, a
+    // provisioning change with a hash that is not one, and events that are
+    // none (not JSON, a kind no hub knows, a subject that is no device id).
     let client = async_nats::connect(&url).await.unwrap();
     let jetstream = async_nats::jetstream::new(client);
     let liar = {
@@ -626,6 +627,15 @@ async fn entries_no_hub_wrote_are_skipped_and_harm_no_one() {
         (
             "telemetry.devices.y",
             br#"{"change":"token","device":"y","token_sha256":[1,2]}"#.to_vec(),
+        ),
+        ("telemetry.events.z", b"not an event".to_vec()),
+        (
+            "telemetry.events.z",
+            br#"{"ts_ms":1,"event":{"kind":"meteor"}}"#.to_vec(),
+        ),
+        (
+            "telemetry.events.z-\u{2603}",
+            br#"{"ts_ms":1,"event":{"kind":"status","online":true}}"#.to_vec(),
         ),
     ] {
         jetstream
@@ -648,7 +658,9 @@ async fn entries_no_hub_wrote_are_skipped_and_harm_no_one() {
         assert_eq!(status, 200, "{body}");
         let (_, devices) = hub.get("/v1/devices").await.unwrap();
         assert!(
-            !devices.contains(r#""id":"y""#) && !devices.contains(r#""id":"other""#),
+            !devices.contains(r#""id":"y""#)
+                && !devices.contains(r#""id":"other""#)
+                && !devices.contains(r#""id":"z"#),
             "{devices}"
         );
     }

@@ -257,6 +257,14 @@ impl Applier {
         device: &str,
         payload: &[u8],
     ) -> Result<(), async_nats::Error> {
+        if !protocol::is_valid_device_id(device) {
+            tracing::warn!(
+                sequence,
+                device,
+                "skipped an event entry: its subject names no device id"
+            );
+            return Ok(());
+        }
         let EventEntry { ts_ms, event } = match serde_json::from_slice(payload) {
             Ok(entry) => entry,
             Err(err) => {
