@@ -585,6 +585,16 @@ mod tests {
             text.contains("id: 3\nevent: status\ndata: {\"device\":\"dev-1\",\"online\":false")
         );
 
+        // A stored event edited into nonsense by hand is skipped; the
+        // stream goes on past it.
+        sqlx::query("UPDATE events SET body = 'nonsense' WHERE pos = 3")
+            .execute(stack.store.pool())
+            .await
+            .unwrap();
+        let mut after_edit = subscribe(&stack.live, Filter::default(), Start::After(1)).await;
+        after_edit.next_text().await.unwrap(); // retry hint
+        let (seen, _) = read_ids(&mut after_edit, 4).await;
+        assert_eq!(seen, [2, 4, 5, 6]);
         stack.stop().await;
     }
 

@@ -364,7 +364,8 @@ impl Store {
     /// catch up, and how any cursor consumer reads what it has missed.
     ///
     /// # Errors
-    /// A database failure, or a stored event that does not read back.
+    /// A database failure. (A stored event that does not read back is
+    /// skipped and logged.)
     pub async fn readings_page(
         &self,
         after: Position,
@@ -376,28 +377,28 @@ impl Store {
         let mut page = self
             .only_readings_page(after, upto, devices, metrics, limit)
             .await?;
-        page.events = self
+        let (events, full) = self
             .events_between(after, page.read_through, devices, limit)
             .await?;
-        if page.events.len() == limit as usize
-            && let Some(last) = page.events.last()
-        {
+        page.events = events;
+        if let Some(last) = full {
             // Events fill the page: it ends at the last of them.
-            page.read_through = last.pos;
-            page.rows.retain(|row| row.pos <= last.pos);
+            page.read_through = last;
+            page.rows.retain(|row| row.pos <= last);
         }
         Ok(page)
     }
 
     /// Events with `after < pos <= upto` of `devices` (`None`: all), in
-    /// position order, at most `limit`.
+    /// position order, at most `limit`; and the last position read when
+    /// `limit` were (the page must end there).
     async fn events_between(
         &self,
         after: Position,
         upto: Position,
         devices: Option<&[String]>,
         limit: u32,
-    ) -> Result<Vec<EventRow>, StoreError> {
+    ) -> Result<(Vec<EventRow>, Option<Position>), StoreError> {
         let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
             "SELECT e.pos, d.device_id, e.ts_ms, e.kind, e.body
              FROM events e CROSS JOIN devices d ON d.id = e.device WHERE e.pos > ",
@@ -417,25 +418,31 @@ impl Store {
         query
             .push(" ORDER BY e.pos LIMIT ")
             .push_bind(i64::from(limit));
-        query
-            .build()
-            .fetch_all(self.pool())
-            .await?
+        let rows = query.build().fetch_all(self.pool()).await?;
+        // A full page ends at its last row, kept or not.
+        let full = (rows.len() == limit as usize)
+            .then(|| rows.last().map(|row| row.get::<Position, _>(0)))
+            .flatten();
+        let events = rows
             .into_iter()
-            .map(|row| {
+            .filter_map(|row| {
+                let pos: Position = row.get(0);
                 let kind: String = row.get(3);
                 let body: String = row.get(4);
+                // A row someone edited by hand into nonsense is skipped,
+                // not allowed to end every reader's stream at its position.
                 let kind = EventKind::from_row(&kind, &body)
-                    .map_err(|err| sqlx::Error::Decode(Box::new(err)))?;
-                Ok(EventRow {
-                    pos: row.get(0),
+                    .inspect_err(|err| tracing::warn!(pos, error = %err, "skipped a stored event"))
+                    .ok()?;
+                Some(EventRow {
+                    pos,
                     device: row.get(1),
                     ts_ms: row.get(2),
                     kind,
                 })
             })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+            .collect();
+        Ok((events, full))
     }
 
     /// The readings of [`Store::readings_page`]'s page, without events.
@@ -519,7 +526,7 @@ impl Store {
     /// The devices whose last stored status says they are online.
     ///
     /// # Errors
-    /// A database failure, or a stored status that does not read back.
+    /// A database failure.
     pub async fn last_online(&self) -> Result<Vec<String>, StoreError> {
         let last: Vec<(String, String, String)> = sqlx::query_as(
             "SELECT d.device_id, e.kind, e.body FROM events e JOIN devices d ON d.id = e.device
@@ -529,9 +536,8 @@ impl Store {
         .await?;
         let mut online = Vec::new();
         for (device, kind, body) in last {
-            let kind = EventKind::from_row(&kind, &body)
-                .map_err(|err| sqlx::Error::Decode(Box::new(err)))?;
-            if kind == (EventKind::Status { online: true }) {
+            // One that does not read back (edited by hand) says nothing.
+            if EventKind::from_row(&kind, &body).ok() == Some(EventKind::Status { online: true }) {
                 online.push(device);
             }
         }
