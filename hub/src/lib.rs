@@ -46,6 +46,7 @@
 //!   name; [`cluster`]: presence and commands across the hubs.
 
 pub mod admission;
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod bridge;

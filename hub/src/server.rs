@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::{Admission, Names};
+use crate::alerts::Alerts;
+use crate::alerts::evaluator::Evaluator;
 use crate::api::{self, monitor_auth::MonitorToken};
 use crate::bridge::{self, Bridge};
 use crate::cluster::Cluster;
@@ -100,6 +102,8 @@ struct AppState {
     mqtt: Option<Arc<bridge::Status>>,
     /// The cluster journal's status, in cluster mode.
     cluster: Option<Arc<journal::Status>>,
+    /// Alert rules and acknowledgements.
+    alerts: Alerts,
     /// The hub-wide stop: live streams watch it.
     shutdown: CancellationToken,
 }
@@ -117,6 +121,8 @@ pub struct Hub {
     bridge: Option<Bridge>,
     /// In cluster mode: the journal and the first entry not stored here.
     journal: Option<(Journal, u64)>,
+    /// On a lone hub: the alert rules' evaluator.
+    evaluator: Option<Evaluator>,
     /// This hub's hold on its database file, until the writer has stopped.
     _db_lock: crate::store::lock::DbLock,
     hangups: tokio::signal::unix::Signal,
@@ -170,6 +176,7 @@ impl Hub {
             ),
             None => None,
         };
+        let alert_head = consumers.head();
         let consumers = consumers.with_inline(Arc::clone(&live) as Arc<dyn InlineConsumer>);
         let writer_stop = CancellationToken::new();
         let (writer_handle, writer) = writer
@@ -182,6 +189,20 @@ impl Hub {
                     .context("joining the cluster")?,
             ),
             None => None,
+        };
+        let (alerts, alert_inbox) = Alerts::new(writer_handle.clone(), journal.is_some());
+        let evaluator = match journal {
+            Some(_) => None,
+            None => Some(
+                Evaluator::open(
+                    store.clone(),
+                    writer_handle.clone(),
+                    alert_head,
+                    alert_inbox,
+                )
+                .await
+                .context("reading the alerts back")?,
+            ),
         };
         let listener = TcpListener::bind(&settings.listen)
             .await
@@ -221,6 +242,7 @@ impl Hub {
             tls,
             mqtt: bridge.as_ref().map(Bridge::status),
             cluster: journal.as_ref().map(|(journal, _)| journal.status()),
+            alerts,
             shutdown,
         };
         Ok(Hub {
@@ -232,6 +254,7 @@ impl Hub {
             retention_cutoff: retention,
             bridge,
             journal,
+            evaluator,
             _db_lock: db_lock,
             hangups,
         })
@@ -276,6 +299,7 @@ impl Hub {
             retention_cutoff,
             bridge,
             journal,
+            evaluator,
             _db_lock: db_lock,
             hangups,
         } = self;
@@ -318,6 +342,10 @@ impl Hub {
                 registry: state.registry.clone(),
             };
             tracker.spawn(bridge.run(parts, cancel.clone()));
+        }
+        // On the tracker: it records and saves its cursor through the writer.
+        if let Some(evaluator) = evaluator {
+            tracker.spawn(evaluator.run(cancel.clone()));
         }
         let cluster_journal = journal.as_ref().map(|(journal, _)| journal.clone());
         // On the tracker: it stores through the writer.
@@ -435,6 +463,22 @@ fn router(state: AppState) -> Router {
             post(api::commands::send).layer(DefaultBodyLimit::max(api::commands::MAX_BODY_BYTES)),
         )
         .route("/v1/readings", get(api::readings))
+        .route(
+            "/v1/alert-rules",
+            get(api::alerts::rules)
+                .post(api::alerts::add_rule)
+                .layer(DefaultBodyLimit::max(api::alerts::MAX_BODY_BYTES)),
+        )
+        .route(
+            "/v1/alert-rules/{name}",
+            axum::routing::delete(api::alerts::remove_rule),
+        )
+        .route("/v1/alerts", get(api::alerts::alerts))
+        .route(
+            "/v1/alerts/{id}/ack",
+            post(api::alerts::acknowledge)
+                .layer(DefaultBodyLimit::max(api::alerts::MAX_BODY_BYTES)),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             api::monitor_auth::require,

@@ -1,6 +1,7 @@
 //! `GET /v1/events`: the live Server-Sent Events stream for browsers.
 //!
-//! Query: `device=a,b`, `metric=x,y` (filters), `last_event_id=N` (where a
+//! Query: `device=a,b`, `metric=x,y`, `types=alert,status` (filters; a
+//! metric filter concerns readings only), `last_event_id=N` (where a
 //! first connection resumes; the browser's `Last-Event-ID` header, sent on
 //! its own reconnects, wins over it). Past `--max-subscribers`, 503 with
 //! `Retry-After`.
@@ -37,6 +38,7 @@ fn parse(pairs: &[(String, String)], headers: &HeaderMap) -> Result<(Filter, Sta
         match name.as_str() {
             "device" => filter.devices = list(value),
             "metric" => filter.metrics = list(value),
+            "types" => filter.types = types(value)?,
             "last_event_id" => start = Start::After(event_id(name, value)?),
             // Read by the monitor-token check.
             "token" => {}
@@ -44,7 +46,7 @@ fn parse(pairs: &[(String, String)], headers: &HeaderMap) -> Result<(Filter, Sta
                 return Err(ApiError::bad_parameter(
                     name,
                     format!(
-                        "unknown parameter {name:?}; known: device, metric, last_event_id, token"
+                        "unknown parameter {name:?}; known: device, metric, types, last_event_id, token"
                     ),
                 ));
             }
@@ -60,6 +62,24 @@ fn parse(pairs: &[(String, String)], headers: &HeaderMap) -> Result<(Filter, Sta
         }
     }
     Ok((filter, start))
+}
+
+/// The event names a subscriber may ask for.
+const TYPES: [&str; 3] = ["reading", "status", "alert"];
+
+fn types(value: &str) -> Result<Option<HashSet<String>>, ApiError> {
+    let types = list(value);
+    if let Some(unknown) = types
+        .iter()
+        .flatten()
+        .find(|t| !TYPES.contains(&t.as_str()))
+    {
+        return Err(ApiError::bad_parameter(
+            "types",
+            format!("{unknown:?} is not an event type; known: reading, status, alert"),
+        ));
+    }
+    Ok(types)
 }
 
 fn event_id(name: &str, value: &str) -> Result<i64, ApiError> {
@@ -82,18 +102,19 @@ fn event_id(name: &str, value: &str) -> Result<i64, ApiError> {
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 struct Event {
-    /// `reading`, `status` or `reset`.
+    /// `reading`, `status`, `alert` or `reset`.
     event: Option<String>,
     /// JSON text.
     data: String,
-    /// A reading's or a status's storage position (one sequence).
+    /// A reading's, a status's or an alert transition's storage position
+    /// (one sequence).
     id: Option<String>,
     /// How long the browser waits before it reconnects, in ms.
     retry: Option<u64>,
 }
 
-/// The live stream of readings and device status, as Server-Sent Events:
-/// `reading` and `status` events whose id is their storage position,
+/// The live stream of readings, device status and alerts, as Server-Sent
+/// Events: `reading`, `status` and `alert` events whose id is their storage position,
 /// `reset` when a resume point is gone, and keep-alive comments.
 #[utoipa::path(
     get,
@@ -102,7 +123,9 @@ struct Event {
     security((), ("monitor_token" = [])),
     params(
         ("device" = Option<String>, Query, description = "Only these devices, comma-separated"),
-        ("metric" = Option<String>, Query, description = "Only these metrics, comma-separated"),
+        ("metric" = Option<String>, Query, description = "Only readings of these metrics, comma-separated"),
+        ("types" = Option<String>, Query, pattern = "^(reading|status|alert)(,(reading|status|alert))*$",
+         description = "Only these kinds of event, comma-separated: reading, status, alert"),
         ("last_event_id" = Option<i64>, Query, minimum = 0, maximum = 9_223_372_036_854_775_807_i64,
          description = "Resume after this event id on a first connection; 0 is everything still stored"),
         ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = "^[0-9]{0,18}$",

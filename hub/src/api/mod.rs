@@ -2,6 +2,7 @@
 //! Every failure answers with [`ApiError`]'s JSON body. Each handler takes
 //! only the parts of the hub's state it uses (axum sub-states).
 
+pub mod alerts;
 pub mod commands;
 pub mod events;
 pub mod monitor_auth;

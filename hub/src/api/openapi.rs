@@ -11,7 +11,7 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(
         title = "Telemetry hub",
-        description = "Stored readings, the live stream, devices and their commands. \
+        description = "Stored readings, the live stream, devices and their commands, alert rules and alerts. \
                        Every error answers `application/json` with `error` (a stable code), \
                        `message` and, when one is at fault, `parameter`.",
     ),
@@ -21,6 +21,11 @@ use utoipa::{Modify, OpenApi};
         super::devices,
         super::readings::readings,
         super::commands::send,
+        super::alerts::rules,
+        super::alerts::add_rule,
+        super::alerts::remove_rule,
+        super::alerts::alerts,
+        super::alerts::acknowledge,
         crate::ingest::upgrade,
         super::health,
         super::metrics,

@@ -9,6 +9,11 @@
 //! live `event:` ([`EventKind::sse_data`]). A new kind (an alert, a
 //! configuration change) is a new variant here; storage, the ring,
 //! catch-up and the cluster carry it unchanged.
+//!
+//! Alerts are events too: each transition of an alert (`firing`,
+//! `acknowledged`, `resolved`) is an `alert` event of its device, whose
+//! body keeps what caused it and the rule as it was. An alert's id is
+//! the position of its `firing` event.
 
 use std::sync::Arc;
 
@@ -19,12 +24,66 @@ use super::Position;
 
 /// What happened. Serialised with its name under `kind`:
 /// `{"kind":"status","online":true}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum EventKind {
     /// The device connected (`true`) to the hub, or to any hub of a
     /// cluster, or is no longer connected anywhere.
     Status { online: bool },
+    /// An alert of the device changed state.
+    Alert(Box<AlertChange>),
+}
+
+/// Where an alert stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertState {
+    Firing,
+    /// A person has seen it; it is still firing.
+    Acknowledged,
+    Resolved,
+}
+
+impl AlertState {
+    pub fn name(self) -> &'static str {
+        match self {
+            AlertState::Firing => "firing",
+            AlertState::Acknowledged => "acknowledged",
+            AlertState::Resolved => "resolved",
+        }
+    }
+}
+
+/// One transition of an alert: one rule on one device (and metric).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertChange {
+    /// The alert's id, the position of its `firing` event; absent on that
+    /// event itself (a position is known only once stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<Position>,
+    /// The rule's name.
+    pub rule: String,
+    pub state: AlertState,
+    /// The metric it watches, when the rule names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    /// The value that caused it (a threshold rule's reading or aggregate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// The position of the reading that caused it, when a reading did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Position>,
+    pub severity: String,
+    /// The rule's message, filled in.
+    pub message: String,
+    /// Who acknowledged it, and their note.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// The rule as it was when this happened (its JSON definition).
+    pub definition: Value,
 }
 
 /// Why a stored or streamed event cannot be read back.
@@ -40,6 +99,7 @@ impl EventKind {
     pub fn name(&self) -> &'static str {
         match self {
             EventKind::Status { .. } => "status",
+            EventKind::Alert(_) => "alert",
         }
     }
 
@@ -64,11 +124,17 @@ impl EventKind {
         serde_json::from_value(Value::Object(fields)).map_err(bad)
     }
 
-    /// The data of its live event: the body's fields with the device and
-    /// the time, `{"device":"d1","online":true,"ts_ms":1700000000000}`.
-    pub fn sse_data(&self, device: &str, ts_ms: i64) -> String {
+    /// The data of its live event at `pos`: the body's fields with the
+    /// device and the time, `{"device":"d1","online":true,"ts_ms":1700000000000}`
+    /// (an alert's `firing` event names itself as the `alert`).
+    pub fn sse_data(&self, pos: Position, device: &str, ts_ms: i64) -> String {
         let mut fields = self.fields();
         fields.remove("kind");
+        if let EventKind::Alert(change) = self
+            && change.alert.is_none()
+        {
+            fields.insert("alert".into(), Value::from(pos));
+        }
         fields.insert("device".into(), Value::String(device.to_owned()));
         fields.insert("ts_ms".into(), Value::from(ts_ms));
         Value::Object(fields).to_string()
@@ -85,7 +151,7 @@ impl EventKind {
 
 /// An event on its way to storage: the device's `devices.id` row and its
 /// id, and the hub's time.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
     pub device_row: i64,
     pub device: Arc<str>,
@@ -94,7 +160,7 @@ pub struct NewEvent {
 }
 
 /// A stored event, as the writer reports it after commit.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     pub pos: Position,
     pub event: NewEvent,
@@ -116,9 +182,37 @@ mod tests {
     fn a_status_streams_as_it_always_did() {
         let offline = EventKind::Status { online: false };
         assert_eq!(
-            offline.sse_data("freezer \"3\"", 1_700_000_000_000),
+            offline.sse_data(7, "freezer \"3\"", 1_700_000_000_000),
             r#"{"device":"freezer \"3\"","online":false,"ts_ms":1700000000000}"#
         );
+    }
+
+    fn firing() -> EventKind {
+        EventKind::Alert(Box::new(AlertChange {
+            alert: None,
+            rule: "warm".into(),
+            state: AlertState::Firing,
+            metric: Some("temp".into()),
+            value: Some(6.5),
+            cause: Some(41),
+            severity: "critical".into(),
+            message: "d1 temp is 6.5".into(),
+            by: None,
+            note: None,
+            definition: serde_json::json!({"name": "warm"}),
+        }))
+    }
+
+    #[test]
+    fn an_alert_reads_back_and_its_firing_event_names_itself() {
+        let (kind, body) = firing().to_row();
+        assert_eq!(kind, "alert");
+        assert!(!body.contains("\"alert\""), "{body}");
+        assert_eq!(EventKind::from_row(kind, &body).unwrap(), firing());
+        let data: Value = serde_json::from_str(&firing().sse_data(42, "d1", 5)).unwrap();
+        assert_eq!(data["alert"], 42);
+        assert_eq!(data["state"], "firing");
+        assert_eq!(data["device"], "d1");
     }
 
     #[test]

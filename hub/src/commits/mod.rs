@@ -29,7 +29,7 @@ use tokio::sync::watch;
 
 pub mod event;
 
-pub use event::{Event, EventKind, NewEvent};
+pub use event::{AlertChange, AlertState, Event, EventKind, NewEvent};
 
 /// A storage position: `samples.pos` or `events.pos`, the SSE event id.
 /// Readings and events take them from one sequence, assigned by the writer

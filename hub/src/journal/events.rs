@@ -11,7 +11,7 @@ use super::Journal;
 use crate::commits::EventKind;
 
 /// An event entry's payload: `{"ts_ms":…,"event":{"kind":"status",…}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct EventEntry {
     /// The time of the hub that saw it, ms since the epoch.
     pub ts_ms: i64,

@@ -60,7 +60,7 @@ pub fn event(out: &mut String, pos: i64, device: &str, ts_ms: i64, kind: &EventK
         out,
         "id: {pos}\nevent: {}\ndata: {}\n\n",
         kind.name(),
-        kind.sse_data(device, ts_ms)
+        kind.sse_data(pos, device, ts_ms)
     );
 }
 

@@ -136,7 +136,8 @@ impl Live {
                         devices.push(Arc::clone(&event.device));
                     }
                     let device = Arc::clone(&event.device);
-                    (stored.pos, event.ts_ms, Subject::Device(device))
+                    let kind = event.kind.name();
+                    (stored.pos, event.ts_ms, Subject::Event { device, kind })
                 }
             };
             min_ts = min_ts.min(ts_ms);

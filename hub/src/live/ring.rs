@@ -15,8 +15,11 @@ use crate::commits::Position;
 pub(super) enum Subject {
     /// A reading of this `metrics.id` row.
     Metric(i64),
-    /// An event of this device (its status).
-    Device(Arc<str>),
+    /// An event of this device, of this kind (`status`, `alert`).
+    Event {
+        device: Arc<str>,
+        kind: &'static str,
+    },
 }
 
 /// One reading or event inside a chunk's text.

@@ -38,11 +38,17 @@ const CATCH_UP_ROWS: u32 = 1_000;
 pub struct Filter {
     pub devices: Option<HashSet<String>>,
     pub metrics: Option<HashSet<String>>,
+    /// Event names (`reading`, `status`, `alert`).
+    pub types: Option<HashSet<String>>,
 }
 
 impl Filter {
     fn is_all(&self) -> bool {
-        self.devices.is_none() && self.metrics.is_none()
+        self.devices.is_none() && self.metrics.is_none() && self.types.is_none()
+    }
+
+    fn wants_type(&self, name: &str) -> bool {
+        self.types.as_ref().is_none_or(|t| t.contains(name))
     }
 
     fn wants_device(&self, device: &str) -> bool {
@@ -298,8 +304,12 @@ impl Subscription {
         for event in events {
             // Retention is deleting what is older: SQLite may not hold it.
             let wanted = match &event.subject {
-                Subject::Metric(row) => self.wants_metric(*row),
-                Subject::Device(device) => self.filter.wants_device(device),
+                Subject::Metric(row) => {
+                    self.filter.wants_type("reading") && self.wants_metric(*row)
+                }
+                Subject::Event { device, kind } => {
+                    self.filter.wants_type(kind) && self.filter.wants_device(device)
+                }
             };
             if event.ts_ms >= cutoff && wanted {
                 out.extend_from_slice(&chunk.text[event.start..event.end]);
@@ -344,6 +354,12 @@ impl Subscription {
             )
             .await?;
         self.cursor = page.read_through;
+        let mut page = page;
+        if !self.filter.wants_type("reading") {
+            page.rows.clear();
+        }
+        page.events
+            .retain(|event| self.filter.wants_type(event.kind.name()));
         let empty = page.rows.is_empty() && page.events.is_empty();
         Ok((!empty).then(|| format_page(&page.rows, &page.events)))
     }
@@ -571,6 +587,7 @@ mod tests {
         let dev_1 = Filter {
             devices: Some(HashSet::from(["dev-1".to_owned()])),
             metrics: None,
+            types: None,
         };
         let mut subscription = subscribe(&stack.live, dev_1, Start::After(1)).await;
         subscription.next_text().await.unwrap(); // retry hint
@@ -660,6 +677,7 @@ mod tests {
         let filter = Filter {
             devices,
             metrics: None,
+            types: None,
         };
         let mut subscription = subscribe(&live, filter, Start::Live).await;
         subscription.next_text().await.unwrap(); // retry hint
@@ -695,6 +713,7 @@ mod tests {
         let filter = Filter {
             devices: None,
             metrics: Some(HashSet::from(["temperature".to_owned()])),
+            types: None,
         };
         let mut everything = subscribe(&live, Filter::default(), Start::Live).await;
         let mut dev_2 = subscribe(
@@ -736,6 +755,7 @@ mod tests {
         let dev_2 = Filter {
             devices: Some(HashSet::from(["dev-2".to_owned()])),
             metrics: Some(HashSet::from(["humidity".to_owned()])),
+            types: None,
         };
         let mut following = subscribe(&live, dev_2, Start::Live).await;
         everything.next_text().await.unwrap();

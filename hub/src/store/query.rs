@@ -40,8 +40,9 @@ fn reading_row(row: SqliteRow) -> ReadingRow {
     }
 }
 
-/// One stored event (a device's status), as cursor consumers read it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One stored event (a device's status, an alert's transition), as
+/// cursor consumers read it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct EventRow {
     pub pos: Position,
     pub device: String,

@@ -98,6 +98,9 @@ fn register(tx: &Transaction, registration: &mut Registration) -> rusqlite::Resu
             statements::set_state(tx, key, *value)?;
             reply.wrote(());
         }
+        Registration::Rule { change, reply } => {
+            reply.wrote(statements::change_rule(tx, change)?);
+        }
     }
     Ok(())
 }

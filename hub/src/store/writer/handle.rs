@@ -10,7 +10,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use super::WriterHealth;
 use super::jobs::{
     CompactStep, Dedupe, EventRecord, Job, Origin, Provisioned, Registration, Reply, RetainChunk,
-    Retainable, Retained, WriteError, WriteOutcome, WriteRequest,
+    Retainable, Retained, RuleChange, WriteError, WriteOutcome, WriteRequest,
 };
 use crate::commits::{NewEvent, Position, Sample};
 
@@ -193,6 +193,16 @@ impl WriterHandle {
     /// The writer has stopped or the transaction failed.
     pub async fn set_state(&self, key: &'static str, value: i64) -> Result<(), WriteError> {
         self.register(|reply| Registration::State { key, value, reply })
+            .await
+    }
+
+    /// Adds or removes an alert rule in the next group commit; whether it
+    /// changed anything.
+    ///
+    /// # Errors
+    /// The writer has stopped or the transaction failed.
+    pub async fn change_rule(&self, change: RuleChange) -> Result<bool, WriteError> {
+        self.register(|reply| Registration::Rule { change, reply })
             .await
     }
 

@@ -155,6 +155,25 @@ pub(super) enum Registration {
         value: i64,
         reply: Reply<()>,
     },
+    /// Add or remove an alert rule. Answers whether it changed anything
+    /// (`false`: a rule of that name exists, or did not).
+    Rule {
+        change: RuleChange,
+        reply: Reply<bool>,
+    },
+}
+
+/// A change to `alert_rules`, from the HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleChange {
+    /// A new rule: its name and checked JSON definition.
+    Add {
+        name: String,
+        definition: String,
+    },
+    Remove {
+        name: String,
+    },
 }
 
 impl Registration {
@@ -164,6 +183,7 @@ impl Registration {
             Registration::Device { reply, .. } => reply.settle(failure),
             Registration::Hello { reply, .. } => reply.settle(failure),
             Registration::Metrics { reply, .. } => reply.settle(failure),
+            Registration::Rule { reply, .. } => reply.settle(failure),
             Registration::Provision { reply, .. } | Registration::State { reply, .. } => {
                 reply.settle(failure);
             }

@@ -38,7 +38,9 @@ mod statements;
 
 pub use handle::WriterHandle;
 pub use health::WriterHealth;
-pub use jobs::{Dedupe, Origin, Provisioned, Retainable, Retained, WriteError, WriteOutcome};
+pub use jobs::{
+    Dedupe, Origin, Provisioned, Retainable, Retained, RuleChange, WriteError, WriteOutcome,
+};
 
 use std::collections::HashMap;
 use std::sync::Arc;

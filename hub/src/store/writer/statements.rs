@@ -13,6 +13,7 @@ use protocol::Hello;
 use protocol::limits::MAX_METRICS_PER_DEVICE;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
+use super::jobs::RuleChange;
 use super::rollup::{self, Bucket, Tier};
 use crate::commits::{Committed, Event};
 use crate::store::blocks::{Block, Reading};
@@ -83,6 +84,22 @@ pub(super) fn set_state(conn: &Connection, key: &str, value: i64) -> rusqlite::R
     )?
     .execute(rusqlite::params![key, value])?;
     Ok(())
+}
+
+/// Adds or removes an alert rule; whether it changed anything.
+pub(super) fn change_rule(conn: &Connection, change: &RuleChange) -> rusqlite::Result<bool> {
+    let changed = match change {
+        RuleChange::Add { name, definition } => conn
+            .prepare_cached(
+                "INSERT INTO alert_rules (name, definition, created_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO NOTHING",
+            )?
+            .execute(rusqlite::params![name, definition, now_ms()])?,
+        RuleChange::Remove { name } => conn
+            .prepare_cached("DELETE FROM alert_rules WHERE name = ?1")?
+            .execute([name])?,
+    };
+    Ok(changed == 1)
 }
 
 /// Writes a device's credentials from a cluster's stream: a token (for a
@@ -313,7 +330,8 @@ pub(super) fn insert_events(conn: &Connection, events: &[Event]) -> rusqlite::Re
     Ok(())
 }
 
-/// Deletes events older than `before_ms` (the hub's time), at most
+/// Deletes events older than `before_ms` (the hub's time), alerts' kept
+/// (few, and their history is the point), at most
 /// `max_rows`, raising the retention watermark past them. Returns how many
 /// went, and 1 if none older is left (else 0).
 pub(super) fn delete_old_events(
@@ -325,7 +343,7 @@ pub(super) fn delete_old_events(
     let positions = tx
         .prepare_cached(
             "DELETE FROM events WHERE pos IN (
-                 SELECT pos FROM events WHERE ts_ms < ? LIMIT ?)
+                 SELECT pos FROM events WHERE ts_ms < ? AND kind <> 'alert' LIMIT ?)
              RETURNING pos",
         )?
         .query_map(

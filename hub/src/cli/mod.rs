@@ -22,6 +22,14 @@ use crate::store::devices::AddDeviceError;
 use crate::store::{PoolDurability, Store, retention};
 use crate::tls::TlsFiles;
 
+mod alert;
+
+/// A command line the checks refused: the binary exits with status 2, as
+/// for the flags clap refuses itself.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 /// Telemetry hub: devices stream readings over WebSocket, the hub stores them
 /// in SQLite and serves them to browsers and tools.
 #[derive(Debug, Parser)]
@@ -39,6 +47,9 @@ enum Command {
     /// Provision, list and revoke devices (works while the hub runs).
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Add, list and remove alert rules (works while the hub runs).
+    #[command(subcommand)]
+    Alert(alert::AlertCommand),
     /// Run the hub with a simulated fleet in the same process, the last hour
     /// backfilled, for a first look at the monitor. Takes every serve flag.
     Demo(Box<DemoArgs>),
@@ -351,6 +362,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo(args) => demo(*args).await,
         Command::Device(command) => device(command).await,
+        Command::Alert(command) => alert::run(command).await,
     }
 }
 
