@@ -493,11 +493,7 @@ impl Evaluator {
     /// What a silence or offline rule counts from: how long it waits, and
     /// each (device, metric) with the hub's time it went quiet since.
     /// `None` for threshold rules.
-    #[allow(clippy::type_complexity)]
-    fn quiet<'a>(
-        &'a self,
-        rule: &Rule,
-    ) -> Option<(i64, Vec<(&'a String, Option<&'a String>, i64)>)> {
+    fn quiet<'a>(&'a self, rule: &Rule) -> Option<(i64, Vec<Quiet<'a>>)> {
         Some(match (&rule.kind, &rule.metric) {
             (Kind::Silence { after_ms }, Some(metric)) => (
                 *after_ms,
