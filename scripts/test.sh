@@ -2,8 +2,8 @@
 # The whole test suite on a fresh machine: installs what the tests need that
 # a Rust machine may lack (Debian's Chromium and ChromeDriver for the browser
 # tests, NSS's certutil to make Chromium trust the test CA, Mosquitto for the benchmark harness's side-by-side run, nginx for the
-# reverse-proxy and load-balancer tests, nats-server for the cluster tests
-# (each starts its own), schemathesis
+# reverse-proxy and load-balancer tests, nats-server for the cluster tests,
+# Prometheus Alertmanager for alert delivery (each starts its own), schemathesis
 # from PyPI for the OpenAPI test), then runs a tiny pass of every benchmark
 # scenario and every test of the workspace.
 set -euo pipefail
@@ -16,6 +16,7 @@ missing=()
 [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 [ -x /usr/sbin/nginx ] || missing+=(nginx)
 [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
+[ -x /usr/bin/prometheus-alertmanager ] || missing+=(prometheus-alertmanager)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "the tests need Debian's ${missing[*]}; run: sudo apt-get install ${missing[*]}" >&2

@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::{Admission, Names};
-use crate::alerts::Alerts;
 use crate::alerts::evaluator::Evaluator;
+use crate::alerts::{Alerts, alertmanager};
 use crate::api::{self, monitor_auth::MonitorToken};
 use crate::bridge::{self, Bridge};
 use crate::cluster::Cluster;
@@ -73,6 +73,8 @@ pub struct Settings {
     pub mqtt: Option<bridge::Settings>,
     /// The cluster's NATS JetStream, when `--nats-url` is set.
     pub cluster: Option<journal::Settings>,
+    /// Where alerts are posted, when `--alertmanager-url` is set.
+    pub alertmanager: Option<alertmanager::Settings>,
 }
 
 /// How long readings and their roll-ups are kept, and how often old ones
@@ -346,6 +348,14 @@ impl Hub {
         // On the tracker: it records and saves its cursor through the writer.
         if let Some(evaluator) = evaluator {
             tracker.spawn(evaluator.run(cancel.clone()));
+        }
+        if let Some(alertmanager) = settings.alertmanager.clone() {
+            let notifier = alertmanager::Notifier::new(
+                store.clone(),
+                alertmanager,
+                state.alerts.transitions(),
+            );
+            tracker.spawn(notifier.run(cancel.clone()));
         }
         let cluster_journal = journal.as_ref().map(|(journal, _)| journal.clone());
         // On the tracker: it stores through the writer.

@@ -7,6 +7,7 @@
 //! clients are the kit's ([`testkit::http`], [`testkit::sse`]); the device
 //! handshake is the simulator's ([`device_sim::link`]).
 
+pub mod alertmanager;
 pub mod browser;
 pub mod fleets;
 pub mod nginx;

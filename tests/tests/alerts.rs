@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use e2e::alertmanager::Alertmanager;
 use e2e::{RawDevice, SseClient, SseEvent, TestHub};
 use protocol::{Batch, DeviceFrame, Reading};
 use serde_json::{Value, json};
@@ -515,4 +516,46 @@ async fn bad_rules_are_refused_naming_the_field() {
     }
     let out = hub.cli(&["alert", "remove", "nope"]).await.unwrap();
     assert_eq!(out.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn every_transition_reaches_alertmanager_across_its_outages() {
+    let mut manager = Alertmanager::start().await.unwrap();
+    let url = manager.url();
+    let hub = TestHub::start(&["--alertmanager-url", &url, "--alertmanager-resend", "1s"])
+        .await
+        .unwrap();
+    let token = hub.add_device("freezer-7").await.unwrap();
+    add_rule(
+        &hub,
+        json!({"name": "warm", "kind": "threshold", "device": "freezer-*",
+               "metric": "temperature", "condition": "above", "limit": 50.0,
+               "severity": "critical", "message": "{device} is at {value}"}),
+    )
+    .await;
+    let mut device = hub.connect(&token).await.unwrap();
+    device.hello("freezer-7").await.unwrap();
+    let warm = |status: &'static str| {
+        move |alert: &Value| alert["status"] == status && alert["labels"]["alertname"] == "warm"
+    };
+
+    // Fired while Alertmanager is away: it hears of it once back.
+    manager.stop().await.unwrap();
+    send(&mut device, 1, &[60.0]).await;
+    until_transitions(&hub, 1).await;
+    manager.resume().await.unwrap();
+    let firing = manager.until(warm("firing")).await.unwrap();
+    assert_eq!(firing["labels"]["device"], "freezer-7");
+    assert_eq!(firing["labels"]["metric"], "temperature");
+    assert_eq!(firing["labels"]["severity"], "critical");
+    assert_eq!(firing["annotations"]["message"], "freezer-7 is at 60");
+
+    // Resolved while it is away again: it hears of that too.
+    manager.stop().await.unwrap();
+    send(&mut device, 2, &[40.0]).await;
+    until_transitions(&hub, 2).await;
+    manager.resume().await.unwrap();
+    let resolved = manager.until(warm("resolved")).await.unwrap();
+    assert_eq!(resolved["labels"]["device"], "freezer-7");
+    assert_eq!(resolved["startsAt"], firing["startsAt"]);
 }

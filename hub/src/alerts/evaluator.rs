@@ -51,6 +51,7 @@ const RETRY: Duration = Duration::from_secs(1);
 pub struct Inbox {
     pub(super) requests: mpsc::Receiver<Ack>,
     pub(super) rules_changed: Arc<Notify>,
+    pub(super) transitions: Arc<Notify>,
 }
 
 /// One alert's identity: a rule on a device, and the metric for rules
@@ -687,6 +688,7 @@ impl Evaluator {
             kind: EventKind::Alert(Box::new(change)),
         };
         let stored = self.writer.record(vec![event]).await?;
+        self.inbox.transitions.notify_one();
         stored
             .first()
             .copied()

@@ -6,12 +6,15 @@
 //! - [`series`]: one threshold rule on one metric, window and hold (pure);
 //! - [`evaluator`]: the task that follows the head, runs the rules and
 //!   records transitions through the writer;
+//! - [`alertmanager`]: delivery to Prometheus Alertmanager, read from
+//!   storage each round;
 //! - [`Alerts`]: the handle the API changes rules and acknowledges through.
 //!
 //! Acknowledging goes through the evaluator's own queue, so a person's
 //! acknowledgement and the evaluator's resolution of the same alert are
 //! recorded in one order, never both from a stale view.
 
+pub mod alertmanager;
 pub mod evaluator;
 pub mod rule;
 pub mod series;
@@ -85,6 +88,8 @@ pub struct Alerts {
     in_cluster: bool,
     requests: mpsc::Sender<Ack>,
     rules_changed: Arc<Notify>,
+    /// Told after each transition recorded (deliveries wake on it).
+    transitions: Arc<Notify>,
 }
 
 impl Alerts {
@@ -92,17 +97,20 @@ impl Alerts {
     pub fn new(writer: WriterHandle, in_cluster: bool) -> (Alerts, evaluator::Inbox) {
         let (requests, inbox) = mpsc::channel(QUEUED_REQUESTS);
         let rules_changed = Arc::new(Notify::new());
+        let transitions = Arc::new(Notify::new());
         let alerts = Alerts {
             writer,
             in_cluster,
             requests,
             rules_changed: Arc::clone(&rules_changed),
+            transitions: Arc::clone(&transitions),
         };
         (
             alerts,
             evaluator::Inbox {
                 requests: inbox,
                 rules_changed,
+                transitions,
             },
         )
     }
@@ -173,6 +181,13 @@ impl Alerts {
             mpsc::error::TrySendError::Closed(_) => AckError::Stopped,
         })?;
         answer.await.map_err(|_| AckError::Stopped)?
+    }
+}
+
+impl Alerts {
+    /// Notified after each transition the evaluator records.
+    pub fn transitions(&self) -> Arc<Notify> {
+        Arc::clone(&self.transitions)
     }
 }
 

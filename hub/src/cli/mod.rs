@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
+use crate::alerts::alertmanager;
 use crate::bridge;
 use crate::ingest::session::{Limits, Timing};
 use crate::invalid::Invalid;
@@ -258,6 +259,14 @@ struct ServeArgs {
     /// the stream (1 to 5; 3 for a three-node NATS cluster).
     #[arg(long, env = "HUB_NATS_REPLICAS", default_value_t = 1, requires = "nats_url", value_parser = clap::value_parser!(u8).range(1..=5))]
     nats_replicas: u8,
+    /// Post alerts to this Prometheus Alertmanager (http://host:9093), as
+    /// Prometheus does: firing ones again every --alertmanager-resend,
+    /// resolved ones for 15 minutes, retried while it is away.
+    #[arg(long, env = "HUB_ALERTMANAGER_URL", value_parser = parse_alertmanager_url)]
+    alertmanager_url: Option<url::Url>,
+    /// How often every firing alert is posted to Alertmanager again.
+    #[arg(long, env = "HUB_ALERTMANAGER_RESEND", default_value = "1m", value_parser = parse_duration, requires = "alertmanager_url")]
+    alertmanager_resend: Duration,
     /// How long the stream keeps readings, when this hub creates it: a hub
     /// that was down longer starts again from the oldest kept, and its
     /// browsers get a `reset`.
@@ -518,6 +527,10 @@ async fn start(args: ServeArgs) -> anyhow::Result<(Hub, std::net::SocketAddr)> {
             replicas: usize::from(args.nats_replicas),
             max_age: args.nats_max_age,
         }),
+        alertmanager: args.alertmanager_url.map(|url| alertmanager::Settings {
+            url,
+            resend: args.alertmanager_resend,
+        }),
         mqtt: args.mqtt_url.map(|broker| bridge::Settings {
             tls: broker.tls.then(|| mqtt_tls.clone()).flatten(),
             broker,
@@ -674,6 +687,25 @@ async fn cluster_token(
     };
     journal::provision::announce(url, stream, &change).await?;
     Ok(token)
+}
+
+/// Alertmanager's base URL: http only (the hub's HTTP client has no TLS).
+fn parse_alertmanager_url(text: &str) -> Result<url::Url, Invalid> {
+    let url =
+        url::Url::parse(text).map_err(|err| Invalid(format!("{text:?} is not a URL: {err}")))?;
+    if url.scheme() != "http" || url.host().is_none() {
+        return Err(format!(
+            "{text:?}: an Alertmanager URL is http://host[:port][/path] (https is not supported yet: \
+             reach it through a local proxy)"
+        )
+        .into());
+    }
+    // `join` keeps a path only up to its last `/`.
+    let mut url = url;
+    if !url.path().ends_with('/') {
+        url.set_path(&format!("{}/", url.path()));
+    }
+    Ok(url)
 }
 
 /// A host name as a `Host` header names it: letters, digits, `-` and `.`,

@@ -164,6 +164,24 @@ impl Store {
         Ok(rows.iter().map(alert_row).collect())
     }
 
+    /// The alerts not resolved, and those resolved at or after
+    /// `resolved_since` (ms): what Alertmanager is told of.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn alerts_to_deliver(
+        &self,
+        resolved_since: i64,
+    ) -> Result<Vec<AlertRow>, StoreError> {
+        let rows = sqlx::query(select_alerts!(
+            "WHERE state <> 'resolved' OR resolved_ms >= ? ORDER BY id"
+        ))
+        .bind(resolved_since)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(alert_row).collect())
+    }
+
     /// One alert by id.
     ///
     /// # Errors
