@@ -998,3 +998,84 @@ async fn fuzzed_metric_names_are_refused_at_hello_or_bridged_and_none_stalls_the
     let (_, health) = hub.get("/healthz").await.unwrap();
     assert!(health.contains(r#""connected":true"#), "{health}");
 }
+
+/// A batch of one temperature reading of `value`.
+fn reading(seq: u64, value: f64) -> protocol::DeviceFrame {
+    protocol::DeviceFrame::Batch(protocol::Batch {
+        seq,
+        base_ms: 1_000_000 + seq * 1_000,
+        readings: vec![protocol::Reading {
+            metric: 1,
+            offset_ms: 0,
+            value,
+        }],
+    })
+}
+
+#[tokio::test]
+async fn alerts_are_retained_per_rule_with_a_problem_sensor_and_outlive_a_broker_outage() {
+    let mut broker = Mosquitto::start_with(Options {
+        persistent: true,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let url = bridged(&broker);
+    let hub = TestHub::start(&["--mqtt-url", &url, "--mqtt-discovery", "homeassistant"])
+        .await
+        .unwrap();
+    let rule = r#"{"name": "warm", "kind": "threshold", "metric": "temperature",
+                   "condition": "above", "limit": 50.0}"#;
+    let (status, body) = hub.post("/v1/alert-rules", rule).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    let token = hub.add_device("freezer-1").await.unwrap();
+    let mut device = hub.connect(&token).await.unwrap();
+    device.hello("freezer-1").await.unwrap();
+    let topic = "telemetry/freezer-1/alert/warm";
+    let watcher = subscribe(broker.port, "watcher", "telemetry/+/alert/+", false).await;
+
+    device.send_acked(&reading(1, 60.0)).await.unwrap();
+    until(&watcher, "the alert firing", |seen| {
+        seen.iter()
+            .any(|(t, payload, _)| t == topic && payload.contains(r#""state":"firing""#))
+    })
+    .await;
+    let firing = last_json(&watcher, topic);
+    assert_eq!(firing["rule"], "warm");
+    assert_eq!(firing["value"], 60.0);
+
+    // Resolved while the broker is down: once it is back, whoever
+    // subscribes reads the resolution, retained.
+    broker.stop().await.unwrap();
+    device.send_acked(&reading(2, 40.0)).await.unwrap();
+    broker.resume().await.unwrap();
+    let resolved = |seen: &[Received]| {
+        seen.iter()
+            .any(|(t, payload, _)| t == topic && payload.contains(r#""state":"resolved""#))
+    };
+    until(&watcher, "the resolution", resolved).await;
+    let later = subscribe(broker.port, "later", "telemetry/+/alert/+", false).await;
+    until(&later, "the resolution, retained", |seen| {
+        resolved(seen) && seen.iter().all(|(_, _, retained)| *retained)
+    })
+    .await;
+    assert_eq!(last_json(&later, topic)["id"], firing["id"]);
+
+    // Home Assistant sees it as a problem sensor of the device it has.
+    let configs = subscribe(
+        broker.port,
+        "ha",
+        "homeassistant/binary_sensor/+/+/config",
+        false,
+    )
+    .await;
+    let config_topic = "homeassistant/binary_sensor/telemetry__freezer-1/alert__warm/config";
+    until(&configs, "the problem sensor's config", |seen| {
+        seen.iter().any(|(t, _, _)| t == config_topic)
+    })
+    .await;
+    let config = last_json(&configs, config_topic);
+    assert_eq!(config["device_class"], "problem");
+    assert_eq!(config["state_topic"], topic);
+    assert_eq!(config["device"]["identifiers"][0], "telemetry__freezer-1");
+}

@@ -168,6 +168,59 @@ pub fn config_payload(
     serde_json::to_vec(&config).unwrap_or_default()
 }
 
+/// `homeassistant/binary_sensor/{node id}/alert__{rule id}/config`.
+pub fn alert_config_topic(prefix: &str, device: &str, rule: &str) -> String {
+    format!(
+        "{PREFIX}/binary_sensor/{}/alert__{}/config",
+        node_id(prefix, device),
+        id(rule)
+    )
+}
+
+#[derive(Serialize)]
+struct AlertConfig<'a> {
+    name: String,
+    unique_id: String,
+    state_topic: String,
+    value_template: &'static str,
+    device_class: &'static str,
+    /// The hub's status only: an offline alert must show while its device
+    /// is offline.
+    availability: [Availability; 1],
+    device: Device<'a>,
+    origin: Origin,
+}
+
+/// The `problem` binary sensor of one rule on a device: on while its alert
+/// fires (acknowledged or not), off once resolved.
+pub fn alert_config_payload(
+    prefix: &str,
+    hub_id: &str,
+    device: &DeviceRecord,
+    rule: &str,
+) -> Vec<u8> {
+    let node = node_id(prefix, &device.id);
+    let config = AlertConfig {
+        name: format!("alert {rule}"),
+        unique_id: format!("{node}__alert__{}", id(rule)),
+        state_topic: super::message::alert_topic(prefix, &device.id, rule),
+        value_template: "{{ 'OFF' if value_json.state == 'resolved' else 'ON' }}",
+        device_class: "problem",
+        availability: [availability(hub_status_topic(prefix, hub_id))],
+        device: Device {
+            identifiers: [node],
+            name: non_empty(&device.name).unwrap_or(&device.id),
+            model: non_empty(&device.model),
+            sw_version: non_empty(&device.firmware),
+        },
+        origin: Origin {
+            name: "telemetry-hub",
+            sw_version: env!("CARGO_PKG_VERSION"),
+        },
+    };
+    serde_json::to_vec(&config).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +253,25 @@ mod tests {
             &metric(metric_name, unit),
         ))
         .unwrap()
+    }
+
+    #[test]
+    fn an_alert_becomes_a_problem_sensor_of_its_device() {
+        assert_eq!(
+            alert_config_topic("telemetry", "sim-1", "warm"),
+            "homeassistant/binary_sensor/telemetry__sim-1/alert__warm/config"
+        );
+        let config: serde_json::Value = serde_json::from_slice(&alert_config_payload(
+            "telemetry",
+            "00ab",
+            &device("sim-1"),
+            "warm",
+        ))
+        .unwrap();
+        assert_eq!(config["device_class"], "problem");
+        assert_eq!(config["state_topic"], "telemetry/sim-1/alert/warm");
+        assert_eq!(config["device"]["identifiers"][0], "telemetry__sim-1");
+        assert_eq!(config["unique_id"], "telemetry__sim-1__alert__warm");
     }
 
     #[test]

@@ -36,6 +36,13 @@ pub fn device_status_topic(prefix: &str, device: &str) -> String {
     format!("{prefix}/{}/status", level(device))
 }
 
+/// `{prefix}/{device}/alert/{rule}`: the latest alert of a rule on a
+/// device (`GET /v1/alerts`' JSON: `state` is `firing`, `acknowledged` or
+/// `resolved`), retained.
+pub fn alert_topic(prefix: &str, device: &str, rule: &str) -> String {
+    format!("{prefix}/{}/alert/{}", level(device), level(rule))
+}
+
 /// `{prefix}/+/cmd`: where commands for devices come in.
 pub fn command_filter(prefix: &str) -> String {
     format!("{prefix}/+/cmd")

@@ -33,7 +33,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Admission;
-use crate::commits::{Head, Position};
+use crate::commits::{EventKind, Head, Position};
 use crate::ingest::registry::{Change, PresenceChange, Registry};
 use crate::invalid::Invalid;
 use crate::store::query::ReadingRow;
@@ -42,7 +42,7 @@ use crate::store::{Store, StoreError};
 use delivery::Delivery;
 pub use inbound::{Settings as IngestSettings, Template};
 use message::Own;
-use news::{News, Owed};
+use news::{AlertNews, News, Owed};
 pub use status::{Health, Status};
 
 /// Where the bridge keeps its cursor in `hub_state`.
@@ -263,6 +263,7 @@ impl Bridge {
             saved: self.cursor,
             outbox: VecDeque::new(),
             news: News::default(),
+            alerts: AlertNews::default(),
             changes,
             commands: JoinSet::new(),
             head: self.head.clone(),
@@ -300,6 +301,9 @@ struct Worker {
     /// is read only when this is empty.
     outbox: VecDeque<Own>,
     news: News,
+    /// Alerts whose state is owed, noted from the alert events the pages
+    /// bring and, at each connection, from storage.
+    alerts: AlertNews,
     changes: broadcast::Receiver<PresenceChange>,
     /// Commands waiting for their devices; each ends as a result to publish.
     commands: JoinSet<Own>,
@@ -406,6 +410,11 @@ impl Worker {
                                 "retention deleted readings before the bridge published them"
                             );
                         }
+                        for event in &read.events {
+                            if let EventKind::Alert(change) = &event.kind {
+                                self.alerts.note(&event.device, &change.rule);
+                            }
+                        }
                         self.checked_through = self.checked_through.max(read.read_through);
                         self.page_through = read.read_through;
                         if self.bridge.settings.batch {
@@ -461,7 +470,18 @@ impl Worker {
         {
             let Some(own) = self.outbox.pop_front() else {
                 let Some((device, owed)) = self.news.take() else {
-                    return;
+                    let Some((device, rule)) = self.alerts.take() else {
+                        return;
+                    };
+                    match self.tell_alert(&device, &rule).await {
+                        Ok(messages) => self.outbox.extend(messages),
+                        Err(err) => {
+                            tracing::warn!(error = %err, device = %device, "the bridge cannot read an alert; it retries");
+                            self.alerts.note(&device, &rule);
+                            return;
+                        }
+                    }
+                    continue;
                 };
                 match self.tell(&device, owed).await {
                     Ok(messages) => self.outbox.extend(messages),
@@ -517,6 +537,46 @@ impl Worker {
             status,
         ));
         Ok(messages)
+    }
+
+    /// The messages that tell the broker an alert's state: with discovery,
+    /// its binary sensor's config first.
+    async fn tell_alert(&self, device: &str, rule: &str) -> Result<Vec<Own>, StoreError> {
+        let prefix = &self.bridge.settings.prefix;
+        let store = &self.parts.store;
+        let Some(alert) = store.latest_alert(device, rule).await? else {
+            return Ok(Vec::new());
+        };
+        let mut messages = Vec::new();
+        if self.bridge.settings.discovery
+            && let Some(record) = store.device(device).await?
+        {
+            messages.push(Own::retained(
+                discovery::alert_config_topic(prefix, device, rule),
+                discovery::alert_config_payload(prefix, &self.bridge.hub_id, &record, rule),
+            ));
+        }
+        let payload = serde_json::to_vec(&alert).unwrap_or_default();
+        messages.push(Own::retained(
+            message::alert_topic(prefix, device, rule),
+            payload,
+        ));
+        Ok(messages)
+    }
+
+    /// Notes every alert's state as owed: on each connection, so the
+    /// broker's retained states are never left stale by an outage.
+    async fn note_every_alert(&mut self) {
+        match self.parts.store.alert_keys().await {
+            Ok(keys) => {
+                for (device, rule) in keys {
+                    self.alerts.note(&device, &rule);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "the bridge cannot list the alerts; their topics may be stale");
+            }
+        }
     }
 
     /// Notes every device's presence (and configs) as news.
@@ -575,6 +635,7 @@ impl Worker {
         tracing::info!(host = %broker.host, port = broker.port, tls = broker.tls, "bridge connected to the broker");
         // The broker may hold stale statuses from before the outage.
         self.note_everyone(self.bridge.settings.discovery).await;
+        self.note_every_alert().await;
     }
 
     async fn on_message(&mut self, publish: Publish) {
@@ -601,6 +662,7 @@ impl Worker {
         {
             tracing::info!("Home Assistant started; publishing discovery configs again");
             self.note_everyone(true).await;
+            self.note_every_alert().await;
         }
     }
 

@@ -2,8 +2,10 @@
 //! (`{prefix}/{device}/status`) and, with discovery, its configs. A
 //! device's later change overwrites an earlier one not yet published, so
 //! this holds at most one entry per device however fast they come and go.
+//! Likewise each alert's state ([`AlertNews`]): at most one entry per
+//! device and rule, published as what storage holds when its turn comes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use crate::ingest::registry::Change;
@@ -49,9 +51,43 @@ impl News {
     }
 }
 
+/// The (device, rule) pairs whose alert state is owed, oldest first.
+#[derive(Debug, Default)]
+pub struct AlertNews {
+    owed: HashSet<(String, String)>,
+    order: VecDeque<(String, String)>,
+}
+
+impl AlertNews {
+    pub fn note(&mut self, device: &str, rule: &str) {
+        let key = (device.to_owned(), rule.to_owned());
+        if self.owed.insert(key.clone()) {
+            self.order.push_back(key);
+        }
+    }
+
+    /// The oldest owed pair, taken.
+    pub fn take(&mut self) -> Option<(String, String)> {
+        let key = self.order.pop_front()?;
+        self.owed.remove(&key);
+        Some(key)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_alert_is_owed_once_however_often_it_changes() {
+        let mut news = AlertNews::default();
+        news.note("a", "warm");
+        news.note("b", "warm");
+        news.note("a", "warm");
+        assert_eq!(news.take(), Some(("a".into(), "warm".into())));
+        assert_eq!(news.take(), Some(("b".into(), "warm".into())));
+        assert_eq!(news.take(), None);
+    }
 
     #[test]
     fn a_later_change_replaces_an_unpublished_one() {

@@ -182,6 +182,37 @@ impl Store {
         Ok(rows.iter().map(alert_row).collect())
     }
 
+    /// The latest alert of `rule` on `device`.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn latest_alert(
+        &self,
+        device: &str,
+        rule: &str,
+    ) -> Result<Option<AlertRow>, StoreError> {
+        let row = sqlx::query(select_alerts!(
+            "WHERE device = ? AND rule = ? ORDER BY id DESC LIMIT 1"
+        ))
+        .bind(device)
+        .bind(rule)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.as_ref().map(alert_row))
+    }
+
+    /// Every (device, rule) that has had an alert.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn alert_keys(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT DISTINCT device, rule FROM alert_events WHERE state = 'firing'")
+                .fetch_all(self.pool())
+                .await?,
+        )
+    }
+
     /// One alert by id.
     ///
     /// # Errors
