@@ -324,3 +324,136 @@ async fn a_page_without_the_monitor_token_asks_for_it_and_keeps_it_out_of_the_ad
     );
     browser.quit().await;
 }
+
+/// A batch of one temperature reading of `value`, now.
+fn reading_now(seq: u64, value: f64) -> protocol::DeviceFrame {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    protocol::DeviceFrame::Batch(protocol::Batch {
+        seq,
+        base_ms: now,
+        readings: vec![protocol::Reading {
+            metric: 1,
+            offset_ms: 0,
+            value,
+        }],
+    })
+}
+
+#[tokio::test]
+async fn firing_alerts_stand_out_are_acknowledged_and_shade_the_device_charts() {
+    let hub = TestHub::start(&[]).await.unwrap();
+    let rule = r#"{"name": "warm", "kind": "threshold", "metric": "temperature",
+                   "condition": "above", "limit": 50.0, "severity": "critical"}"#;
+    let (status, body) = hub.post("/v1/alert-rules", rule).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    let token = hub.add_device("freezer-1").await.unwrap();
+    let mut device = hub.connect(&token).await.unwrap();
+    device.hello("freezer-1").await.unwrap();
+    device.send_acked(&reading_now(1, 20.0)).await.unwrap();
+    let browser = Browser::start().await.unwrap();
+    browser
+        .goto(&format!("http://{}/", hub.addr))
+        .await
+        .unwrap();
+    browser.wait_until_live().await.unwrap();
+    browser
+        .wait_for(
+            "the device's card",
+            "return document.querySelectorAll('.card').length === 1",
+        )
+        .await
+        .unwrap();
+
+    device.send_acked(&reading_now(2, 60.0)).await.unwrap();
+    browser
+        .wait_for(
+            "the alert in the header and on the card",
+            "return document.getElementById('alert-count').textContent === '1' &&
+                    document.getElementById('alerts-button').className === 'firing' &&
+                    document.querySelector('.card').classList.contains('alerting') &&
+                    document.querySelector('.card .badge').textContent === '1 alert'",
+        )
+        .await
+        .unwrap();
+    browser
+        .eval("document.getElementById('alerts-button').click(); return true")
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "the alert in the list, with its message",
+            "const row = document.querySelector('#alert-list .alert.firing');
+             return !!row && row.textContent.includes('freezer-1 temperature is 60 (limit 50)')",
+        )
+        .await
+        .unwrap();
+    browser
+        .eval(
+            "document.getElementById('ack-by').value = 'ana';
+             document.querySelector('#alert-list .alert.firing button.ack').click(); return true",
+        )
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "the alert acknowledged",
+            "const row = document.querySelector('#alert-list .alert');
+             return !!row && row.classList.contains('acknowledged') && row.textContent.includes('seen by ana')",
+        )
+        .await
+        .unwrap();
+    let db = hub.db().await.unwrap();
+    let by: String = sqlx::query_scalar("SELECT acknowledged_by FROM alerts")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(by, "ana");
+    db.close().await;
+
+    // The device view shades the alert's span on the metric's chart.
+    browser
+        .eval("document.querySelector('#alert-list .alert a').click(); return true")
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "the alert shaded on the chart, and listed",
+            "const c = document.querySelector('#charts [data-metric=\"temperature\"] canvas');
+             return !!c && c.dataset.alerts === '1' && !document.getElementById('dv-alerts').hidden",
+        )
+        .await
+        .unwrap();
+
+    // Opened from a bookmark, the device view still counts the fleet and
+    // its readings in the header.
+    browser
+        .goto(&format!("http://{}/#device=freezer-1", hub.addr))
+        .await
+        .unwrap();
+    browser.wait_until_live().await.unwrap();
+    let sending = tokio::spawn(async move {
+        for seq in 3..40 {
+            device.send_acked(&reading_now(seq, 61.0)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        device
+    });
+    browser
+        .wait_for(
+            "the header's counts",
+            "return document.getElementById('total').textContent === '1' &&
+                    document.getElementById('online').textContent === '1' &&
+                    Number(document.getElementById('rate').textContent) > 0",
+        )
+        .await
+        .unwrap();
+    sending.await.unwrap();
+    assert_eq!(
+        browser.console_errors().await.unwrap(),
+        Vec::<String>::new()
+    );
+    browser.quit().await;
+}
