@@ -121,6 +121,8 @@ pub struct DeviceSpec {
     pub seed: u64,
     /// Wait this long before the first connection (spreads a fleet's start).
     pub start_delay: Duration,
+    /// Its readings go wrong now and then from its start on.
+    pub misbehaves: bool,
 }
 
 /// The sampling interval for `rate` readings per second of `metrics` metrics:
@@ -436,7 +438,13 @@ pub async fn run(
     };
     let mut device = Device {
         tls,
-        sensors: Sensors::new(&settings.kinds, spec.seed),
+        sensors: {
+            let sensors = Sensors::new(&settings.kinds, spec.seed);
+            match spec.misbehaves {
+                true => sensors.misbehaving(device_time_ms(settings.clock_skew_ms)),
+                false => sensors,
+            }
+        },
         outbox: Outbox::new(settings.buffer),
         rng: Rng::new(spec.seed ^ 0x5EED),
         unsealed: Vec::new(),

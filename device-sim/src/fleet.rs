@@ -52,6 +52,9 @@ pub struct FleetConfig {
     pub grace: Duration,
     /// Show a live progress line on standard error.
     pub progress: bool,
+    /// This device of the fleet misbehaves now and then (`hub demo`'s:
+    /// see [`crate::sensors::Sensors::misbehaving`]).
+    pub misbehaving: Option<String>,
     pub device: DeviceSettings,
 }
 
@@ -67,6 +70,7 @@ impl FleetConfig {
             duration: None,
             grace: Duration::from_secs(5),
             progress: false,
+            misbehaving: None,
             device,
         }
     }
@@ -122,11 +126,13 @@ pub async fn run(config: FleetConfig) -> Summary {
             Credential::Token(token) | Credential::ProvisionKey(token) => token.clone(),
             Credential::Certificate | Credential::Keyring => String::new(),
         };
+        let id = match &config.ids {
+            Ids::Numbered(prefix) => device_id(prefix, index, config.devices),
+            Ids::Exactly(id) => id.clone(),
+        };
         let spec = DeviceSpec {
-            id: match &config.ids {
-                Ids::Numbered(prefix) => device_id(prefix, index, config.devices),
-                Ids::Exactly(id) => id.clone(),
-            },
+            misbehaves: config.misbehaving.as_ref() == Some(&id),
+            id,
             credential,
             seed: config.seed.wrapping_add(index as u64),
             start_delay: ramp.mul_f64(rng.unit()),

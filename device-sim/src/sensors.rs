@@ -74,7 +74,16 @@ pub struct Sensors {
     temperature_offset: f64,
     pressure: f64,
     battery: f64,
+    /// From this device time on, the sensors misbehave now and then.
+    misbehaving_from: Option<u64>,
 }
+
+/// How a misbehaving device's four minutes go, in seconds from its start:
+/// its temperature runs 15 °C hot from 30 to 90, and it reads nothing
+/// from 150 to 200.
+const MISBEHAVING_CYCLE_S: u64 = 240;
+const RUNS_HOT_S: std::ops::Range<u64> = 30..90;
+const SILENT_S: std::ops::Range<u64> = 150..200;
 
 impl Sensors {
     /// Sensors of `kinds`, their noise drawn from `seed`.
@@ -89,7 +98,16 @@ impl Sensors {
             temperature_offset,
             pressure,
             battery,
+            misbehaving_from: None,
         }
+    }
+
+    /// Sensors that, from device time `from_ms` on, go wrong now and then:
+    /// a minute in every four with the temperature 15 °C too hot, then 50
+    /// seconds with nothing read. What `hub demo`'s rules catch.
+    pub fn misbehaving(mut self, from_ms: u64) -> Self {
+        self.misbehaving_from = Some(from_ms);
+        self
     }
 
     /// The descriptors for `Hello`; metric ids are 1, 2, … in `kinds` order.
@@ -119,9 +137,22 @@ impl Sensors {
     pub fn sample(&mut self, t_ms: u64, out: &mut Vec<(u16, f64)>) {
         // Warmest mid-afternoon, coolest before dawn.
         let day = (t_ms as f64 % DAY_MS) / DAY_MS;
+        let phase = self
+            .misbehaving_from
+            .filter(|from| t_ms >= *from)
+            .map(|from| ((t_ms - from) / 1_000) % MISBEHAVING_CYCLE_S);
+        if phase.is_some_and(|phase| SILENT_S.contains(&phase)) {
+            return;
+        }
+        let hot = if phase.is_some_and(|phase| RUNS_HOT_S.contains(&phase)) {
+            15.0
+        } else {
+            0.0
+        };
         let temperature = 20.0
             + self.temperature_offset
             + 5.0 * (std::f64::consts::TAU * (day - 0.375)).sin()
+            + hot
             + self.rng.normal() * 0.15;
         for (kind, id) in self.kinds.iter().zip(1u16..) {
             let value = match kind {
@@ -163,6 +194,26 @@ mod tests {
             sensors.sample(i as u64 * step_ms, &mut out);
         }
         out.into_iter().map(|(_, v)| v).collect()
+    }
+
+    #[test]
+    fn a_misbehaving_device_runs_hot_then_goes_silent_each_cycle() {
+        let from = 3 * 3_600_000;
+        let mut sensors = Sensors::new(&[SensorKind::Temperature], 5).misbehaving(from);
+        let mut at = |s: u64| {
+            let mut out = Vec::new();
+            sensors.sample(from + s * 1_000, &mut out);
+            out.first().map(|(_, v)| *v)
+        };
+        let normal = at(10).unwrap();
+        let hot = at(60).unwrap();
+        assert!(hot - normal > 10.0, "{normal} then {hot}");
+        assert_eq!(at(160), None, "silent");
+        assert!((at(210).unwrap() - normal).abs() < 3.0);
+        assert!(
+            at(240 + 60).unwrap() - normal > 10.0,
+            "again the next cycle"
+        );
     }
 
     #[test]

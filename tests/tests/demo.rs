@@ -66,6 +66,19 @@ async fn hub_demo_serves_a_backfilled_fleet_and_stops_at_ctrl_c() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // It comes with alert rules, for the misbehaving device to break.
+    let (_, body) = testkit::http::get(&addr, "/v1/alert-rules", &[])
+        .await
+        .unwrap();
+    let rules: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let names: Vec<&str> = rules["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|rule| rule["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["offline", "quiet", "temperature-band"]);
+
     // Ctrl-C: the devices deliver what they sampled, then the hub stops.
     let pid = child.id().unwrap().to_string();
     Command::new("kill")

@@ -386,6 +386,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let (hub, addr) = start(serve).await?;
     let devices = usize::try_from(devices).unwrap_or(usize::MAX);
     let tokens = crate::demo::issue_tokens(hub.store(), devices).await?;
+    crate::demo::add_rules(hub.store()).await?;
     let fleet = crate::demo::fleet(
         &addr.to_string(),
         device_sim::fleet::Credential::Keyring,
