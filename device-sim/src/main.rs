@@ -224,6 +224,7 @@ async fn main() -> ExitCode {
         duration: args.duration,
         grace: Duration::from_secs(10),
         progress: !args.json,
+        misbehaving: None,
         device: DeviceSettings {
             url: args.hub.0[0].clone(),
             other_urls: args.hub.0[1..].to_vec(),
