@@ -5,8 +5,8 @@
 //!
 //! Each transition is an `alert` event recorded through the writer before
 //! the evaluator moves on, so what it has recorded is what storage holds.
-//! Its cursor is saved in `hub_state` (`alert_cursor`) once a second and
-//! at its stop. After a restart it reads back the alerts not yet resolved
+//! Its cursor is saved in `hub_state` (`alert_cursor`) every half second
+//! while it has rules, and at its stop. After a restart it reads back the alerts not yet resolved
 //! (none fires again: a firing alert's series starts firing, and only
 //! resolves) and each series' last reading that caused a transition, then
 //! evaluates again from its saved cursor: readings it had evaluated but
@@ -160,7 +160,7 @@ impl Evaluator {
             watching: HashMap::new(),
             device_rows: HashMap::new(),
             cursor,
-            saved: -1,
+            saved: cursor,
         };
         evaluator.read_back().await?;
         Ok(evaluator)
@@ -234,6 +234,17 @@ impl Evaluator {
             };
             self.last_cause.insert(key, cause.cause);
         }
+        self.read_quiet().await?;
+        // Read the rules again, and resolve what fired under a rule that
+        // has changed or gone since.
+        self.texts.clear();
+        self.reload_rules().await;
+        Ok(())
+    }
+
+    /// Where silence and offline rules start: each metric's last reading
+    /// and each device's last status, as stored.
+    async fn read_quiet(&mut self) -> Result<(), StoreError> {
         let now = now_ms();
         self.seen.clear();
         self.device_seen.clear();
@@ -249,10 +260,6 @@ impl Evaluator {
                 self.offline_since.insert(device, ts_ms.min(now));
             }
         }
-        // Read the rules again, and resolve what fired under a rule that
-        // has changed or gone since.
-        self.texts.clear();
-        self.reload_rules().await;
         Ok(())
     }
 
@@ -284,6 +291,13 @@ impl Evaluator {
             }
         }
         rules.sort_by(|a, b| a.name.cmp(&b.name));
+        if self.rules.is_empty() && !rules.is_empty() {
+            // Without rules nothing was read: start from what is stored.
+            if let Err(err) = self.read_quiet().await {
+                tracing::warn!(error = %err, "reading the last readings and statuses failed");
+                return;
+            }
+        }
         self.texts = texts;
         self.rules = rules;
         self.watching.clear();
@@ -749,9 +763,11 @@ impl Evaluator {
         let _ = reply.send(answer);
     }
 
-    /// Saves the cursor through the writer if it moved.
+    /// Saves the cursor through the writer if it moved while rules ran.
+    /// Without rules it follows the head unsaved: a hub without rules
+    /// commits nothing for alerts, and rules apply from when they arrive.
     async fn save_cursor(&mut self) {
-        if self.cursor == self.saved {
+        if self.cursor == self.saved || self.rules.is_empty() {
             return;
         }
         match self.writer.set_state(CURSOR_KEY, self.cursor).await {
