@@ -123,8 +123,8 @@ pub struct Hub {
     bridge: Option<Bridge>,
     /// In cluster mode: the journal and the first entry not stored here.
     journal: Option<(Journal, u64)>,
-    /// On a lone hub: the alert rules' evaluator.
-    evaluator: Option<Evaluator>,
+    /// The alert rules' evaluator.
+    evaluator: Evaluator,
     /// This hub's hold on its database file, until the writer has stopped.
     _db_lock: crate::store::lock::DbLock,
     hangups: tokio::signal::unix::Signal,
@@ -192,20 +192,21 @@ impl Hub {
             ),
             None => None,
         };
-        let (alerts, alert_inbox) = Alerts::new(writer_handle.clone(), journal.is_some());
-        let evaluator = match journal {
-            Some(_) => None,
-            None => Some(
-                Evaluator::open(
-                    store.clone(),
-                    writer_handle.clone(),
-                    alert_head,
-                    alert_inbox,
-                )
-                .await
-                .context("reading the alerts back")?,
-            ),
-        };
+        let cluster_journal = journal.as_ref().map(|(journal, _)| journal.clone());
+        let (alerts, alert_inbox) = Alerts::new(
+            writer_handle.clone(),
+            store.clone(),
+            cluster_journal.clone(),
+        );
+        let evaluator = Evaluator::open(
+            store.clone(),
+            writer_handle.clone(),
+            cluster_journal,
+            alert_head,
+            alert_inbox,
+        )
+        .await
+        .context("reading the alerts back")?;
         let listener = TcpListener::bind(&settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
@@ -346,9 +347,7 @@ impl Hub {
             tracker.spawn(bridge.run(parts, cancel.clone()));
         }
         // On the tracker: it records and saves its cursor through the writer.
-        if let Some(evaluator) = evaluator {
-            tracker.spawn(evaluator.run(cancel.clone()));
-        }
+        tracker.spawn(evaluator.run(cancel.clone()));
         if let Some(alertmanager) = settings.alertmanager.clone() {
             let notifier = alertmanager::Notifier::new(
                 store.clone(),
@@ -363,6 +362,7 @@ impl Hub {
             let parts = journal::apply::Parts {
                 admission: state.ingest.sessions.admission.clone(),
                 writer: state.ingest.sessions.writer.clone(),
+                store: store.clone(),
             };
             let cluster = Cluster::join(journal.clone(), state.registry.clone(), store.clone());
             tracker.spawn(cluster.run(cancel.clone()));
@@ -485,7 +485,7 @@ fn router(state: AppState) -> Router {
         )
         .route("/v1/alerts", get(api::alerts::alerts))
         .route(
-            "/v1/alerts/{id}/ack",
+            "/v1/alerts/{alert}/ack",
             post(api::alerts::acknowledge)
                 .layer(DefaultBodyLimit::max(api::alerts::MAX_BODY_BYTES)),
         )

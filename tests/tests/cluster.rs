@@ -665,3 +665,121 @@ async fn entries_no_hub_wrote_are_skipped_and_harm_no_one() {
         );
     }
 }
+
+/// A batch of one temperature reading of `value`.
+fn reading(seq: u64, value: f64) -> DeviceFrame {
+    DeviceFrame::Batch(protocol::Batch {
+        seq,
+        base_ms: 1_000_000 + seq * 1_000,
+        readings: vec![protocol::Reading {
+            metric: 1,
+            offset_ms: 0,
+            value,
+        }],
+    })
+}
+
+/// `(pos, alert, rule, state)` of every alert transition a hub stored.
+type Transition = (i64, i64, String, String);
+
+const TRANSITIONS: &str = "SELECT pos, alert, rule, state FROM alert_events ORDER BY pos";
+
+#[tokio::test]
+async fn each_alert_transition_happens_once_for_the_cluster_and_outlives_the_hub_that_saw_it() {
+    let nats = NatsServer::start().await.unwrap();
+    let url = nats.url();
+    let (a, b, c) = three(&url).await;
+    // Rules for the whole cluster: one from the command line, one through
+    // a hub's API.
+    let out = provision(
+        &url,
+        &[
+            "alert",
+            "add",
+            "warm",
+            "--kind",
+            "threshold",
+            "--metric",
+            "temperature",
+            "--above",
+            "50",
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let gone = r#"{"name": "gone", "kind": "offline", "device": "al-*", "for": "1s"}"#;
+    let (status, body) = b.post("/v1/alert-rules", gone).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    for hub in [&a, &b, &c] {
+        let rules: Vec<(String,)> =
+            at_least(hub, 2, "SELECT name FROM alert_rules ORDER BY name", None).await;
+        assert_eq!(rules, [("gone".to_owned(),), ("warm".to_owned(),)]);
+    }
+    tokio::time::sleep(Duration::from_millis(1_200)).await; // every evaluator reads them
+
+    // Three hubs evaluate the reading; the alert fires once, at one id.
+    let mut device = RawDevice::connect(&a.addr, Some("k")).await.unwrap();
+    let greeting = device.greet(e2e::hello("al-1")).await.unwrap();
+    let token = greeting.token.expect("the key registered it");
+    device.send_acked(&reading(1, 60.0)).await.unwrap();
+    let fired: Vec<Transition> = at_least(&c, 1, TRANSITIONS, None).await;
+    let id = fired[0].0;
+    // Acknowledged through another hub: once, everywhere.
+    let ack = r#"{"by": "ana"}"#;
+    let (status, body) = c.post(&format!("/v1/alerts/{id}/ack"), ack).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""state":"acknowledged""#), "{body}");
+    let (status, _) = b.post(&format!("/v1/alerts/{id}/ack"), ack).await.unwrap();
+    assert_eq!(status, 409);
+
+    // A, where the device was, is killed: B and C record it offline, and
+    // the offline rule fires once whichever timer is first.
+    a.kill().await.unwrap();
+    drop(device);
+    at_least::<Transition>(&b, 3, TRANSITIONS, None).await;
+    // Back on B, and cool: both alerts resolve, once.
+    let mut device = RawDevice::connect(&b.addr, Some(&token)).await.unwrap();
+    device.hello("al-1").await.unwrap();
+    device.send_acked(&reading(2, 40.0)).await.unwrap();
+    let on_b: Vec<Transition> = at_least(&b, 5, TRANSITIONS, None).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // nothing more comes
+    let on_b: Vec<Transition> = at_least(&b, on_b.len(), TRANSITIONS, None).await;
+    let story: Vec<(String, String)> = on_b
+        .iter()
+        .map(|(_, _, rule, state)| (rule.clone(), state.clone()))
+        .collect();
+    let mut warm: Vec<&(String, String)> =
+        story.iter().filter(|(rule, _)| rule == "warm").collect();
+    let mut away: Vec<&(String, String)> =
+        story.iter().filter(|(rule, _)| rule == "gone").collect();
+    warm.dedup();
+    away.dedup();
+    let states = |list: &[&(String, String)]| {
+        list.iter()
+            .map(|(_, state)| state.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        states(&warm),
+        ["firing", "acknowledged", "resolved"],
+        "{on_b:?}"
+    );
+    assert_eq!(states(&away), ["firing", "resolved"], "{on_b:?}");
+    assert_eq!(on_b.len(), 5, "each transition once: {on_b:?}");
+    let warm_resolved = on_b
+        .iter()
+        .find(|(_, _, rule, state)| rule == "warm" && state == "resolved");
+    assert_eq!(
+        warm_resolved.unwrap().1,
+        id,
+        "resolved as the alert that fired"
+    );
+    assert_eq!(
+        at_least::<Transition>(&c, on_b.len(), TRANSITIONS, None).await,
+        on_b
+    );
+}

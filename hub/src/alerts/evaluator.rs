@@ -20,6 +20,13 @@
 //! What a restart loses: a threshold's window and the time its condition
 //! had held before the saved cursor (they build again from the readings
 //! after it, as Prometheus's `for` does without its saved state).
+//!
+//! In a cluster every hub evaluates the same log, and appends each
+//! transition to the stream as an event of its device instead (with a
+//! message id of the rule, device, state and causing reading, so the
+//! stream keeps one of those); every hub's applier keeps only those that
+//! change the alert as storage holds it (`AlertChange::applies`), so each
+//! happens once for the whole cluster, whichever hubs run.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -32,6 +39,7 @@ use super::rule::{Kind, Rule, RuleSpec};
 use super::series::{Change, Series};
 use super::{Ack, AckError};
 use crate::commits::{AlertChange, AlertState, EventKind, Head, NewEvent, Position};
+use crate::journal::{Journal, first_position};
 use crate::store::query::{EventRow, ReadingRow};
 use crate::store::writer::{WriteError, WriterHandle};
 use crate::store::{Store, StoreError, now_ms};
@@ -97,6 +105,8 @@ enum Failure {
 pub struct Evaluator {
     store: Store,
     writer: WriterHandle,
+    /// In a cluster: transitions go to the stream.
+    journal: Option<Journal>,
     head: Head,
     inbox: Inbox,
     rules: Vec<Arc<Rule>>,
@@ -136,6 +146,7 @@ impl Evaluator {
     pub async fn open(
         store: Store,
         writer: WriterHandle,
+        journal: Option<Journal>,
         mut head: Head,
         inbox: Inbox,
     ) -> Result<Evaluator, StoreError> {
@@ -147,6 +158,7 @@ impl Evaluator {
         let mut evaluator = Evaluator {
             store,
             writer,
+            journal,
             head,
             inbox,
             rules: Vec::new(),
@@ -477,8 +489,22 @@ impl Evaluator {
     /// What one event changes: a device back online resolves its offline
     /// alerts; one gone offline starts their clocks.
     fn event(&mut self, event: &EventRow) -> Vec<Transition> {
-        let EventKind::Status { online } = &event.kind else {
-            return Vec::new();
+        let online = match &event.kind {
+            EventKind::Status { online } => online,
+            EventKind::Alert(change) => {
+                // Another hub's transition (in a cluster) or this one's:
+                // no reading at or before its cause is judged again.
+                if let Some(cause) = change.cause {
+                    let key = Key {
+                        rule: change.rule.clone(),
+                        device: event.device.clone(),
+                        metric: change.metric.clone(),
+                    };
+                    let last = self.last_cause.entry(key).or_insert(cause);
+                    *last = (*last).max(cause);
+                }
+                return Vec::new();
+            }
         };
         if !online {
             self.offline_since.insert(event.device.clone(), event.ts_ms);
@@ -647,7 +673,10 @@ impl Evaluator {
             note: None,
             definition: definition.clone(),
         };
-        let pos = self.store_change(&key.device, change).await?;
+        let id = change
+            .cause
+            .map(|cause| format!("alert:{}:{}:{}:{cause}", key.rule, key.device, state.name()));
+        let pos = self.store_change(&key.device, change, id).await?;
         if let Some(cause) = cause {
             self.last_cause.insert(key.clone(), cause);
         }
@@ -674,12 +703,24 @@ impl Evaluator {
         Ok(pos)
     }
 
-    /// Stores one `alert` event of `device`.
+    /// Stores one `alert` event of `device`: through the writer, or in a
+    /// cluster as a stream entry (with the message id `id`, if any), whose
+    /// position it answers.
     async fn store_change(
         &mut self,
         device: &str,
         change: AlertChange,
+        id: Option<String>,
     ) -> Result<Position, WriteError> {
+        if let Some(journal) = &self.journal {
+            let event = EventKind::Alert(Box::new(change));
+            let sequence = journal
+                .append_event(device, now_ms(), event, id)
+                .await
+                .map_err(|err| WriteError::Failed(err.to_string().into()))?;
+            self.inbox.transitions.notify_one();
+            return Ok(first_position(sequence));
+        }
         let device_row = match self.device_rows.get(device) {
             Some(&row) => row,
             None => {
@@ -743,7 +784,7 @@ impl Evaluator {
                     note,
                     definition: open.definition.clone(),
                 };
-                match self.store_change(&key.device, change).await {
+                match self.store_change(&key.device, change, None).await {
                     Ok(pos) => {
                         if let Some(open) = self.open.get_mut(&key) {
                             open.state = AlertState::Acknowledged;

@@ -23,8 +23,10 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::commits::Position;
+use crate::commits::{AlertChange, AlertState, EventKind, Position};
+use crate::journal::{Journal, first_position};
 use crate::store::writer::{RuleChange, WriteError, WriterHandle};
+use crate::store::{Store, now_ms};
 use rule::{Rule, RuleError, RuleSpec};
 
 /// Acknowledgements waiting for the evaluator. Full (a burst of clicks
@@ -56,8 +58,8 @@ pub enum AckError {
     Stopped,
     #[error("the acknowledgement was not stored: {0}")]
     Write(#[from] WriteError),
-    #[error("{IN_A_CLUSTER}")]
-    Cluster,
+    #[error("the acknowledgement was not stored: {0}")]
+    Unavailable(String),
 }
 
 /// Why a rule was not added or removed.
@@ -71,21 +73,18 @@ pub enum RuleWriteError {
     Unknown(String),
     #[error("the rule was not stored: {0}")]
     Write(#[from] WriteError),
-    #[error("{IN_A_CLUSTER}")]
-    Cluster,
+    #[error("the rule was not stored: {0}")]
+    Unavailable(String),
 }
-
-/// Why a hub of a cluster refuses alerts, for now.
-const IN_A_CLUSTER: &str = "alerts are not evaluated in a cluster yet (--nats-url): \
-                            each transition must happen once for the whole cluster";
 
 /// The running hub's way to its rules and its evaluator.
 #[derive(Debug, Clone)]
 pub struct Alerts {
     writer: WriterHandle,
-    /// A hub of a cluster has no evaluator (yet): its own positions
-    /// would take the stream's.
-    in_cluster: bool,
+    store: Store,
+    /// In a cluster, rules and acknowledgements are entries of the
+    /// stream, applied by every hub.
+    journal: Option<Journal>,
     requests: mpsc::Sender<Ack>,
     rules_changed: Arc<Notify>,
     /// Told after each transition recorded (deliveries wake on it).
@@ -94,13 +93,18 @@ pub struct Alerts {
 
 impl Alerts {
     /// The handle and the evaluator's end of it.
-    pub fn new(writer: WriterHandle, in_cluster: bool) -> (Alerts, evaluator::Inbox) {
+    pub fn new(
+        writer: WriterHandle,
+        store: Store,
+        journal: Option<Journal>,
+    ) -> (Alerts, evaluator::Inbox) {
         let (requests, inbox) = mpsc::channel(QUEUED_REQUESTS);
         let rules_changed = Arc::new(Notify::new());
         let transitions = Arc::new(Notify::new());
         let alerts = Alerts {
             writer,
-            in_cluster,
+            store,
+            journal,
             requests,
             rules_changed: Arc::clone(&rules_changed),
             transitions: Arc::clone(&transitions),
@@ -122,10 +126,25 @@ impl Alerts {
     /// The rule is refused (naming the field), exists, or was not stored.
     pub async fn add_rule(&self, spec: RuleSpec) -> Result<Rule, RuleWriteError> {
         let rule = spec.check()?;
-        if self.in_cluster {
-            return Err(RuleWriteError::Cluster);
-        }
         let definition = definition_text(&rule);
+        if let Some(journal) = &self.journal {
+            let unavailable =
+                |err: &dyn std::fmt::Display| RuleWriteError::Unavailable(err.to_string());
+            let exists = self
+                .store
+                .alert_rules()
+                .await
+                .map_err(|err| unavailable(&err))?;
+            if exists.iter().any(|(name, _)| *name == rule.name) {
+                return Err(RuleWriteError::Exists(rule.name));
+            }
+            journal
+                .change_rule(&rule.name, Some(definition))
+                .await
+                .map_err(|err| unavailable(&err))?;
+            self.rules_changed.notify_one();
+            return Ok(rule);
+        }
         let change = RuleChange::Add {
             name: rule.name.clone(),
             definition,
@@ -142,8 +161,23 @@ impl Alerts {
     /// # Errors
     /// There is no such rule, or it was not removed.
     pub async fn remove_rule(&self, name: &str) -> Result<(), RuleWriteError> {
-        if self.in_cluster {
-            return Err(RuleWriteError::Cluster);
+        if let Some(journal) = &self.journal {
+            let unavailable =
+                |err: &dyn std::fmt::Display| RuleWriteError::Unavailable(err.to_string());
+            let exists = self
+                .store
+                .alert_rules()
+                .await
+                .map_err(|err| unavailable(&err))?;
+            if !exists.iter().any(|(known, _)| known == name) {
+                return Err(RuleWriteError::Unknown(name.to_owned()));
+            }
+            journal
+                .change_rule(name, None)
+                .await
+                .map_err(|err| unavailable(&err))?;
+            self.rules_changed.notify_one();
+            return Ok(());
         }
         let change = RuleChange::Remove {
             name: name.to_owned(),
@@ -166,8 +200,8 @@ impl Alerts {
         by: String,
         note: Option<String>,
     ) -> Result<Position, AckError> {
-        if self.in_cluster {
-            return Err(AckError::Cluster);
+        if let Some(journal) = &self.journal {
+            return self.acknowledge_in_cluster(journal, id, by, note).await;
         }
         let (reply, answer) = oneshot::channel();
         let ack = Ack {
@@ -185,6 +219,75 @@ impl Alerts {
 }
 
 impl Alerts {
+    /// In a cluster an acknowledgement is an entry of the stream, judged
+    /// by every hub's applier as it comes (`AlertChange::applies`): it
+    /// takes only if the alert still fires when it is applied.
+    async fn acknowledge_in_cluster(
+        &self,
+        journal: &Journal,
+        id: Position,
+        by: String,
+        note: Option<String>,
+    ) -> Result<Position, AckError> {
+        let unavailable = |err: &dyn std::fmt::Display| AckError::Unavailable(err.to_string());
+        let alert = self
+            .store
+            .alert(id)
+            .await
+            .map_err(|err| unavailable(&err))?;
+        let alert = match alert {
+            None => return Err(AckError::NotFound(id)),
+            Some(alert) => match alert.state {
+                AlertState::Resolved => return Err(AckError::Resolved(id)),
+                AlertState::Acknowledged => return Err(AckError::AlreadyAcknowledged(id)),
+                AlertState::Firing => alert,
+            },
+        };
+        let open = self
+            .store
+            .open_alerts()
+            .await
+            .map_err(|err| unavailable(&err))?;
+        let definition = open
+            .iter()
+            .find(|open| open.id == id)
+            .and_then(|open| serde_json::from_str(&open.definition).ok())
+            .unwrap_or_default();
+        let change = AlertChange {
+            alert: Some(id),
+            rule: alert.rule,
+            state: AlertState::Acknowledged,
+            metric: alert.metric,
+            value: None,
+            cause: None,
+            severity: alert.severity,
+            message: format!("acknowledged by {by}"),
+            by: Some(by),
+            note,
+            definition,
+        };
+        let sequence = journal
+            .append_event(
+                &alert.device,
+                now_ms(),
+                EventKind::Alert(Box::new(change)),
+                Some(format!("ack:{id}")),
+            )
+            .await
+            .map_err(|err| unavailable(&err))?;
+        journal.until_applied(sequence).await;
+        match self
+            .store
+            .alert(id)
+            .await
+            .map_err(|err| unavailable(&err))?
+        {
+            Some(now) if now.state == AlertState::Acknowledged => Ok(first_position(sequence)),
+            Some(now) if now.state == AlertState::Resolved => Err(AckError::Resolved(id)),
+            _ => Err(AckError::AlreadyAcknowledged(id)),
+        }
+    }
+
     /// Notified after each transition the evaluator records.
     pub fn transitions(&self) -> Arc<Notify> {
         Arc::clone(&self.transitions)

@@ -21,6 +21,7 @@ pub struct RuleSpec {
     #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.-]+$")]
     pub name: String,
     /// `threshold`, `silence` or `offline`.
+    #[schema(pattern = "^(threshold|silence|offline)$")]
     pub kind: String,
     /// One device id, or a pattern of them with `*` (any run of
     /// characters) and `?` (one); absent: every device.

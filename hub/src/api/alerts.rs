@@ -36,8 +36,8 @@ fn rule_error(err: RuleWriteError) -> ApiError {
         RuleWriteError::Write(_) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_stored", message)
         }
-        RuleWriteError::Cluster => {
-            ApiError::new(StatusCode::NOT_IMPLEMENTED, "in_a_cluster", message)
+        RuleWriteError::Unavailable(_) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_stored", message)
         }
     }
 }
@@ -86,10 +86,9 @@ pub async fn rules(State(store): State<Store>) -> Result<impl IntoResponse, ApiE
         (status = 403, description = "A cross-site request with the monitor cookie (`cross_site`), or without a monitor token a `Host` that is not an IP address, `localhost` or an `--allowed-host` name (`host_not_allowed`)", body = ApiError),
         (status = 408, description = "The body did not arrive whole within the header deadline (`--header-read-timeout`)", body = ApiError),
         (status = 409, description = "A rule of that name exists", body = ApiError),
-        (status = 501, description = "A hub of a cluster (`--nats-url`) does not evaluate alerts yet", body = ApiError),
         (status = 413, description = "The body is over 8 KiB", body = ApiError),
         (status = 415, description = "The body is not `application/json`", body = ApiError),
-        (status = 503, description = "The rule was not stored", body = ApiError),
+        (status = 503, description = "The rule was not stored (in a cluster: the stream did not take it)", body = ApiError),
     ),
 )]
 pub async fn add_rule(
@@ -114,7 +113,6 @@ pub async fn add_rule(
         (status = 401, description = "The monitor token is missing or wrong", body = ApiError),
         (status = 403, description = "A cross-site request with the monitor cookie (`cross_site`), or without a monitor token a `Host` that is not an IP address, `localhost` or an `--allowed-host` name (`host_not_allowed`)", body = ApiError),
         (status = 404, description = "No such rule", body = ApiError),
-        (status = 501, description = "A hub of a cluster (`--nats-url`) does not evaluate alerts yet", body = ApiError),
         (status = 503, description = "The rule was not removed", body = ApiError),
     ),
 )]
@@ -194,8 +192,12 @@ pub async fn alerts(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Acknowledgement {
-    /// Who has seen it: 1–64 characters.
-    #[schema(min_length = 1, max_length = 64)]
+    /// Who has seen it: 1–64 characters, none a control character.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     by: String,
     /// At most 256 characters.
     #[schema(max_length = 256)]
@@ -206,10 +208,10 @@ pub struct Acknowledgement {
 /// its rule resolves it.
 #[utoipa::path(
     post,
-    path = "/v1/alerts/{id}/ack",
+    path = "/v1/alerts/{alert}/ack",
     tag = "monitor",
     security((), ("monitor_token" = [])),
-    params(("id" = i64, Path, minimum = 1, description = "The alert's id")),
+    params(("alert" = i64, Path, minimum = 1, description = "The alert's id")),
     request_body(content = Acknowledgement, content_type = "application/json"),
     responses(
         (status = 200, description = "Acknowledged: the alert as it now stands", body = AlertRow),
@@ -219,7 +221,6 @@ pub struct Acknowledgement {
         (status = 404, description = "No such alert", body = ApiError),
         (status = 408, description = "The body did not arrive whole within the header deadline (`--header-read-timeout`)", body = ApiError),
         (status = 409, description = "The alert is resolved or already acknowledged", body = ApiError),
-        (status = 501, description = "A hub of a cluster (`--nats-url`) does not evaluate alerts yet", body = ApiError),
         (status = 413, description = "The body is over 8 KiB", body = ApiError),
         (status = 415, description = "The body is not `application/json`", body = ApiError),
         (status = 503, description = "Not recorded (the hub is busy or stopping); try again", body = ApiError),
@@ -233,7 +234,7 @@ pub async fn acknowledge(
 ) -> Result<impl IntoResponse, ApiError> {
     let id = path(id)?;
     let Json(ack) = body.map_err(ApiError::from_json_rejection)?;
-    let by = ack.by.trim();
+    let by = ack.by.as_str();
     if by.is_empty() || by.chars().count() > 64 || by.chars().any(char::is_control) {
         return Err(ApiError::bad_field(
             "by",
@@ -261,10 +262,10 @@ pub async fn acknowledge(
                 AckError::AlreadyAcknowledged(_) => {
                     ApiError::new(StatusCode::CONFLICT, "already_acknowledged", message)
                 }
-                AckError::Cluster => {
-                    ApiError::new(StatusCode::NOT_IMPLEMENTED, "in_a_cluster", message)
-                }
-                AckError::Busy | AckError::Stopped | AckError::Write(_) => {
+                AckError::Busy
+                | AckError::Stopped
+                | AckError::Write(_)
+                | AckError::Unavailable(_) => {
                     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_stored", message)
                 }
             }

@@ -4,13 +4,16 @@
 
 use clap::{Args, Subcommand};
 
-use super::{DbArg, UsageError, open, print_out};
+use super::{ClusterArg, DbArg, UsageError, open, print_out};
 use crate::alerts::definition_text;
 use crate::alerts::rule::{RuleError, RuleSpec};
+use crate::journal;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum AlertCommand {
     /// Add a rule; a running hub evaluates it from its next readings on.
+    /// With --nats-url: for every hub of the cluster (a rule of that name
+    /// is replaced).
     Add(Box<AddArgs>),
     /// List the rules.
     List {
@@ -21,10 +24,13 @@ pub(super) enum AlertCommand {
         db: DbArg,
     },
     /// Remove a rule; a running hub resolves its alerts.
+    /// With --nats-url: on every hub of the cluster.
     Remove {
         name: String,
         #[command(flatten)]
         db: DbArg,
+        #[command(flatten)]
+        cluster: ClusterArg,
     },
 }
 
@@ -72,6 +78,8 @@ pub(super) struct AddArgs {
     message: Option<String>,
     #[command(flatten)]
     db: DbArg,
+    #[command(flatten)]
+    cluster: ClusterArg,
 }
 
 impl AddArgs {
@@ -145,6 +153,13 @@ pub(super) async fn run(command: AlertCommand) -> anyhow::Result<()> {
                 .map_err(|RuleError { field, message }| {
                     UsageError(format!("{}: {message}", flag_of(field)))
                 })?;
+            if let Some(url) = &args.cluster.nats_url {
+                let stream = &args.cluster.nats_stream;
+                let definition = Some(definition_text(&rule));
+                journal::rules::announce(url, stream, &rule.name, definition).await?;
+                eprintln!("added rule {} for every hub of stream {stream}", rule.name);
+                return Ok(());
+            }
             let store = open(&args.db).await?;
             let added = store
                 .add_alert_rule(&rule.name, &definition_text(&rule))
@@ -188,7 +203,19 @@ pub(super) async fn run(command: AlertCommand) -> anyhow::Result<()> {
             };
             print_out(&text)?;
         }
-        AlertCommand::Remove { name, db } => {
+        AlertCommand::Remove {
+            name,
+            cluster:
+                ClusterArg {
+                    nats_url: Some(url),
+                    nats_stream,
+                },
+            ..
+        } => {
+            journal::rules::announce(&url, &nats_stream, &name, None).await?;
+            eprintln!("removed rule {name} on every hub of stream {nats_stream}");
+        }
+        AlertCommand::Remove { name, db, .. } => {
             let store = open(&db).await?;
             let removed = store.remove_alert_rule(&name).await?;
             store.close().await;

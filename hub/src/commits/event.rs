@@ -86,6 +86,49 @@ pub struct AlertChange {
     pub definition: Value,
 }
 
+impl AlertChange {
+    /// Whether this transition, coming from a cluster's stream, changes
+    /// the alert of its rule and device as storage holds it (`latest`:
+    /// the newest alert's id and state; `last_cause`: the newest position
+    /// of a reading that caused one of their transitions), and as what.
+    ///
+    /// Every hub evaluates the same readings, and each appends what its
+    /// rules say (timers even a moment apart), so the stream may hold one
+    /// transition several times, or one a hub evaluating late sent after
+    /// newer ones. Every hub applies the stream in one order and asks
+    /// this of the same storage, so each transition happens once for the
+    /// whole cluster: a firing only when none is open, an acknowledgement
+    /// only of the firing alert it names, a resolution of whichever is
+    /// open (it is named as that one), and none caused by a reading at or
+    /// before the last that caused one.
+    pub fn applies(
+        &self,
+        latest: Option<(Position, AlertState)>,
+        last_cause: Option<Position>,
+    ) -> Option<AlertChange> {
+        if let (Some(cause), Some(last)) = (self.cause, last_cause)
+            && cause <= last
+        {
+            return None;
+        }
+        let open = latest.filter(|(_, state)| *state != AlertState::Resolved);
+        let alert = match (self.state, open) {
+            (AlertState::Firing, None) => None,
+            (AlertState::Acknowledged, Some((id, AlertState::Firing)))
+                if self.alert == Some(id) =>
+            {
+                Some(id)
+            }
+            (AlertState::Resolved, Some((id, _))) => Some(id),
+            _ => return None,
+        };
+        Some(AlertChange {
+            alert,
+            ..self.clone()
+        })
+    }
+}
+
 /// Why a stored or streamed event cannot be read back.
 #[derive(Debug, thiserror::Error)]
 #[error("an event of kind {kind:?} does not read back: {source}")]
@@ -213,6 +256,61 @@ mod tests {
         assert_eq!(data["alert"], 42);
         assert_eq!(data["state"], "firing");
         assert_eq!(data["device"], "d1");
+    }
+
+    #[test]
+    fn a_transition_from_the_stream_happens_once() {
+        let EventKind::Alert(firing) = firing() else {
+            unreachable!()
+        };
+        let change = |state, alert, cause| AlertChange {
+            state,
+            alert,
+            cause,
+            ..(*firing).clone()
+        };
+        use AlertState::*;
+        // A firing: once none is open, and not from a reading already judged.
+        assert!(change(Firing, None, Some(41)).applies(None, None).is_some());
+        assert!(
+            change(Firing, None, Some(41))
+                .applies(Some((10, Resolved)), Some(30))
+                .is_some()
+        );
+        assert!(
+            change(Firing, None, Some(41))
+                .applies(Some((10, Firing)), Some(30))
+                .is_none()
+        );
+        assert!(
+            change(Firing, None, Some(41))
+                .applies(Some((10, Resolved)), Some(41))
+                .is_none()
+        );
+        // A resolution of whichever is open, named as that one.
+        let resolved = change(Resolved, Some(99), None).applies(Some((50, Acknowledged)), None);
+        assert_eq!(resolved.unwrap().alert, Some(50));
+        assert!(
+            change(Resolved, Some(50), None)
+                .applies(Some((50, Resolved)), None)
+                .is_none()
+        );
+        // An acknowledgement only of the firing alert it names.
+        assert!(
+            change(Acknowledged, Some(50), None)
+                .applies(Some((50, Firing)), None)
+                .is_some()
+        );
+        assert!(
+            change(Acknowledged, Some(49), None)
+                .applies(Some((50, Firing)), None)
+                .is_none()
+        );
+        assert!(
+            change(Acknowledged, Some(50), None)
+                .applies(Some((50, Acknowledged)), None)
+                .is_none()
+        );
     }
 
     #[test]

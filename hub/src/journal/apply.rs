@@ -25,8 +25,9 @@ use super::events::EventEntry;
 use super::provision::DeviceChange;
 use super::{Journal, first_position, record};
 use crate::admission::Admission;
-use crate::commits::{self, NewEvent};
+use crate::commits::{self, EventKind, NewEvent};
 use crate::invalid::Invalid;
+use crate::store::Store;
 use crate::store::writer::{WriteOutcome, WriterHandle};
 
 /// Entries handed to the writer and not yet answered. When full, the
@@ -48,6 +49,8 @@ const STALL_CHECK: Duration = Duration::from_secs(3);
 pub struct Parts {
     pub admission: Admission,
     pub writer: WriterHandle,
+    /// What an alert transition is judged against.
+    pub store: Store,
 }
 
 /// A device as this hub's database knows it, for the entries that follow.
@@ -160,6 +163,11 @@ impl Applier {
                         if in_flight.is_empty() {
                             self.stored(sequence);
                         }
+                    } else if let Some(name) = self.journal.rule_name(&entry.subject) {
+                        self.rule(sequence, name, &entry.payload).await?;
+                        if in_flight.is_empty() {
+                            self.stored(sequence);
+                        }
                     } else if let Some(device) = self.journal.event_device(&entry.subject) {
                         self.event(sequence, device, &entry.payload).await?;
                         if in_flight.is_empty() {
@@ -248,6 +256,23 @@ impl Applier {
         Ok(())
     }
 
+    /// Writes a rule change for the cluster; one that does not hold
+    /// together is logged and skipped.
+    async fn rule(
+        &self,
+        sequence: u64,
+        name: &str,
+        payload: &[u8],
+    ) -> Result<(), async_nats::Error> {
+        match super::rules::change_of(name, payload) {
+            Ok(change) => {
+                self.parts.writer.change_rule(change).await?;
+            }
+            Err(err) => tracing::warn!(sequence, error = %err, "skipped a rule entry"),
+        }
+        Ok(())
+    }
+
     /// Stores a device's event at the entry's position (after the entries
     /// before it, in the writer's order); one that does not decode is
     /// logged and skipped.
@@ -271,6 +296,22 @@ impl Applier {
                 tracing::warn!(sequence, error = %err, "skipped an event entry");
                 return Ok(());
             }
+        };
+        // An alert's transition happens once for the cluster, whoever
+        // sent it (see `AlertChange::applies`).
+        let event = match event {
+            EventKind::Alert(change) => {
+                let (latest, cause) = self
+                    .parts
+                    .store
+                    .alert_standing(device, &change.rule)
+                    .await?;
+                match change.applies(latest, cause) {
+                    Some(change) => EventKind::Alert(Box::new(change)),
+                    None => return Ok(()),
+                }
+            }
+            other => other,
         };
         // An event may come before the device's first readings.
         let row = self.parts.admission.find_or_register(device).await?.row;

@@ -17,6 +17,10 @@
 //! (`{stream}.events.{device}`, [`events`]), stored at their entries'
 //! positions like readings, so a status has the same id on every hub.
 //!
+//! Alert rules for the whole cluster are entries too
+//! (`{stream}.rules.{name}`, [`rules`]), and alerts' transitions are
+//! devices' events.
+//!
 //! This module owns the connection to NATS, the stream and its identity
 //! (the epoch kept in `hub_state`), publishing and applying entries, and
 //! their status for `/healthz`. Presence and commands across hubs are
@@ -28,6 +32,7 @@ mod events;
 pub mod provision;
 mod record;
 mod resume;
+pub mod rules;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -152,23 +157,27 @@ impl Journal {
             .map_err(|err| stream_error(err.to_string()))?
             .clone();
         let wanted = subjects(&settings.stream);
-        let events = &wanted[2];
-        if !info.config.subjects.contains(events)
+        let missing: Vec<String> = wanted[2..]
+            .iter()
+            .filter(|subject| !info.config.subjects.contains(subject))
+            .cloned()
+            .collect();
+        if !missing.is_empty()
             && info
                 .config
                 .subjects
                 .iter()
                 .any(|subject| subject == &wanted[0])
         {
-            // A stream made by a hub from before events were stored: it
-            // takes them from now on.
+            // A stream made by a hub from before events (or rules) were
+            // kept in it: it takes them from now on.
             let mut config = info.config.clone();
-            config.subjects.push(events.clone());
+            config.subjects.extend(missing.iter().cloned());
             info = jetstream
                 .update_stream(config)
                 .await
-                .map_err(|err| stream_error(format!("adding {events:?} to it: {err}")))?;
-            tracing::info!(stream = %settings.stream, subject = %events, "the stream now takes events");
+                .map_err(|err| stream_error(format!("adding {missing:?} to it: {err}")))?;
+            tracing::info!(stream = %settings.stream, subjects = ?missing, "the stream now takes them");
         }
         if !wanted
             .iter()
@@ -275,12 +284,13 @@ impl Journal {
 }
 
 /// The stream's subjects: devices' readings, devices provisioned for the
-/// whole cluster, and devices' events.
-fn subjects(stream: &str) -> [String; 3] {
+/// whole cluster, devices' events, and alert rules.
+fn subjects(stream: &str) -> [String; 4] {
     [
         format!("{stream}.readings.>"),
         format!("{stream}.devices.>"),
         format!("{stream}.events.>"),
+        format!("{stream}.rules.>"),
     ]
 }
 

@@ -201,6 +201,30 @@ impl Store {
         Ok(row.as_ref().map(alert_row))
     }
 
+    /// The newest alert of `rule` on `device` (its id and state), and the
+    /// newest position of a reading that caused one of their transitions:
+    /// what a transition from a cluster's stream is judged against.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn alert_standing(
+        &self,
+        device: &str,
+        rule: &str,
+    ) -> Result<(Option<(Position, AlertState)>, Option<Position>), StoreError> {
+        let latest = self
+            .latest_alert(device, rule)
+            .await?
+            .map(|alert| (alert.id, alert.state));
+        let cause: Option<Position> =
+            sqlx::query_scalar("SELECT max(cause) FROM alert_events WHERE device = ? AND rule = ?")
+                .bind(device)
+                .bind(rule)
+                .fetch_one(self.pool())
+                .await?;
+        Ok((latest, cause))
+    }
+
     /// Every (device, rule) that has had an alert.
     ///
     /// # Errors

@@ -163,11 +163,17 @@ pub(super) enum Registration {
     },
 }
 
-/// A change to `alert_rules`, from the HTTP API.
+/// A change to `alert_rules`, from the HTTP API or a cluster's stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuleChange {
     /// A new rule: its name and checked JSON definition.
     Add {
+        name: String,
+        definition: String,
+    },
+    /// A rule from a cluster's stream: new, or replacing the one of that
+    /// name.
+    Put {
         name: String,
         definition: String,
     },

@@ -95,6 +95,12 @@ pub(super) fn change_rule(conn: &Connection, change: &RuleChange) -> rusqlite::R
                  ON CONFLICT (name) DO NOTHING",
             )?
             .execute(rusqlite::params![name, definition, now_ms()])?,
+        RuleChange::Put { name, definition } => conn
+            .prepare_cached(
+                "INSERT INTO alert_rules (name, definition, created_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET definition = excluded.definition",
+            )?
+            .execute(rusqlite::params![name, definition, now_ms()])?,
         RuleChange::Remove { name } => conn
             .prepare_cached("DELETE FROM alert_rules WHERE name = ?1")?
             .execute([name])?,
