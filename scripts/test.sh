@@ -44,6 +44,7 @@ export SCHEMATHESIS="$venv/bin/st"
 cargo build --quiet --locked -p bench --bins
 ./target/debug/bench all --quick >/dev/null
 ./target/debug/bench ingest --quick --tls >/dev/null
+./target/debug/bench ingest --quick --alert-rules 10 >/dev/null
 ./target/debug/bench fanout --quick --tls >/dev/null
 echo "benchmark harness: every scenario ran, and ingest and fan-out over TLS"
 

@@ -9,6 +9,7 @@
 //! mean much, so every comparison (SQLite's ceiling, Mosquitto) runs beside
 //! the hub, and every number is the median of repeated runs with its spread.
 
+mod alerts;
 mod ceiling;
 mod cluster;
 mod hubproc;
@@ -31,6 +32,7 @@ enum Scenario {
     Bridge,
     Storage,
     Cluster,
+    Alerts,
     All,
 }
 
@@ -72,6 +74,10 @@ struct Args {
     /// `fanout`.
     #[arg(long)]
     tls: bool,
+    /// For `ingest`: load this many threshold rules (none ever fires) on
+    /// the probes' metric before each run, so every reading is evaluated.
+    #[arg(long, default_value_t = 0)]
+    alert_rules: usize,
 }
 
 #[tokio::main]
@@ -86,6 +92,13 @@ async fn main() -> anyhow::Result<()> {
         "--tls measures ingest and fanout only"
     );
     hubproc::use_tls(args.tls)?;
+    alerts::use_rules(args.alert_rules);
+    if args.alert_rules > 0 {
+        println!(
+            "\nEach ingest run loads {} threshold rules on the probes' metric first (none fires).",
+            args.alert_rules
+        );
+    }
     if args.tls {
         println!(
             "\nThe hub serves TLS (https, wss; a P-256 certificate made for the run); devices and SSE subscribers connect over it."
@@ -122,6 +135,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if matches!(args.scenario, Scenario::Cluster | Scenario::All) {
         results.push(cluster::cluster(size).await?);
+    }
+    if matches!(args.scenario, Scenario::Alerts | Scenario::All) {
+        results.push(alerts::alerts(size, max_rate).await?);
     }
     println!();
     for result in results {

@@ -28,6 +28,7 @@ struct IngestRun {
 
 async fn ingest_once(devices: usize, batch: usize, batches: u64) -> anyhow::Result<IngestRun> {
     let hub = hubproc::start(&[]).await?;
+    crate::alerts::load_ingest_rules(&hub, devices).await?;
     let mut probes = JoinSet::new();
     let cpu_before = hub.cpu_seconds();
     let started = now_us();
@@ -48,6 +49,7 @@ async fn ingest_once(devices: usize, batch: usize, batches: u64) -> anyhow::Resu
         rtt.add(&result.rtt_us)?;
     }
     let elapsed_s = (now_us() - started) / 1e6;
+    crate::alerts::until_evaluated(&hub).await?;
     let cpu = hub.cpu_seconds() - cpu_before;
     let p = percentiles_ms(&rtt, &[0.5, 0.99]);
     Ok(IngestRun {

@@ -30,6 +30,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
@@ -60,6 +61,7 @@ pub struct Inbox {
     pub(super) requests: mpsc::Receiver<Ack>,
     pub(super) rules_changed: Arc<Notify>,
     pub(super) transitions: Arc<Notify>,
+    pub(super) cursor: Arc<AtomicI64>,
 }
 
 /// One alert's identity: a rule on a device, and the metric for rules
@@ -372,6 +374,7 @@ impl Evaluator {
             self.evaluate(&page.rows, &page.events).await?;
             self.cursor = page.read_through;
         }
+        self.inbox.cursor.store(self.cursor, Relaxed);
         Ok(())
     }
 

@@ -20,6 +20,7 @@ pub mod rule;
 pub mod series;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -89,6 +90,8 @@ pub struct Alerts {
     rules_changed: Arc<Notify>,
     /// Told after each transition recorded (deliveries wake on it).
     transitions: Arc<Notify>,
+    /// Every position up to here has been evaluated (`/metrics`).
+    cursor: Arc<AtomicI64>,
 }
 
 impl Alerts {
@@ -101,6 +104,7 @@ impl Alerts {
         let (requests, inbox) = mpsc::channel(QUEUED_REQUESTS);
         let rules_changed = Arc::new(Notify::new());
         let transitions = Arc::new(Notify::new());
+        let cursor = Arc::new(AtomicI64::new(0));
         let alerts = Alerts {
             writer,
             store,
@@ -108,6 +112,7 @@ impl Alerts {
             requests,
             rules_changed: Arc::clone(&rules_changed),
             transitions: Arc::clone(&transitions),
+            cursor: Arc::clone(&cursor),
         };
         (
             alerts,
@@ -115,6 +120,7 @@ impl Alerts {
                 requests: inbox,
                 rules_changed,
                 transitions,
+                cursor,
             },
         )
     }
@@ -286,6 +292,15 @@ impl Alerts {
             Some(now) if now.state == AlertState::Resolved => Err(AckError::Resolved(id)),
             _ => Err(AckError::AlreadyAcknowledged(id)),
         }
+    }
+
+    /// The evaluator's cursor, for `/metrics`.
+    pub fn render(&self) -> String {
+        format!(
+            "# HELP hub_alert_cursor Every position up to this one has been evaluated by the alert rules.\n\
+             # TYPE hub_alert_cursor gauge\nhub_alert_cursor {}\n",
+            self.cursor.load(Relaxed)
+        )
     }
 
     /// Notified after each transition the evaluator records.

@@ -159,8 +159,10 @@ pub async fn metrics(
     State(tls): State<Option<Tls>>,
     State(mqtt): State<Option<Arc<crate::bridge::Status>>>,
     State(cluster): State<Option<Arc<crate::journal::Status>>>,
+    State(alerts): State<crate::alerts::Alerts>,
 ) -> impl IntoResponse {
     let mut text = counters.render();
+    text.push_str(&alerts.render());
     if let Some(tls) = tls {
         text.push_str(&tls.render());
     }
