@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admission::{Admission, Names};
 use crate::alerts::evaluator::Evaluator;
-use crate::alerts::{Alerts, alertmanager};
+use crate::alerts::{self, Alerts, alertmanager};
 use crate::api::{self, monitor_auth::MonitorToken};
 use crate::bridge::{self, Bridge};
 use crate::cluster::Cluster;
@@ -179,7 +179,10 @@ impl Hub {
             None => None,
         };
         let alert_head = consumers.head();
-        let consumers = consumers.with_inline(Arc::clone(&live) as Arc<dyn InlineConsumer>);
+        let (feed, alert_queue) = alerts::feed::Feed::new(consumers.head());
+        let consumers = consumers
+            .with_inline(Arc::clone(&live) as Arc<dyn InlineConsumer>)
+            .with_inline(Arc::new(feed) as Arc<dyn InlineConsumer>);
         let writer_stop = CancellationToken::new();
         let (writer_handle, writer) = writer
             .spawn(Arc::clone(&counters), consumers, writer_stop.clone())
@@ -204,6 +207,7 @@ impl Hub {
             cluster_journal,
             alert_head,
             alert_inbox,
+            (alert_queue, Arc::clone(&names)),
         )
         .await
         .context("reading the alerts back")?;

@@ -1,7 +1,9 @@
 //! The evaluator: a cursor consumer of the commits (ARCHITECTURE.md,
 //! "Commit consumers") that runs every rule over the readings and statuses
 //! in position order, and a timer for silence and offline rules, by the
-//! hub's clock. Nothing waits for it: an Ack never does.
+//! hub's clock. Nothing waits for it: an Ack never does. It meets commits
+//! in memory as they are published ([`super::feed`]) and reads from
+//! SQLite only what the feed dropped or it has not seen (at a start).
 //!
 //! Each transition is an `alert` event recorded through the writer before
 //! the evaluator moves on, so what it has recorded is what storage holds.
@@ -38,7 +40,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::rule::{Kind, Rule, RuleSpec};
 use super::series::{Change, Series};
+use super::feed::{Fed, Queue};
 use super::{Ack, AckError};
+use crate::admission::{MetricNames, Names};
 use crate::commits::{AlertChange, AlertState, EventKind, Head, NewEvent, Position};
 use crate::journal::{Journal, first_position};
 use crate::store::query::{EventRow, ReadingRow};
@@ -48,7 +52,7 @@ use crate::store::{Store, StoreError, now_ms};
 /// Where the evaluator's cursor is kept in `hub_state`.
 const CURSOR_KEY: &str = "alert_cursor";
 /// Readings (and as many events) read per catch-up query.
-const PAGE_ROWS: u32 = 1_000;
+const PAGE_ROWS: u32 = 4_096;
 /// How often silence and offline rules are looked at, the rules read
 /// again (the CLI changes them in the file) and the cursor saved.
 const TICK: Duration = Duration::from_millis(500);
@@ -109,22 +113,32 @@ pub struct Evaluator {
     writer: WriterHandle,
     /// In a cluster: transitions go to the stream.
     journal: Option<Journal>,
+    /// Commits as they are published, while there are rules.
+    queue: Queue,
+    /// Metric rows' names, for the commits the queue brings.
+    names: Arc<Names>,
     head: Head,
     inbox: Inbox,
     rules: Vec<Arc<Rule>>,
     /// Each rule's stored definition, to notice changes.
     texts: HashMap<String, String>,
-    series: HashMap<Key, Series>,
+    /// Threshold series: device, then rule name. Nested so that a reading
+    /// finds its own by `&str`, without building a key.
+    series: HashMap<String, HashMap<String, Series>>,
     open: HashMap<Key, Open>,
     last_cause: HashMap<Key, Position>,
     /// The hub's time of each (device, metric)'s last reading.
-    seen: HashMap<(String, String), i64>,
+    seen: HashMap<String, HashMap<String, i64>>,
     /// The hub's time of each device's last reading.
     device_seen: HashMap<String, i64>,
     /// Devices offline, since (the hub's time of the status).
     offline_since: HashMap<String, i64>,
+    /// Metric rows' names met so far (from `names`).
+    row_names: HashMap<i64, Arc<MetricNames>>,
     /// Which rules watch a (device, metric): indices into `rules`.
-    watching: HashMap<(String, String), Arc<[usize]>>,
+    watching: HashMap<String, HashMap<String, Arc<[usize]>>>,
+    /// Devices with an alert not resolved, and how many.
+    alerting: HashMap<String, usize>,
     device_rows: HashMap<String, i64>,
     cursor: Position,
     saved: Position,
@@ -151,6 +165,7 @@ impl Evaluator {
         journal: Option<Journal>,
         mut head: Head,
         inbox: Inbox,
+        (queue, names): (Queue, Arc<Names>),
     ) -> Result<Evaluator, StoreError> {
         // The first start evaluates from now on.
         let cursor = match store.state(CURSOR_KEY).await? {
@@ -161,6 +176,8 @@ impl Evaluator {
             store,
             writer,
             journal,
+            queue,
+            names,
             head,
             inbox,
             rules: Vec::new(),
@@ -172,6 +189,8 @@ impl Evaluator {
             device_seen: HashMap::new(),
             offline_since: HashMap::new(),
             watching: HashMap::new(),
+            alerting: HashMap::new(),
+            row_names: HashMap::new(),
             device_rows: HashMap::new(),
             cursor,
             saved: cursor,
@@ -186,6 +205,11 @@ impl Evaluator {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let rules_changed = Arc::clone(&self.inbox.rules_changed);
         loop {
+            if let Err(err) = self.take_queued().await {
+                tracing::warn!(error = %err, "alert evaluation failed; trying again");
+                self.recover(&shutdown).await;
+                continue;
+            }
             if let Err(err) = self.catch_up().await {
                 tracing::warn!(error = %err, "alert evaluation failed; trying again");
                 self.recover(&shutdown).await;
@@ -194,6 +218,12 @@ impl Evaluator {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 moved = self.head.moved() => if !moved { break },
+                Some(fed) = self.queue.receiver.recv() => {
+                    if let Err(err) = self.take(fed).await {
+                        tracing::warn!(error = %err, "alert evaluation failed; trying again");
+                        self.recover(&shutdown).await;
+                    }
+                }
                 () = rules_changed.notified() => self.reload_rules().await,
                 Some(ack) = self.inbox.requests.recv() => self.acknowledge(ack).await,
                 _ = tick.tick() => {
@@ -225,6 +255,7 @@ impl Evaluator {
     async fn read_back(&mut self) -> Result<(), StoreError> {
         self.series.clear();
         self.open.clear();
+        self.alerting.clear();
         self.last_cause.clear();
         for open in self.store.open_alerts().await? {
             let key = Key {
@@ -238,7 +269,7 @@ impl Evaluator {
                 state: open.state,
                 definition,
             };
-            self.open.insert(key, open);
+            self.note_open(key, open);
         }
         for cause in self.store.last_alert_causes().await? {
             let key = Key {
@@ -266,7 +297,7 @@ impl Evaluator {
             let at = ts_ms.min(now);
             let last = self.device_seen.entry(device.clone()).or_insert(at);
             *last = (*last).max(at);
-            self.seen.insert((device, metric), at);
+            self.seen.entry(device).or_default().insert(metric, at);
         }
         self.offline_since.clear();
         for (device, online, ts_ms) in self.store.last_statuses().await? {
@@ -314,6 +345,7 @@ impl Evaluator {
         }
         self.texts = texts;
         self.rules = rules;
+        self.queue.active.store(!self.rules.is_empty(), Relaxed);
         self.watching.clear();
         let current: HashMap<&str, serde_json::Value> = self
             .rules
@@ -325,8 +357,9 @@ impl Evaluator {
                 )
             })
             .collect();
-        self.series
-            .retain(|key, _| current.contains_key(key.rule.as_str()));
+        for rules in self.series.values_mut() {
+            rules.retain(|rule, _| current.contains_key(rule.as_str()));
+        }
         let stale: Vec<Key> = self
             .open
             .iter()
@@ -356,9 +389,73 @@ impl Evaluator {
         }
     }
 
+    /// Evaluates the commits the queue holds.
+    async fn take_queued(&mut self) -> Result<(), Failure> {
+        while let Ok(fed) = self.queue.receiver.try_recv() {
+            self.take(fed).await?;
+        }
+        Ok(())
+    }
+
+    /// Evaluates one commit from the queue: what the cursor has not passed
+    /// of it, after reading from SQLite whatever lies between the cursor
+    /// and it (commits the queue dropped).
+    async fn take(&mut self, fed: Fed) -> Result<(), Failure> {
+        let Fed { after, commit } = fed;
+        if self.rules.is_empty() {
+            return Ok(());
+        }
+        if self.cursor < after {
+            self.read_stored(after).await?;
+        }
+        let mut rows = Vec::with_capacity(commit.readings.len());
+        for row in commit.readings.iter().filter(|row| row.pos > self.cursor) {
+            let names = match self.row_names.get(&row.sample.metric) {
+                Some(names) => Arc::clone(names),
+                None => match self.names.get(row.sample.metric) {
+                    Some(names) => {
+                        self.row_names.insert(row.sample.metric, Arc::clone(&names));
+                        names
+                    }
+                    // Metrics are named before their readings commit; if
+                    // not, storage has the names.
+                    None => return self.read_stored(commit.last_pos().unwrap_or(after)).await,
+                },
+            };
+            rows.push(ReadingRow {
+                pos: row.pos,
+                device: names.device.to_string(),
+                metric: names.name.to_string(),
+                unit: String::new(),
+                ts_ms: row.sample.ts_ms,
+                value: row.sample.value,
+            });
+        }
+        let events: Vec<EventRow> = commit
+            .events
+            .iter()
+            .filter(|event| event.pos > self.cursor)
+            .map(|event| EventRow {
+                pos: event.pos,
+                device: event.event.device.to_string(),
+                ts_ms: event.event.ts_ms,
+                kind: event.event.kind.clone(),
+            })
+            .collect();
+        self.evaluate(&rows, &events).await?;
+        self.cursor = self.cursor.max(commit.last_pos().unwrap_or(after));
+        self.inbox.cursor.store(self.cursor, Relaxed);
+        Ok(())
+    }
+
     /// Evaluates everything committed after the cursor.
     async fn catch_up(&mut self) -> Result<(), Failure> {
         let upto = self.head.current();
+        self.read_stored(upto).await
+    }
+
+    /// Evaluates what SQLite holds after the cursor, up to `upto`.
+    async fn read_stored(&mut self, upto: Position) -> Result<(), Failure> {
         while self.cursor < upto {
             if self.rules.is_empty() {
                 // Nothing to evaluate; where silence and offline rules
@@ -418,15 +515,32 @@ impl Evaluator {
         }
     }
 
-    /// What one reading changes.
+    /// What one reading changes. The common case (a reading that changes
+    /// nothing) allocates nothing: every map is looked up by `&str`.
     fn reading(&mut self, row: &ReadingRow, now: i64) -> Vec<Transition> {
-        self.seen
-            .insert((row.device.clone(), row.metric.clone()), now);
-        self.device_seen.insert(row.device.clone(), now);
+        match self.seen.get_mut(row.device.as_str()) {
+            Some(metrics) => match metrics.get_mut(row.metric.as_str()) {
+                Some(at) => *at = now,
+                None => {
+                    metrics.insert(row.metric.clone(), now);
+                }
+            },
+            None => {
+                let metrics = HashMap::from([(row.metric.clone(), now)]);
+                self.seen.insert(row.device.clone(), metrics);
+            }
+        }
+        match self.device_seen.get_mut(row.device.as_str()) {
+            Some(at) => *at = now,
+            None => {
+                self.device_seen.insert(row.device.clone(), now);
+            }
+        }
+        let alerting = self.alerting.contains_key(row.device.as_str());
         let mut transitions = Vec::new();
         for index in self.watching(&row.device, &row.metric).iter() {
-            let rule = Arc::clone(&self.rules[*index]);
-            let key = Key {
+            let rule = &self.rules[*index];
+            let key = || Key {
                 rule: rule.name.clone(),
                 device: row.device.clone(),
                 metric: rule.metric.clone(),
@@ -434,28 +548,40 @@ impl Evaluator {
             let (state, value) = match &rule.kind {
                 Kind::Threshold(threshold) => {
                     let Some(value) = row.value else { continue };
-                    let open = self.open.contains_key(&key);
-                    let series = self.series.entry(key.clone()).or_insert_with(|| {
-                        if open {
-                            Series::firing()
-                        } else {
-                            Series::default()
+                    let series = match self
+                        .series
+                        .get_mut(row.device.as_str())
+                        .and_then(|rules| rules.get_mut(rule.name.as_str()))
+                    {
+                        Some(series) => series,
+                        None => {
+                            // First met: one whose alert is open resolves.
+                            let series = if alerting && self.open.contains_key(&key()) {
+                                Series::firing()
+                            } else {
+                                Series::default()
+                            };
+                            self.series
+                                .entry(row.device.clone())
+                                .or_default()
+                                .entry(rule.name.clone())
+                                .or_insert(series)
                         }
-                    });
+                    };
                     match series.observe(threshold, row.ts_ms, value) {
                         Some(Change::Fire(value)) => (AlertState::Firing, value),
                         Some(Change::Clear(value)) => (AlertState::Resolved, value),
                         None => continue,
                     }
                 }
-                Kind::Silence { .. } if self.open.contains_key(&key) => {
+                Kind::Silence { .. } if alerting && self.open.contains_key(&key()) => {
                     (AlertState::Resolved, row.value.unwrap_or(f64::NAN))
                 }
                 Kind::Silence { .. } | Kind::Offline { .. } => continue,
             };
             transitions.push(Transition {
-                rule,
-                key,
+                rule: Arc::clone(rule),
+                key: key(),
                 state,
                 value: Some(value).filter(|v| v.is_finite()),
                 cause: Some(row.pos),
@@ -467,8 +593,7 @@ impl Evaluator {
     /// The rules that a reading of `device`'s `metric` concerns: threshold
     /// rules on it, silence rules on it or on any metric of the device.
     fn watching(&mut self, device: &str, metric: &str) -> Arc<[usize]> {
-        let key = (device.to_owned(), metric.to_owned());
-        if let Some(found) = self.watching.get(&key) {
+        if let Some(found) = self.watching.get(device).and_then(|m| m.get(metric)) {
             return Arc::clone(found);
         }
         let found: Arc<[usize]> = self
@@ -485,8 +610,30 @@ impl Evaluator {
             })
             .map(|(index, _)| index)
             .collect();
-        self.watching.insert(key, Arc::clone(&found));
+        self.watching
+            .entry(device.to_owned())
+            .or_default()
+            .insert(metric.to_owned(), Arc::clone(&found));
         found
+    }
+
+    /// Notes an alert not resolved.
+    fn note_open(&mut self, key: Key, open: Open) {
+        if self.open.insert(key.clone(), open).is_none() {
+            *self.alerting.entry(key.device).or_default() += 1;
+        }
+    }
+
+    /// Notes an alert resolved.
+    fn note_resolved(&mut self, key: &Key) {
+        if self.open.remove(key).is_some()
+            && let Some(count) = self.alerting.get_mut(key.device.as_str())
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.alerting.remove(key.device.as_str());
+            }
+        }
     }
 
     /// What one event changes: a device back online resolves its offline
@@ -543,8 +690,11 @@ impl Evaluator {
                 *after_ms,
                 self.seen
                     .iter()
-                    .filter(|((_, m), _)| m == metric)
-                    .map(|((d, m), at)| (d, Some(m), *at))
+                    .filter_map(|(d, metrics)| {
+                        metrics
+                            .get_key_value(metric.as_str())
+                            .map(|(m, at)| (d, Some(m), *at))
+                    })
                     .collect(),
             ),
             (Kind::Silence { after_ms }, None) => (
@@ -685,23 +835,19 @@ impl Evaluator {
         }
         match state {
             AlertState::Firing => {
-                self.open.insert(
-                    key.clone(),
-                    Open {
-                        id: pos,
-                        state,
-                        definition,
-                    },
-                );
+                let open = Open {
+                    id: pos,
+                    state,
+                    definition,
+                };
+                self.note_open(key.clone(), open);
             }
             AlertState::Acknowledged => {
                 if let Some(open) = self.open.get_mut(key) {
                     open.state = state;
                 }
             }
-            AlertState::Resolved => {
-                self.open.remove(key);
-            }
+            AlertState::Resolved => self.note_resolved(key),
         }
         Ok(pos)
     }

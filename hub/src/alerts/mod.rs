@@ -6,6 +6,7 @@
 //! - [`series`]: one threshold rule on one metric, window and hold (pure);
 //! - [`evaluator`]: the task that follows the head, runs the rules and
 //!   records transitions through the writer;
+//! - [`feed`]: the commits handed to it in memory as they are published;
 //! - [`alertmanager`]: delivery to Prometheus Alertmanager, read from
 //!   storage each round;
 //! - [`Alerts`]: the handle the API changes rules and acknowledges through.
@@ -16,6 +17,7 @@
 
 pub mod alertmanager;
 pub mod evaluator;
+pub mod feed;
 pub mod rule;
 pub mod series;
 
