@@ -38,9 +38,9 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::feed::{Fed, Queue};
 use super::rule::{Kind, Rule, RuleSpec};
 use super::series::{Change, Series};
-use super::feed::{Fed, Queue};
 use super::{Ack, AckError};
 use crate::admission::{MetricNames, Names};
 use crate::commits::{AlertChange, AlertState, EventKind, Head, NewEvent, Position};
