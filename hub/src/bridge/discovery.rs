@@ -118,6 +118,24 @@ struct Origin {
     sw_version: &'static str,
 }
 
+/// What every config says published it.
+const ORIGIN: Origin = Origin {
+    name: "telemetry-hub",
+    sw_version: env!("CARGO_PKG_VERSION"),
+};
+
+impl<'a> Device<'a> {
+    /// The Home Assistant device of a hub device, under its node id.
+    fn of(node: String, device: &'a DeviceRecord) -> Device<'a> {
+        Device {
+            identifiers: [node],
+            name: non_empty(&device.name).unwrap_or(&device.id),
+            model: non_empty(&device.model),
+            sw_version: non_empty(&device.firmware),
+        }
+    }
+}
+
 fn availability(topic: String) -> Availability {
     Availability {
         topic,
@@ -154,16 +172,8 @@ pub fn config_payload(
             availability(hub_status_topic(prefix, hub_id)),
         ],
         availability_mode: "all",
-        device: Device {
-            identifiers: [node],
-            name: non_empty(&device.name).unwrap_or(&device.id),
-            model: non_empty(&device.model),
-            sw_version: non_empty(&device.firmware),
-        },
-        origin: Origin {
-            name: "telemetry-hub",
-            sw_version: env!("CARGO_PKG_VERSION"),
-        },
+        device: Device::of(node, device),
+        origin: ORIGIN,
     };
     serde_json::to_vec(&config).unwrap_or_default()
 }
@@ -207,16 +217,8 @@ pub fn alert_config_payload(
         value_template: "{{ 'OFF' if value_json.state == 'resolved' else 'ON' }}",
         device_class: "problem",
         availability: [availability(hub_status_topic(prefix, hub_id))],
-        device: Device {
-            identifiers: [node],
-            name: non_empty(&device.name).unwrap_or(&device.id),
-            model: non_empty(&device.model),
-            sw_version: non_empty(&device.firmware),
-        },
-        origin: Origin {
-            name: "telemetry-hub",
-            sw_version: env!("CARGO_PKG_VERSION"),
-        },
+        device: Device::of(node, device),
+        origin: ORIGIN,
     };
     serde_json::to_vec(&config).unwrap_or_default()
 }

@@ -294,6 +294,45 @@ fn subjects(stream: &str) -> [String; 4] {
     ]
 }
 
+/// Publishes one entry on `subject` of the cluster at `url`, stream
+/// `stream`, and waits for the stream to hold it: the command line's way
+/// into a cluster (devices, rules), on a connection of its own.
+///
+/// # Errors
+/// NATS cannot be reached, or the stream does not exist or refuses it.
+async fn publish_once(
+    url: &str,
+    stream: &str,
+    subject: String,
+    payload: Vec<u8>,
+) -> Result<(), JournalError> {
+    let settings = Settings {
+        url: url.to_owned(),
+        stream: stream.to_owned(),
+        hub_id: "cli".into(),
+        replicas: 1,
+        max_age: NATS_TIMEOUT,
+    };
+    let client = connect(&settings).await?;
+    let mut jetstream = jetstream::new(client);
+    jetstream.set_timeout(NATS_TIMEOUT);
+    let refused = |detail: String| JournalError::Stream {
+        stream: stream.to_owned(),
+        detail,
+    };
+    jetstream
+        .publish(subject, payload.into())
+        .await
+        .map_err(|err| refused(err.to_string()))?
+        .await
+        .map_err(|err| {
+            refused(format!(
+                "{err} (is a hub with --nats-url running on this stream?)"
+            ))
+        })?;
+    Ok(())
+}
+
 /// A connection to the NATS servers of `settings.url`.
 async fn connect(settings: &Settings) -> Result<async_nats::Client, JournalError> {
     async_nats::ConnectOptions::new()

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{JournalError, NATS_TIMEOUT, Settings};
+use super::JournalError;
 use crate::invalid::Invalid;
 use crate::store::writer::Provisioned;
 
@@ -135,31 +135,17 @@ fn device_subject(stream: &str, device: &str) -> String {
 /// it.
 pub async fn announce(url: &str, stream: &str, change: &DeviceChange) -> Result<(), JournalError> {
     change.to_write().map_err(JournalError::BadChange)?;
-    let settings = Settings {
-        url: url.to_owned(),
+    let payload = serde_json::to_vec(change).map_err(|err| JournalError::Stream {
         stream: stream.to_owned(),
-        hub_id: "cli".into(),
-        replicas: 1,
-        max_age: NATS_TIMEOUT,
-    };
-    let client = super::connect(&settings).await?;
-    let mut jetstream = async_nats::jetstream::new(client);
-    jetstream.set_timeout(NATS_TIMEOUT);
-    let refused = |detail: String| JournalError::Stream {
-        stream: stream.to_owned(),
-        detail,
-    };
-    let payload = serde_json::to_vec(change).map_err(|err| refused(err.to_string()))?;
-    jetstream
-        .publish(device_subject(stream, change.device()), payload.into())
-        .await
-        .map_err(|err| refused(err.to_string()))?
-        .await
-        .map_err(|err| {
-            refused(format!(
-                "{err} (is a hub with --nats-url running on this stream?)"
-            ))
-        })?;
+        detail: err.to_string(),
+    })?;
+    super::publish_once(
+        url,
+        stream,
+        device_subject(stream, change.device()),
+        payload,
+    )
+    .await?;
     Ok(())
 }
 

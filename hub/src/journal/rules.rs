@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{JournalError, NATS_TIMEOUT, Settings};
+use super::JournalError;
 use crate::store::writer::RuleChange;
 
 /// A rule entry: the definition, or `null` for a removal.
@@ -73,32 +73,12 @@ pub async fn announce(
     definition: Option<String>,
 ) -> Result<(), JournalError> {
     let subject = rule_subject(stream, name)?;
-    let settings = Settings {
-        url: url.to_owned(),
-        stream: stream.to_owned(),
-        hub_id: "cli".into(),
-        replicas: 1,
-        max_age: NATS_TIMEOUT,
-    };
-    let client = super::connect(&settings).await?;
-    let mut jetstream = async_nats::jetstream::new(client);
-    jetstream.set_timeout(NATS_TIMEOUT);
-    let refused = |detail: String| JournalError::Stream {
-        stream: stream.to_owned(),
-        detail,
-    };
     let payload =
-        serde_json::to_vec(&RuleEntry { definition }).map_err(|err| refused(err.to_string()))?;
-    jetstream
-        .publish(subject, payload.into())
-        .await
-        .map_err(|err| refused(err.to_string()))?
-        .await
-        .map_err(|err| {
-            refused(format!(
-                "{err} (is a hub with --nats-url running on this stream?)"
-            ))
+        serde_json::to_vec(&RuleEntry { definition }).map_err(|err| JournalError::Stream {
+            stream: stream.to_owned(),
+            detail: err.to_string(),
         })?;
+    super::publish_once(url, stream, subject, payload).await?;
     Ok(())
 }
 
