@@ -111,8 +111,11 @@ pub async fn alerts(size: Size, max_rate: f64) -> anyhow::Result<Value> {
             add(&hub, rule).await?;
         }
         let mut sse = SseClient::connect(&hub.addr, "/v1/events?types=alert", &[]).await?;
-        // Rules are read by the evaluator within half a second.
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        // The evaluator runs them (added through the API: at once).
+        let wanted = format!("hub_alert_rules {crossings}");
+        while !hubproc::metrics(&hub).await?.contains(&wanted) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let mut probes = JoinSet::new();
         for d in 0..devices {
             probes.spawn(probe::run(ProbeSpec {

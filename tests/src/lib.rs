@@ -183,6 +183,28 @@ impl TestHub {
         Ok(pos)
     }
 
+    /// Waits until the hub's alert evaluator runs `count` rules
+    /// (`hub_alert_rules` in `/metrics`): rules added through the command
+    /// line are read within a second.
+    ///
+    /// # Errors
+    /// The hub does not answer, or not in time.
+    pub async fn until_rules(&self, count: usize) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let wanted = format!("\nhub_alert_rules {count}\n");
+        loop {
+            let (_, body) = self.get("/metrics").await?;
+            if body.contains(&wanted) {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the hub never ran {count} alert rules"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// `GET path` on the hub: status and body.
     pub async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         testkit::http::get(&self.addr, path, &[]).await

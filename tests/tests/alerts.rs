@@ -288,7 +288,7 @@ async fn silence_and_offline_rules_fire_by_the_hubs_clock_and_resolve() {
     let mut sse = SseClient::connect(&hub.addr, "/v1/events?types=alert", &[])
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1_200)).await; // the rules are read
+    hub.until_rules(2).await.unwrap();
 
     let mut device = hub.connect(&token).await.unwrap();
     device.hello("sensor-1").await.unwrap();

@@ -719,7 +719,9 @@ async fn each_alert_transition_happens_once_for_the_cluster_and_outlives_the_hub
             at_least(hub, 2, "SELECT name FROM alert_rules ORDER BY name", None).await;
         assert_eq!(rules, [("gone".to_owned(),), ("warm".to_owned(),)]);
     }
-    tokio::time::sleep(Duration::from_millis(1_200)).await; // every evaluator reads them
+    for hub in [&a, &b, &c] {
+        hub.until_rules(2).await.unwrap();
+    }
 
     // Three hubs evaluate the reading; the alert fires once, at one id.
     let mut device = RawDevice::connect(&a.addr, Some("k")).await.unwrap();

@@ -32,7 +32,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
@@ -66,6 +66,7 @@ pub struct Inbox {
     pub(super) rules_changed: Arc<Notify>,
     pub(super) transitions: Arc<Notify>,
     pub(super) cursor: Arc<AtomicI64>,
+    pub(super) rules: Arc<AtomicUsize>,
 }
 
 /// One alert's identity: a rule on a device, and the metric for rules
@@ -346,6 +347,7 @@ impl Evaluator {
         self.texts = texts;
         self.rules = rules;
         self.queue.active.store(!self.rules.is_empty(), Relaxed);
+        self.inbox.rules.store(self.rules.len(), Relaxed);
         self.watching.clear();
         let current: HashMap<&str, serde_json::Value> = self
             .rules

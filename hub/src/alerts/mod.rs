@@ -22,7 +22,7 @@ pub mod rule;
 pub mod series;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::Relaxed};
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -94,6 +94,8 @@ pub struct Alerts {
     transitions: Arc<Notify>,
     /// Every position up to here has been evaluated (`/metrics`).
     cursor: Arc<AtomicI64>,
+    /// How many rules the evaluator runs (`/metrics`).
+    rules: Arc<AtomicUsize>,
 }
 
 impl Alerts {
@@ -107,6 +109,7 @@ impl Alerts {
         let rules_changed = Arc::new(Notify::new());
         let transitions = Arc::new(Notify::new());
         let cursor = Arc::new(AtomicI64::new(0));
+        let rules = Arc::new(AtomicUsize::new(0));
         let alerts = Alerts {
             writer,
             store,
@@ -115,6 +118,7 @@ impl Alerts {
             rules_changed: Arc::clone(&rules_changed),
             transitions: Arc::clone(&transitions),
             cursor: Arc::clone(&cursor),
+            rules: Arc::clone(&rules),
         };
         (
             alerts,
@@ -123,6 +127,7 @@ impl Alerts {
                 rules_changed,
                 transitions,
                 cursor,
+                rules,
             },
         )
     }
@@ -296,12 +301,15 @@ impl Alerts {
         }
     }
 
-    /// The evaluator's cursor, for `/metrics`.
+    /// The evaluator's cursor and rules, for `/metrics`.
     pub fn render(&self) -> String {
         format!(
             "# HELP hub_alert_cursor Every position up to this one has been evaluated by the alert rules.\n\
-             # TYPE hub_alert_cursor gauge\nhub_alert_cursor {}\n",
-            self.cursor.load(Relaxed)
+             # TYPE hub_alert_cursor gauge\nhub_alert_cursor {}\n\
+             # HELP hub_alert_rules The alert rules the evaluator runs.\n\
+             # TYPE hub_alert_rules gauge\nhub_alert_rules {}\n",
+            self.cursor.load(Relaxed),
+            self.rules.load(Relaxed)
         )
     }
 
