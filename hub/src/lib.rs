@@ -45,6 +45,7 @@
 //!   in order through its writer, at the positions the stream's sequences
 //!   name; [`cluster`]: presence and commands across the hubs.
 
+pub mod access;
 pub mod admission;
 pub mod alerts;
 pub mod api;

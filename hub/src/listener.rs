@@ -144,7 +144,7 @@ pub async fn serve(
         };
         let (router, tls, shutdown) = (router.clone(), tls.clone(), shutdown.clone());
         connections.spawn(async move {
-            accept(tcp, router, limits, tls, handshake, shutdown).await;
+            accept(tcp, peer, router, limits, tls, handshake, shutdown).await;
             drop(slot);
         });
     }
@@ -160,6 +160,7 @@ pub async fn serve(
 /// One accepted connection: TLS first if configured, then HTTP.
 async fn accept(
     tcp: TcpStream,
+    peer: std::net::SocketAddr,
     router: Router,
     limits: Limits,
     tls: Option<Tls>,
@@ -172,6 +173,7 @@ async fn accept(
     let Some(tls) = tls else {
         let connection = Connection {
             protocols: Protocols::Http1,
+            peer,
             identity: None,
         };
         return serve_connection(tcp, connection, router, limits, handshake, shutdown).await;
@@ -190,6 +192,7 @@ async fn accept(
             let protocols = Protocols::Http1Or2;
             let connection = Connection {
                 protocols,
+                peer,
                 identity,
             };
             serve_connection(stream, connection, router, limits, handshake, shutdown).await;
@@ -213,6 +216,9 @@ enum Protocols {
 #[derive(Debug)]
 struct Connection {
     protocols: Protocols,
+    /// The client's address (axum's `ConnectInfo` on each request: wrong
+    /// keys are counted by it).
+    peer: std::net::SocketAddr,
     /// The device its client certificate names, if it presented one.
     identity: Option<ClientIdentity>,
 }
@@ -222,6 +228,7 @@ async fn serve_connection<Io>(
     io: Io,
     Connection {
         protocols,
+        peer,
         identity,
     }: Connection,
     router: Router,
@@ -242,6 +249,9 @@ async fn serve_connection<Io>(
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
         if let Some(identity) = &identity {
             request.extensions_mut().insert(identity.clone());
         }

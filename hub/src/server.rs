@@ -20,10 +20,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access::{KeyWatcher, Keys};
 use crate::admission::{Admission, Names};
 use crate::alerts::evaluator::Evaluator;
 use crate::alerts::{self, Alerts, alertmanager};
-use crate::api::{self, monitor_auth::MonitorToken};
+use crate::api::{self, access::Gate};
 use crate::bridge::{self, Bridge};
 use crate::cluster::Cluster;
 use crate::commits::{Consumers, InlineConsumer, RetentionCutoff};
@@ -97,7 +98,8 @@ struct AppState {
     writer_health: WriterHealth,
     live: Arc<Live>,
     live_timing: subscription::Timing,
-    monitor_token: MonitorToken,
+    /// Keys, and who is refused for sending wrong ones.
+    gate: Gate,
     /// TLS on the listener, when configured.
     tls: Option<Tls>,
     /// The MQTT bridge's status, when it runs.
@@ -125,6 +127,8 @@ pub struct Hub {
     journal: Option<(Journal, u64)>,
     /// The alert rules' evaluator.
     evaluator: Evaluator,
+    /// Reads the API keys again while the hub runs.
+    key_watcher: KeyWatcher,
     /// This hub's hold on its database file, until the writer has stopped.
     _db_lock: crate::store::lock::DbLock,
     hangups: tokio::signal::unix::Signal,
@@ -211,6 +215,10 @@ impl Hub {
         )
         .await
         .context("reading the alerts back")?;
+        let (keys, key_watcher) =
+            Keys::load(&store, settings.monitor_token.as_deref().map(Arc::from))
+                .await
+                .context("reading the API keys")?;
         let listener = TcpListener::bind(&settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
@@ -241,8 +249,9 @@ impl Hub {
             writer_health,
             live,
             live_timing: settings.live,
-            monitor_token: MonitorToken {
-                token: settings.monitor_token.as_deref().map(Arc::from),
+            gate: Gate {
+                keys,
+                failures: Arc::default(),
                 secure: tls.is_some(),
                 allowed_hosts: settings.allowed_hosts.iter().cloned().collect(),
             },
@@ -262,6 +271,7 @@ impl Hub {
             bridge,
             journal,
             evaluator,
+            key_watcher,
             _db_lock: db_lock,
             hangups,
         })
@@ -307,6 +317,7 @@ impl Hub {
             bridge,
             journal,
             evaluator,
+            key_watcher,
             _db_lock: db_lock,
             hangups,
         } = self;
@@ -315,6 +326,7 @@ impl Hub {
         let store = state.store.clone();
         let writer_health = state.writer_health.clone();
 
+        tracker.spawn(key_watcher.run(cancel.clone()));
         tracker.spawn(ingest::watch_revocations(
             store.clone(),
             state.registry.clone(),
@@ -495,7 +507,7 @@ fn router(state: AppState) -> Router {
         )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            api::monitor_auth::require,
+            api::access::require,
         ));
     let router = Router::new()
         .merge(monitor)
@@ -503,7 +515,7 @@ fn router(state: AppState) -> Router {
             "/",
             get(monitor::page).route_layer(middleware::from_fn_with_state(
                 state.clone(),
-                api::monitor_auth::trade_token_for_cookie,
+                api::access::trade_token_for_cookie,
             )),
         )
         .route("/v1/ws", get(ingest::upgrade))

@@ -2,13 +2,15 @@
 //! and remove rules; list alerts and acknowledge one. Writes go through
 //! [`Alerts`] (the writer, and the evaluator for acknowledgements).
 
-use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
+use super::access;
+use crate::access::{Principal, Role};
 use crate::alerts::rule::RuleSpec;
 use crate::alerts::{AckError, Alerts, RuleWriteError};
 use crate::commits::Position;
@@ -61,13 +63,22 @@ struct Rules {
         (status = 503, description = "The database cannot be read", body = ApiError),
     ),
 )]
-pub async fn rules(State(store): State<Store>) -> Result<impl IntoResponse, ApiError> {
+pub async fn rules(
+    State(store): State<Store>,
+    Extension(principal): Extension<Principal>,
+) -> Result<impl IntoResponse, ApiError> {
+    let scope = access::scope(&principal, &store).await?;
     let rules = store
         .alert_rules()
         .await?
         .into_iter()
         // A row edited by hand into something else is left out.
-        .filter_map(|(_, text)| serde_json::from_str(&text).ok())
+        .filter_map(|(_, text)| serde_json::from_str::<RuleSpec>(&text).ok())
+        // A key limited to groups is not told of other devices' ids.
+        .filter(|rule| match (&scope, &rule.device) {
+            (Some(scope), Some(device)) if !device.contains(['*', '?']) => scope.contains(device),
+            _ => true,
+        })
         .collect();
     Ok(Json(Rules { rules }))
 }
@@ -93,8 +104,10 @@ pub async fn rules(State(store): State<Store>) -> Result<impl IntoResponse, ApiE
 )]
 pub async fn add_rule(
     State(alerts): State<Alerts>,
+    Extension(principal): Extension<Principal>,
     body: Result<Json<RuleSpec>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
+    managing_rules(&principal)?;
     let Json(spec) = body.map_err(ApiError::from_json_rejection)?;
     let rule = alerts.add_rule(spec).await.map_err(rule_error)?;
     Ok((StatusCode::CREATED, Json(rule.spec)))
@@ -118,11 +131,26 @@ pub async fn add_rule(
 )]
 pub async fn remove_rule(
     State(alerts): State<Alerts>,
+    Extension(principal): Extension<Principal>,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
+    managing_rules(&principal)?;
     let name = path(name)?;
     alerts.remove_rule(&name).await.map_err(rule_error)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Rules concern every device: only an admin of every device manages them.
+fn managing_rules(principal: &Principal) -> Result<(), ApiError> {
+    access::require_role(principal, Role::Admin, "managing alert rules")?;
+    if principal.groups.is_some() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "managing alert rules needs a key of every device; this one is limited to groups",
+        ));
+    }
+    Ok(())
 }
 
 /// Which alerts `GET /v1/alerts` lists.
@@ -163,6 +191,7 @@ struct AlertList {
 )]
 pub async fn alerts(
     State(store): State<Store>,
+    Extension(principal): Extension<Principal>,
     query: Result<Query<AlertQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Query(query) = query.map_err(|rejection| {
@@ -183,7 +212,12 @@ pub async fn alerts(
         }
     };
     let alerts = store
-        .alerts(open, query.device.as_deref(), MAX_ALERTS)
+        .alerts(
+            open,
+            query.device.as_deref(),
+            principal.groups.as_deref(),
+            MAX_ALERTS,
+        )
         .await?;
     Ok(Json(AlertList { alerts }))
 }
@@ -229,10 +263,18 @@ pub struct Acknowledgement {
 pub async fn acknowledge(
     State(alerts): State<Alerts>,
     State(store): State<Store>,
+    Extension(principal): Extension<Principal>,
     id: Result<Path<Position>, PathRejection>,
     body: Result<Json<Acknowledgement>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = path(id)?;
+    access::require_role(&principal, Role::Operator, "acknowledging an alert")?;
+    let unknown = || ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no alert {id}"));
+    let alert = store.alert(id).await?.ok_or_else(unknown)?;
+    // An alert of a device the key does not see is as unknown as that device.
+    access::sees(&principal, &store, &alert.device)
+        .await
+        .map_err(|_| unknown())?;
     let Json(ack) = body.map_err(ApiError::from_json_rejection)?;
     let by = ack.by.as_str();
     if by.is_empty() || by.chars().count() > 64 || by.chars().any(char::is_control) {
@@ -270,8 +312,6 @@ pub async fn acknowledge(
                 }
             }
         })?;
-    let alert = store.alert(id).await?.ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no alert {id}"))
-    })?;
+    let alert = store.alert(id).await?.ok_or_else(unknown)?;
     Ok(Json(alert))
 }

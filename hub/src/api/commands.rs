@@ -10,15 +10,17 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use axum::{Extension, Json};
 use protocol::CommandArg;
 use protocol::limits::{MAX_COMMAND_ARGS, MAX_TEXT_LEN};
 use serde::Deserialize;
 
+use super::access;
+use crate::access::{Principal, Role};
 use crate::http_error::ApiError;
 use crate::ingest::command::{self, Failure};
 use crate::ingest::registry::Registry;
@@ -94,8 +96,8 @@ struct CommandResult {
         (status = 200, description = "The device's answer", body = CommandResult),
         (status = 400, description = "Not a command: the field at fault is named", body = ApiError),
         (status = 401, description = "The monitor token is missing or wrong", body = ApiError),
-        (status = 403, description = "A cross-site request with the monitor cookie (`cross_site`), or without a monitor token a `Host` that is not an IP address, `localhost` or an `--allowed-host` name (`host_not_allowed`)", body = ApiError),
-        (status = 404, description = "No such device", body = ApiError),
+        (status = 403, description = "A key whose role is viewer (`forbidden`), a cross-site request with the monitor cookie (`cross_site`), or without a monitor token a `Host` that is not an IP address, `localhost` or an `--allowed-host` name (`host_not_allowed`)", body = ApiError),
+        (status = 404, description = "No such device, or none the key sees", body = ApiError),
         (status = 408, description = "The body did not arrive whole within the header deadline (`--header-read-timeout`)", body = ApiError),
         (status = 409, description = "The device is not connected", body = ApiError),
         (status = 413, description = "The body is over 16 KiB", body = ApiError),
@@ -107,12 +109,15 @@ struct CommandResult {
 pub async fn send(
     State(registry): State<Registry>,
     State(store): State<Store>,
+    Extension(principal): Extension<Principal>,
     device: Result<Path<String>, PathRejection>,
     body: Result<Json<CommandRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Path(device) = device.map_err(|rejection| {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_path", rejection.body_text())
     })?;
+    access::require_role(&principal, Role::Operator, "sending a command")?;
+    access::sees(&principal, &store, &device).await?;
     let Json(request) = body.map_err(ApiError::from_json_rejection)?;
     let timeout_ms = match request.timeout_ms {
         None => DEFAULT_TIMEOUT_MS,

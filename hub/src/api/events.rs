@@ -1,15 +1,21 @@
 //! `GET /v1/events`: the live Server-Sent Events stream for browsers.
 //!
-//! Query: `device=a,b`, `metric=x,y`, `types=alert,status` (filters; a
-//! metric filter concerns readings only), `last_event_id=N` (where a
-//! first connection resumes; the browser's `Last-Event-ID` header, sent on
-//! its own reconnects, wins over it). Past `--max-subscribers`, 503 with
-//! `Retry-After`.
+//! Query: `device=a,b`, `group=g,h`, `metric=x,y`, `types=alert,status`
+//! (filters; a metric filter concerns readings only), `last_event_id=N`
+//! (where a first connection resumes; the browser's `Last-Event-ID`
+//! header, sent on its own reconnects, wins over it). Past
+//! `--max-subscribers`, 503 with `Retry-After`.
+//!
+//! A key limited to groups gets only their devices' events, whatever it
+//! asks for: the devices are read when the stream opens (a device that
+//! joins a group later is seen from the browser's next reconnect). The
+//! stream ends when its key is revoked or expires.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -17,9 +23,12 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use tokio_util::sync::CancellationToken;
 
+use super::access;
+use crate::access::Principal;
 use crate::http_error::ApiError;
 use crate::live::Live;
 use crate::live::subscription::{Filter, Start, Subscription, Timing};
+use crate::store::Store;
 
 fn list(value: &str) -> Option<HashSet<String>> {
     let items: HashSet<String> = value
@@ -31,12 +40,23 @@ fn list(value: &str) -> Option<HashSet<String>> {
     (!items.is_empty()).then_some(items)
 }
 
-fn parse(pairs: &[(String, String)], headers: &HeaderMap) -> Result<(Filter, Start), ApiError> {
+/// What a subscriber asked for: the filter, the groups it narrows the
+/// devices to, and where it starts.
+#[derive(Debug)]
+struct Asked {
+    filter: Filter,
+    groups: Option<Vec<String>>,
+    start: Start,
+}
+
+fn parse(pairs: &[(String, String)], headers: &HeaderMap) -> Result<Asked, ApiError> {
     let mut filter = Filter::default();
+    let mut groups = None;
     let mut start = Start::Live;
     for (name, value) in pairs {
         match name.as_str() {
             "device" => filter.devices = list(value),
+            "group" => groups = Some(super::groups_parameter(value)?),
             "metric" => filter.metrics = list(value),
             "types" => filter.types = types(value)?,
             "last_event_id" => start = Start::After(event_id(name, value)?),
@@ -46,7 +66,7 @@ fn parse(pairs: &[(String, String)], headers: &HeaderMap) -> Result<(Filter, Sta
                 return Err(ApiError::bad_parameter(
                     name,
                     format!(
-                        "unknown parameter {name:?}; known: device, metric, types, last_event_id, token"
+                        "unknown parameter {name:?}; known: device, group, metric, types, last_event_id, token"
                     ),
                 ));
             }
@@ -61,7 +81,20 @@ fn parse(pairs: &[(String, String)], headers: &HeaderMap) -> Result<(Filter, Sta
             start = Start::After(event_id("Last-Event-ID", value)?);
         }
     }
-    Ok((filter, start))
+    Ok(Asked {
+        filter,
+        groups,
+        start,
+    })
+}
+
+/// Narrows `devices` (`None`: all) to `allowed`.
+fn narrow(devices: &mut Option<HashSet<String>>, allowed: Vec<String>) {
+    let allowed: HashSet<String> = allowed.into_iter().collect();
+    *devices = Some(match devices.take() {
+        Some(asked) => asked.intersection(&allowed).cloned().collect(),
+        None => allowed,
+    });
 }
 
 /// The event names a subscriber may ask for.
@@ -124,6 +157,7 @@ struct Event {
     security((), ("monitor_token" = [])),
     params(
         ("device" = Option<String>, Query, description = "Only these devices, comma-separated"),
+        ("group" = Option<String>, Query, description = "Only devices of these groups, comma-separated"),
         ("metric" = Option<String>, Query, description = "Only readings of these metrics, comma-separated"),
         ("types" = Option<String>, Query, pattern = "^(reading|status|alert)(,(reading|status|alert))*$",
          description = "Only these kinds of event, comma-separated: reading, status, alert"),
@@ -143,12 +177,24 @@ struct Event {
 )]
 pub async fn events(
     State(live): State<Arc<Live>>,
+    State(store): State<Store>,
     State(timing): State<Timing>,
     State(shutdown): State<CancellationToken>,
+    Extension(principal): Extension<Principal>,
     Query(pairs): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (filter, start) = parse(&pairs, &headers)?;
+    let Asked {
+        mut filter,
+        groups,
+        start,
+    } = parse(&pairs, &headers)?;
+    if let Some(groups) = groups {
+        narrow(&mut filter.devices, store.devices_in_groups(&groups).await?);
+    }
+    if let Some(scope) = access::scope(&principal, &store).await? {
+        narrow(&mut filter.devices, scope);
+    }
     let Some(slot) = live.admit() else {
         let mut response = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -162,10 +208,17 @@ pub async fn events(
         return Ok(response);
     };
     let subscription = Subscription::start(live, slot, filter, start, timing, shutdown).await?;
-    let body = stream::unfold(subscription, |mut subscription| async move {
-        let text = subscription.next_text().await?;
-        Some((Ok::<_, Infallible>(text), subscription))
-    });
+    // Ends with its key: the next piece, unless the key stopped working.
+    let body = stream::unfold(
+        (subscription, principal),
+        |(mut subscription, principal)| async move {
+            let text = tokio::select! {
+                text = subscription.next_text() => text?,
+                () = principal.ended() => return None,
+            };
+            Some((Ok::<_, Infallible>(text), (subscription, principal)))
+        },
+    );
     Ok((
         [
             (header::CONTENT_TYPE, "text/event-stream"),
@@ -190,7 +243,7 @@ mod tests {
 
     #[test]
     fn filters_are_comma_lists() {
-        let (filter, start) = parse(
+        let Asked { filter, start, .. } = parse(
             &pairs(&[("device", "a, b"), ("metric", "x")]),
             &HeaderMap::new(),
         )
@@ -207,7 +260,7 @@ mod tests {
     fn the_last_event_id_header_wins_over_the_query() {
         let mut headers = HeaderMap::new();
         headers.insert("last-event-id", HeaderValue::from_static("77"));
-        let (_, start) = parse(&pairs(&[("last_event_id", "5")]), &headers).unwrap();
+        let Asked { start, .. } = parse(&pairs(&[("last_event_id", "5")]), &headers).unwrap();
         assert_eq!(start, Start::After(77));
     }
 
@@ -215,7 +268,7 @@ mod tests {
     fn an_empty_last_event_id_header_is_ignored() {
         let mut headers = HeaderMap::new();
         headers.insert("last-event-id", HeaderValue::from_static(""));
-        let (_, start) = parse(&pairs(&[("last_event_id", "5")]), &headers).unwrap();
+        let Asked { start, .. } = parse(&pairs(&[("last_event_id", "5")]), &headers).unwrap();
         assert_eq!(start, Start::After(5));
     }
 

@@ -2,21 +2,22 @@
 //! Every failure answers with [`ApiError`]'s JSON body. Each handler takes
 //! only the parts of the hub's state it uses (axum sub-states).
 
+pub mod access;
 pub mod alerts;
 pub mod commands;
 pub mod events;
-pub mod monitor_auth;
 pub mod openapi;
 mod readings;
 
 use std::sync::Arc;
 
-use axum::Json;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
+use axum::{Extension, Json};
 use serde::Serialize;
 
+use crate::access::Principal;
 use crate::http_error::ApiError;
 use crate::ingest::registry::Registry;
 use crate::store::Store;
@@ -37,6 +38,8 @@ struct DeviceView {
     /// Connected to this hub now.
     online: bool,
     metrics: Vec<MetricInfo>,
+    /// The groups it belongs to.
+    groups: Vec<String>,
 }
 
 /// The answer of `GET /v1/devices`.
@@ -62,12 +65,17 @@ struct Healthy {
     cluster: Option<crate::journal::Health>,
 }
 
-/// Every device, whether it is connected, and its metrics.
+/// Every device the key sees, whether it is connected, its metrics and
+/// groups.
 #[utoipa::path(
     get,
     path = "/v1/devices",
     tag = "monitor",
     security((), ("monitor_token" = [])),
+    params(
+        ("group" = Option<String>, Query, description = "Only devices of these groups, comma-separated"),
+        ("token" = Option<String>, Query, description = "A key, for a browser's address bar"),
+    ),
     responses(
         (status = 200, description = "Every device", body = Devices),
         (status = 400, description = "A bad query parameter", body = ApiError),
@@ -79,18 +87,56 @@ struct Healthy {
 pub async fn devices(
     State(store): State<Store>,
     State(registry): State<Registry>,
+    Extension(principal): Extension<Principal>,
+    Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let mut asked = None;
+    for (name, value) in &pairs {
+        match name.as_str() {
+            "group" => asked = Some(groups_parameter(value)?),
+            "token" => {}
+            _ => {
+                return Err(ApiError::bad_parameter(
+                    name,
+                    format!("unknown parameter {name:?}; known: group, token"),
+                ));
+            }
+        }
+    }
     let records = store.list_devices().await?;
     let mut metrics = store.metrics_by_device().await?;
+    let mut groups = store.groups_by_device().await?;
+    let within = |mine: &[String], wanted: &[String]| mine.iter().any(|g| wanted.contains(g));
     let devices: Vec<DeviceView> = records
         .into_iter()
-        .map(|record| DeviceView {
-            online: registry.online_anywhere(&record.id),
-            metrics: metrics.remove(&record.id).unwrap_or_default(),
-            record,
+        .filter_map(|record| {
+            let mine = groups.remove(&record.id).unwrap_or_default();
+            let seen = principal.groups.as_deref().is_none_or(|g| within(&mine, g));
+            let wanted = asked.as_deref().is_none_or(|g| within(&mine, g));
+            (seen && wanted).then(|| DeviceView {
+                online: registry.online_anywhere(&record.id),
+                metrics: metrics.remove(&record.id).unwrap_or_default(),
+                groups: mine,
+                record,
+            })
         })
         .collect();
     Ok(Json(Devices { devices }))
+}
+
+/// `group=a,b`: group names, each checked.
+///
+/// # Errors
+/// An empty list or a name that cannot be a group's, naming `group`.
+pub(crate) fn groups_parameter(value: &str) -> Result<Vec<String>, ApiError> {
+    let groups: Vec<String> = value.split(',').map(str::to_owned).collect();
+    if let Some(bad) = groups.iter().find(|g| !crate::access::is_valid_group(g)) {
+        return Err(ApiError::bad_parameter(
+            "group",
+            format!("{bad:?} is not a group name: 1 to 64 of A-Z a-z 0-9 - _ . :"),
+        ));
+    }
+    Ok(groups)
 }
 
 /// 200 while the database answers and the writer runs and commits, and in

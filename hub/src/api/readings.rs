@@ -7,12 +7,14 @@
 //! at most 100,000 buckets at once, read from the roll-ups where the step
 //! allows.
 
-use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use std::fmt::Write;
 
+use super::access;
+use crate::access::Principal;
 use crate::http_error::ApiError;
 use crate::store::Store;
 use crate::store::buckets::{BucketQuery, BucketRow};
@@ -313,12 +315,20 @@ pub(super) enum Answer {
 )]
 pub async fn readings(
     State(store): State<Store>,
+    Extension(principal): Extension<Principal>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    let (filter, format) = match parse(&pairs)? {
+    let (mut filter, format) = match parse(&pairs)? {
         (Asked::Page(filter), format) => (filter, format),
-        (Asked::Buckets(query), format) => return buckets_answer(&store, &query, format).await,
+        (Asked::Buckets(query), format) => {
+            access::sees(&principal, &store, &query.device).await?;
+            return buckets_answer(&store, &query, format).await;
+        }
     };
+    match &filter.device {
+        Some(device) => access::sees(&principal, &store, device).await?,
+        None => filter.groups = principal.groups.as_deref().map(<[String]>::to_vec),
+    }
     let page = store.readings(&filter).await?;
     let mut response = match format {
         Format::Json => Json(Answer::Readings(Readings {
@@ -569,6 +579,7 @@ mod tests {
                 to_ms: Some(20),
                 limit: 5,
                 after: None,
+                groups: None,
             }
         );
         assert_eq!(format, Format::Csv);

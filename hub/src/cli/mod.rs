@@ -24,6 +24,7 @@ use crate::store::{PoolDurability, Store, retention};
 use crate::tls::TlsFiles;
 
 mod alert;
+mod key;
 
 /// A command line the checks refused: the binary exits with status 2, as
 /// for the flags clap refuses itself.
@@ -51,6 +52,10 @@ enum Command {
     /// Add, list and remove alert rules (works while the hub runs).
     #[command(subcommand)]
     Alert(alert::AlertCommand),
+    /// Make, list and revoke API keys for the monitor and admin API (works
+    /// while the hub runs).
+    #[command(subcommand)]
+    Key(key::KeyCommand),
     /// Run the hub with a simulated fleet in the same process, the last hour
     /// backfilled, for a first look at the monitor. Takes every serve flag.
     Demo(Box<DemoArgs>),
@@ -292,10 +297,27 @@ enum DeviceCommand {
         /// A name for people.
         #[arg(long)]
         name: Option<String>,
+        /// Put it in this group (repeat for more).
+        #[arg(long = "group", conflicts_with = "nats_url")]
+        groups: Vec<String>,
         #[command(flatten)]
         db: DbArg,
         #[command(flatten)]
         cluster: ClusterArg,
+    },
+    /// Put a device into groups or take it out of them, and print its
+    /// groups. Keys limited to a group see its devices from their next
+    /// request (a live stream from its next reconnect).
+    Group {
+        id: String,
+        /// A group to join (repeat for more).
+        #[arg(long = "add")]
+        join: Vec<String>,
+        /// A group to leave (repeat for more).
+        #[arg(long = "remove")]
+        leave: Vec<String>,
+        #[command(flatten)]
+        db: DbArg,
     },
     /// Give an existing device a new token and print it (alone on standard
     /// output): its old token stops working, and the provisioning key no
@@ -372,6 +394,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo(*args).await,
         Command::Device(command) => device(command).await,
         Command::Alert(command) => alert::run(command).await,
+        Command::Key(command) => key::run(command).await,
     }
 }
 
@@ -607,10 +630,20 @@ async fn device(command: DeviceCommand) -> anyhow::Result<()> {
             store.close().await;
             print_out(&format!("{token}\n"))?;
         }
-        DeviceCommand::Add { id, name, db, .. } => {
+        DeviceCommand::Add {
+            id,
+            name,
+            groups,
+            db,
+            ..
+        } => {
+            check_groups("--group", &groups)?;
             let store = open(&db).await?;
             match store.add_device(&id, name.as_deref()).await {
-                Ok(token) => print_out(&format!("{token}\n"))?,
+                Ok(token) => {
+                    store.regroup_device(&id, &groups, &[]).await?;
+                    print_out(&format!("{token}\n"))?;
+                }
                 Err(err @ (AddDeviceError::InvalidId | AddDeviceError::Exists(_))) => {
                     anyhow::bail!("{err}")
                 }
@@ -618,15 +651,42 @@ async fn device(command: DeviceCommand) -> anyhow::Result<()> {
             }
             store.close().await;
         }
+        DeviceCommand::Group {
+            id,
+            join,
+            leave,
+            db,
+        } => {
+            check_groups("--add", &join)?;
+            check_groups("--remove", &leave)?;
+            let store = open(&db).await?;
+            let found = store.regroup_device(&id, &join, &leave).await?;
+            let groups = store.groups_by_device().await?.remove(&id);
+            store.close().await;
+            if !found {
+                anyhow::bail!("no device {id:?} in {}", db.db.display());
+            }
+            print_out(&format!("{}\n", groups.unwrap_or_default().join(",")))?;
+        }
         DeviceCommand::List { json, db } => {
             let store = open(&db).await?;
             let devices = store.list_devices().await?;
+            let mut groups = store.groups_by_device().await?;
             let text = if json {
+                let devices: Vec<serde_json::Value> = devices
+                    .into_iter()
+                    .map(|device| {
+                        let mut value = serde_json::json!(device);
+                        value["groups"] =
+                            serde_json::json!(groups.remove(&device.id).unwrap_or_default());
+                        value
+                    })
+                    .collect();
                 format!("{}\n", serde_json::to_string_pretty(&devices)?)
             } else {
                 let mut text = format!(
-                    "{:<24} {:<20} {:>10} {:<8}\n",
-                    "ID", "NAME", "LAST SEQ", "STATE"
+                    "{:<24} {:<20} {:>10} {:<8} {}\n",
+                    "ID", "NAME", "LAST SEQ", "STATE", "GROUPS"
                 );
                 for device in devices {
                     let state = if device.revoked_ms.is_some() {
@@ -634,12 +694,14 @@ async fn device(command: DeviceCommand) -> anyhow::Result<()> {
                     } else {
                         "active"
                     };
+                    let in_groups = groups.remove(&device.id).unwrap_or_default().join(",");
                     text.push_str(&format!(
-                        "{:<24} {:<20} {:>10} {:<8}\n",
+                        "{:<24} {:<20} {:>10} {:<8} {}\n",
                         device.id,
                         device.name.as_deref().unwrap_or("-"),
                         device.last_seq,
-                        state
+                        state,
+                        in_groups
                     ));
                 }
                 text
@@ -670,6 +732,16 @@ async fn device(command: DeviceCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Refuses group names that cannot be groups', naming the flag.
+fn check_groups(flag: &str, groups: &[String]) -> Result<(), UsageError> {
+    match groups.iter().find(|g| !crate::access::is_valid_group(g)) {
+        Some(bad) => Err(UsageError(format!(
+            "{flag} {bad:?}: a group is 1 to 64 of A-Z a-z 0-9 - _ . :"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Publishes a new token for `id` to a cluster's stream, for every hub;

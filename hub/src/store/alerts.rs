@@ -149,15 +149,22 @@ impl Store {
         &self,
         open: bool,
         device: Option<&str>,
+        groups: Option<&[String]>,
         limit: u32,
     ) -> Result<Vec<AlertRow>, StoreError> {
+        let groups = groups.map(|g| serde_json::to_string(g).expect("strings are valid JSON"));
         let rows = sqlx::query(select_alerts!(
             "WHERE (? = 0 OR state <> 'resolved') AND (? IS NULL OR device = ?)
+               AND (? IS NULL OR device IN (
+                    SELECT d.device_id FROM device_groups g JOIN devices d ON d.id = g.device
+                    WHERE g.grp IN (SELECT value FROM json_each(?))))
              ORDER BY id DESC LIMIT ?"
         ))
         .bind(open)
         .bind(device)
         .bind(device)
+        .bind(groups.as_deref())
+        .bind(groups.as_deref())
         .bind(i64::from(limit))
         .fetch_all(self.pool())
         .await?;

@@ -6,6 +6,7 @@
 //! everything is written by the [`writer`] on its own connection: readings,
 //! positions, what a device's connection registers, retention's deletes.
 
+pub mod access;
 pub mod alerts;
 pub mod blocks;
 pub mod buckets;

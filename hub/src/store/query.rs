@@ -66,6 +66,8 @@ pub struct Page {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReadingFilter {
     pub device: Option<String>,
+    /// Without `device`: only devices of these groups (a key's scope).
+    pub groups: Option<Vec<String>>,
     pub metric: Option<String>,
     /// Inclusive, ms since the Unix epoch.
     pub from_ms: Option<i64>,
@@ -329,6 +331,14 @@ impl Store {
         let after = after.max(oldest - 1);
         let through = after.saturating_add(STORAGE_SCAN_SPAN);
         let terms = |query: &mut QueryBuilder<Sqlite>| {
+            if let Some(groups) = &filter.groups {
+                query.push(" AND m.device IN (SELECT device FROM device_groups WHERE grp IN (");
+                let mut list = query.separated(", ");
+                for group in groups {
+                    list.push_bind(group.clone());
+                }
+                query.push("))");
+            }
             if let Some(metric) = &filter.metric {
                 query.push(" AND m.name = ").push_bind(metric.clone());
             }

@@ -1,34 +1,47 @@
-//! The monitor token (`--monitor-token`): when set, the monitor API (events,
-//! devices, readings, commands) needs it as `Authorization: Bearer <token>`,
-//! the `hub_token` cookie, or the `token` query parameter — the last two
-//! because a browser's `EventSource` cannot set headers.
+//! Who a monitor or admin request is: its key (an API key from `hub key
+//! add`, or `--monitor-token`, an admin key of every device) becomes the
+//! request's [`Principal`], which handlers ask what it may do
+//! ([`require`]) and which devices it sees ([`sees`], [`scope`]).
 //!
-//! Opening the page as `/?token=…` trades the token for an `HttpOnly`,
-//! `SameSite=Strict` cookie and redirects to `/`, so the token leaves the
-//! address bar and history, and scripts on the page never see it. A
-//! request that carries only the cookie and changes something (`POST`) must
-//! come from the hub's own origin: another site cannot make a browser send
-//! commands with it (CSRF). The hub never logs request URLs or tokens.
+//! A key comes as `Authorization: Bearer <key>`, the `hub_token` cookie,
+//! or the `token` query parameter — the last two because a browser's
+//! `EventSource` cannot set headers. Opening the page as `/?token=…`
+//! trades the key for an `HttpOnly`, `SameSite=Strict` cookie and
+//! redirects to `/`, so the key leaves the address bar and history, and
+//! scripts on the page never see it. A request that carries only the
+//! cookie and changes something (`POST`) must come from the hub's own
+//! origin: another site cannot make a browser send commands with it
+//! (CSRF). The hub never logs request URLs or keys.
+//!
+//! A hub with neither keys nor a monitor token is open, but answers only
+//! for host names it knows (DNS rebinding). Wrong keys from one address
+//! are answered 429 for a while (`access::failures`).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 
+use crate::access::failures::Failures;
+use crate::access::{Keys, Principal, Refusal, Role};
 use crate::auth;
 use crate::http_error::ApiError;
+use crate::store::Store;
 
-/// The cookie the page's token is traded for.
+/// The cookie the page's key is traded for.
 const COOKIE: &str = "hub_token";
 
-/// The token the monitor API needs (`None` leaves it open), whether the
-/// hub serves TLS (its cookie is then `Secure`), and the host names an open
-/// API answers to.
-#[derive(Debug, Clone, Default)]
-pub struct MonitorToken {
-    pub token: Option<Arc<str>>,
+/// What the gate in front of the monitor and admin API knows: the keys,
+/// the wrong ones per address, whether the hub serves TLS (its cookie is
+/// then `Secure`), and the host names an open API answers to.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    pub keys: Keys,
+    pub failures: Arc<Failures>,
     pub secure: bool,
     /// `--allowed-host`, lowercase.
     pub allowed_hosts: Arc<[String]>,
@@ -119,71 +132,99 @@ fn cross_site(headers: &HeaderMap) -> bool {
     origin_host != host
 }
 
-/// Refuses monitor requests without the token, when one is configured;
-/// without one, refuses requests for a host name it does not know.
-pub async fn require(
-    State(MonitorToken {
-        token: expected,
-        allowed_hosts,
-        ..
-    }): State<MonitorToken>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Some(expected) = expected else {
+/// Puts the request's [`Principal`] on it, or refuses it: 401 without a
+/// working key when one is needed, 429 for an address that sent too many
+/// wrong ones, 403 for a cross-site request with the cookie, and on an
+/// open hub 403 for a host name it does not know.
+pub async fn require(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
+    if !gate.keys.required() {
         if let Some(host) = request_host(&request)
-            && !host_allowed(host, &allowed_hosts)
+            && !host_allowed(host, &gate.allowed_hosts)
         {
             return ApiError::new(
                 StatusCode::FORBIDDEN,
                 "host_not_allowed",
-                "this hub has no monitor token: its API answers only for an IP address, \
-                 localhost, or a name given with --allowed-host",
+                "this hub has no keys and no monitor token: its API answers only for an IP \
+                 address, localhost, or a name given with --allowed-host",
             )
             .into_response();
+        }
+        if let Ok(principal) = gate.keys.resolve(None) {
+            request.extensions_mut().insert(principal);
         }
         return next.run(request).await;
+    }
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip());
+    let now = Instant::now();
+    if let Some(wait) = peer.and_then(|peer| gate.failures.blocked(peer, now)) {
+        return too_many(wait);
+    }
+    let presented = presented(&request);
+    let (secret, by_cookie) = match &presented {
+        Some(Presented::Explicit(secret)) => (Some(secret.as_str()), false),
+        Some(Presented::Cookie(secret)) => (Some(secret.as_str()), true),
+        None => (None, false),
     };
-    let (token, by_cookie) = match presented(&request) {
-        Some(Presented::Explicit(token)) => (token, false),
-        Some(Presented::Cookie(token)) => (token, true),
-        None => {
+    let principal = match gate.keys.resolve(secret) {
+        Ok(principal) => principal,
+        Err(Refusal::Missing) => {
             return ApiError::unauthorized(
-                "this hub needs its monitor token: Authorization: Bearer, the hub_token cookie, or ?token=",
+                "this hub needs a key: Authorization: Bearer, the hub_token cookie, or ?token=",
             )
             .into_response();
         }
+        Err(Refusal::Wrong) => {
+            tracing::info!(peer = ?peer, "a request with a key that does not work");
+            if let Some(wait) = peer.and_then(|peer| gate.failures.failed(peer, now)) {
+                tracing::warn!(peer = ?peer, "too many wrong keys from one address; refusing it for a while");
+                return too_many(wait);
+            }
+            return ApiError::unauthorized("this key does not work: unknown, revoked or expired")
+                .into_response();
+        }
     };
-    if !auth::secrets_match(&token, &expected) {
-        return ApiError::unauthorized("wrong monitor token").into_response();
-    }
     if by_cookie && request.method() != Method::GET && cross_site(request.headers()) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "cross_site",
-            "a request from another site cannot use the monitor cookie; send the token as Authorization: Bearer",
+            "a request from another site cannot use the monitor cookie; send the key as Authorization: Bearer",
         )
         .into_response();
     }
+    request.extensions_mut().insert(principal);
     next.run(request).await
 }
 
-/// `GET /?token=…` with the right token: sets the cookie and sends the
-/// browser to `/` without the token in its address. Anything else is the
-/// page itself (which reports a missing or wrong token when it calls the
+/// 429 with `Retry-After` in whole seconds.
+fn too_many(wait: std::time::Duration) -> Response {
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let mut response = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_wrong_keys",
+        format!("too many wrong keys from this address; retry in {seconds} s"),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
+/// `GET /?token=…` with a working key: sets the cookie and sends the
+/// browser to `/` without the key in its address. Anything else is the
+/// page itself (which reports a missing or wrong key when it calls the
 /// API).
 pub async fn trade_token_for_cookie(
-    State(MonitorToken {
-        token: expected,
-        secure,
-        ..
-    }): State<MonitorToken>,
+    State(gate): State<Gate>,
     request: Request,
     next: Next,
 ) -> Response {
-    let secure = if secure { "; Secure" } else { "" };
-    if let (Some(expected), Some(token)) = (expected, query_token(request.uri().query()))
-        && auth::secrets_match(&token, &expected)
+    let secure = if gate.secure { "; Secure" } else { "" };
+    if let Some(token) = query_token(request.uri().query())
+        && gate.keys.is_valid(&token)
         && let Ok(cookie) = HeaderValue::from_str(&format!(
             "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{secure}"
         ))
@@ -193,6 +234,60 @@ pub async fn trade_token_for_cookie(
         return response;
     }
     next.run(request).await
+}
+
+/// 403 unless the principal's role may do what `role` may.
+///
+/// # Errors
+/// The role is short of it.
+pub fn require_role(principal: &Principal, role: Role, what: &str) -> Result<(), ApiError> {
+    if principal.may(role) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "{what} needs the {role} role; this key is a {}",
+            principal.role
+        ),
+    ))
+}
+
+/// The answer for a device the principal does not see: the same as for a
+/// device that does not exist, so ids do not leak.
+#[must_use]
+pub fn unknown_device(device: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_device",
+        format!("no device {device:?}"),
+    )
+}
+
+/// Ok if the principal sees `device` (every device, or one of its
+/// groups'); 404 [`unknown_device`] otherwise.
+///
+/// # Errors
+/// It does not, or storage cannot be read.
+pub async fn sees(principal: &Principal, store: &Store, device: &str) -> Result<(), ApiError> {
+    match &principal.groups {
+        None => Ok(()),
+        Some(groups) if store.in_groups(device, groups).await? => Ok(()),
+        Some(_) => Err(unknown_device(device)),
+    }
+}
+
+/// The devices a principal sees, for lists and streams: every device, or
+/// those of its groups, read now.
+///
+/// # Errors
+/// Storage cannot be read.
+pub async fn scope(principal: &Principal, store: &Store) -> Result<Option<Vec<String>>, ApiError> {
+    match &principal.groups {
+        None => Ok(None),
+        Some(groups) => Ok(Some(store.devices_in_groups(groups).await?)),
+    }
 }
 
 #[cfg(test)]
