@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{Router, middleware};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -108,6 +108,8 @@ struct AppState {
     cluster: Option<Arc<journal::Status>>,
     /// Alert rules and acknowledgements.
     alerts: Alerts,
+    /// Where the admin API writes.
+    admin: api::admin::Admin,
     /// The hub-wide stop: live streams watch it.
     shutdown: CancellationToken,
 }
@@ -236,6 +238,10 @@ impl Hub {
             journal: journal.as_ref().map(|(journal, _)| journal.clone()),
             shutdown: shutdown.clone(),
         });
+        let admin = api::admin::Admin {
+            writer: sessions.writer.clone(),
+            journal: sessions.journal.clone(),
+        };
         let state = AppState {
             ingest: Arc::new(Ingest {
                 sessions,
@@ -259,6 +265,7 @@ impl Hub {
             mqtt: bridge.as_ref().map(Bridge::status),
             cluster: journal.as_ref().map(|(journal, _)| journal.status()),
             alerts,
+            admin,
             shutdown,
         };
         Ok(Hub {
@@ -484,6 +491,7 @@ fn router(state: AppState) -> Router {
     let monitor = Router::new()
         .route("/v1/events", get(api::events::events))
         .route("/v1/devices", get(api::devices))
+        .route("/v1/me", get(api::me))
         .route(
             "/v1/devices/{id}/commands",
             post(api::commands::send).layer(DefaultBodyLimit::max(api::commands::MAX_BODY_BYTES)),
@@ -500,6 +508,28 @@ fn router(state: AppState) -> Router {
             axum::routing::delete(api::alerts::remove_rule),
         )
         .route("/v1/alerts", get(api::alerts::alerts))
+        .route(
+            "/v1/admin/devices",
+            post(api::admin::add_device).layer(DefaultBodyLimit::max(api::admin::MAX_BODY_BYTES)),
+        )
+        .route(
+            "/v1/admin/devices/{id}",
+            patch(api::admin::update_device)
+                .delete(api::admin::revoke_device)
+                .layer(DefaultBodyLimit::max(api::admin::MAX_BODY_BYTES)),
+        )
+        .route("/v1/admin/devices/{id}/token", post(api::admin::new_token))
+        .route(
+            "/v1/admin/keys",
+            get(api::admin::keys)
+                .post(api::admin::add_key)
+                .layer(DefaultBodyLimit::max(api::admin::MAX_BODY_BYTES)),
+        )
+        .route(
+            "/v1/admin/keys/{name}",
+            axum::routing::delete(api::admin::revoke_key),
+        )
+        .route("/v1/admin/groups", get(api::admin::groups))
         .route(
             "/v1/alerts/{alert}/ack",
             post(api::alerts::acknowledge)

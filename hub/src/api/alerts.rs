@@ -55,11 +55,11 @@ struct Rules {
     get,
     path = "/v1/alert-rules",
     tag = "monitor",
-    security((), ("monitor_token" = [])),
+    security((), ("api_key" = [])),
     responses(
         (status = 200, description = "Every rule, defaults filled in", body = Rules),
-        (status = 401, description = "The monitor token is missing or wrong", body = ApiError),
-        (status = 403, description = "Without a monitor token: a `Host` that is not an IP address, `localhost` or an `--allowed-host` name (`host_not_allowed`)", body = ApiError),
+        (status = 401, description = "The key is missing or does not work", body = ApiError),
+        (status = 403, description = "On a hub without keys or monitor token: a `Host` that is not an IP address, `localhost` or an `--allowed-host` name (`host_not_allowed`)", body = ApiError),
         (status = 503, description = "The database cannot be read", body = ApiError),
     ),
 )]
@@ -88,13 +88,13 @@ pub async fn rules(
     post,
     path = "/v1/alert-rules",
     tag = "monitor",
-    security((), ("monitor_token" = [])),
+    security((), ("api_key" = [])),
     request_body(content = RuleSpec, content_type = "application/json", description = "At most 8 KiB"),
     responses(
         (status = 201, description = "Added: the rule, defaults filled in", body = RuleSpec),
         (status = 400, description = "Not a rule: the field at fault is named", body = ApiError),
-        (status = 401, description = "The monitor token is missing or wrong", body = ApiError),
-        (status = 403, description = "A cross-site request with the monitor cookie (`cross_site`), or without a monitor token a `Host` that is not an IP address, `localhost` or an `--allowed-host` name (`host_not_allowed`)", body = ApiError),
+        (status = 401, description = "The key is missing or does not work", body = ApiError),
+        (status = 403, description = "A cross-site request with the monitor cookie (`cross_site`), or on a hub without keys or monitor token a `Host` that is not an IP address, `localhost` or an `--allowed-host` name (`host_not_allowed`)", body = ApiError),
         (status = 408, description = "The body did not arrive whole within the header deadline (`--header-read-timeout`)", body = ApiError),
         (status = 409, description = "A rule of that name exists", body = ApiError),
         (status = 413, description = "The body is over 8 KiB", body = ApiError),
@@ -118,13 +118,13 @@ pub async fn add_rule(
     delete,
     path = "/v1/alert-rules/{name}",
     tag = "monitor",
-    security((), ("monitor_token" = [])),
+    security((), ("api_key" = [])),
     params(("name" = String, Path, description = "The rule's name")),
     responses(
         (status = 204, description = "Removed"),
         (status = 400, description = "A bad path", body = ApiError),
-        (status = 401, description = "The monitor token is missing or wrong", body = ApiError),
-        (status = 403, description = "A cross-site request with the monitor cookie (`cross_site`), or without a monitor token a `Host` that is not an IP address, `localhost` or an `--allowed-host` name (`host_not_allowed`)", body = ApiError),
+        (status = 401, description = "The key is missing or does not work", body = ApiError),
+        (status = 403, description = "A cross-site request with the monitor cookie (`cross_site`), or on a hub without keys or monitor token a `Host` that is not an IP address, `localhost` or an `--allowed-host` name (`host_not_allowed`)", body = ApiError),
         (status = 404, description = "No such rule", body = ApiError),
         (status = 503, description = "The rule was not removed", body = ApiError),
     ),
@@ -163,7 +163,7 @@ pub struct AlertQuery {
     state: Option<String>,
     /// Only this device's.
     device: Option<String>,
-    /// The monitor token, for links (read by the token check).
+    /// A key, for links (read by the token check).
     #[allow(dead_code)]
     token: Option<String>,
 }
@@ -179,13 +179,13 @@ struct AlertList {
     get,
     path = "/v1/alerts",
     tag = "monitor",
-    security((), ("monitor_token" = [])),
+    security((), ("api_key" = [])),
     params(AlertQuery),
     responses(
         (status = 200, description = "Alerts, newest first", body = AlertList),
         (status = 400, description = "A bad query parameter, named", body = ApiError),
-        (status = 401, description = "The monitor token is missing or wrong", body = ApiError),
-        (status = 403, description = "Without a monitor token: a `Host` that is not an IP address, `localhost` or an `--allowed-host` name (`host_not_allowed`)", body = ApiError),
+        (status = 401, description = "The key is missing or does not work", body = ApiError),
+        (status = 403, description = "On a hub without keys or monitor token: a `Host` that is not an IP address, `localhost` or an `--allowed-host` name (`host_not_allowed`)", body = ApiError),
         (status = 503, description = "The database cannot be read", body = ApiError),
     ),
 )]
@@ -244,14 +244,14 @@ pub struct Acknowledgement {
     post,
     path = "/v1/alerts/{alert}/ack",
     tag = "monitor",
-    security((), ("monitor_token" = [])),
+    security((), ("api_key" = [])),
     params(("alert" = i64, Path, minimum = 1, description = "The alert's id")),
     request_body(content = Acknowledgement, content_type = "application/json"),
     responses(
         (status = 200, description = "Acknowledged: the alert as it now stands", body = AlertRow),
         (status = 400, description = "A bad path or body, the field named", body = ApiError),
-        (status = 401, description = "The monitor token is missing or wrong", body = ApiError),
-        (status = 403, description = "A cross-site request with the monitor cookie (`cross_site`), or without a monitor token a `Host` that is not an IP address, `localhost` or an `--allowed-host` name (`host_not_allowed`)", body = ApiError),
+        (status = 401, description = "The key is missing or does not work", body = ApiError),
+        (status = 403, description = "A cross-site request with the monitor cookie (`cross_site`), or on a hub without keys or monitor token a `Host` that is not an IP address, `localhost` or an `--allowed-host` name (`host_not_allowed`)", body = ApiError),
         (status = 404, description = "No such alert", body = ApiError),
         (status = 408, description = "The body did not arrive whole within the header deadline (`--header-read-timeout`)", body = ApiError),
         (status = 409, description = "The alert is resolved or already acknowledged", body = ApiError),

@@ -154,7 +154,7 @@ struct Event {
     get,
     path = "/v1/events",
     tag = "monitor",
-    security((), ("monitor_token" = [])),
+    security((), ("api_key" = [])),
     params(
         ("device" = Option<String>, Query, description = "Only these devices, comma-separated"),
         ("group" = Option<String>, Query, description = "Only devices of these groups, comma-separated"),
@@ -165,13 +165,13 @@ struct Event {
          description = "Resume after this event id on a first connection; 0 is everything still stored"),
         ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = "^[0-9]{0,18}$",
          description = "The browser's resume point on its reconnects; wins over `last_event_id`"),
-        ("token" = Option<String>, Query, description = "The monitor token, for `EventSource`, which cannot send headers"),
+        ("token" = Option<String>, Query, description = "A key, for `EventSource`, which cannot send headers"),
     ),
     responses(
         (status = 200, description = "An endless event stream", body = Event, content_type = "text/event-stream"),
         (status = 400, description = "A bad parameter, named", body = ApiError),
-        (status = 401, description = "The monitor token is missing or wrong", body = ApiError),
-        (status = 403, description = "Without a monitor token: a `Host` that is not an IP address, `localhost` or an `--allowed-host` name (`host_not_allowed`)", body = ApiError),
+        (status = 401, description = "The key is missing or does not work", body = ApiError),
+        (status = 403, description = "On a hub without keys or monitor token: a `Host` that is not an IP address, `localhost` or an `--allowed-host` name (`host_not_allowed`)", body = ApiError),
         (status = 503, description = "As many subscribers as `--max-subscribers`; retry after `Retry-After`", body = ApiError),
     ),
 )]

@@ -3,6 +3,7 @@
 //! only the parts of the hub's state it uses (axum sub-states).
 
 pub mod access;
+pub mod admin;
 pub mod alerts;
 pub mod commands;
 pub mod events;
@@ -71,7 +72,7 @@ struct Healthy {
     get,
     path = "/v1/devices",
     tag = "monitor",
-    security((), ("monitor_token" = [])),
+    security((), ("api_key" = [])),
     params(
         ("group" = Option<String>, Query, description = "Only devices of these groups, comma-separated"),
         ("token" = Option<String>, Query, description = "A key, for a browser's address bar"),
@@ -79,8 +80,8 @@ struct Healthy {
     responses(
         (status = 200, description = "Every device", body = Devices),
         (status = 400, description = "A bad query parameter", body = ApiError),
-        (status = 401, description = "The monitor token is missing or wrong", body = ApiError),
-        (status = 403, description = "Without a monitor token: a `Host` that is not an IP address, `localhost` or an `--allowed-host` name (`host_not_allowed`)", body = ApiError),
+        (status = 401, description = "The key is missing or does not work", body = ApiError),
+        (status = 403, description = "On a hub without keys or monitor token: a `Host` that is not an IP address, `localhost` or an `--allowed-host` name (`host_not_allowed`)", body = ApiError),
         (status = 503, description = "The database cannot be read", body = ApiError),
     ),
 )]
@@ -122,6 +123,40 @@ pub async fn devices(
         })
         .collect();
     Ok(Json(Devices { devices }))
+}
+
+/// What the request's key may do: `GET /v1/me`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Me {
+    /// The key's name; absent for `--monitor-token` and an open hub.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    /// `viewer`, `operator` or `admin`.
+    role: String,
+    /// The groups whose devices alone it sees; absent: every device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    groups: Option<Vec<String>>,
+}
+
+/// The request's key: its role and the groups it is limited to, for a page
+/// that shows only what the key may do.
+#[utoipa::path(
+    get,
+    path = "/v1/me",
+    tag = "monitor",
+    security((), ("api_key" = [])),
+    responses(
+        (status = 200, description = "The key's role and groups", body = Me),
+        (status = 401, description = "The key is missing or does not work", body = ApiError),
+        (status = 403, description = "On a hub without keys or monitor token: a `Host` that is not an IP address, `localhost` or an `--allowed-host` name (`host_not_allowed`)", body = ApiError),
+    ),
+)]
+pub async fn me(Extension(principal): Extension<Principal>) -> impl IntoResponse {
+    Json(Me {
+        key: principal.key.as_deref().map(str::to_owned),
+        role: principal.role.as_str().to_owned(),
+        groups: principal.groups.as_deref().map(<[String]>::to_vec),
+    })
 }
 
 /// `group=a,b`: group names, each checked.

@@ -19,6 +19,7 @@ use utoipa::{Modify, OpenApi};
         crate::monitor::page,
         super::events::events,
         super::devices,
+        super::me,
         super::readings::readings,
         super::commands::send,
         super::alerts::rules,
@@ -26,6 +27,14 @@ use utoipa::{Modify, OpenApi};
         super::alerts::remove_rule,
         super::alerts::alerts,
         super::alerts::acknowledge,
+        super::admin::add_device,
+        super::admin::update_device,
+        super::admin::revoke_device,
+        super::admin::new_token,
+        super::admin::keys,
+        super::admin::add_key,
+        super::admin::revoke_key,
+        super::admin::groups,
         crate::ingest::upgrade,
         super::health,
         super::metrics,
@@ -33,7 +42,8 @@ use utoipa::{Modify, OpenApi};
     ),
     modifiers(&Credentials),
     tags(
-        (name = "monitor", description = "For browsers and scripts: behind `--monitor-token` when one is set"),
+        (name = "monitor", description = "For browsers and scripts: behind a key once any key exists or `--monitor-token` is set; viewers read, operators also send commands and acknowledge alerts"),
+        (name = "admin", description = "Devices, keys and groups: admin keys only"),
         (name = "devices", description = "Where devices connect"),
         (name = "operations", description = "Open to anyone who can reach the port"),
     ),
@@ -47,12 +57,14 @@ impl Modify for Credentials {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
-            "monitor_token",
+            "api_key",
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "`--monitor-token`; also accepted as the `hub_token` cookie or `?token=`",
+                        "An API key (`hub key add`, `POST /v1/admin/keys`) or `--monitor-token` \
+                         (an admin key of every device); also accepted as the `hub_token` cookie \
+                         or `?token=`",
                     ))
                     .build(),
             ),
@@ -96,6 +108,8 @@ mod tests {
             "/healthz",
             "/metrics",
             "/v1/openapi.json",
+            "/v1/admin/devices",
+            "/v1/admin/keys",
         ] {
             assert!(paths.contains(&path), "{path} missing from {paths:?}");
         }

@@ -288,7 +288,7 @@ pub(super) enum Answer {
     get,
     path = "/v1/readings",
     tag = "monitor",
-    security((), ("monitor_token" = [])),
+    security((), ("api_key" = [])),
     params(
         ("device" = Option<String>, Query, description = "Only this device; its readings then come by time"),
         ("metric" = Option<String>, Query, description = "Only this metric name"),
@@ -299,7 +299,7 @@ pub(super) enum Answer {
          description = "The `next` of the page before, with the same filters (a cursor from a query with a device is refused without one, and the other way round)"),
         ("step" = Option<String>, Query, description = "Buckets of this duration (`10s`, `1m`, `15m`, `1h`, `1d`) instead of readings; needs `device` and `from`, and neither `limit` nor `cursor`"),
         ("format" = Option<String>, Query, description = "`json` (default) or `csv`", pattern = "^(json|csv)$"),
-        ("token" = Option<String>, Query, description = "The monitor token, for clients that cannot send a header"),
+        ("token" = Option<String>, Query, description = "A key, for clients that cannot send a header"),
     ),
     responses(
         (status = 200, description = "One page", headers(("link" = String, description = "`</v1/readings?…&cursor=…>; rel=\"next\"` while there is more")),
@@ -308,8 +308,8 @@ pub(super) enum Answer {
             (String = "text/csv", example = "pos,device,metric,unit,ts_ms,value\n1,sim-01,temperature,°C,1764300000000,21.5\n"),
          )),
         (status = 400, description = "A bad parameter, named", body = ApiError),
-        (status = 401, description = "The monitor token is missing or wrong", body = ApiError),
-        (status = 403, description = "Without a monitor token: a `Host` that is not an IP address, `localhost` or an `--allowed-host` name (`host_not_allowed`)", body = ApiError),
+        (status = 401, description = "The key is missing or does not work", body = ApiError),
+        (status = 403, description = "On a hub without keys or monitor token: a `Host` that is not an IP address, `localhost` or an `--allowed-host` name (`host_not_allowed`)", body = ApiError),
         (status = 503, description = "The database cannot be read", body = ApiError),
     ),
 )]

@@ -26,6 +26,10 @@ struct Sender {
 pub struct Inbox {
     chunks: mpsc::Receiver<Arc<Chunk>>,
     overflowed: Arc<AtomicBool>,
+    /// For an inbox of no device (a key whose groups have none yet): the
+    /// sender no device holds, so that it waits, with keep-alives, rather
+    /// than end as if the fan-out had gone.
+    _idle: Option<mpsc::Sender<Arc<Chunk>>>,
 }
 
 impl Inbox {
@@ -66,7 +70,11 @@ impl Router {
                 overflowed: Arc::clone(&overflowed),
             });
         }
-        Inbox { chunks, overflowed }
+        Inbox {
+            chunks,
+            overflowed,
+            _idle: devices.is_empty().then_some(sender),
+        }
     }
 
     /// Whether any subscriber filters by device (else commits need not be

@@ -13,7 +13,7 @@ const PAGE: &str = include_str!("index.html");
     get,
     path = "/",
     tag = "monitor",
-    params(("token" = Option<String>, Query, description = "The monitor token, traded for an HttpOnly cookie")),
+    params(("token" = Option<String>, Query, description = "A key, traded for an HttpOnly cookie")),
     responses(
         (status = 200, description = "The page", body = String, content_type = "text/html"),
         (status = 303, description = "The token became a cookie; the page is at `/`"),

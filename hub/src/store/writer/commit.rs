@@ -101,6 +101,9 @@ fn register(tx: &Transaction, registration: &mut Registration) -> rusqlite::Resu
         Registration::Rule { change, reply } => {
             reply.wrote(statements::change_rule(tx, change)?);
         }
+        Registration::Access { change, reply } => {
+            reply.wrote(statements::change_access(tx, change)?);
+        }
     }
     Ok(())
 }

@@ -9,8 +9,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::WriterHealth;
 use super::jobs::{
-    CompactStep, Dedupe, EventRecord, Job, Origin, Provisioned, Registration, Reply, RetainChunk,
-    Retainable, Retained, RuleChange, WriteError, WriteOutcome, WriteRequest,
+    AccessChange, CompactStep, Dedupe, EventRecord, Job, Origin, Provisioned, Registration, Reply,
+    RetainChunk, Retainable, Retained, RuleChange, WriteError, WriteOutcome, WriteRequest,
 };
 use crate::commits::{NewEvent, Position, Sample};
 
@@ -203,6 +203,16 @@ impl WriterHandle {
     /// The writer has stopped or the transaction failed.
     pub async fn change_rule(&self, change: RuleChange) -> Result<bool, WriteError> {
         self.register(|reply| Registration::Rule { change, reply })
+            .await
+    }
+
+    /// Adds or revokes a key, or changes a device's groups and name, in
+    /// the next group commit; whether it changed anything.
+    ///
+    /// # Errors
+    /// The writer has stopped or the transaction failed.
+    pub async fn change_access(&self, change: AccessChange) -> Result<bool, WriteError> {
+        self.register(|reply| Registration::Access { change, reply })
             .await
     }
 

@@ -161,6 +161,39 @@ pub(super) enum Registration {
         change: RuleChange,
         reply: Reply<bool>,
     },
+    /// A change to keys or device groups from the admin API. Answers
+    /// whether it changed anything (`false`: the name is taken, or there
+    /// is no such key or device).
+    Access {
+        change: AccessChange,
+        reply: Reply<bool>,
+    },
+}
+
+/// A change to `api_keys`, `device_groups` or a device's name, from the
+/// admin API (`hub key` and `hub device group` write the file
+/// themselves).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessChange {
+    /// A new key: `false` if the name is taken.
+    AddKey {
+        name: String,
+        key_sha256: [u8; 32],
+        role: &'static str,
+        groups: Vec<String>,
+        expires_ms: Option<i64>,
+    },
+    RevokeKey {
+        name: String,
+    },
+    /// Puts a device into `join` and takes it out of `leave`, and renames
+    /// it when `name` is set.
+    Device {
+        device_id: String,
+        name: Option<String>,
+        join: Vec<String>,
+        leave: Vec<String>,
+    },
 }
 
 /// A change to `alert_rules`, from the HTTP API or a cluster's stream.
@@ -189,7 +222,9 @@ impl Registration {
             Registration::Device { reply, .. } => reply.settle(failure),
             Registration::Hello { reply, .. } => reply.settle(failure),
             Registration::Metrics { reply, .. } => reply.settle(failure),
-            Registration::Rule { reply, .. } => reply.settle(failure),
+            Registration::Rule { reply, .. } | Registration::Access { reply, .. } => {
+                reply.settle(failure);
+            }
             Registration::Provision { reply, .. } | Registration::State { reply, .. } => {
                 reply.settle(failure);
             }

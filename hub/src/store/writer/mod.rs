@@ -39,7 +39,8 @@ mod statements;
 pub use handle::WriterHandle;
 pub use health::WriterHealth;
 pub use jobs::{
-    Dedupe, Origin, Provisioned, Retainable, Retained, RuleChange, WriteError, WriteOutcome,
+    AccessChange, Dedupe, Origin, Provisioned, Retainable, Retained, RuleChange, WriteError,
+    WriteOutcome,
 };
 
 use std::collections::HashMap;

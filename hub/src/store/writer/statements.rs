@@ -13,7 +13,7 @@ use protocol::Hello;
 use protocol::limits::MAX_METRICS_PER_DEVICE;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use super::jobs::RuleChange;
+use super::jobs::{AccessChange, RuleChange};
 use super::rollup::{self, Bucket, Tier};
 use crate::commits::{Committed, Event};
 use crate::store::blocks::{Block, Reading};
@@ -106,6 +106,72 @@ pub(super) fn change_rule(conn: &Connection, change: &RuleChange) -> rusqlite::R
             .execute([name])?,
     };
     Ok(changed == 1)
+}
+
+/// Adds or revokes a key, or changes a device's groups and name; whether
+/// it changed anything (the key or device was there to change).
+pub(super) fn change_access(conn: &Connection, change: &AccessChange) -> rusqlite::Result<bool> {
+    match change {
+        AccessChange::AddKey {
+            name,
+            key_sha256,
+            role,
+            groups,
+            expires_ms,
+        } => {
+            let groups = serde_json::to_string(groups).expect("strings are valid JSON");
+            let added = conn
+                .prepare_cached(
+                    "INSERT INTO api_keys (name, key_sha256, role, groups, created_ms, expires_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (name) DO NOTHING",
+                )?
+                .execute(rusqlite::params![
+                    name,
+                    &key_sha256[..],
+                    role,
+                    groups,
+                    now_ms(),
+                    expires_ms
+                ])?;
+            Ok(added == 1)
+        }
+        AccessChange::RevokeKey { name } => conn
+            .prepare_cached(
+                "UPDATE api_keys SET revoked_ms = coalesce(revoked_ms, ?1) WHERE name = ?2",
+            )?
+            .execute(rusqlite::params![now_ms(), name])
+            .map(|changed| changed == 1),
+        AccessChange::Device {
+            device_id,
+            name,
+            join,
+            leave,
+        } => {
+            let row: Option<i64> = conn
+                .prepare_cached("SELECT id FROM devices WHERE device_id = ?1")?
+                .query_row([device_id], |row| row.get(0))
+                .optional()?;
+            let Some(row) = row else {
+                return Ok(false);
+            };
+            if let Some(name) = name {
+                conn.prepare_cached("UPDATE devices SET name = ?1 WHERE id = ?2")?
+                    .execute(rusqlite::params![name, row])?;
+            }
+            let mut insert = conn.prepare_cached(
+                "INSERT OR IGNORE INTO device_groups (device, grp) VALUES (?1, ?2)",
+            )?;
+            for group in join {
+                insert.execute(rusqlite::params![row, group])?;
+            }
+            let mut delete =
+                conn.prepare_cached("DELETE FROM device_groups WHERE device = ?1 AND grp = ?2")?;
+            for group in leave {
+                delete.execute(rusqlite::params![row, group])?;
+            }
+            Ok(true)
+        }
+    }
 }
 
 /// Writes a device's credentials from a cluster's stream: a token (for a
