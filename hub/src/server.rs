@@ -515,20 +515,20 @@ fn router(state: AppState) -> Router {
         .route(
             "/v1/admin/devices/{id}",
             patch(api::admin::update_device)
-                .delete(api::admin::revoke_device)
                 .layer(DefaultBodyLimit::max(api::admin::MAX_BODY_BYTES)),
         )
         .route("/v1/admin/devices/{id}/token", post(api::admin::new_token))
+        .route(
+            "/v1/admin/devices/{id}/revoke",
+            post(api::admin::revoke_device),
+        )
         .route(
             "/v1/admin/keys",
             get(api::admin::keys)
                 .post(api::admin::add_key)
                 .layer(DefaultBodyLimit::max(api::admin::MAX_BODY_BYTES)),
         )
-        .route(
-            "/v1/admin/keys/{name}",
-            axum::routing::delete(api::admin::revoke_key),
-        )
+        .route("/v1/admin/keys/{name}/revoke", post(api::admin::revoke_key))
         .route("/v1/admin/groups", get(api::admin::groups))
         .route(
             "/v1/alerts/{alert}/ack",

@@ -184,11 +184,26 @@ async fn every_endpoint_answers_each_role_and_scope_as_documented() {
                 ),
                 ("GET", "/v1/admin/groups".into(), None, 2, 200),
                 (
-                    "DELETE",
-                    "/v1/admin/keys/none-such".into(),
+                    "POST",
+                    "/v1/admin/keys/none-such/revoke".into(),
                     None,
                     2,
                     if scoped { 403 } else { 404 },
+                ),
+                (
+                    "POST",
+                    format!("/v1/admin/devices/{device}/token"),
+                    None,
+                    2,
+                    if hidden { 404 } else { 200 },
+                ),
+                // Last: the device stays listed, revoked.
+                (
+                    "POST",
+                    format!("/v1/admin/devices/{device}/revoke"),
+                    None,
+                    2,
+                    if hidden { 404 } else { 204 },
                 ),
             ];
             for (method, path, body, needs, allowed) in rows {
@@ -446,7 +461,14 @@ async fn a_revoked_key_stops_working_and_its_open_streams_end() {
     let took = ended_after(&mut cli_stream, start).await;
     assert!(took < Duration::from_secs(2), "ended after {took:?}");
     let start = Instant::now();
-    let (status, body) = call(&hub, Some(&admin), "DELETE", "/v1/admin/keys/kiosk", None).await;
+    let (status, body) = call(
+        &hub,
+        Some(&admin),
+        "POST",
+        "/v1/admin/keys/kiosk/revoke",
+        None,
+    )
+    .await;
     assert_eq!(status, 204, "{body}");
     let took = ended_after(&mut api_stream, start).await;
     assert!(took < Duration::from_secs(2), "ended after {took:?}");
@@ -669,8 +691,8 @@ async fn the_admin_api_manages_devices_and_groups_from_another_machine() {
     let (status, _) = call(
         &hub,
         Some(&admin),
-        "DELETE",
-        "/v1/admin/devices/boiler-3",
+        "POST",
+        "/v1/admin/devices/boiler-3/revoke",
         None,
     )
     .await;

@@ -34,6 +34,25 @@ use crate::store::{Store, now_ms};
 pub const MAX_BODY_BYTES: usize = 8 * 1024;
 /// Most groups one request names.
 const MAX_GROUPS: usize = 32;
+/// The longest a key made by the API may live: ten years.
+const MAX_EXPIRES_IN_S: u64 = 315_360_000;
+
+/// A group's name in the document: 1 to 64 of `A-Z a-z 0-9 - _ . :`.
+const GROUP_PATTERN: &str = "^[A-Za-z0-9._:-]{1,64}$";
+
+/// A list of group names, or null, as the document describes it.
+fn group_list() -> utoipa::openapi::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
+    ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(GROUP_PATTERN)),
+        )
+        .max_items(Some(MAX_GROUPS))
+        .build()
+}
 
 /// Where the admin API's writes go.
 #[derive(Debug, Clone)]
@@ -150,11 +169,15 @@ pub struct NewDevice {
     /// 1 to 64 of `A-Z a-z 0-9 - _ . :`.
     #[schema(pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     id: String,
-    /// A name for people: 1 to 64 characters.
-    #[schema(min_length = 1, max_length = 64)]
+    /// A name for people: 1 to 64 characters, none a control character.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     name: Option<String>,
     /// Groups it joins (a key limited to groups must name one of its own).
-    #[schema(max_items = 32)]
+    #[schema(schema_with = group_list)]
     groups: Option<Vec<String>>,
 }
 
@@ -285,12 +308,18 @@ async fn regroup(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceUpdate {
-    /// A new name for people: 1 to 64 characters.
-    #[schema(min_length = 1, max_length = 64)]
+    /// A new name for people: 1 to 64 characters, none a control character.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     name: Option<String>,
-    #[schema(max_items = 32)]
+    /// Groups to join.
+    #[schema(schema_with = group_list)]
     join: Option<Vec<String>>,
-    #[schema(max_items = 32)]
+    /// Groups to leave.
+    #[schema(schema_with = group_list)]
     leave: Option<Vec<String>>,
 }
 
@@ -358,15 +387,15 @@ pub async fn update_device(
 }
 
 /// Revokes a device: its token stops working and its connection closes
-/// within a second.
+/// within a second. Its history stays: revocation is not deletion.
 #[utoipa::path(
-    delete,
-    path = "/v1/admin/devices/{id}",
+    post,
+    path = "/v1/admin/devices/{id}/revoke",
     tag = "admin",
     security((), ("api_key" = [])),
     params(("id" = String, Path, description = "The device id")),
     responses(
-        (status = 204, description = "Revoked"),
+        (status = 204, description = "Revoked (or it was already)"),
         (status = 400, description = "A bad path", body = ApiError),
         (status = 401, description = "The key is missing or does not work", body = ApiError),
         (status = 403, description = "Not an admin key (`forbidden`); a cross-site request with the cookie (`cross_site`); an open hub's unknown `Host` (`host_not_allowed`)", body = ApiError),
@@ -472,10 +501,11 @@ pub struct NewKey {
     #[schema(pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     name: Option<String>,
     /// The groups whose devices alone it sees; absent or empty: every device.
-    #[schema(max_items = 32)]
+    #[schema(schema_with = group_list)]
     groups: Option<Vec<String>>,
-    /// When it stops working, ms since the Unix epoch (in the future).
-    expires_ms: Option<i64>,
+    /// It stops working this many seconds from now (at most ten years).
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 315_360_000)]
+    expires_in_s: Option<f64>,
 }
 
 /// A new key, shown this once.
@@ -486,6 +516,7 @@ struct MadeKey {
     key: String,
     role: String,
     groups: Vec<String>,
+    /// When it stops working, ms since the Unix epoch.
     expires_ms: Option<i64>,
 }
 
@@ -529,12 +560,19 @@ pub async fn add_key(
         None => format!("key-{}", &auth::generate_token().map_err(not_stored)?[..8]),
     };
     let groups = groups_of(&principal, "groups", new.groups)?;
-    if new.expires_ms.is_some_and(|at| at <= now_ms()) {
-        return Err(ApiError::bad_field(
-            "expires_ms",
-            "expires_ms is a time in the future, ms since the Unix epoch",
-        ));
-    }
+    let expires_ms = match new.expires_in_s {
+        None => None,
+        // JSON's 60.0 is the integer 60.
+        Some(s) if s.fract() == 0.0 && (1.0..=MAX_EXPIRES_IN_S as f64).contains(&s) => {
+            Some(now_ms() + s as i64 * 1_000)
+        }
+        Some(_) => {
+            return Err(ApiError::bad_field(
+                "expires_in_s",
+                format!("expires_in_s is 1 to {MAX_EXPIRES_IN_S} seconds"),
+            ));
+        }
+    };
     lone_hub(&admin_state, "a key")?;
     let key = crate::access::generate_key().map_err(not_stored)?;
     let added = admin_state
@@ -544,7 +582,7 @@ pub async fn add_key(
             key_sha256: auth::hash_token(&key),
             role: role.as_str(),
             groups: groups.clone(),
-            expires_ms: new.expires_ms,
+            expires_ms,
         })
         .await
         .map_err(write_error)?;
@@ -562,21 +600,21 @@ pub async fn add_key(
             key,
             role: role.as_str().to_owned(),
             groups,
-            expires_ms: new.expires_ms,
+            expires_ms,
         }),
     ))
 }
 
 /// Revokes a key: requests with it are refused within a second, and its
-/// open live streams end.
+/// open live streams end. It stays listed, as revoked.
 #[utoipa::path(
-    delete,
-    path = "/v1/admin/keys/{name}",
+    post,
+    path = "/v1/admin/keys/{name}/revoke",
     tag = "admin",
     security((), ("api_key" = [])),
     params(("name" = String, Path, description = "The key's name")),
     responses(
-        (status = 204, description = "Revoked"),
+        (status = 204, description = "Revoked (or it was already)"),
         (status = 400, description = "A bad path", body = ApiError),
         (status = 401, description = "The key is missing or does not work", body = ApiError),
         (status = 403, description = "Not an admin key of every device (`forbidden`); a cross-site request with the cookie (`cross_site`); an open hub's unknown `Host` (`host_not_allowed`)", body = ApiError),

@@ -157,7 +157,7 @@ struct Event {
     security((), ("api_key" = [])),
     params(
         ("device" = Option<String>, Query, description = "Only these devices, comma-separated"),
-        ("group" = Option<String>, Query, description = "Only devices of these groups, comma-separated"),
+        ("group" = Option<String>, Query, pattern = "^[A-Za-z0-9._:-]{1,64}(,[A-Za-z0-9._:-]{1,64})*$", description = "Only devices of these groups, comma-separated"),
         ("metric" = Option<String>, Query, description = "Only readings of these metrics, comma-separated"),
         ("types" = Option<String>, Query, pattern = "^(reading|status|alert)(,(reading|status|alert))*$",
          description = "Only these kinds of event, comma-separated: reading, status, alert"),

@@ -74,7 +74,7 @@ struct Healthy {
     tag = "monitor",
     security((), ("api_key" = [])),
     params(
-        ("group" = Option<String>, Query, description = "Only devices of these groups, comma-separated"),
+        ("group" = Option<String>, Query, pattern = "^[A-Za-z0-9._:-]{1,64}(,[A-Za-z0-9._:-]{1,64})*$", description = "Only devices of these groups, comma-separated"),
         ("token" = Option<String>, Query, description = "A key, for a browser's address bar"),
     ),
     responses(
