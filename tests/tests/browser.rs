@@ -298,7 +298,7 @@ async fn a_page_without_the_monitor_token_asks_for_it_and_keeps_it_out_of_the_ad
     browser
         .wait_for(
             "the wrong token refused",
-            "return document.getElementById('banner').textContent.includes('wrong')
+            "return document.getElementById('banner').textContent.includes('does not work')
                  && location.search === ''",
         )
         .await
@@ -456,4 +456,144 @@ async fn firing_alerts_stand_out_are_acknowledged_and_shade_the_device_charts() 
         Vec::<String>::new()
     );
     browser.quit().await;
+}
+
+#[tokio::test]
+async fn a_viewer_of_a_group_sees_its_devices_without_controls_and_an_operator_gets_them() {
+    let hub = TestHub::start(&[]).await.unwrap();
+    let rule = r#"{"name": "warm", "kind": "threshold", "metric": "temperature",
+                   "condition": "above", "limit": 50.0}"#;
+    let (status, body) = hub.post("/v1/alert-rules", rule).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    let mut connected = Vec::new();
+    for (id, group) in [("fridge-1", "kitchen"), ("boiler-1", "plant")] {
+        let out = hub
+            .cli(&["device", "add", id, "--group", group])
+            .await
+            .unwrap();
+        assert!(out.status.success());
+        let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let mut device = hub.connect(&token).await.unwrap();
+        device.hello(id).await.unwrap();
+        device.send_acked(&reading_now(1, 60.0)).await.unwrap();
+        connected.push(device);
+    }
+    let key = |args: &'static [&'static str]| {
+        let hub = &hub;
+        async move {
+            let mut all = vec!["key", "add"];
+            all.extend_from_slice(args);
+            let out = hub.cli(&all).await.unwrap();
+            assert!(out.status.success());
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        }
+    };
+    let viewer = key(&["--role", "viewer", "--group", "kitchen", "--name", "wall"]).await;
+    let operator = key(&["--role", "operator", "--name", "shift"]).await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let browser = Browser::start().await.unwrap();
+
+    // The viewer: the kitchen's device only, its alert without a button,
+    // no command form.
+    browser
+        .goto(&format!("http://{}/?token={viewer}", hub.addr))
+        .await
+        .unwrap();
+    browser.wait_until_live().await.unwrap();
+    browser
+        .wait_for(
+            "the kitchen's card only, and who is looking",
+            "return document.querySelectorAll('.card').length === 1 &&
+                    document.querySelector('.card').dataset.id === 'fridge-1' &&
+                    document.getElementById('who').textContent === 'wall · viewer · kitchen' &&
+                    document.getElementById('alert-count').textContent === '1'",
+        )
+        .await
+        .unwrap();
+    browser
+        .eval("document.getElementById('alerts-button').click(); return true")
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "the alert, without an acknowledge button",
+            "const row = document.querySelector('#alert-list .alert.firing');
+             return !!row && !row.querySelector('button.ack')",
+        )
+        .await
+        .unwrap();
+    browser
+        .goto(&format!("http://{}/#device=fridge-1", hub.addr))
+        .await
+        .unwrap();
+    browser.wait_until_live().await.unwrap();
+    browser
+        .wait_for(
+            "the device view without a command form",
+            "return document.getElementById('who').textContent !== '' &&
+                    document.getElementById('command').offsetParent === null",
+        )
+        .await
+        .unwrap();
+
+    // The operator: every device, a group to filter by, the controls.
+    browser
+        .goto(&format!("http://{}/?token={operator}", hub.addr))
+        .await
+        .unwrap();
+    browser.wait_until_live().await.unwrap();
+    browser
+        .wait_for(
+            "both cards and the groups to filter by",
+            "const groups = [...document.querySelectorAll('#group option')].map(o => o.value);
+             return document.querySelectorAll('.card').length === 2 &&
+                    groups.includes('kitchen') && groups.includes('plant')",
+        )
+        .await
+        .unwrap();
+    browser
+        .eval(
+            "const g = document.getElementById('group'); g.value = 'plant';
+             g.dispatchEvent(new Event('change')); return true",
+        )
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "the plant's card only",
+            "return document.querySelectorAll('.card').length === 1 &&
+                    document.querySelector('.card').dataset.id === 'boiler-1'",
+        )
+        .await
+        .unwrap();
+    browser
+        .eval("document.getElementById('alerts-button').click(); return true")
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "acknowledge buttons",
+            "return document.querySelectorAll('#alert-list .alert.firing button.ack').length === 2",
+        )
+        .await
+        .unwrap();
+    browser
+        .goto(&format!("http://{}/#device=boiler-1", hub.addr))
+        .await
+        .unwrap();
+    browser.wait_until_live().await.unwrap();
+    browser
+        .wait_for(
+            "the command form",
+            "return document.getElementById('who').textContent === 'shift · operator' &&
+                    document.getElementById('command').offsetParent !== null",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        browser.console_errors().await.unwrap(),
+        Vec::<String>::new()
+    );
+    browser.quit().await;
+    drop(connected);
 }
