@@ -207,7 +207,7 @@ impl Recorder {
             // Only a registered device has a session.
             .filter_map(|(device, online)| {
                 Some(NewEvent {
-                    device_row: *rows.get(&**device)?,
+                    device_row: Some(*rows.get(&**device)?),
                     device: Arc::clone(device),
                     ts_ms,
                     kind: EventKind::Status { online: *online },

@@ -240,6 +240,7 @@ impl Hub {
         });
         let admin = api::admin::Admin {
             writer: sessions.writer.clone(),
+            store: store.clone(),
             journal: sessions.journal.clone(),
         };
         let state = AppState {

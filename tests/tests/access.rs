@@ -731,3 +731,138 @@ async fn bad_key_and_group_flags_are_named() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no key"));
 }
+
+#[tokio::test]
+async fn every_admin_action_and_command_is_audited_and_streamed_to_admins_only() {
+    let hub = TestHub::start(&[]).await.unwrap();
+    let admin = key(&hub, &["--role", "admin", "--name", "boss"]).await;
+    let viewer = key(&hub, &["--role", "viewer", "--name", "wall"]).await;
+    let operator = key(&hub, &["--role", "operator", "--name", "shift"]).await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let admin_bearer = format!("Bearer {admin}");
+    let viewer_bearer = format!("Bearer {viewer}");
+    let mut admin_live = SseClient::connect(
+        &hub.addr,
+        "/v1/events?types=audit",
+        &[("Authorization", &admin_bearer)],
+    )
+    .await
+    .unwrap();
+    let mut viewer_live = SseClient::connect(
+        &hub.addr,
+        "/v1/events",
+        &[("Authorization", &viewer_bearer)],
+    )
+    .await
+    .unwrap();
+    let (status, _) = SseClient::open(
+        &hub.addr,
+        "/v1/events?types=audit",
+        &[("Authorization", &viewer_bearer)],
+    )
+    .await
+    .map(|sse| (sse.status, ()))
+    .unwrap();
+    assert_eq!(status, 403, "a viewer asking for the audit trail");
+
+    let post = |key: &str, path: &str, body: Value| {
+        let (key, path) = (key.to_owned(), path.to_owned());
+        let hub = &hub;
+        async move { call(hub, Some(&key), "POST", &path, Some(&body.to_string())).await }
+    };
+    let (status, body) = post(
+        &admin,
+        "/v1/admin/devices",
+        json!({"id": "oven-1", "groups": ["kitchen"]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, _) = post(
+        &admin,
+        "/v1/admin/keys",
+        json!({"role": "viewer", "name": "tv"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, _) = post(
+        &operator,
+        "/v1/devices/oven-1/commands",
+        json!({"name": "preheat", "args": {"to": "180"}}),
+    )
+    .await;
+    assert_eq!(status, 409, "oven-1 is not connected");
+    let (status, _) = post(
+        &admin,
+        "/v1/alert-rules",
+        json!({"name": "cold", "kind": "offline", "for": "5m"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, _) = call(&hub, Some(&admin), "POST", "/v1/admin/keys/tv/revoke", None).await;
+    assert_eq!(status, 204);
+
+    // (by, action, device) of each audit event, live and resumed.
+    let entry = |event: &e2e::SseEvent| {
+        let data = event.json();
+        (
+            data["by"].as_str().unwrap().to_owned(),
+            data["action"].as_str().unwrap().to_owned(),
+            data["device"].as_str().map(str::to_owned),
+        )
+    };
+    let expected = vec![
+        (
+            "boss".to_owned(),
+            "device.add".to_owned(),
+            Some("oven-1".to_owned()),
+        ),
+        ("boss".into(), "key.add".into(), None),
+        ("shift".into(), "command".into(), Some("oven-1".into())),
+        ("boss".into(), "rule.add".into(), None),
+        ("boss".into(), "key.revoke".into(), None),
+    ];
+    let mut live = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..expected.len() {
+        let event = admin_live.next_of("audit").await.unwrap();
+        ids.push(event.pos());
+        live.push(entry(&event));
+    }
+    assert_eq!(live, expected);
+    let mut resumed = SseClient::connect(
+        &hub.addr,
+        &format!("/v1/events?types=audit&last_event_id={}", ids[1]),
+        &[("Authorization", &admin_bearer)],
+    )
+    .await
+    .unwrap();
+    let mut again = Vec::new();
+    for _ in 2..expected.len() {
+        again.push(entry(&resumed.next_of("audit").await.unwrap()));
+    }
+    assert_eq!(again, expected[2..]);
+    let viewer_saw = viewer_live.read_raw_for(Duration::from_millis(800)).await;
+    assert!(!viewer_saw.contains("event: audit"), "{viewer_saw}");
+
+    // What a person with sqlite3 finds: the command with its arguments and
+    // answer, and never a secret.
+    let db = hub.db().await.unwrap();
+    let rows: Vec<(String, String, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT by, action, device, detail FROM audit ORDER BY pos")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    db.close().await;
+    assert_eq!(rows.len(), expected.len());
+    let command: Value = serde_json::from_str(rows[2].3.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        command,
+        json!({"name": "preheat", "args": {"to": "180"}, "answer": {"error": "device_offline"}})
+    );
+    let added: Value = serde_json::from_str(rows[1].3.as_deref().unwrap()).unwrap();
+    assert_eq!(added["role"], "viewer");
+    assert!(
+        rows.iter()
+            .all(|row| !row.3.as_deref().unwrap_or("").contains("hk_"))
+    );
+}

@@ -141,17 +141,28 @@ pub struct Principal {
     pub groups: Option<Arc<[String]>>,
     /// For [`Principal::ended`]: the key's hash and the table it is in.
     held: Option<([u8; 32], watch::Receiver<Arc<Table>>)>,
+    /// Who it is when it has no key's name: `monitor-token` or `open`.
+    keyless: &'static str,
 }
 
 impl Principal {
-    /// An open hub's, or the monitor token's: everything.
-    fn everything() -> Principal {
+    /// An open hub's (`open`), or the monitor token's (`monitor-token`):
+    /// everything.
+    fn everything(keyless: &'static str) -> Principal {
         Principal {
             key: None,
             role: Role::Admin,
             groups: None,
             held: None,
+            keyless,
         }
+    }
+
+    /// Whether it is an admin of every device (who alone sees the audit
+    /// trail and manages keys and rules).
+    #[must_use]
+    pub fn is_admin_of_everything(&self) -> bool {
+        self.role == Role::Admin && self.groups.is_none()
     }
 
     /// Whether its role may do what `role` may.
@@ -164,7 +175,7 @@ impl Principal {
     /// `monitor-token`/`open`. Never the key itself.
     #[must_use]
     pub fn who(&self) -> &str {
-        self.key.as_deref().unwrap_or("monitor-token")
+        self.key.as_deref().unwrap_or(self.keyless)
     }
 
     /// Completes when its key stops working (revoked or expired); never
@@ -265,13 +276,13 @@ impl Keys {
     /// A key is needed and missing, or the one presented does not work.
     pub fn resolve(&self, secret: Option<&str>) -> Result<Principal, Refusal> {
         if !self.required() {
-            return Ok(Principal::everything());
+            return Ok(Principal::everything("open"));
         }
         let secret = secret.ok_or(Refusal::Missing)?;
         if let Some(token) = &self.monitor_token
             && auth::secrets_match(secret, token)
         {
-            return Ok(Principal::everything());
+            return Ok(Principal::everything("monitor-token"));
         }
         // Looked up by hash, as device tokens: the hash of a wrong key says
         // nothing about a right one.
@@ -283,6 +294,7 @@ impl Keys {
             role: key.role,
             groups: key.groups.clone(),
             held: Some((hash, self.table.clone())),
+            keyless: "",
         })
     }
 

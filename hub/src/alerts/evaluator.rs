@@ -657,6 +657,7 @@ impl Evaluator {
                 }
                 return Vec::new();
             }
+            EventKind::Audit(_) => return Vec::new(),
         };
         if !online {
             self.offline_since.insert(event.device.clone(), event.ts_ms);
@@ -888,7 +889,7 @@ impl Evaluator {
             }
         };
         let event = NewEvent {
-            device_row,
+            device_row: Some(device_row),
             device: Arc::from(device),
             ts_ms: now_ms(),
             kind: EventKind::Alert(Box::new(change)),

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::access;
 use crate::access::{Principal, Role, is_valid_group};
 use crate::auth;
+use crate::commits::event::{AuditEntry, EventKind, NewEvent};
 use crate::http_error::ApiError;
 use crate::journal::Journal;
 use crate::journal::provision::DeviceChange;
@@ -54,12 +55,80 @@ fn group_list() -> utoipa::openapi::Array {
         .build()
 }
 
-/// Where the admin API's writes go.
+/// Where the admin API's writes, and every audit entry, go.
 #[derive(Debug, Clone)]
 pub struct Admin {
     pub writer: WriterHandle,
-    /// In a cluster: devices' credentials go through the stream.
+    pub store: Store,
+    /// In a cluster: devices' credentials and audit entries go through the
+    /// stream.
     pub journal: Option<Journal>,
+}
+
+impl Admin {
+    /// Records what `principal` did as an `audit` event of `device` (or of
+    /// no device), after it was done. A failure to record is logged: what
+    /// was done stays done. In a cluster an entry of no device is not
+    /// kept yet (the stream's events belong to devices).
+    pub async fn audit(
+        &self,
+        principal: &Principal,
+        action: &str,
+        device: Option<&str>,
+        detail: serde_json::Value,
+    ) {
+        let kind = EventKind::Audit(Box::new(AuditEntry {
+            by: principal.who().to_owned(),
+            action: action.to_owned(),
+            detail,
+        }));
+        let ts_ms = now_ms();
+        let recorded = match (&self.journal, device) {
+            (Some(journal), Some(device)) => journal
+                .append_event(device, ts_ms, kind, None)
+                .await
+                .map(|_| ())
+                .map_err(|err| err.to_string()),
+            (Some(_), None) => {
+                tracing::debug!(
+                    action,
+                    "an audit entry of no device is not kept in a cluster yet"
+                );
+                Ok(())
+            }
+            (None, device) => self.record(device, ts_ms, kind).await,
+        };
+        if let Err(err) = recorded {
+            tracing::error!(action, by = principal.who(), error = %err, "an audit entry was not stored");
+        }
+    }
+
+    async fn record(
+        &self,
+        device: Option<&str>,
+        ts_ms: i64,
+        kind: EventKind,
+    ) -> Result<(), String> {
+        let device_row = match device {
+            Some(device) => match self.store.find_device(device).await {
+                Ok(Some((row, _))) => Some(row),
+                Ok(None) => return Err(format!("no device {device:?}")),
+                Err(err) => return Err(err.to_string()),
+            },
+            None => None,
+        };
+        let event = NewEvent {
+            device_row,
+            device: device.unwrap_or_default().into(),
+            ts_ms,
+            kind,
+        };
+        self.writer
+            .record(vec![event])
+            .await
+            .map(|_| ())
+            .map_err(|err| err.to_string())
+    }
 }
 
 fn path(value: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
@@ -242,10 +311,14 @@ pub async fn add_device(
             format!("device {:?} exists", device.id),
         ));
     }
-    let token = issue_token(&admin_state, &device.id, name).await?;
+    let token = issue_token(&admin_state, &device.id, name.clone()).await?;
     if !groups.is_empty() {
-        regroup(&admin_state, &device.id, None, groups, Vec::new()).await?;
+        regroup(&admin_state, &device.id, None, groups.clone(), Vec::new()).await?;
     }
+    let detail = serde_json::json!({"name": name, "groups": groups});
+    admin_state
+        .audit(&principal, "device.add", Some(&device.id), detail)
+        .await;
     Ok((
         StatusCode::CREATED,
         Json(DeviceToken {
@@ -367,9 +440,13 @@ pub async fn update_device(
     let join = groups_of(&principal, "join", update.join)?;
     let leave = groups_of(&principal, "leave", update.leave)?;
     lone_hub(&admin_state, "a device's name and groups")?;
+    let detail = serde_json::json!({"name": name, "join": join, "leave": leave});
     if !regroup(&admin_state, &id, name, join, leave).await? {
         return Err(access::unknown_device(&id));
     }
+    admin_state
+        .audit(&principal, "device.update", Some(&id), detail)
+        .await;
     let record = store
         .device(&id)
         .await?
@@ -417,15 +494,25 @@ pub async fn revoke_device(
     }
     match &admin_state.journal {
         Some(journal) => journal
-            .provision(&DeviceChange::Revoked { device: id })
+            .provision(&DeviceChange::Revoked { device: id.clone() })
             .await
             .map_err(not_stored)?,
         None => admin_state
             .writer
-            .provision(Provisioned::Revoked { device_id: id })
+            .provision(Provisioned::Revoked {
+                device_id: id.clone(),
+            })
             .await
             .map_err(write_error)?,
     }
+    admin_state
+        .audit(
+            &principal,
+            "device.revoke",
+            Some(&id),
+            serde_json::Value::Null,
+        )
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -458,6 +545,14 @@ pub async fn new_token(
         return Err(access::unknown_device(&id));
     }
     let token = issue_token(&admin_state, &id, None).await?;
+    admin_state
+        .audit(
+            &principal,
+            "device.token",
+            Some(&id),
+            serde_json::Value::Null,
+        )
+        .await;
     Ok(Json(DeviceToken { id, token }))
 }
 
@@ -593,6 +688,10 @@ pub async fn add_key(
             format!("a key named {name:?} exists"),
         ));
     }
+    let detail = serde_json::json!({
+        "name": name, "role": role.as_str(), "groups": groups, "expires_ms": expires_ms,
+    });
+    admin_state.audit(&principal, "key.add", None, detail).await;
     Ok((
         StatusCode::CREATED,
         Json(MadeKey {
@@ -643,6 +742,10 @@ pub async fn revoke_key(
             format!("no key {name:?}"),
         ));
     }
+    let detail = serde_json::json!({ "name": name });
+    admin_state
+        .audit(&principal, "key.revoke", None, detail)
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -10,6 +10,7 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use super::access;
+use super::admin::Admin;
 use crate::access::{Principal, Role};
 use crate::alerts::rule::RuleSpec;
 use crate::alerts::{AckError, Alerts, RuleWriteError};
@@ -104,12 +105,15 @@ pub async fn rules(
 )]
 pub async fn add_rule(
     State(alerts): State<Alerts>,
+    State(admin): State<Admin>,
     Extension(principal): Extension<Principal>,
     body: Result<Json<RuleSpec>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     managing_rules(&principal)?;
     let Json(spec) = body.map_err(ApiError::from_json_rejection)?;
     let rule = alerts.add_rule(spec).await.map_err(rule_error)?;
+    let detail = serde_json::to_value(&rule.spec).unwrap_or_default();
+    admin.audit(&principal, "rule.add", None, detail).await;
     Ok((StatusCode::CREATED, Json(rule.spec)))
 }
 
@@ -131,12 +135,15 @@ pub async fn add_rule(
 )]
 pub async fn remove_rule(
     State(alerts): State<Alerts>,
+    State(admin): State<Admin>,
     Extension(principal): Extension<Principal>,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     managing_rules(&principal)?;
     let name = path(name)?;
     alerts.remove_rule(&name).await.map_err(rule_error)?;
+    let detail = serde_json::json!({ "name": name });
+    admin.audit(&principal, "rule.remove", None, detail).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -20,6 +20,7 @@ use protocol::limits::{MAX_COMMAND_ARGS, MAX_TEXT_LEN};
 use serde::Deserialize;
 
 use super::access;
+use super::admin::Admin;
 use crate::access::{Principal, Role};
 use crate::http_error::ApiError;
 use crate::ingest::command::{self, Failure};
@@ -109,6 +110,7 @@ struct CommandResult {
 pub async fn send(
     State(registry): State<Registry>,
     State(store): State<Store>,
+    State(admin): State<Admin>,
     Extension(principal): Extension<Principal>,
     device: Result<Path<String>, PathRejection>,
     body: Result<Json<CommandRequest>, JsonRejection>,
@@ -129,13 +131,28 @@ pub async fn send(
             ));
         }
     };
+    // What the audit trail keeps of it, beside its answer.
+    let mut detail = serde_json::json!({"name": request.name, "args": request.args});
     let args: Vec<CommandArg> = request
         .args
         .into_iter()
         .map(|(name, value)| CommandArg { name, value })
         .collect();
     let timeout = Duration::from_millis(timeout_ms);
-    match command::call(&registry, &store, &device, request.name, args, timeout).await {
+    let result = command::call(&registry, &store, &device, request.name, args, timeout).await;
+    detail["answer"] = match &result {
+        Ok(answer) => serde_json::json!({"ok": answer.ok, "detail": answer.detail}),
+        Err(failure) => serde_json::json!({"error": failure.code()}),
+    };
+    if !matches!(
+        result,
+        Err(Failure::UnknownDevice(_) | Failure::Invalid { .. })
+    ) {
+        admin
+            .audit(&principal, "command", Some(&device), detail)
+            .await;
+    }
+    match result {
         Ok(answer) => Ok(Json(CommandResult {
             id: answer.id,
             ok: answer.ok,

@@ -98,7 +98,7 @@ fn narrow(devices: &mut Option<HashSet<String>>, allowed: Vec<String>) {
 }
 
 /// The event names a subscriber may ask for.
-const TYPES: [&str; 3] = ["reading", "status", "alert"];
+const TYPES: [&str; 4] = ["reading", "status", "alert", "audit"];
 
 /// `types=alert,status`: each one a known event name, nothing else (not
 /// even spaces), as the document's pattern says.
@@ -108,7 +108,7 @@ fn types(value: &str) -> Result<Option<HashSet<String>>, ApiError> {
         if !TYPES.contains(&item) {
             return Err(ApiError::bad_parameter(
                 "types",
-                format!("{item:?} is not an event type; known: reading, status, alert"),
+                format!("{item:?} is not an event type; known: reading, status, alert, audit"),
             ));
         }
         types.insert(item.to_owned());
@@ -136,7 +136,8 @@ fn event_id(name: &str, value: &str) -> Result<i64, ApiError> {
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 struct Event {
-    /// `reading`, `status`, `alert` or `reset`.
+    /// `reading`, `status`, `alert`, `audit` (admins of every device only)
+    /// or `reset`.
     event: Option<String>,
     /// JSON text.
     data: String,
@@ -148,7 +149,7 @@ struct Event {
 }
 
 /// The live stream of readings, device status and alerts, as Server-Sent
-/// Events: `reading`, `status` and `alert` events whose id is their storage position,
+/// Events: `reading`, `status`, `alert` and (for admins of every device) `audit` events whose id is their storage position,
 /// `reset` when a resume point is gone, and keep-alive comments.
 #[utoipa::path(
     get,
@@ -159,8 +160,8 @@ struct Event {
         ("device" = Option<String>, Query, description = "Only these devices, comma-separated"),
         ("group" = Option<String>, Query, pattern = "^[A-Za-z0-9._:-]{1,64}(,[A-Za-z0-9._:-]{1,64})*$", description = "Only devices of these groups, comma-separated"),
         ("metric" = Option<String>, Query, description = "Only readings of these metrics, comma-separated"),
-        ("types" = Option<String>, Query, pattern = "^(reading|status|alert)(,(reading|status|alert))*$",
-         description = "Only these kinds of event, comma-separated: reading, status, alert"),
+        ("types" = Option<String>, Query, pattern = "^(reading|status|alert|audit)(,(reading|status|alert|audit))*$",
+         description = "Only these kinds of event, comma-separated: reading, status, alert, audit (admins of every device only)"),
         ("last_event_id" = Option<i64>, Query, minimum = 0, maximum = 9_223_372_036_854_775_807_i64,
          description = "Resume after this event id on a first connection; 0 is everything still stored"),
         ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = "^[0-9]{0,18}$",
@@ -171,7 +172,7 @@ struct Event {
         (status = 200, description = "An endless event stream", body = Event, content_type = "text/event-stream"),
         (status = 400, description = "A bad parameter, named", body = ApiError),
         (status = 401, description = "The key is missing or does not work", body = ApiError),
-        (status = 403, description = "On a hub without keys or monitor token: a `Host` that is not an IP address, `localhost` or an `--allowed-host` name (`host_not_allowed`)", body = ApiError),
+        (status = 403, description = "`types=audit` with a key that is not an admin of every device (`forbidden`); on a hub without keys or monitor token: a `Host` that is not an IP address, `localhost` or an `--allowed-host` name (`host_not_allowed`)", body = ApiError),
         (status = 503, description = "As many subscribers as `--max-subscribers`; retry after `Retry-After`", body = ApiError),
     ),
 )]
@@ -194,6 +195,15 @@ pub async fn events(
     }
     if let Some(scope) = access::scope(&principal, &store).await? {
         narrow(&mut filter.devices, scope);
+    }
+    // The audit trail is for admins of every device only.
+    filter.hide_audit = !principal.is_admin_of_everything();
+    if filter.hide_audit && filter.types.as_ref().is_some_and(|t| t.contains("audit")) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "audit events are for admin keys of every device",
+        ));
     }
     let Some(slot) = live.admit() else {
         let mut response = ApiError::new(

@@ -14,6 +14,11 @@
 //! `acknowledged`, `resolved`) is an `alert` event of its device, whose
 //! body keeps what caused it and the rule as it was. An alert's id is
 //! the position of its `firing` event.
+//!
+//! So is the audit trail: each admin action and each command sent through
+//! the API is an `audit` event, of the device it concerns or, for a key's
+//! change, of no device (`NewEvent::device_row` is `None`). Only admins of
+//! every device see them on the live stream.
 
 use std::sync::Arc;
 
@@ -32,6 +37,23 @@ pub enum EventKind {
     Status { online: bool },
     /// An alert of the device changed state.
     Alert(Box<AlertChange>),
+    /// Someone did something through the API.
+    Audit(Box<AuditEntry>),
+}
+
+/// One entry of the audit trail: who (a key's name, `monitor-token`, or
+/// `open` on a hub without keys), what, and its details (a command's name,
+/// arguments and answer; a device's or key's new settings; never a secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEntry {
+    pub by: String,
+    /// `command`, `device.add`, `device.update`, `device.token`,
+    /// `device.revoke`, `key.add`, `key.revoke`, `rule.add`, `rule.remove`.
+    pub action: String,
+    /// What it was done to and with, and how it ended.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub detail: Value,
 }
 
 /// Where an alert stands.
@@ -143,6 +165,7 @@ impl EventKind {
         match self {
             EventKind::Status { .. } => "status",
             EventKind::Alert(_) => "alert",
+            EventKind::Audit(_) => "audit",
         }
     }
 
@@ -168,8 +191,9 @@ impl EventKind {
     }
 
     /// The data of its live event at `pos`: the body's fields with the
-    /// device and the time, `{"device":"d1","online":true,"ts_ms":1700000000000}`
-    /// (an alert's `firing` event names itself as the `alert`).
+    /// device (none for an event of no device) and the time,
+    /// `{"device":"d1","online":true,"ts_ms":1700000000000}` (an alert's
+    /// `firing` event names itself as the `alert`).
     pub fn sse_data(&self, pos: Position, device: &str, ts_ms: i64) -> String {
         let mut fields = self.fields();
         fields.remove("kind");
@@ -178,7 +202,9 @@ impl EventKind {
         {
             fields.insert("alert".into(), Value::from(pos));
         }
-        fields.insert("device".into(), Value::String(device.to_owned()));
+        if !device.is_empty() {
+            fields.insert("device".into(), Value::String(device.to_owned()));
+        }
         fields.insert("ts_ms".into(), Value::from(ts_ms));
         Value::Object(fields).to_string()
     }
@@ -196,7 +222,9 @@ impl EventKind {
 /// id, and the hub's time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
-    pub device_row: i64,
+    /// `None` for an event of no device (an audit entry of a key's change).
+    pub device_row: Option<i64>,
+    /// Empty for an event of no device.
     pub device: Arc<str>,
     pub ts_ms: i64,
     pub kind: EventKind,

@@ -269,7 +269,7 @@ mod tests {
         Event {
             pos,
             event: NewEvent {
-                device_row: 1,
+                device_row: Some(1),
                 device: "d1".into(),
                 ts_ms: 0,
                 kind: EventKind::Status { online: true },

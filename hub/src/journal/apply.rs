@@ -316,7 +316,7 @@ impl Applier {
         // An event may come before the device's first readings.
         let row = self.parts.admission.find_or_register(device).await?.row;
         let event = NewEvent {
-            device_row: row,
+            device_row: Some(row),
             device: device.into(),
             ts_ms,
             kind: event,

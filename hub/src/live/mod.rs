@@ -98,6 +98,7 @@ impl Live {
         let catalog = self.catalog.read();
         // Rows met for the first time: kept once the read lock is gone.
         let mut learned: HashMap<i64, Arc<MetricMeta>> = HashMap::new();
+        let mut has_audit = false;
         for entry in commit.in_order() {
             let start = text.len();
             let (pos, ts_ms, subject) = match entry {
@@ -132,11 +133,13 @@ impl Live {
                         event.ts_ms,
                         &event.kind,
                     );
-                    if route && seen.insert(event.device.as_ptr()) {
+                    // An event of no device reaches no inbox.
+                    if route && !event.device.is_empty() && seen.insert(event.device.as_ptr()) {
                         devices.push(Arc::clone(&event.device));
                     }
                     let device = Arc::clone(&event.device);
                     let kind = event.kind.name();
+                    has_audit |= kind == "audit";
                     (stored.pos, event.ts_ms, Subject::Event { device, kind })
                 }
             };
@@ -162,6 +165,7 @@ impl Live {
             min_ts,
             text: Bytes::from(text),
             events,
+            has_audit,
         }
     }
 }

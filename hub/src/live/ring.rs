@@ -42,6 +42,8 @@ pub struct Chunk {
     pub(super) min_ts: i64,
     pub(super) text: Bytes,
     pub(super) events: Vec<EventSpan>,
+    /// Whether it holds an `audit` event, which only some subscribers see.
+    pub(super) has_audit: bool,
 }
 
 /// Where a cursor stands against the ring.
@@ -130,6 +132,7 @@ mod tests {
             min_ts: 0,
             text: Bytes::from(vec![b'x'; events.len() * 10]),
             events,
+            has_audit: false,
         })
     }
 

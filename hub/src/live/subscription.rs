@@ -38,8 +38,11 @@ const CATCH_UP_ROWS: u32 = 1_000;
 pub struct Filter {
     pub devices: Option<HashSet<String>>,
     pub metrics: Option<HashSet<String>>,
-    /// Event names (`reading`, `status`, `alert`).
+    /// Event names (`reading`, `status`, `alert`, `audit`).
     pub types: Option<HashSet<String>>,
+    /// Leave out `audit` events whatever `types` says: the subscriber is
+    /// not an admin of every device.
+    pub hide_audit: bool,
 }
 
 impl Filter {
@@ -48,7 +51,8 @@ impl Filter {
     }
 
     fn wants_type(&self, name: &str) -> bool {
-        self.types.as_ref().is_none_or(|t| t.contains(name))
+        !(self.hide_audit && name == "audit")
+            && self.types.as_ref().is_none_or(|t| t.contains(name))
     }
 
     fn wants_device(&self, device: &str) -> bool {
@@ -295,7 +299,10 @@ impl Subscription {
         let events = &chunk.events[first..];
         let start = events.first()?.start;
         let cutoff = self.live.retention.get();
-        if self.filter.is_all() && chunk.min_ts >= cutoff {
+        if self.filter.is_all()
+            && chunk.min_ts >= cutoff
+            && !(self.filter.hide_audit && chunk.has_audit)
+        {
             // Shared, not copied: every unfiltered subscriber sends the same
             // bytes.
             return Some(chunk.text.slice(start..));
@@ -519,7 +526,7 @@ mod tests {
 
         async fn status(&self, online: bool) -> Position {
             let event = NewEvent {
-                device_row: self.device,
+                device_row: Some(self.device),
                 device: "dev-1".into(),
                 ts_ms: 1_000_000,
                 kind: EventKind::Status { online },
@@ -588,6 +595,7 @@ mod tests {
             devices: Some(HashSet::from(["dev-1".to_owned()])),
             metrics: None,
             types: None,
+            hide_audit: false,
         };
         let mut subscription = subscribe(&stack.live, dev_1, Start::After(1)).await;
         subscription.next_text().await.unwrap(); // retry hint
@@ -650,7 +658,7 @@ mod tests {
         crate::commits::Event {
             pos,
             event: NewEvent {
-                device_row: 1,
+                device_row: Some(1),
                 device: device.into(),
                 ts_ms: pos,
                 kind: EventKind::Status { online },
@@ -678,6 +686,7 @@ mod tests {
             devices,
             metrics: None,
             types: None,
+            hide_audit: false,
         };
         let mut subscription = subscribe(&live, filter, Start::Live).await;
         subscription.next_text().await.unwrap(); // retry hint
@@ -714,6 +723,7 @@ mod tests {
             devices: None,
             metrics: Some(HashSet::from(["temperature".to_owned()])),
             types: None,
+            hide_audit: false,
         };
         let mut everything = subscribe(&live, Filter::default(), Start::Live).await;
         let mut dev_2 = subscribe(
@@ -756,6 +766,7 @@ mod tests {
             devices: Some(HashSet::from(["dev-2".to_owned()])),
             metrics: Some(HashSet::from(["humidity".to_owned()])),
             types: None,
+            hide_audit: false,
         };
         let mut following = subscribe(&live, dev_2, Start::Live).await;
         everything.next_text().await.unwrap();

@@ -180,6 +180,74 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_access_migration_keeps_every_event_and_the_views_over_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let migrations = tempfile::tempdir().unwrap();
+        let all = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations"));
+        for entry in std::fs::read_dir(all).unwrap() {
+            let name = entry.unwrap().file_name();
+            if name.to_string_lossy().as_ref() < "0008" {
+                std::fs::copy(all.join(&name), migrations.path().join(&name)).unwrap();
+            }
+        }
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .unwrap()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(options).await.unwrap();
+        sqlx::migrate::Migrator::new(migrations.path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        for statement in [
+            "INSERT INTO devices (device_id, created_ms) VALUES ('old', 0)",
+            r#"INSERT INTO events VALUES (1, 1, 5, 'status', '{"online":true}')"#,
+            r#"INSERT INTO events VALUES (2, 1, 6, 'alert',
+                '{"rule":"hot","state":"firing","severity":"warning","message":"m"}')"#,
+        ] {
+            sqlx::query(statement).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+
+        let store = Store::open(&path, PoolDurability::EveryCommit)
+            .await
+            .unwrap();
+        let events: Vec<(i64, String, String)> =
+            sqlx::query_as("SELECT pos, device, kind FROM device_events ORDER BY pos")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(
+            events,
+            [
+                (1, "old".into(), "status".into()),
+                (2, "old".into(), "alert".into())
+            ]
+        );
+        let alert: (i64, String, String) = sqlx::query_as("SELECT id, rule, state FROM alerts")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(alert, (2, "hot".into(), "firing".into()));
+        // An event of no device now fits, and the audit view shows it.
+        sqlx::query(
+            r#"INSERT INTO events VALUES (3, NULL, 7, 'audit', '{"by":"boss","action":"key.add"}')"#,
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let audit: (String, String, Option<String>) =
+            sqlx::query_as("SELECT by, action, device FROM audit")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(audit, ("boss".into(), "key.add".into(), None));
+    }
+
+    #[tokio::test]
     async fn the_rollups_migration_rolls_up_what_a_database_already_holds() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.db");

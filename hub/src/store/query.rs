@@ -411,8 +411,10 @@ impl Store {
         limit: u32,
     ) -> Result<(Vec<EventRow>, Option<Position>), StoreError> {
         let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT e.pos, d.device_id, e.ts_ms, e.kind, e.body
-             FROM events e CROSS JOIN devices d ON d.id = e.device WHERE e.pos > ",
+            // An event of no device (an audit entry of a key's change) has
+            // no devices row: its device reads as "".
+            "SELECT e.pos, coalesce(d.device_id, ''), e.ts_ms, e.kind, e.body
+             FROM events e LEFT JOIN devices d ON d.id = e.device WHERE e.pos > ",
         );
         query
             .push_bind(after)

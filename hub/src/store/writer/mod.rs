@@ -891,7 +891,7 @@ mod tests {
 
     fn online(rig: &Rig) -> NewEvent {
         NewEvent {
-            device_row: rig.device,
+            device_row: Some(rig.device),
             device: "dev-1".into(),
             ts_ms: 42,
             kind: EventKind::Status { online: true },
