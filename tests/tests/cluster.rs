@@ -785,3 +785,127 @@ async fn each_alert_transition_happens_once_for_the_cluster_and_outlives_the_hub
         on_b
     );
 }
+
+/// `GET path` with `key` on `hub`, until it answers `status` (a hub reads
+/// its keys again every half second, after applying the stream).
+async fn until_answers(hub: &TestHub, key: &str, path: &str, status: u16) -> String {
+    let bearer = format!("Bearer {key}");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (got, body) = testkit::http::get(&hub.addr, path, &[("Authorization", &bearer)])
+            .await
+            .unwrap();
+        if got == status {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} answers {got}, not {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `GET /v1/me` with `key` on `hub` says `what`.
+async fn until_says(hub: &TestHub, key: &str, what: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, body) = testkit::http::get(
+            &hub.addr,
+            "/v1/me",
+            &[("Authorization", &format!("Bearer {key}"))],
+        )
+        .await
+        .unwrap();
+        if body.contains(what) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn keys_and_groups_made_on_one_hub_work_on_every_hub() {
+    let nats = NatsServer::start().await.unwrap();
+    let url = nats.url();
+    let (a, b) = (member(&url, "a", &[]).await, member(&url, "b", &[]).await);
+
+    // From the command line, for the cluster.
+    let added = provision(&url, &["key", "add", "--role", "admin", "--name", "root"]).await;
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let admin = String::from_utf8(added.stdout).unwrap().trim().to_owned();
+    let grouped = provision(&url, &["device", "add", "oven-1", "--group", "kitchen"]).await;
+    assert!(
+        grouped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&grouped.stderr)
+    );
+    for hub in [&a, &b] {
+        // Until then the hub has no key and is open to all.
+        until_says(hub, &admin, r#""key":"root""#).await;
+        let body = until_answers(hub, &admin, "/v1/devices?group=kitchen", 200).await;
+        assert!(body.contains("oven-1"), "{body}");
+    }
+
+    // Through one hub's admin API: the key works on the other, scoped.
+    let (status, body) = testkit::http::request(
+        &a.addr,
+        "POST",
+        "/v1/admin/keys",
+        &[("Authorization", &format!("Bearer {admin}"))],
+        Some(r#"{"role": "viewer", "name": "wall", "groups": ["kitchen"]}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let viewer = serde_json::from_str::<serde_json::Value>(&body).unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    until_says(&b, &viewer, r#""key":"wall""#).await;
+    let seen = until_answers(&b, &viewer, "/v1/devices", 200).await;
+    assert!(seen.contains("oven-1"), "{seen}");
+    assert_eq!(
+        testkit::http::get(
+            &b.addr,
+            "/v1/admin/keys",
+            &[("Authorization", &format!("Bearer {viewer}"))]
+        )
+        .await
+        .unwrap()
+        .0,
+        403
+    );
+    // A name taken on the cluster is refused, whichever hub is asked.
+    let (status, _) = testkit::http::request(
+        &b.addr,
+        "POST",
+        "/v1/admin/keys",
+        &[("Authorization", &format!("Bearer {admin}"))],
+        Some(r#"{"role": "admin", "name": "wall"}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 409);
+
+    // Revoked on B: it stops working on A.
+    let (status, _) = testkit::http::request(
+        &b.addr,
+        "POST",
+        "/v1/admin/keys/wall/revoke",
+        &[("Authorization", &format!("Bearer {admin}"))],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 204);
+    until_answers(&a, &viewer, "/v1/devices", 401).await;
+    let revoked = provision(&url, &["key", "revoke", "root"]).await;
+    assert!(revoked.status.success());
+    until_answers(&b, &admin, "/v1/devices", 401).await;
+}

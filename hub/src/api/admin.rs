@@ -7,9 +7,8 @@
 //!
 //! Writes go through the writer (committed before the answer); a device's
 //! credentials in a cluster go through the stream, as `hub device add
-//! --nats-url`, and are answered once this hub has applied them. Keys and
-//! groups are this hub's own in a cluster for now: the API refuses them
-//! there (501) rather than let hubs disagree.
+//! --nats-url`, and keys and groups on the stream's access subject; both
+//! are answered once this hub has applied them, so every hub agrees.
 
 use std::collections::BTreeMap;
 
@@ -26,9 +25,10 @@ use crate::auth;
 use crate::commits::event::{AuditEntry, EventKind, NewEvent};
 use crate::http_error::ApiError;
 use crate::journal::Journal;
+use crate::journal::access::AccessEntry;
 use crate::journal::provision::DeviceChange;
 use crate::store::access::KeyRecord;
-use crate::store::writer::{AccessChange, Provisioned, WriteError, WriterHandle};
+use crate::store::writer::{Provisioned, WriteError, WriterHandle};
 use crate::store::{Store, now_ms};
 
 /// The largest body an admin request may have.
@@ -100,6 +100,23 @@ impl Admin {
         };
         if let Err(err) = recorded {
             tracing::error!(action, by = principal.who(), error = %err, "an audit entry was not stored");
+        }
+    }
+
+    /// Changes keys or a device's name and groups: through the writer, or
+    /// in a cluster through the stream (answered once this hub applied
+    /// it). Whether it changed anything; in a cluster, that the stream
+    /// holds it (callers check what they must before and after).
+    async fn change_access(&self, entry: AccessEntry) -> Result<bool, ApiError> {
+        match &self.journal {
+            Some(journal) => {
+                journal.change_access(&entry).await.map_err(not_stored)?;
+                Ok(true)
+            }
+            None => {
+                let change = entry.to_write().map_err(not_stored)?;
+                self.writer.change_access(change).await.map_err(write_error)
+            }
         }
     }
 
@@ -216,21 +233,6 @@ fn name_of(field: &str, name: Option<String>) -> Result<Option<String>, ApiError
     }
 }
 
-/// 501 in a cluster, for what the stream does not carry yet.
-fn lone_hub(admin: &Admin, what: &str) -> Result<(), ApiError> {
-    match admin.journal {
-        None => Ok(()),
-        Some(_) => Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_in_a_cluster",
-            format!(
-                "{what} is not shared by a cluster yet: use `hub key` and `hub device group` \
-                 with --db on each hub"
-            ),
-        )),
-    }
-}
-
 /// A device to add.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -274,7 +276,6 @@ struct DeviceToken {
         (status = 409, description = "A device with that id exists", body = ApiError),
         (status = 413, description = "The body is over 8 KiB", body = ApiError),
         (status = 415, description = "The body is not `application/json`", body = ApiError),
-        (status = 501, description = "Groups in a cluster (`not_in_a_cluster`)", body = ApiError),
         (status = 503, description = "Not stored", body = ApiError),
     ),
 )]
@@ -300,9 +301,6 @@ pub async fn add_device(
             "forbidden",
             "a key limited to groups adds devices to one of its groups: name it in `groups`",
         ));
-    }
-    if !groups.is_empty() {
-        lone_hub(&admin_state, "a device's groups")?;
     }
     if store.device(&device.id).await?.is_some() {
         return Err(ApiError::new(
@@ -366,15 +364,13 @@ async fn regroup(
     leave: Vec<String>,
 ) -> Result<bool, ApiError> {
     admin
-        .writer
-        .change_access(AccessChange::Device {
-            device_id: device_id.to_owned(),
+        .change_access(AccessEntry::Device {
+            device: device_id.to_owned(),
             name,
             join,
             leave,
         })
         .await
-        .map_err(write_error)
 }
 
 /// A change to a device: its name, groups to join and to leave.
@@ -421,7 +417,6 @@ struct DeviceGroups {
         (status = 408, description = "The body did not arrive in time", body = ApiError),
         (status = 413, description = "The body is over 8 KiB", body = ApiError),
         (status = 415, description = "The body is not `application/json`", body = ApiError),
-        (status = 501, description = "In a cluster (`not_in_a_cluster`)", body = ApiError),
         (status = 503, description = "Not stored", body = ApiError),
     ),
 )]
@@ -439,7 +434,9 @@ pub async fn update_device(
     let name = name_of("name", update.name)?;
     let join = groups_of(&principal, "join", update.join)?;
     let leave = groups_of(&principal, "leave", update.leave)?;
-    lone_hub(&admin_state, "a device's name and groups")?;
+    if store.device(&id).await?.is_none() {
+        return Err(access::unknown_device(&id));
+    }
     let detail = serde_json::json!({"name": name, "join": join, "leave": leave});
     if !regroup(&admin_state, &id, name, join, leave).await? {
         return Err(access::unknown_device(&id));
@@ -631,7 +628,6 @@ struct MadeKey {
         (status = 409, description = "A key of that name exists", body = ApiError),
         (status = 413, description = "The body is over 8 KiB", body = ApiError),
         (status = 415, description = "The body is not `application/json`", body = ApiError),
-        (status = 501, description = "In a cluster (`not_in_a_cluster`)", body = ApiError),
         (status = 503, description = "Not stored", body = ApiError),
     ),
 )]
@@ -668,19 +664,27 @@ pub async fn add_key(
             ));
         }
     };
-    lone_hub(&admin_state, "a key")?;
     let key = crate::access::generate_key().map_err(not_stored)?;
-    let added = admin_state
-        .writer
-        .change_access(AccessChange::AddKey {
-            name: name.clone(),
-            key_sha256: auth::hash_token(&key),
-            role: role.as_str(),
-            groups: groups.clone(),
-            expires_ms,
-        })
-        .await
-        .map_err(write_error)?;
+    let key_sha256 = auth::hash_token(&key);
+    let named = |keys: &[KeyRecord]| keys.iter().any(|k| k.name == name);
+    let ours = |keys: &[KeyRecord]| {
+        keys.iter()
+            .any(|k| k.name == name && k.key_sha256 == key_sha256)
+    };
+    // In a cluster the stream answers only that it holds the change:
+    // whether the name was free is read back, as this hub applied it.
+    let taken = admin_state.journal.is_some() && named(&admin_state.store.keys().await?);
+    let added = !taken
+        && admin_state
+            .change_access(AccessEntry::AddKey {
+                name: name.clone(),
+                key_sha256: key_sha256.to_vec(),
+                role: role.as_str().to_owned(),
+                groups: groups.clone(),
+                expires_ms,
+            })
+            .await?
+        && ours(&admin_state.store.keys().await?);
     if !added {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -718,7 +722,6 @@ pub async fn add_key(
         (status = 401, description = "The key is missing or does not work", body = ApiError),
         (status = 403, description = "Not an admin key of every device (`forbidden`); a cross-site request with the cookie (`cross_site`); an open hub's unknown `Host` (`host_not_allowed`)", body = ApiError),
         (status = 404, description = "No such key", body = ApiError),
-        (status = 501, description = "In a cluster (`not_in_a_cluster`)", body = ApiError),
         (status = 503, description = "Not stored", body = ApiError),
     ),
 )]
@@ -729,12 +732,16 @@ pub async fn revoke_key(
 ) -> Result<impl IntoResponse, ApiError> {
     admin_of_everything(&principal, "managing keys")?;
     let name = path(name)?;
-    lone_hub(&admin_state, "a key")?;
-    let found = admin_state
-        .writer
-        .change_access(AccessChange::RevokeKey { name: name.clone() })
-        .await
-        .map_err(write_error)?;
+    let known = admin_state
+        .store
+        .keys()
+        .await?
+        .iter()
+        .any(|k| k.name == name);
+    let found = known
+        && admin_state
+            .change_access(AccessEntry::RevokeKey { name: name.clone() })
+            .await?;
     if !found {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

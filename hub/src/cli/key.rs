@@ -7,15 +7,17 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Subcommand;
 
-use super::{DbArg, UsageError, open, parse_duration, print_out};
+use super::{ClusterArg, DbArg, UsageError, open, parse_duration, print_out};
 use crate::access::{self, Role};
 use crate::auth;
+use crate::journal::access::{AccessEntry, announce};
 use crate::store::access::{AddKeyError, NewKey};
 use crate::store::now_ms;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum KeyCommand {
     /// Make a key and print it (alone on standard output, this once).
+    /// With --nats-url: for every hub of the cluster.
     Add {
         /// viewer (read devices, readings, alerts, the live stream),
         /// operator (also commands and acknowledgements) or admin (also
@@ -34,6 +36,8 @@ pub(super) enum KeyCommand {
         expires: Option<Duration>,
         #[command(flatten)]
         db: DbArg,
+        #[command(flatten)]
+        cluster: ClusterArg,
     },
     /// List keys (never the keys themselves).
     List {
@@ -44,11 +48,13 @@ pub(super) enum KeyCommand {
         db: DbArg,
     },
     /// Revoke a key: a running hub refuses it within a second and closes
-    /// its live streams.
+    /// its live streams. With --nats-url: on every hub of the cluster.
     Revoke {
         name: String,
         #[command(flatten)]
         db: DbArg,
+        #[command(flatten)]
+        cluster: ClusterArg,
     },
 }
 
@@ -60,6 +66,7 @@ pub(super) async fn run(command: KeyCommand) -> anyhow::Result<()> {
             name,
             expires,
             db,
+            cluster,
         } => {
             let role = Role::parse(&role)
                 .ok_or_else(|| UsageError(format!("--role {role:?}: a role is {}", Role::NAMES)))?;
@@ -78,6 +85,24 @@ pub(super) async fn run(command: KeyCommand) -> anyhow::Result<()> {
             let expires_ms = expires.map(|after| {
                 now_ms().saturating_add(i64::try_from(after.as_millis()).unwrap_or(i64::MAX))
             });
+            if let Some(url) = &cluster.nats_url {
+                // A name taken keeps its key: every hub applies the first.
+                let entry = AccessEntry::AddKey {
+                    name: name.clone(),
+                    key_sha256: auth::hash_token(&key).to_vec(),
+                    role: role.as_str().to_owned(),
+                    groups,
+                    expires_ms,
+                };
+                announce(url, &cluster.nats_stream, &entry).await?;
+                print_out(&format!("{key}\n"))?;
+                eprintln!(
+                    "added key {name} ({role}) for every hub of stream {} (unless the name was taken); \
+                     it is shown this once",
+                    cluster.nats_stream
+                );
+                return Ok(());
+            }
             let store = open(&db).await?;
             let added = store
                 .add_key(&NewKey {
@@ -127,7 +152,24 @@ pub(super) async fn run(command: KeyCommand) -> anyhow::Result<()> {
             };
             print_out(&text)?;
         }
-        KeyCommand::Revoke { name, db } => {
+        KeyCommand::Revoke {
+            name,
+            cluster:
+                ClusterArg {
+                    nats_url: Some(url),
+                    nats_stream,
+                },
+            ..
+        } => {
+            announce(
+                &url,
+                &nats_stream,
+                &AccessEntry::RevokeKey { name: name.clone() },
+            )
+            .await?;
+            eprintln!("revoked key {name} on every hub of stream {nats_stream}");
+        }
+        KeyCommand::Revoke { name, db, .. } => {
             let store = open(&db).await?;
             let found = store.revoke_key(&name).await?;
             store.close().await;

@@ -15,6 +15,7 @@ use crate::bridge;
 use crate::ingest::session::{Limits, Timing};
 use crate::invalid::Invalid;
 use crate::journal;
+use crate::journal::access::AccessEntry;
 use crate::journal::provision::DeviceChange;
 use crate::listener;
 use crate::live::subscription;
@@ -298,7 +299,7 @@ enum DeviceCommand {
         #[arg(long)]
         name: Option<String>,
         /// Put it in this group (repeat for more).
-        #[arg(long = "group", conflicts_with = "nats_url")]
+        #[arg(long = "group")]
         groups: Vec<String>,
         #[command(flatten)]
         db: DbArg,
@@ -318,6 +319,8 @@ enum DeviceCommand {
         leave: Vec<String>,
         #[command(flatten)]
         db: DbArg,
+        #[command(flatten)]
+        cluster: ClusterArg,
     },
     /// Give an existing device a new token and print it (alone on standard
     /// output): its old token stops working, and the provisioning key no
@@ -594,6 +597,7 @@ async fn device(command: DeviceCommand) -> anyhow::Result<()> {
         DeviceCommand::Add {
             id,
             name,
+            groups,
             cluster:
                 ClusterArg {
                     nats_url: Some(url),
@@ -601,7 +605,17 @@ async fn device(command: DeviceCommand) -> anyhow::Result<()> {
                 },
             ..
         } => {
+            check_groups("--group", &groups)?;
             let token = cluster_token(&url, &nats_stream, &id, name).await?;
+            if !groups.is_empty() {
+                let entry = AccessEntry::Device {
+                    device: id.clone(),
+                    name: None,
+                    join: groups,
+                    leave: Vec::new(),
+                };
+                journal::access::announce(&url, &nats_stream, &entry).await?;
+            }
             print_out(&format!("{token}\n"))?;
             eprintln!("added {id} for every hub of stream {nats_stream}");
         }
@@ -655,7 +669,30 @@ async fn device(command: DeviceCommand) -> anyhow::Result<()> {
             id,
             join,
             leave,
+            cluster:
+                ClusterArg {
+                    nats_url: Some(url),
+                    nats_stream,
+                },
+            ..
+        } => {
+            check_groups("--add", &join)?;
+            check_groups("--remove", &leave)?;
+            let entry = AccessEntry::Device {
+                device: id.clone(),
+                name: None,
+                join,
+                leave,
+            };
+            journal::access::announce(&url, &nats_stream, &entry).await?;
+            eprintln!("regrouped {id} on every hub of stream {nats_stream}");
+        }
+        DeviceCommand::Group {
+            id,
+            join,
+            leave,
             db,
+            ..
         } => {
             check_groups("--add", &join)?;
             check_groups("--remove", &leave)?;

@@ -163,6 +163,11 @@ impl Applier {
                         if in_flight.is_empty() {
                             self.stored(sequence);
                         }
+                    } else if self.journal.is_access(&entry.subject) {
+                        self.access(sequence, &entry.payload).await?;
+                        if in_flight.is_empty() {
+                            self.stored(sequence);
+                        }
                     } else if let Some(name) = self.journal.rule_name(&entry.subject) {
                         self.rule(sequence, name, &entry.payload).await?;
                         if in_flight.is_empty() {
@@ -252,6 +257,21 @@ impl Applier {
         match change {
             Ok(change) => self.parts.writer.provision(change).await?,
             Err(err) => tracing::warn!(sequence, error = %err, "skipped a provisioning entry"),
+        }
+        Ok(())
+    }
+
+    /// Writes a key's or a device's groups' change for the cluster; one
+    /// that does not hold together is logged and skipped.
+    async fn access(&self, sequence: u64, payload: &[u8]) -> Result<(), async_nats::Error> {
+        let change = serde_json::from_slice::<super::access::AccessEntry>(payload)
+            .map_err(|err| format!("it does not decode: {err}"))
+            .and_then(|entry| entry.to_write());
+        match change {
+            Ok(change) => {
+                self.parts.writer.change_access(change).await?;
+            }
+            Err(err) => tracing::warn!(sequence, error = %err, "skipped an access entry"),
         }
         Ok(())
     }

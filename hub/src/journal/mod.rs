@@ -26,6 +26,7 @@
 //! their status for `/healthz`. Presence and commands across hubs are
 //! the `cluster` module's, on the same connection.
 
+pub mod access;
 pub mod append;
 pub mod apply;
 mod events;
@@ -284,13 +285,14 @@ impl Journal {
 }
 
 /// The stream's subjects: devices' readings, devices provisioned for the
-/// whole cluster, devices' events, and alert rules.
-fn subjects(stream: &str) -> [String; 4] {
+/// whole cluster, devices' events, alert rules, and keys and groups.
+fn subjects(stream: &str) -> [String; 5] {
     [
         format!("{stream}.readings.>"),
         format!("{stream}.devices.>"),
         format!("{stream}.events.>"),
         format!("{stream}.rules.>"),
+        format!("{stream}.access"),
     ]
 }
 
