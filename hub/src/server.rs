@@ -48,6 +48,8 @@ pub struct Settings {
     pub db: PathBuf,
     /// Lets unknown devices register themselves by presenting this key.
     pub provision_key: Option<String>,
+    /// The groups devices the provisioning key registers join.
+    pub provision_groups: Vec<String>,
     pub timing: session::Timing,
     /// What one device may send a second.
     pub device_limits: session::Limits,
@@ -236,6 +238,7 @@ impl Hub {
             timing: settings.timing,
             limits: settings.device_limits,
             journal: journal.as_ref().map(|(journal, _)| journal.clone()),
+            enrolled_groups: settings.provision_groups.clone(),
             shutdown: shutdown.clone(),
         });
         let admin = api::admin::Admin {

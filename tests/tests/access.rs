@@ -866,3 +866,53 @@ async fn every_admin_action_and_command_is_audited_and_streamed_to_admins_only()
             .all(|row| !row.3.as_deref().unwrap_or("").contains("hk_"))
     );
 }
+
+#[tokio::test]
+async fn devices_the_provisioning_key_registers_join_its_groups() {
+    let hub = TestHub::start(&[
+        "--provision-key",
+        "k",
+        "--provision-group",
+        "kitchen",
+        "--provision-group",
+        "new",
+    ])
+    .await
+    .unwrap();
+    let viewer = key(&hub, &["--role", "viewer", "--group", "kitchen"]).await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let config = device_sim::fleet::FleetConfig {
+        seed: 5,
+        ..device_sim::fleet::FleetConfig::new(
+            3,
+            device_sim::fleet::Credential::ProvisionKey("k".into()),
+            hub.quick_device(50.0, 5),
+        )
+    };
+    let run = device_sim::fleet::run(config).await;
+    assert!(run.complete(), "{run:?}");
+    let (status, body) = call(&hub, Some(&viewer), "GET", "/v1/devices", None).await;
+    assert_eq!(status, 200, "{body}");
+    let devices: Value = serde_json::from_str(&body).unwrap();
+    let devices = devices["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 3, "{body}");
+    for device in devices {
+        assert_eq!(device["groups"], json!(["kitchen", "new"]), "{body}");
+    }
+    // A group that cannot be one is named at start.
+    let dir = tempfile::tempdir().unwrap();
+    let out = e2e::cli_on(
+        &dir.path().join("hub.db"),
+        &[
+            "serve",
+            "--provision-key",
+            "k",
+            "--provision-group",
+            "no spaces",
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--provision-group"));
+}

@@ -97,6 +97,10 @@ struct ServeArgs {
     /// connection by presenting this key as its bearer token.
     #[arg(long, env = "HUB_PROVISION_KEY", hide_env_values = true)]
     provision_key: Option<String>,
+    /// Devices the provisioning key registers join this group (repeat, or
+    /// comma-separate in the environment, for more).
+    #[arg(long = "provision-group", env = "HUB_PROVISION_GROUPS", value_delimiter = ',', requires = "provision_key", value_parser = parse_group)]
+    provision_groups: Vec<String>,
     /// How long a new device connection has to send Hello.
     #[arg(long, env = "HUB_HELLO_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     hello_timeout: Duration,
@@ -511,6 +515,7 @@ async fn start(args: ServeArgs) -> anyhow::Result<(Hub, std::net::SocketAddr)> {
         listen: args.listen,
         db: args.db.db,
         provision_key: args.provision_key,
+        provision_groups: args.provision_groups,
         timing: Timing {
             hello_timeout: args.hello_timeout,
             ping_interval: args.ping_interval,
@@ -769,6 +774,17 @@ async fn device(command: DeviceCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A group's name, for a flag.
+fn parse_group(text: &str) -> Result<String, Invalid> {
+    if crate::access::is_valid_group(text) {
+        Ok(text.to_owned())
+    } else {
+        Err(Invalid(format!(
+            "{text:?}: a group is 1 to 64 of A-Z a-z 0-9 - _ . :"
+        )))
+    }
 }
 
 /// Refuses group names that cannot be groups', naming the flag.

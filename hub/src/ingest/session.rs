@@ -26,10 +26,13 @@ use super::registry::{COMMAND_QUEUE, Change, Kick, PendingCommand, Presence, Reg
 use super::state::{BatchStream, Budget, KeyAnswer, Violation, check_hello, enrolled, key_answer};
 use crate::admission::{Admission, AdmitError};
 use crate::auth;
+use crate::journal::access::AccessEntry;
 use crate::journal::provision::DeviceChange;
 use crate::journal::{Journal, JournalError};
 use crate::store::devices::Credentials;
-use crate::store::writer::{Origin, Provisioned, WriteError, WriteOutcome, WriterHandle};
+use crate::store::writer::{
+    AccessChange, Origin, Provisioned, WriteError, WriteOutcome, WriterHandle,
+};
 use crate::store::{Store, StoreError};
 use crate::telemetry::{Counters, Reject};
 
@@ -79,6 +82,9 @@ pub struct Context {
     pub limits: Limits,
     /// In cluster mode: batches go to the stream, not to the writer.
     pub journal: Option<Journal>,
+    /// The groups a device the provisioning key registers joins
+    /// (`--provision-group`).
+    pub enrolled_groups: Vec<String>,
     pub shutdown: CancellationToken,
 }
 
@@ -744,6 +750,9 @@ async fn enrol(ctx: &Context, device_id: &str) -> Result<(Credentials, String), 
     // Read back: if two connections raced, one hash won, on every hub.
     let found = bounded(ctx, enrolment(ctx, device_id)).await?;
     let row = enrolled(device_id, found.as_ref(), &token_hash).map_err(refused)?;
+    if !ctx.enrolled_groups.is_empty() {
+        bounded(ctx, join_groups(ctx, device_id)).await?;
+    }
     let credentials = Credentials {
         row,
         device_id: device_id.to_owned(),
@@ -769,6 +778,33 @@ async fn provision(ctx: &Context, change: Provisioned) -> Result<(), StorageTrou
     match (&ctx.journal, DeviceChange::of(&change)) {
         (Some(journal), Some(entry)) => journal.provision(&entry).await?,
         _ => ctx.writer.provision(change).await?,
+    }
+    Ok(())
+}
+
+/// Puts a device the key registered into `--provision-group`'s groups:
+/// through the writer, or in a cluster through the stream.
+async fn join_groups(ctx: &Context, device_id: &str) -> Result<(), StorageTrouble> {
+    let (device, join) = (device_id.to_owned(), ctx.enrolled_groups.clone());
+    match &ctx.journal {
+        Some(journal) => {
+            let entry = AccessEntry::Device {
+                device,
+                name: None,
+                join,
+                leave: Vec::new(),
+            };
+            journal.change_access(&entry).await?;
+        }
+        None => {
+            let change = AccessChange::Device {
+                device_id: device,
+                name: None,
+                join,
+                leave: Vec::new(),
+            };
+            ctx.writer.change_access(change).await?;
+        }
     }
     Ok(())
 }
