@@ -584,9 +584,62 @@ async fn a_viewer_of_a_group_sees_its_devices_without_controls_and_an_operator_g
     browser.wait_until_live().await.unwrap();
     browser
         .wait_for(
-            "the command form",
+            "the command form, and no activity list",
             "return document.getElementById('who').textContent === 'shift · operator' &&
-                    document.getElementById('command').offsetParent !== null",
+                    document.getElementById('command').offsetParent !== null &&
+                    document.getElementById('activity-button').hidden",
+        )
+        .await
+        .unwrap();
+
+    // An admin of every device follows the activity: what was done before
+    // the page opened (the rule, added while the hub was open to all, and
+    // a device), then what is done while it is open.
+    let admin = key(&["--role", "admin", "--name", "boss"]).await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let bearer = format!("Bearer {admin}");
+    let add = |id: &'static str| {
+        let (addr, bearer) = (hub.addr.clone(), bearer.clone());
+        async move {
+            let body = format!(r#"{{"id": "{id}"}}"#);
+            testkit::http::request(
+                &addr,
+                "POST",
+                "/v1/admin/devices",
+                &[("Authorization", &bearer)],
+                Some(&body),
+            )
+            .await
+            .unwrap()
+            .0
+        }
+    };
+    assert_eq!(add("mixer-1").await, 201);
+    browser
+        .goto(&format!("http://{}/?token={admin}", hub.addr))
+        .await
+        .unwrap();
+    browser.wait_until_live().await.unwrap();
+    browser
+        .wait_for(
+            "the activity so far",
+            "return !document.getElementById('activity-button').hidden &&
+                    document.querySelectorAll('#activity .entry').length === 2 &&
+                    document.querySelector('#activity .entry:last-child').textContent.includes('open')",
+        )
+        .await
+        .unwrap();
+    browser
+        .eval("document.getElementById('activity-button').click(); return true")
+        .await
+        .unwrap();
+    assert_eq!(add("mixer-2").await, 201);
+    browser
+        .wait_for(
+            "the new entry on top",
+            "const top = document.querySelector('#activity .entry');
+             return document.querySelectorAll('#activity .entry').length === 3 &&
+                    top.textContent.includes('boss') && top.textContent.includes('device.add mixer-2')",
         )
         .await
         .unwrap();

@@ -27,12 +27,14 @@ use crate::http_error::ApiError;
 use crate::journal::Journal;
 use crate::journal::access::AccessEntry;
 use crate::journal::provision::DeviceChange;
-use crate::store::access::KeyRecord;
+use crate::store::access::{AuditRow, KeyRecord};
 use crate::store::writer::{Provisioned, WriteError, WriterHandle};
 use crate::store::{Store, now_ms};
 
 /// The largest body an admin request may have.
 pub const MAX_BODY_BYTES: usize = 8 * 1024;
+/// Most entries `GET /v1/admin/audit` returns.
+const MAX_AUDIT: u32 = 200;
 /// Most groups one request names.
 const MAX_GROUPS: usize = 32;
 /// The longest a key made by the API may live: ten years.
@@ -754,6 +756,37 @@ pub async fn revoke_key(
         .audit(&principal, "key.revoke", None, detail)
         .await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The newest entries of the audit trail.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Audit {
+    entries: Vec<AuditRow>,
+}
+
+/// The newest 200 entries of the audit trail, newest first: admin actions
+/// and commands, by whom. The live stream carries the next ones (`audit`
+/// events, `types=audit`).
+#[utoipa::path(
+    get,
+    path = "/v1/admin/audit",
+    tag = "admin",
+    security((), ("api_key" = [])),
+    responses(
+        (status = 200, description = "Newest first", body = Audit),
+        (status = 401, description = "The key is missing or does not work", body = ApiError),
+        (status = 403, description = "Not an admin key of every device (`forbidden`); an open hub's unknown `Host` (`host_not_allowed`)", body = ApiError),
+        (status = 503, description = "The database cannot be read", body = ApiError),
+    ),
+)]
+pub async fn audit(
+    State(store): State<Store>,
+    Extension(principal): Extension<Principal>,
+) -> Result<impl IntoResponse, ApiError> {
+    admin_of_everything(&principal, "the audit trail")?;
+    Ok(Json(Audit {
+        entries: store.audit(MAX_AUDIT).await?,
+    }))
 }
 
 /// Groups and how many devices each has.

@@ -35,6 +35,7 @@ use utoipa::{Modify, OpenApi};
         super::admin::add_key,
         super::admin::revoke_key,
         super::admin::groups,
+        super::admin::audit,
         crate::ingest::upgrade,
         super::health,
         super::metrics,

@@ -28,6 +28,23 @@ pub struct KeyRecord {
     pub key_sha256: Vec<u8>,
 }
 
+/// One entry of the audit trail, as `GET /v1/admin/audit` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct AuditRow {
+    /// Its position in the one sequence (its live event's id).
+    pub pos: i64,
+    /// The hub's time, ms since the Unix epoch.
+    pub ts_ms: i64,
+    /// A key's name, `monitor-token` or `open`.
+    pub by: String,
+    pub action: String,
+    /// The device it concerns, if one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+}
+
 /// A key to add.
 #[derive(Debug, Clone)]
 pub struct NewKey<'a> {
@@ -199,6 +216,33 @@ impl Store {
         }
         query.push(")");
         Ok(query.build_query_scalar().fetch_all(self.pool()).await?)
+    }
+
+    /// The newest `limit` entries of the audit trail, newest first.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn audit(&self, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT pos, ts_ms, by, action, device, detail FROM audit ORDER BY pos DESC LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| AuditRow {
+                pos: row.get(0),
+                ts_ms: row.get(1),
+                by: row.get::<Option<String>, _>(2).unwrap_or_default(),
+                action: row.get::<Option<String>, _>(3).unwrap_or_default(),
+                device: row.get(4),
+                detail: row
+                    .get::<Option<String>, _>(5)
+                    .and_then(|text| serde_json::from_str(&text).ok())
+                    .unwrap_or_default(),
+            })
+            .collect())
     }
 
     /// Whether the device is in any of `groups`.
