@@ -119,20 +119,8 @@ impl super::Journal {
     /// # Errors
     /// NATS refusing or not answering in time.
     pub async fn change_access(&self, entry: &AccessEntry) -> Result<(), JournalError> {
-        let refused = |detail: String| JournalError::Stream {
-            stream: self.settings.stream.clone(),
-            detail,
-        };
-        let payload = serde_json::to_vec(entry).map_err(|err| refused(err.to_string()))?;
-        let ack = self
-            .jetstream
-            .publish(format!("{}.access", self.settings.stream), payload.into())
+        self.publish_applied(format!("{}.access", self.settings.stream), entry)
             .await
-            .map_err(|err| refused(err.to_string()))?
-            .await
-            .map_err(|err| refused(err.to_string()))?;
-        self.status.until_applied(ack.sequence).await;
-        Ok(())
     }
 
     /// Whether an entry on `subject` is an access change.

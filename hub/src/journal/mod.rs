@@ -284,6 +284,36 @@ impl Journal {
     }
 }
 
+impl Journal {
+    /// Publishes `entry`'s JSON on `subject` and waits until this hub's
+    /// applier has written it (and every entry before it): how a change
+    /// made on one hub (a device's credentials, a rule, a key) is answered
+    /// only once this hub holds it, as every other will.
+    ///
+    /// # Errors
+    /// NATS refusing or not answering in time.
+    async fn publish_applied(
+        &self,
+        subject: String,
+        entry: &impl serde::Serialize,
+    ) -> Result<(), JournalError> {
+        let refused = |detail: String| JournalError::Stream {
+            stream: self.settings.stream.clone(),
+            detail,
+        };
+        let payload = serde_json::to_vec(entry).map_err(|err| refused(err.to_string()))?;
+        let ack = self
+            .jetstream
+            .publish(subject, payload.into())
+            .await
+            .map_err(|err| refused(err.to_string()))?
+            .await
+            .map_err(|err| refused(err.to_string()))?;
+        self.status.until_applied(ack.sequence).await;
+        Ok(())
+    }
+}
+
 /// The stream's subjects: devices' readings, devices provisioned for the
 /// whole cluster, devices' events, alert rules, and keys and groups.
 fn subjects(stream: &str) -> [String; 5] {

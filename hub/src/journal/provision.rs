@@ -163,20 +163,8 @@ impl super::Journal {
     /// # Errors
     /// NATS refuses or does not answer in time.
     pub async fn provision(&self, change: &DeviceChange) -> Result<(), JournalError> {
-        let refused = |detail: String| JournalError::Stream {
-            stream: self.settings.stream.clone(),
-            detail,
-        };
-        let payload = serde_json::to_vec(change).map_err(|err| refused(err.to_string()))?;
-        let ack = self
-            .jetstream
-            .publish(self.device_subject(change.device()), payload.into())
+        self.publish_applied(self.device_subject(change.device()), change)
             .await
-            .map_err(|err| refused(err.to_string()))?
-            .await
-            .map_err(|err| refused(err.to_string()))?;
-        self.status.until_applied(ack.sequence).await;
-        Ok(())
     }
 }
 

@@ -95,21 +95,8 @@ impl super::Journal {
         definition: Option<String>,
     ) -> Result<(), JournalError> {
         let subject = rule_subject(&self.settings.stream, name)?;
-        let refused = |detail: String| JournalError::Stream {
-            stream: self.settings.stream.clone(),
-            detail,
-        };
-        let payload = serde_json::to_vec(&RuleEntry { definition })
-            .map_err(|err| refused(err.to_string()))?;
-        let ack = self
-            .jetstream
-            .publish(subject, payload.into())
+        self.publish_applied(subject, &RuleEntry { definition })
             .await
-            .map_err(|err| refused(err.to_string()))?
-            .await
-            .map_err(|err| refused(err.to_string()))?;
-        self.status.until_applied(ack.sequence).await;
-        Ok(())
     }
 
     /// The rule an entry on `subject` changes.

@@ -139,13 +139,16 @@ mod tests {
     /// `(ts_ms, n, mean, min, max)` of a bucket.
     type BucketRow = (i64, i64, Option<f64>, Option<f64>, Option<f64>);
 
-    /// A database as the hub wrote it before the roll-ups' migration: the
-    /// first two migrations only, and raw readings in it.
-    async fn written_before_rollups(path: &Path) {
+    /// A database at `path` as a hub wrote it before migration `before`
+    /// (`"0003"`): the migrations before it only.
+    async fn migrated_before(path: &Path, before: &str) -> SqlitePool {
         let migrations = tempfile::tempdir().unwrap();
         let all = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations"));
-        for name in ["0001_initial.sql", "0002_hub_state.sql"] {
-            std::fs::copy(all.join(name), migrations.path().join(name)).unwrap();
+        for entry in std::fs::read_dir(all).unwrap() {
+            let name = entry.unwrap().file_name();
+            if name.to_string_lossy().as_ref() < before {
+                std::fs::copy(all.join(&name), migrations.path().join(&name)).unwrap();
+            }
         }
         let options = SqliteConnectOptions::from_str("sqlite:")
             .unwrap()
@@ -158,6 +161,13 @@ mod tests {
             .run(&pool)
             .await
             .unwrap();
+        pool
+    }
+
+    /// A database as the hub wrote it before the roll-ups' migration: the
+    /// first two migrations only, and raw readings in it.
+    async fn written_before_rollups(path: &Path) {
+        let pool = migrated_before(path, "0003").await;
         sqlx::query("INSERT INTO devices (device_id, created_ms) VALUES ('old', 0)")
             .execute(&pool)
             .await
@@ -183,25 +193,7 @@ mod tests {
     async fn the_access_migration_keeps_every_event_and_the_views_over_them() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.db");
-        let migrations = tempfile::tempdir().unwrap();
-        let all = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations"));
-        for entry in std::fs::read_dir(all).unwrap() {
-            let name = entry.unwrap().file_name();
-            if name.to_string_lossy().as_ref() < "0008" {
-                std::fs::copy(all.join(&name), migrations.path().join(&name)).unwrap();
-            }
-        }
-        let options = SqliteConnectOptions::from_str("sqlite:")
-            .unwrap()
-            .filename(&path)
-            .create_if_missing(true);
-        let pool = SqlitePool::connect_with(options).await.unwrap();
-        sqlx::migrate::Migrator::new(migrations.path())
-            .await
-            .unwrap()
-            .run(&pool)
-            .await
-            .unwrap();
+        let pool = migrated_before(&path, "0008").await;
         for statement in [
             "INSERT INTO devices (device_id, created_ms) VALUES ('old', 0)",
             r#"INSERT INTO events VALUES (1, 1, 5, 'status', '{"online":true}')"#,
