@@ -70,6 +70,7 @@ pub async fn run(spec: ProbeSpec) -> anyhow::Result<ProbeResult> {
         spec.url.clone(),
         crate::hubproc::client_tls(),
         "bench".into(),
+        std::sync::Arc::from([]),
         hello,
     )
     .await?;

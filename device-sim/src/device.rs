@@ -65,6 +65,9 @@ pub struct DeviceSettings {
     /// The devices' own tokens, presented instead of the fleet's
     /// credential; where tokens the hub issues are kept.
     pub keyring: Arc<Keyring>,
+    /// The groups devices registering with the provisioning key ask to
+    /// join (empty: those the key puts every device in).
+    pub groups: Arc<[String]>,
 }
 
 impl DeviceSettings {
@@ -88,6 +91,7 @@ impl DeviceSettings {
             tls: None,
             client_certs: None,
             keyring: Arc::new(Keyring::in_memory()),
+            groups: Arc::from([]),
         }
     }
 }
@@ -511,6 +515,7 @@ pub async fn run(
                     device.endpoint().to_owned(),
                     device.tls.clone(),
                     credential,
+                    Arc::clone(&device.settings.groups),
                     device.hello(),
                 ));
                 link = Link::Connecting { attempt, handshake };

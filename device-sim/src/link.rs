@@ -36,12 +36,32 @@ pub async fn connect(
     tls: Option<Arc<rustls::ClientConfig>>,
     token: &str,
 ) -> anyhow::Result<Ws> {
+    connect_into(url, tls, token, &[]).await
+}
+
+/// [`connect`], naming the groups a device registering itself with the
+/// provisioning key asks to join (`X-Device-Groups`; the hub allows those
+/// its `--provision-group` lists). Nothing is asked when `groups` is empty.
+///
+/// # Errors
+/// As [`connect`]; a group the key may not put devices in is a 403.
+pub async fn connect_into(
+    url: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    token: &str,
+    groups: &[String],
+) -> anyhow::Result<Ws> {
     let mut request = url.into_client_request()?;
     if !token.is_empty() {
         request.headers_mut().insert(
             "authorization",
             HeaderValue::from_str(&format!("Bearer {token}"))?,
         );
+    }
+    if !groups.is_empty() {
+        request
+            .headers_mut()
+            .insert("x-device-groups", HeaderValue::from_str(&groups.join(","))?);
     }
     // Small buffers: ten thousand devices in one process.
     let config = WebSocketConfig::default()
@@ -123,7 +143,7 @@ pub async fn hello(ws: &mut Ws, hello: Hello) -> anyhow::Result<Welcome> {
     Ok(greet(ws, hello).await?.welcome)
 }
 
-/// [`connect`], then [`greet`].
+/// [`connect_into`] `groups`, then [`greet`].
 ///
 /// # Errors
 /// Either step fails.
@@ -131,9 +151,10 @@ pub async fn handshake(
     url: String,
     tls: Option<Arc<rustls::ClientConfig>>,
     token: String,
+    groups: Arc<[String]>,
     hello_frame: Hello,
 ) -> anyhow::Result<(Box<Ws>, Greeting)> {
-    let mut ws = connect(&url, tls, &token).await?;
+    let mut ws = connect_into(&url, tls, &token, &groups).await?;
     let greeting = greet(&mut ws, hello_frame).await?;
     Ok((Box::new(ws), greeting))
 }

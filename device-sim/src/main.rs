@@ -67,6 +67,11 @@ struct Args {
     /// on (the key no longer reaches it).
     #[arg(long, env = "SIM_PROVISION_KEY", hide_env_values = true)]
     provision_key: Option<String>,
+    /// With --provision-key: the group new devices ask to join (repeat for
+    /// more); the hub allows those its --provision-group lists. Without
+    /// it, they join every group the key puts devices in.
+    #[arg(long = "group", requires = "provision_key", value_parser = parse_group)]
+    groups: Vec<String>,
     /// Where devices keep the tokens the hub issues them (`device-id
     /// token` lines, created readable by its owner only); read at start,
     /// so a fleet run again against the same hub gets in with them.
@@ -243,6 +248,7 @@ async fn main() -> ExitCode {
             tls,
             client_certs,
             keyring: std::sync::Arc::new(keyring),
+            groups: args.groups.into(),
         },
     };
     let summary = fleet::run(config).await;
@@ -279,6 +285,17 @@ impl Endpoints {
     /// Whether the devices connect over TLS (all of them, then).
     fn secure(&self) -> bool {
         self.0.iter().any(|url| url.starts_with("wss://"))
+    }
+}
+
+/// A group's name: 1 to 64 of `A-Z a-z 0-9 - _ . :`, as a device id.
+fn parse_group(text: &str) -> Result<String, String> {
+    if protocol::is_valid_device_id(text) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?}: a group is 1 to 64 of A-Z a-z 0-9 - _ . :"
+        ))
     }
 }
 

@@ -238,7 +238,6 @@ impl Hub {
             timing: settings.timing,
             limits: settings.device_limits,
             journal: journal.as_ref().map(|(journal, _)| journal.clone()),
-            enrolled_groups: settings.provision_groups.clone(),
             shutdown: shutdown.clone(),
         });
         let admin = api::admin::Admin {
@@ -250,6 +249,7 @@ impl Hub {
             ingest: Arc::new(Ingest {
                 sessions,
                 provision_key: settings.provision_key.clone(),
+                provision_groups: settings.provision_groups.clone(),
                 slots: Arc::new(Semaphore::new(settings.max_devices)),
                 tracker: TaskTracker::new(),
             }),

@@ -868,7 +868,7 @@ async fn every_admin_action_and_command_is_audited_and_streamed_to_admins_only()
 }
 
 #[tokio::test]
-async fn devices_the_provisioning_key_registers_join_its_groups() {
+async fn devices_the_provisioning_key_registers_join_its_groups_or_those_they_name() {
     let hub = TestHub::start(&[
         "--provision-key",
         "k",
@@ -881,24 +881,58 @@ async fn devices_the_provisioning_key_registers_join_its_groups() {
     .unwrap();
     let viewer = key(&hub, &["--role", "viewer", "--group", "kitchen"]).await;
     tokio::time::sleep(Duration::from_millis(1_200)).await;
-    let config = device_sim::fleet::FleetConfig {
-        seed: 5,
-        ..device_sim::fleet::FleetConfig::new(
-            3,
-            device_sim::fleet::Credential::ProvisionKey("k".into()),
-            hub.quick_device(50.0, 5),
-        )
-    };
-    let run = device_sim::fleet::run(config).await;
-    assert!(run.complete(), "{run:?}");
+    // A fleet that names no group joins every group of the key; one that
+    // names some (`device-sim --group`) joins those.
+    for (prefix, groups) in [("any-", &[][..]), ("named-", &["kitchen"][..])] {
+        let config = device_sim::fleet::FleetConfig {
+            seed: 5,
+            ids: device_sim::fleet::Ids::Numbered(prefix.into()),
+            ..device_sim::fleet::FleetConfig::new(
+                2,
+                device_sim::fleet::Credential::ProvisionKey("k".into()),
+                device_sim::device::DeviceSettings {
+                    groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+                    ..hub.quick_device(50.0, 5)
+                },
+            )
+        };
+        let run = device_sim::fleet::run(config).await;
+        assert!(run.complete(), "{run:?}");
+    }
     let (status, body) = call(&hub, Some(&viewer), "GET", "/v1/devices", None).await;
     assert_eq!(status, 200, "{body}");
     let devices: Value = serde_json::from_str(&body).unwrap();
-    let devices = devices["devices"].as_array().unwrap();
-    assert_eq!(devices.len(), 3, "{body}");
-    for device in devices {
-        assert_eq!(device["groups"], json!(["kitchen", "new"]), "{body}");
+    let groups: Vec<(String, Value)> = devices["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["id"].as_str().unwrap().to_owned(), d["groups"].clone()))
+        .collect();
+    assert_eq!(groups.len(), 4, "{groups:?}");
+    for (id, in_groups) in &groups {
+        let expected = if id.starts_with("any-") {
+            json!(["kitchen", "new"])
+        } else {
+            json!(["kitchen"])
+        };
+        assert_eq!(in_groups, &expected, "{id}");
     }
+    // A group the key may not put devices in is refused, named.
+    let refused = device_sim::link::connect_into(
+        &format!("ws://{}/v1/ws", hub.addr),
+        None,
+        "k",
+        &["garage".to_owned()],
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        refused.contains("403")
+            && refused.contains("group_not_allowed")
+            && refused.contains("garage"),
+        "{refused}"
+    );
     // A group that cannot be one is named at start.
     let dir = tempfile::tempdir().unwrap();
     let out = e2e::cli_on(

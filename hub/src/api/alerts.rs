@@ -276,12 +276,6 @@ pub async fn acknowledge(
 ) -> Result<impl IntoResponse, ApiError> {
     let id = path(id)?;
     access::require_role(&principal, Role::Operator, "acknowledging an alert")?;
-    let unknown = || ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no alert {id}"));
-    let alert = store.alert(id).await?.ok_or_else(unknown)?;
-    // An alert of a device the key does not see is as unknown as that device.
-    access::sees(&principal, &store, &alert.device)
-        .await
-        .map_err(|_| unknown())?;
     let Json(ack) = body.map_err(ApiError::from_json_rejection)?;
     let by = ack.by.as_str();
     if by.is_empty() || by.chars().count() > 64 || by.chars().any(char::is_control) {
@@ -300,6 +294,12 @@ pub async fn acknowledge(
             "a note is at most 256 characters",
         ));
     }
+    let unknown = || ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no alert {id}"));
+    let alert = store.alert(id).await?.ok_or_else(unknown)?;
+    // An alert of a device the key does not see is as unknown as that device.
+    access::sees(&principal, &store, &alert.device)
+        .await
+        .map_err(|_| unknown())?;
     alerts
         .acknowledge(id, by.to_owned(), ack.note)
         .await

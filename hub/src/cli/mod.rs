@@ -97,8 +97,10 @@ struct ServeArgs {
     /// connection by presenting this key as its bearer token.
     #[arg(long, env = "HUB_PROVISION_KEY", hide_env_values = true)]
     provision_key: Option<String>,
-    /// Devices the provisioning key registers join this group (repeat, or
-    /// comma-separate in the environment, for more).
+    /// A group the provisioning key puts devices in (repeat, or
+    /// comma-separate in the environment, for more): each device it
+    /// registers joins all of them, or those it names (`device-sim
+    /// --group`, the upgrade's `X-Device-Groups`) among them.
     #[arg(long = "provision-group", env = "HUB_PROVISION_GROUPS", value_delimiter = ',', requires = "provision_key", value_parser = parse_group)]
     provision_groups: Vec<String>,
     /// How long a new device connection has to send Hello.

@@ -60,6 +60,10 @@ pub struct Ingest {
     pub sessions: Arc<session::Context>,
     /// Lets unknown devices register themselves by presenting this key.
     pub provision_key: Option<String>,
+    /// The groups the provisioning key puts devices in (`--provision-group`):
+    /// all of them, or those a device names in its upgrade's
+    /// `X-Device-Groups`.
+    pub provision_groups: Vec<String>,
     /// One permit per device connection (`--max-devices`).
     pub slots: Arc<Semaphore>,
     /// Tracks device sessions, which outlive their HTTP upgrade request.
@@ -76,6 +80,7 @@ pub struct Ingest {
     responses(
         (status = 101, description = "Switching to the device protocol"),
         (status = 401, description = "No token, or an unknown or revoked one", body = ApiError),
+        (status = 403, description = "The provisioning key with `X-Device-Groups` naming a group it may not put devices in (`group_not_allowed`)", body = ApiError),
         (status = 426, description = "Not a WebSocket upgrade", body = ApiError),
         (status = 503, description = "Past `--max-devices` (with `Retry-After`), or the hub cannot store (its writer stopped, or in a cluster NATS is unreachable)", body = ApiError),
     ),
@@ -179,13 +184,49 @@ async fn authenticate(
     if let Some(key) = &ingest.provision_key
         && auth::secrets_match(token, key)
     {
-        return Ok(Auth::Provisioning);
+        let groups = enrolment_groups(&ingest.provision_groups, headers)?;
+        return Ok(Auth::Provisioning { groups });
     }
     match ingest.sessions.store.authenticate(token).await? {
         Some(credentials) => Ok(Auth::Device(credentials)),
         None => Err(ApiError::unauthorized("unknown or revoked token")),
     }
 }
+
+/// The groups a device the provisioning key registers joins: those its
+/// `X-Device-Groups` names (`device-sim --group`), each one the key may
+/// put devices in (`allowed`), or without the header all of `allowed`.
+fn enrolment_groups(allowed: &[String], headers: &HeaderMap) -> Result<Vec<String>, ApiError> {
+    let Some(asked) = headers.get(DEVICE_GROUPS) else {
+        return Ok(allowed.to_vec());
+    };
+    let refused = |asked: &str| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "group_not_allowed",
+            format!(
+                "X-Device-Groups: the provisioning key puts devices only in {allowed:?} \
+                 (--provision-group), not {asked:?}"
+            ),
+        )
+    };
+    let asked = asked.to_str().map_err(|_| refused("(not text)"))?;
+    asked
+        .split(',')
+        .map(str::trim)
+        .map(|group| {
+            if allowed.iter().any(|a| a == group) {
+                Ok(group.to_owned())
+            } else {
+                Err(refused(group))
+            }
+        })
+        .collect()
+}
+
+/// The header in which a device enrolling with the provisioning key names
+/// the groups it joins.
+pub const DEVICE_GROUPS: &str = "x-device-groups";
 
 /// Closes the sessions of devices revoked while the hub runs, within one
 /// poll interval, until `shutdown`.

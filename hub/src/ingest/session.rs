@@ -82,9 +82,6 @@ pub struct Context {
     pub limits: Limits,
     /// In cluster mode: batches go to the stream, not to the writer.
     pub journal: Option<Journal>,
-    /// The groups a device the provisioning key registers joins
-    /// (`--provision-group`).
-    pub enrolled_groups: Vec<String>,
     pub shutdown: CancellationToken,
 }
 
@@ -94,8 +91,8 @@ pub enum Auth {
     /// A device token: the `Hello` must name this device.
     Device(Credentials),
     /// The fleet provisioning key: the `Hello` names the device, which is
-    /// registered if it is new.
-    Provisioning,
+    /// registered if it is new, into these groups.
+    Provisioning { groups: Vec<String> },
     /// A client certificate from `--tls-client-ca` naming this device id:
     /// the `Hello` must name it, and it is registered if it is new (the CA
     /// vouches for it, as the provisioning key does).
@@ -328,7 +325,7 @@ async fn handshake(
     let expected = match &auth {
         Auth::Device(credentials) => Some(credentials.device_id.as_str()),
         Auth::Certificate(device_id) => Some(&**device_id),
-        Auth::Provisioning => None,
+        Auth::Provisioning { .. } => None,
     };
     let hello = check_hello(first, expected).map_err(Ending::violation)?;
     let (mut credentials, token) = match auth {
@@ -339,8 +336,8 @@ async fn handshake(
                 None => return Err(Ending::kicked(Kick::Revoked)),
             }
         }
-        Auth::Provisioning => {
-            let (credentials, token) = enrol(ctx, &hello.device_id).await?;
+        Auth::Provisioning { groups } => {
+            let (credentials, token) = enrol(ctx, &hello.device_id, groups).await?;
             (credentials, Some(token))
         }
     };
@@ -729,7 +726,11 @@ async fn register_certified(
 /// # Errors
 /// The key does not reach the device (it has credentials of its own, or
 /// was revoked), or storage failed.
-async fn enrol(ctx: &Context, device_id: &str) -> Result<(Credentials, String), Ending> {
+async fn enrol(
+    ctx: &Context,
+    device_id: &str,
+    groups: Vec<String>,
+) -> Result<(Credentials, String), Ending> {
     let refused = |answer: KeyAnswer| match answer {
         KeyAnswer::Refused(violation) => Ending::violation(violation),
         KeyAnswer::Revoked | KeyAnswer::Enrol => Ending::kicked(Kick::Revoked),
@@ -750,8 +751,8 @@ async fn enrol(ctx: &Context, device_id: &str) -> Result<(Credentials, String), 
     // Read back: if two connections raced, one hash won, on every hub.
     let found = bounded(ctx, enrolment(ctx, device_id)).await?;
     let row = enrolled(device_id, found.as_ref(), &token_hash).map_err(refused)?;
-    if !ctx.enrolled_groups.is_empty() {
-        bounded(ctx, join_groups(ctx, device_id)).await?;
+    if !groups.is_empty() {
+        bounded(ctx, join_groups(ctx, device_id, groups)).await?;
     }
     let credentials = Credentials {
         row,
@@ -782,10 +783,14 @@ async fn provision(ctx: &Context, change: Provisioned) -> Result<(), StorageTrou
     Ok(())
 }
 
-/// Puts a device the key registered into `--provision-group`'s groups:
-/// through the writer, or in a cluster through the stream.
-async fn join_groups(ctx: &Context, device_id: &str) -> Result<(), StorageTrouble> {
-    let (device, join) = (device_id.to_owned(), ctx.enrolled_groups.clone());
+/// Puts a device the key registered into its groups: through the writer,
+/// or in a cluster through the stream.
+async fn join_groups(
+    ctx: &Context,
+    device_id: &str,
+    join: Vec<String>,
+) -> Result<(), StorageTrouble> {
+    let device = device_id.to_owned();
     match &ctx.journal {
         Some(journal) => {
             let entry = AccessEntry::Device {
