@@ -38,7 +38,8 @@
 //!   connections without a request yet, graceful close).
 //! * [`server`]: the app state, the routes, the wiring and the ordered
 //!   shutdown. [`cli`]: the `hub` command line; [`demo`]: the simulated
-//!   fleet of `hub demo`. [`auth`]: tokens and secrets. [`telemetry`]:
+//!   fleet of `hub demo`. [`auth`]: tokens and secrets. [`access`]: API
+//!   keys, their roles and device groups, for the API. [`telemetry`]:
 //!   counters. [`bridge`]: the MQTT bridge, both ways. [`tls`]: certificates.
 //! * [`journal`]: cluster mode (`--nats-url`): batches go to a NATS
 //!   JetStream stream shared by every hub, and each hub stores the stream

@@ -149,10 +149,12 @@ pub async fn require(State(gate): State<Gate>, mut request: Request, next: Next)
             )
             .into_response();
         }
+        // A key made a moment ago makes this a request that needs one:
+        // it is judged as such below.
         if let Ok(principal) = gate.keys.resolve(None) {
             request.extensions_mut().insert(principal);
+            return next.run(request).await;
         }
-        return next.run(request).await;
     }
     let peer = request
         .extensions()

@@ -41,6 +41,7 @@ pub struct AuditRow {
     /// The device it concerns, if one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// What it was done to and with, and how it ended (`{}` if nothing).
     #[schema(value_type = Object)]
     pub detail: serde_json::Value,
 }
@@ -237,10 +238,12 @@ impl Store {
                 by: row.get::<Option<String>, _>(2).unwrap_or_default(),
                 action: row.get::<Option<String>, _>(3).unwrap_or_default(),
                 device: row.get(4),
+                // An entry without details has an empty object.
                 detail: row
                     .get::<Option<String>, _>(5)
                     .and_then(|text| serde_json::from_str(&text).ok())
-                    .unwrap_or_default(),
+                    .filter(serde_json::Value::is_object)
+                    .unwrap_or_else(|| serde_json::json!({})),
             })
             .collect())
     }
