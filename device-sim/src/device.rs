@@ -9,7 +9,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
-use protocol::{Command, CommandResult, DeviceFrame, Hello, HubFrame, PROTOCOL_VERSION, Reading};
+use protocol::{
+    Command, CommandResult, Config, ConfigResult, DeviceFrame, Hello, HubFrame, PROTOCOL_VERSION,
+    Reading,
+};
 use tokio::time::{Instant, Interval, MissedTickBehavior, sleep_until};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -231,6 +234,15 @@ struct Device {
     /// Ticks at the sampling interval.
     ticker: Interval,
     interval: Duration,
+    /// The interval it samples at without a configuration saying
+    /// otherwise (the fleet's rate, or the hub's `Welcome`).
+    default_interval: Duration,
+    /// The interval its configuration sets, which outranks the default.
+    configured_interval: Option<Duration>,
+    /// Readings per batch: the fleet's, or its configuration's.
+    batch: usize,
+    /// The metric ids it sends; `None`: all of them.
+    only: Option<Vec<u16>>,
     sampling: bool,
     /// While backfilling: the device time of the next past sample.
     backfill_at: Option<u64>,
@@ -310,7 +322,7 @@ impl Device {
             .max(1);
         while let Some(at) = self.backfill_at
             && self.sampling
-            && self.unsealed.len() < self.settings.batch
+            && self.unsealed.len() < self.batch
         {
             if at >= device_time_ms(self.settings.clock_skew_ms) {
                 self.backfill_at = None;
@@ -335,6 +347,10 @@ impl Device {
         if self.unsealed.is_empty() {
             self.flush_at = Instant::now() + self.settings.flush;
         }
+        if let Some(only) = &self.only {
+            values.retain(|(metric, _)| only.contains(metric));
+        }
+        let allowed = allowed.min(values.len());
         for (metric, value) in values.into_iter().take(allowed) {
             self.unsealed.push((now, metric, value));
         }
@@ -351,10 +367,8 @@ impl Device {
     /// Seals unsealed readings into batches of at most `batch`.
     fn seal(&mut self, only_full: bool) {
         let before = self.unsealed.len();
-        while !self.unsealed.is_empty()
-            && (!only_full || self.unsealed.len() >= self.settings.batch)
-        {
-            let take = self.unsealed.len().min(self.settings.batch);
+        while !self.unsealed.is_empty() && (!only_full || self.unsealed.len() >= self.batch) {
+            let take = self.unsealed.len().min(self.batch);
             let chunk: Vec<_> = self.unsealed.drain(..take).collect();
             let base = chunk[0].0;
             let readings = chunk
@@ -396,6 +410,41 @@ impl Device {
             self.stats.sent.fetch_add(readings, Relaxed);
         }
         ws.flush().await.is_ok()
+    }
+
+    /// Applies the configuration the hub sent, whole, or refuses it and
+    /// changes nothing: the answer for the hub.
+    fn configure(&mut self, config: &Config) -> ConfigResult {
+        let descriptors = self.sensors.descriptors();
+        let known: Vec<&str> = descriptors.iter().map(|d| d.name.as_str()).collect();
+        let answer = |ok, detail| ConfigResult {
+            version: config.version,
+            ok,
+            detail,
+        };
+        match crate::config::read(&config.json, &known) {
+            Ok(settings) => {
+                self.configured_interval = settings.interval;
+                self.set_interval(settings.interval.unwrap_or(self.default_interval));
+                self.batch = settings.batch.unwrap_or(self.settings.batch);
+                self.only = settings.metrics.map(|names| {
+                    descriptors
+                        .iter()
+                        .filter(|d| names.contains(&d.name))
+                        .map(|d| d.id)
+                        .collect()
+                });
+                self.stats.configs_applied.fetch_add(1, Relaxed);
+                self.stats.config_version.fetch_max(config.version, Relaxed);
+                tracing::info!(device = %self.spec.id, version = config.version, "configuration applied");
+                answer(true, format!("running version {}", config.version))
+            }
+            Err(why) => {
+                self.stats.configs_refused.fetch_add(1, Relaxed);
+                tracing::info!(device = %self.spec.id, version = config.version, why, "configuration refused");
+                answer(false, why)
+            }
+        }
     }
 
     /// An established connection ended.
@@ -456,6 +505,10 @@ pub async fn run(
         generated: 0,
         ticker: ticker(interval),
         interval,
+        default_interval: interval,
+        configured_interval: None,
+        batch: settings.batch,
+        only: None,
         sampling: settings.count != Some(0),
         backfill_at: (!settings.backfill.is_zero()).then(|| {
             let back = u64::try_from(settings.backfill.as_millis()).unwrap_or(u64::MAX);
@@ -544,8 +597,13 @@ pub async fn run(
                     .acked
                     .fetch_add(settled.readings as u64, Relaxed);
                 if device.settings.rate.is_none() && welcome.sample_interval_ms > 0 {
-                    device
-                        .set_interval(Duration::from_millis(u64::from(welcome.sample_interval_ms)));
+                    device.default_interval =
+                        Duration::from_millis(u64::from(welcome.sample_interval_ms));
+                    device.set_interval(
+                        device
+                            .configured_interval
+                            .unwrap_or(device.default_interval),
+                    );
                 }
                 link = Link::Up(ws);
             }
@@ -581,6 +639,19 @@ pub async fn run(
                         && ws
                             .send(Message::Binary(
                                 DeviceFrame::CommandResult(result).encode().into(),
+                            ))
+                            .await
+                            .is_err()
+                    {
+                        link = device.dropped();
+                    }
+                }
+                Ok(HubFrame::Config(config)) => {
+                    let result = device.configure(&config);
+                    if let Link::Up(ws) = &mut link
+                        && ws
+                            .send(Message::Binary(
+                                DeviceFrame::ConfigResult(result).encode().into(),
                             ))
                             .await
                             .is_err()

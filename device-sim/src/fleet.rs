@@ -90,6 +90,11 @@ pub struct Summary {
     pub dropped: u64,
     pub reconnects: u64,
     pub commands: u64,
+    /// Configurations the devices applied and refused, and the highest
+    /// version any of them runs (0: none).
+    pub configs_applied: u64,
+    pub configs_refused: u64,
+    pub config_version: u64,
     pub rtt: RttSummary,
     pub elapsed_s: f64,
     pub last_error: Option<String>,
@@ -192,6 +197,9 @@ pub async fn run(config: FleetConfig) -> Summary {
         dropped: stats.dropped.load(Relaxed),
         reconnects: stats.reconnects.load(Relaxed),
         commands: stats.commands.load(Relaxed),
+        configs_applied: stats.configs_applied.load(Relaxed),
+        configs_refused: stats.configs_refused.load(Relaxed),
+        config_version: stats.config_version.load(Relaxed),
         rtt: stats.rtt(),
         elapsed_s: (started.elapsed().as_secs_f64() * 1_000.0).round() / 1_000.0,
         last_error: stats.last_error(),

@@ -3,7 +3,8 @@
 //!
 //! * [`device`]: one device: sensors sampled on its own clock, batches kept
 //!   in an [`outbox`] until acknowledged, reconnects with [`backoff`], and
-//!   hub commands (`ping`, `set_interval`).
+//!   hub commands (`ping`, `set_interval`) and the configuration the hub
+//!   sends ([`config`]: the settings it understands).
 //! * [`link`]: the connection handshake (`Hello`, `Welcome`), shared with the
 //!   end-to-end tests and the benchmark harness.
 //! * [`fleet`]: N devices in one process, progress and summary ([`stats`]).
@@ -11,6 +12,7 @@
 //! * [`sensors`]: sensor models that look real on a chart, seeded by [`rng`].
 
 pub mod backoff;
+pub mod config;
 pub mod device;
 pub mod duration;
 pub mod fleet;

@@ -267,6 +267,12 @@ async fn main() -> ExitCode {
             summary.rtt.p50_ms,
             summary.rtt.p99_ms,
         );
+        if summary.configs_applied + summary.configs_refused > 0 {
+            println!(
+                "configuration: version {} runs; {} applied, {} refused",
+                summary.config_version, summary.configs_applied, summary.configs_refused
+            );
+        }
         if let Some(error) = &summary.last_error {
             println!("last error: {error}");
         }

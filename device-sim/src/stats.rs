@@ -25,6 +25,11 @@ pub struct Stats {
     pub dropped: AtomicU64,
     pub reconnects: AtomicU64,
     pub commands: AtomicU64,
+    /// Configurations applied and refused, and the highest version any
+    /// device of the fleet runs.
+    pub configs_applied: AtomicU64,
+    pub configs_refused: AtomicU64,
+    pub config_version: AtomicU64,
     /// Send-to-ack times, in µs.
     rtt_us: Mutex<Histogram<u64>>,
     last_error: Mutex<Option<String>>,
@@ -39,6 +44,9 @@ impl Default for Stats {
             dropped: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             commands: AtomicU64::new(0),
+            configs_applied: AtomicU64::new(0),
+            configs_refused: AtomicU64::new(0),
+            config_version: AtomicU64::new(0),
             rtt_us: Mutex::new(
                 Histogram::new_with_bounds(1, RTT_MAX_US, RTT_DIGITS)
                     .expect("valid histogram bounds"),

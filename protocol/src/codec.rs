@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 
 use crate::frames::{DeviceFrame, HubFrame, MetricDescriptor, error_code};
 use crate::limits::{
-    MAX_COMMAND_ARGS, MAX_FRAME_BYTES, MAX_ID_LEN, MAX_METRICS, MAX_READINGS_PER_BATCH, MAX_SEQ,
-    MAX_TEXT_LEN, METRIC_NAME_RESERVED,
+    MAX_COMMAND_ARGS, MAX_CONFIG_BYTES, MAX_FRAME_BYTES, MAX_ID_LEN, MAX_METRICS,
+    MAX_READINGS_PER_BATCH, MAX_SEQ, MAX_TEXT_LEN, METRIC_NAME_RESERVED,
 };
 
 /// Why bytes are not an acceptable frame.
@@ -176,6 +176,7 @@ impl DeviceFrame {
                 check_count("readings", batch.readings.len(), MAX_READINGS_PER_BATCH)
             }
             DeviceFrame::CommandResult(result) => check_text("detail", &result.detail),
+            DeviceFrame::ConfigResult(result) => check_text("detail", &result.detail),
         }
     }
 }
@@ -214,6 +215,7 @@ impl HubFrame {
                 Ok(())
             }
             HubFrame::Error(error) => check_text("message", &error.message),
+            HubFrame::Config(config) => check_config(&config.json),
         }
     }
 }
@@ -272,6 +274,22 @@ fn check_metric_name(name: &str) -> Result<(), DecodeError> {
         return Err(DecodeError::BadCharacter {
             field: "metric name",
         });
+    }
+    Ok(())
+}
+
+/// A configuration's text: within its limit, and an object (the protocol
+/// crate parses no JSON; the hub sends only objects it has checked).
+fn check_config(json: &str) -> Result<(), DecodeError> {
+    if json.len() > MAX_CONFIG_BYTES {
+        return Err(DecodeError::TooLong {
+            field: "config",
+            limit: MAX_CONFIG_BYTES,
+        });
+    }
+    let trimmed = json.trim();
+    if !(trimmed.starts_with('{') && trimmed.ends_with('}')) {
+        return Err(DecodeError::Malformed("config is not a JSON object"));
     }
     Ok(())
 }

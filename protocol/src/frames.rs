@@ -16,6 +16,9 @@ pub enum DeviceFrame {
     Batch(Batch),
     /// The outcome of a [`Command`].
     CommandResult(CommandResult),
+    /// The device's answer to a [`HubFrame::Config`] (protocol version 3):
+    /// it runs that version now, or refused it and runs what it ran.
+    ConfigResult(ConfigResult),
 }
 
 /// A frame sent by the hub to a device.
@@ -33,6 +36,11 @@ pub enum HubFrame {
     /// provisioning key (protocol version 2). Sent before `Welcome`; the
     /// device keeps it and presents it instead of the key from then on.
     Token(Token),
+    /// The configuration the device should run (protocol version 3): sent
+    /// right after `Welcome` when the device has not yet answered the
+    /// latest version, and again whenever it changes while connected.
+    /// Answered by a [`DeviceFrame::ConfigResult`] of the same version.
+    Config(Config),
 }
 
 /// Introduces the device and the metrics it will send.
@@ -149,6 +157,32 @@ pub struct CommandArg {
 pub struct Token {
     /// The bearer token, as printable ASCII.
     pub token: String,
+}
+
+/// The configuration the hub keeps for a device (its desired state).
+///
+/// Only the latest version is ever sent: a device that was offline while
+/// the configuration changed several times gets the last one, once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// Grows by one with every change; echoed in [`ConfigResult::version`].
+    pub version: u64,
+    /// The whole configuration, a JSON object as UTF-8 text of at most
+    /// [`crate::limits::MAX_CONFIG_BYTES`] bytes (never a patch).
+    pub json: String,
+}
+
+/// A device's answer to a [`Config`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigResult {
+    /// The [`Config::version`] being answered.
+    pub version: u64,
+    /// `true`: the device runs this version now. `false`: it refused it
+    /// (a key it does not know, a value out of range) and keeps running
+    /// the configuration it had.
+    pub ok: bool,
+    /// Free text: why it refused, or anything worth showing.
+    pub detail: String,
 }
 
 /// Sent by the hub just before it closes the connection.

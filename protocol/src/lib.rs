@@ -31,8 +31,8 @@ pub mod limits;
 
 pub use codec::{DecodeError, is_valid_device_id, is_valid_metric_name};
 pub use frames::{
-    Ack, Batch, Command, CommandArg, CommandResult, DeviceFrame, ErrorFrame, Hello, HubFrame,
-    MetricDescriptor, Reading, Token, Welcome, error_code,
+    Ack, Batch, Command, CommandArg, CommandResult, Config, ConfigResult, DeviceFrame, ErrorFrame,
+    Hello, HubFrame, MetricDescriptor, Reading, Token, Welcome, error_code,
 };
 
 /// The protocol version this crate speaks. Sent in [`Hello::version`].
@@ -41,7 +41,14 @@ pub use frames::{
 /// the fleet's provisioning key is issued a token of its own, and the key no
 /// longer reaches it afterwards. A version 1 device may still connect with
 /// its own token or certificate, but not with the provisioning key.
-pub const PROTOCOL_VERSION: u16 = 2;
+///
+/// Version 3 adds [`HubFrame::Config`] and [`DeviceFrame::ConfigResult`]:
+/// the hub keeps a configuration for each device and sends it the latest
+/// version it has not answered. Older devices are never sent one.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The first version whose devices may register with the provisioning key.
 pub const ENROLMENT_VERSION: u16 = 2;
+
+/// The first version whose devices are sent their configuration.
+pub const CONFIG_VERSION: u16 = 3;

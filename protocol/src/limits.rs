@@ -48,3 +48,7 @@ pub const METRIC_NAME_RESERVED: &str = "/+#";
 /// `SELECT`, which it caps at 500. A `Hello` that would pass it is refused
 /// (`error_code::TOO_MANY_METRICS`).
 pub const MAX_METRICS_PER_DEVICE: usize = 256;
+
+/// Longest configuration in a [`Config`](crate::Config) frame, in bytes of
+/// JSON text: far below a frame, and small enough for a device's RAM.
+pub const MAX_CONFIG_BYTES: usize = 8 * 1024;

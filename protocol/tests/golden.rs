@@ -2,8 +2,8 @@
 //! each must decode to the frame named here and re-encode to the same bytes.
 
 use protocol::{
-    Ack, Batch, Command, CommandArg, CommandResult, DeviceFrame, ErrorFrame, Hello, HubFrame,
-    MetricDescriptor, Reading, Token, Welcome, error_code,
+    Ack, Batch, Command, CommandArg, CommandResult, Config, ConfigResult, DeviceFrame, ErrorFrame,
+    Hello, HubFrame, MetricDescriptor, Reading, Token, Welcome, error_code,
 };
 
 const DOC: &str = include_str!("../../docs/protocol.md");
@@ -80,6 +80,21 @@ fn expected() -> Vec<(&'static str, Frame)> {
                     name: "interval_ms".into(),
                     value: "500".into(),
                 }],
+            })),
+        ),
+        (
+            "config",
+            Frame::Hub(HubFrame::Config(Config {
+                version: 3,
+                json: r#"{"sample_interval_ms":5000}"#.into(),
+            })),
+        ),
+        (
+            "config_result",
+            Frame::Device(DeviceFrame::ConfigResult(ConfigResult {
+                version: 3,
+                ok: false,
+                detail: "unknown key: colour".into(),
             })),
         ),
         (

@@ -60,11 +60,11 @@ fn an_empty_message_is_truncated() {
 #[test]
 fn unknown_variants_are_malformed() {
     assert!(matches!(
-        DeviceFrame::decode(&[3, 0]),
+        DeviceFrame::decode(&[4, 0]),
         Err(DecodeError::Malformed(_))
     ));
     assert!(matches!(
-        HubFrame::decode(&[5, 0]),
+        HubFrame::decode(&[6, 0]),
         Err(DecodeError::Malformed(_))
     ));
 }
@@ -297,5 +297,24 @@ fn control_characters_are_refused_in_units_models_and_firmware() {
     assert_eq!(
         DeviceFrame::decode(&DeviceFrame::Hello(bad_model).encode()),
         Err(DecodeError::BadCharacter { field: "firmware" })
+    );
+}
+
+#[test]
+fn a_config_must_be_a_json_object_within_its_limit() {
+    use protocol::{Config, limits::MAX_CONFIG_BYTES};
+    let frame = |json: String| HubFrame::Config(Config { version: 1, json });
+    assert!(frame(r#"{"a":1}"#.into()).validate().is_ok());
+    assert!(matches!(
+        frame("[1,2]".into()).validate(),
+        Err(DecodeError::Malformed(_))
+    ));
+    let long = format!(r#"{{"a":"{}"}}"#, "x".repeat(MAX_CONFIG_BYTES));
+    assert_eq!(
+        frame(long).validate(),
+        Err(DecodeError::TooLong {
+            field: "config",
+            limit: MAX_CONFIG_BYTES
+        })
     );
 }

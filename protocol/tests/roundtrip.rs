@@ -4,8 +4,8 @@ use proptest::collection::{btree_set, vec};
 use proptest::prelude::*;
 use protocol::limits::MAX_SEQ;
 use protocol::{
-    Ack, Batch, Command, CommandArg, CommandResult, DeviceFrame, ErrorFrame, Hello, HubFrame,
-    MetricDescriptor, Reading, Token, Welcome,
+    Ack, Batch, Command, CommandArg, CommandResult, Config, ConfigResult, DeviceFrame, ErrorFrame,
+    Hello, HubFrame, MetricDescriptor, Reading, Token, Welcome,
 };
 
 fn device_id() -> impl Strategy<Value = String> {
@@ -74,6 +74,13 @@ fn device_frame() -> impl Strategy<Value = DeviceFrame> {
         (any::<u64>(), any::<bool>(), text()).prop_map(|(id, ok, detail)| {
             DeviceFrame::CommandResult(CommandResult { id, ok, detail })
         }),
+        (any::<u64>(), any::<bool>(), text()).prop_map(|(version, ok, detail)| {
+            DeviceFrame::ConfigResult(ConfigResult {
+                version,
+                ok,
+                detail,
+            })
+        }),
     ]
 }
 
@@ -95,6 +102,12 @@ fn hub_frame() -> impl Strategy<Value = HubFrame> {
         (any::<u16>(), text())
             .prop_map(|(code, message)| HubFrame::Error(ErrorFrame { code, message })),
         "[0-9a-f]{1,64}".prop_map(|token| HubFrame::Token(Token { token })),
+        (any::<u64>(), "[a-z_]{1,20}", any::<i64>()).prop_map(|(version, key, value)| {
+            HubFrame::Config(Config {
+                version,
+                json: format!("{{\"{key}\":{value}}}"),
+            })
+        }),
     ]
 }
 
