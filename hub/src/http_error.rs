@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::configuration::ConfigError;
 use crate::store::StoreError;
 
 /// An HTTP error answer.
@@ -106,6 +107,25 @@ impl From<StoreError> for ApiError {
             "storage_unavailable",
             "the hub cannot read its storage right now",
         )
+    }
+}
+
+/// A configuration change refused: 400 naming where, 412 for a version
+/// that is not the stored one, 503 when it could not be stored.
+impl From<ConfigError> for ApiError {
+    fn from(err: ConfigError) -> Self {
+        let message = err.to_string();
+        match err {
+            ConfigError::Refused(refused) => ApiError::bad_field(&refused.path, message),
+            ConfigError::Conflict { .. } => {
+                ApiError::new(StatusCode::PRECONDITION_FAILED, "version_mismatch", message)
+            }
+            ConfigError::Busy => ApiError::new(StatusCode::CONFLICT, "busy", message),
+            ConfigError::Store(err) => err.into(),
+            ConfigError::Write(_) | ConfigError::Stream(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_stored", message)
+            }
+        }
     }
 }
 

@@ -45,6 +45,8 @@
 //!   JetStream stream shared by every hub, and each hub stores the stream
 //!   in order through its writer, at the positions the stream's sequences
 //!   name; [`cluster`]: presence and commands across the hubs.
+//! * [`configuration`]: each device's desired and reported configuration,
+//!   stored as events like the rest and sent to the device by its session.
 
 pub mod access;
 pub mod admission;
@@ -55,6 +57,7 @@ pub mod bridge;
 pub mod cli;
 pub mod cluster;
 pub mod commits;
+pub mod configuration;
 pub mod demo;
 #[cfg(test)]
 mod fixtures;

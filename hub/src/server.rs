@@ -28,6 +28,7 @@ use crate::api::{self, access::Gate};
 use crate::bridge::{self, Bridge};
 use crate::cluster::Cluster;
 use crate::commits::{Consumers, InlineConsumer, RetentionCutoff};
+use crate::configuration;
 use crate::http_error::ApiError;
 use crate::ingest::registry::Registry;
 use crate::ingest::{self, Ingest, session};
@@ -112,6 +113,8 @@ struct AppState {
     alerts: Alerts,
     /// Where the admin API writes.
     admin: api::admin::Admin,
+    /// Devices' configurations.
+    configs: configuration::Configs,
     /// The hub-wide stop: live streams watch it.
     shutdown: CancellationToken,
 }
@@ -188,9 +191,15 @@ impl Hub {
         };
         let alert_head = consumers.head();
         let (feed, alert_queue) = alerts::feed::Feed::new(consumers.head());
+        let registry = Registry::default();
+        let config_index = configuration::Index::load(&store)
+            .await
+            .context("reading the devices' configurations")?;
+        let nudge = configuration::Nudge::new(registry.clone(), Arc::clone(&config_index));
         let consumers = consumers
             .with_inline(Arc::clone(&live) as Arc<dyn InlineConsumer>)
-            .with_inline(Arc::new(feed) as Arc<dyn InlineConsumer>);
+            .with_inline(Arc::new(feed) as Arc<dyn InlineConsumer>)
+            .with_inline(Arc::new(nudge) as Arc<dyn InlineConsumer>);
         let writer_stop = CancellationToken::new();
         let (writer_handle, writer) = writer
             .spawn(Arc::clone(&counters), consumers, writer_stop.clone())
@@ -227,19 +236,25 @@ impl Hub {
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
         let shutdown = CancellationToken::new();
-        let registry = Registry::default();
         let writer_health = writer_handle.health().clone();
         let sessions = Arc::new(session::Context {
             store: store.clone(),
             admission: Admission::new(store.clone(), writer_handle.clone(), names),
-            writer: writer_handle,
+            writer: writer_handle.clone(),
             registry: registry.clone(),
             counters: Arc::clone(&counters),
             timing: settings.timing,
             limits: settings.device_limits,
             journal: journal.as_ref().map(|(journal, _)| journal.clone()),
+            configs: configuration::Configs::new(
+                store.clone(),
+                writer_handle.clone(),
+                journal.as_ref().map(|(journal, _)| journal.clone()),
+                config_index,
+            ),
             shutdown: shutdown.clone(),
         });
+        let configs = sessions.configs.clone();
         let admin = api::admin::Admin {
             writer: sessions.writer.clone(),
             store: store.clone(),
@@ -270,6 +285,7 @@ impl Hub {
             cluster: journal.as_ref().map(|(journal, _)| journal.status()),
             alerts,
             admin,
+            configs,
             shutdown,
         };
         Ok(Hub {
@@ -512,6 +528,19 @@ fn router(state: AppState) -> Router {
             axum::routing::delete(api::alerts::remove_rule),
         )
         .route("/v1/alerts", get(api::alerts::alerts))
+        .route(
+            "/v1/devices/{id}/config",
+            get(api::config::get_config)
+                .put(api::config::put_config)
+                .patch(api::config::patch_config)
+                .layer(DefaultBodyLimit::max(api::config::MAX_BODY_BYTES)),
+        )
+        .route(
+            "/v1/groups/{group}/config",
+            axum::routing::put(api::config::put_group_config)
+                .patch(api::config::patch_group_config)
+                .layer(DefaultBodyLimit::max(api::config::MAX_BODY_BYTES)),
+        )
         .route(
             "/v1/admin/devices",
             post(api::admin::add_device).layer(DefaultBodyLimit::max(api::admin::MAX_BODY_BYTES)),

@@ -657,7 +657,7 @@ impl Evaluator {
                 }
                 return Vec::new();
             }
-            EventKind::Audit(_) => return Vec::new(),
+            EventKind::Audit(_) | EventKind::Config(_) => return Vec::new(),
         };
         if !online {
             self.offline_since.insert(event.device.clone(), event.ts_ms);

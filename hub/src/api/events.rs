@@ -98,7 +98,7 @@ fn narrow(devices: &mut Option<HashSet<String>>, allowed: Vec<String>) {
 }
 
 /// The event names a subscriber may ask for.
-const TYPES: [&str; 4] = ["reading", "status", "alert", "audit"];
+const TYPES: [&str; 5] = ["reading", "status", "alert", "audit", "config"];
 
 /// `types=alert,status`: each one a known event name, nothing else (not
 /// even spaces), as the document's pattern says.

@@ -6,6 +6,7 @@ pub mod access;
 pub mod admin;
 pub mod alerts;
 pub mod commands;
+pub mod config;
 pub mod events;
 pub mod openapi;
 mod readings;

@@ -25,6 +25,7 @@ use crate::store::{PoolDurability, Store, retention};
 use crate::tls::TlsFiles;
 
 mod alert;
+mod config;
 mod key;
 
 /// A command line the checks refused: the binary exits with status 2, as
@@ -347,6 +348,10 @@ enum DeviceCommand {
         #[command(flatten)]
         db: DbArg,
     },
+    /// Show a device's configuration (desired against reported), or change
+    /// it with key=value settings, through a running hub's API: the change
+    /// is stored, then sent to the device now or when it next connects.
+    Config(config::ConfigArgs),
     /// Revoke a device: its token stops working and a running hub closes its
     /// connection within a second.
     /// With --nats-url: on every hub of the cluster.
@@ -712,6 +717,7 @@ async fn device(command: DeviceCommand) -> anyhow::Result<()> {
             }
             print_out(&format!("{}\n", groups.unwrap_or_default().join(",")))?;
         }
+        DeviceCommand::Config(args) => config::run(args).await?,
         DeviceCommand::List { json, db } => {
             let store = open(&db).await?;
             let devices = store.list_devices().await?;

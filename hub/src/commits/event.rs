@@ -39,6 +39,70 @@ pub enum EventKind {
     Alert(Box<AlertChange>),
     /// Someone did something through the API.
     Audit(Box<AuditEntry>),
+    /// The device's configuration changed: what people want it to run,
+    /// or what it answered.
+    Config(Box<ConfigChange>),
+}
+
+/// Which side of a device's configuration changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfigSide {
+    /// People changed what the device should run.
+    Desired,
+    /// The device answered a version: it runs it (`ok`), or refused it.
+    Reported,
+}
+
+/// One change of a device's configuration. A `desired` change holds the
+/// whole new configuration and who made it; it is stored only if its
+/// `version` is one above the stored one (two changes racing, on one hub
+/// or across a cluster, cannot both take a version: the loser learns it
+/// lost). A `reported` one holds the device's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigChange {
+    pub side: ConfigSide,
+    pub version: u64,
+    /// Desired: the whole configuration, a JSON object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<Value>,
+    /// Desired: who changed it (a key's name, `monitor-token`, `open`, or
+    /// `cli` for `hub device config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// Reported: whether the device runs this version now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ok: Option<bool>,
+    /// Reported: what the device said (why it refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl ConfigChange {
+    /// A new desired configuration.
+    pub fn desired(version: u64, desired: Value, by: &str) -> ConfigChange {
+        ConfigChange {
+            side: ConfigSide::Desired,
+            version,
+            desired: Some(desired),
+            by: Some(by.to_owned()),
+            ok: None,
+            detail: None,
+        }
+    }
+
+    /// A device's answer.
+    pub fn reported(version: u64, ok: bool, detail: String) -> ConfigChange {
+        ConfigChange {
+            side: ConfigSide::Reported,
+            version,
+            desired: None,
+            by: None,
+            ok: Some(ok),
+            detail: Some(detail),
+        }
+    }
 }
 
 /// One entry of the audit trail: who (a key's name, `monitor-token`, or
@@ -166,6 +230,7 @@ impl EventKind {
             EventKind::Status { .. } => "status",
             EventKind::Alert(_) => "alert",
             EventKind::Audit(_) => "audit",
+            EventKind::Config(_) => "config",
         }
     }
 
@@ -339,6 +404,25 @@ mod tests {
                 .applies(Some((50, Acknowledged)), None)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_configuration_change_reads_back_with_its_side() {
+        let desired = EventKind::Config(Box::new(ConfigChange::desired(
+            3,
+            serde_json::json!({"sample_interval_ms": 5000}),
+            "ops",
+        )));
+        let (kind, body) = desired.to_row();
+        assert_eq!(kind, "config");
+        assert_eq!(
+            body,
+            r#"{"by":"ops","desired":{"sample_interval_ms":5000},"side":"desired","version":3}"#
+        );
+        assert_eq!(EventKind::from_row(kind, &body).unwrap(), desired);
+        let reported = EventKind::Config(Box::new(ConfigChange::reported(3, false, "no".into())));
+        let (kind, body) = reported.to_row();
+        assert_eq!(EventKind::from_row(kind, &body).unwrap(), reported);
     }
 
     #[test]

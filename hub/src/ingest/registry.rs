@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use protocol::{Command, CommandResult};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 
 pub use super::outcome::{COMMAND_QUEUE, CommandOutcome};
 
@@ -66,6 +66,10 @@ struct Entry {
     /// Boxed: tokio allocates a channel's first block of 32 slots up front,
     /// and 32 unboxed commands would cost every idle device 2 KiB.
     commands: mpsc::Sender<Box<PendingCommand>>,
+    /// Told when the device's desired configuration changed. A `Notify`
+    /// keeps one wake-up for a session busy elsewhere, so changes coalesce
+    /// and none is missed: the session reads the latest from storage.
+    config: Arc<Notify>,
 }
 
 #[derive(Debug, Default)]
@@ -82,6 +86,8 @@ pub struct Inbox {
     pub kicked: oneshot::Receiver<Kick>,
     /// Commands for the device.
     pub commands: mpsc::Receiver<Box<PendingCommand>>,
+    /// Wakes when the device's desired configuration changed.
+    pub config: Arc<Notify>,
 }
 
 /// The other hubs of a cluster, as the registry sees them: which devices
@@ -142,6 +148,7 @@ impl Registry {
     pub fn register(&self, device_id: &str) -> (Presence, Inbox) {
         let (kick, kicked) = oneshot::channel();
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
+        let config = Arc::new(Notify::new());
         let mut inner = self.lock();
         inner.next_session += 1;
         let session = inner.next_session;
@@ -149,6 +156,7 @@ impl Registry {
             session,
             kick,
             commands: commands_tx,
+            config: Arc::clone(&config),
         };
         if let Some(old) = inner.live.insert(device_id.to_owned(), entry) {
             let _ = old.kick.send(Kick::Replaced);
@@ -158,7 +166,14 @@ impl Registry {
             device_id: device_id.to_owned(),
             session,
         };
-        (presence, Inbox { kicked, commands })
+        (
+            presence,
+            Inbox {
+                kicked,
+                commands,
+                config,
+            },
+        )
     }
 
     /// Queues a command for the device's live session; the result arrives on
@@ -186,6 +201,14 @@ impl Registry {
             mpsc::error::TrySendError::Closed(_) => CommandRefused::Offline,
         })?;
         Ok((id, result))
+    }
+
+    /// Tells the device's session, if it has one here, that its desired
+    /// configuration changed.
+    pub fn config_changed(&self, device_id: &str) {
+        if let Some(entry) = self.lock().live.get(device_id) {
+            entry.config.notify_one();
+        }
     }
 
     /// Tells the device's session, if any, to end. Returns whether there was one.

@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use protocol::{
-    CommandResult, DeviceFrame, ErrorFrame, HubFrame, PROTOCOL_VERSION, Welcome, error_code, limits,
+    CommandResult, ConfigResult, DeviceFrame, ErrorFrame, HubFrame, PROTOCOL_VERSION, Welcome,
+    error_code, limits,
 };
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -26,6 +27,8 @@ use super::registry::{COMMAND_QUEUE, Change, Kick, PendingCommand, Presence, Reg
 use super::state::{BatchStream, Budget, KeyAnswer, Violation, check_hello, enrolled, key_answer};
 use crate::admission::{Admission, AdmitError};
 use crate::auth;
+use crate::configuration::Configs;
+use crate::configuration::delivery::{self, Due};
 use crate::journal::access::AccessEntry;
 use crate::journal::provision::DeviceChange;
 use crate::journal::{Journal, JournalError};
@@ -82,6 +85,8 @@ pub struct Context {
     pub limits: Limits,
     /// In cluster mode: batches go to the stream, not to the writer.
     pub journal: Option<Journal>,
+    /// Devices' configurations: what to send, where answers go.
+    pub configs: Configs,
     pub shutdown: CancellationToken,
 }
 
@@ -300,6 +305,10 @@ struct Established {
     presence: Presence,
     kicked: oneshot::Receiver<Kick>,
     commands: mpsc::Receiver<Box<PendingCommand>>,
+    /// Wakes when the device's desired configuration changed.
+    config: Arc<Notify>,
+    /// The configuration version this connection was sent last.
+    config_sent: Option<u64>,
     stream: BatchStream,
     budget: Budget,
     /// What the device said it is: in cluster mode, part of every entry.
@@ -391,6 +400,8 @@ async fn handshake(
         presence,
         kicked: inbox.kicked,
         commands: inbox.commands,
+        config: inbox.config,
+        config_sent: None,
         stream: BatchStream::new(metric_rows, last_seq),
         budget,
         hello,
@@ -539,6 +550,12 @@ impl Established {
             Instant::now() + ctx.timing.ping_interval,
             ctx.timing.ping_interval,
         );
+        // Right after Welcome: the latest configuration the device has not
+        // answered, if there is one.
+        if let Err(ending) = self.offer_config(socket, ctx).await {
+            return ending;
+        }
+        let config = Arc::clone(&self.config);
         let ending = loop {
             if flow.awaiting.len() >= COMMAND_QUEUE {
                 // Callers that gave up waiting free their slots.
@@ -564,6 +581,7 @@ impl Established {
                     flow.awaiting.insert(command.id, reply);
                     send(socket, &HubFrame::Command(command)).await.map_err(|_| Ending::gone())
                 }
+                () = config.notified() => self.offer_config(socket, ctx).await,
                 incoming = next_incoming(socket, &ctx.counters), if flow.reading() => {
                     flow.last_heard = Instant::now();
                     self.on_incoming(incoming, &mut flow, &destination, ctx).await
@@ -627,10 +645,78 @@ impl Established {
                 }
                 Ok(())
             }
+            Incoming::Frame(DeviceFrame::ConfigResult(result)) => {
+                self.budget
+                    .spend(0, Instant::now())
+                    .map_err(Ending::rate_limited)?;
+                self.config_answered(result, ctx).await;
+                Ok(())
+            }
             Incoming::Frame(DeviceFrame::Hello(_)) => Err(Ending::violation(Violation {
                 code: error_code::UNEXPECTED_FRAME,
                 message: "Hello may only be sent once per connection".into(),
             })),
+        }
+    }
+}
+
+impl Established {
+    /// Sends the device its desired configuration if it is due
+    /// ([`delivery::due`]). Storage trouble here costs the device only
+    /// this offer: the next change or connection offers again.
+    async fn offer_config(&mut self, socket: &mut WebSocket, ctx: &Context) -> Result<(), Ending> {
+        let row = self.credentials.row;
+        if !ctx.configs.has(row) {
+            return Ok(());
+        }
+        let standing = match ctx.configs.standing(row).await {
+            Ok(Some(standing)) => standing,
+            Ok(None) => return Ok(()),
+            Err(err) => {
+                tracing::warn!(error = %err, "the device's configuration could not be read");
+                return Ok(());
+            }
+        };
+        let protocol = self.hello.version;
+        match delivery::due(&standing, protocol, self.config_sent) {
+            Due::Nothing => Ok(()),
+            Due::Unsupported => {
+                tracing::info!(protocol, "the device's protocol has no configuration");
+                ctx.configs
+                    .delivered(row, standing.desired_version, protocol);
+                Ok(())
+            }
+            Due::Send(version) => {
+                let frame = HubFrame::Config(protocol::Config {
+                    version,
+                    json: standing.desired,
+                });
+                send(socket, &frame).await.map_err(|_| Ending::gone())?;
+                tracing::info!(version, "configuration sent");
+                self.config_sent = Some(version);
+                ctx.configs.delivered(row, version, protocol);
+                Ok(())
+            }
+        }
+    }
+
+    /// Stores the device's answer to a configuration. One storage refuses
+    /// is logged: the device is sent the version again at its next
+    /// connection and answers again.
+    async fn config_answered(&self, result: ConfigResult, ctx: &Context) {
+        tracing::info!(version = result.version, ok = result.ok, detail = %result.detail, "configuration answered");
+        let stored = ctx
+            .configs
+            .reported(
+                self.credentials.row,
+                &self.credentials.device_id,
+                result.version,
+                result.ok,
+                result.detail,
+            )
+            .await;
+        if let Err(err) = stored {
+            tracing::warn!(error = %err, "the device's answer to its configuration was not stored");
         }
     }
 }

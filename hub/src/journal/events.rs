@@ -47,6 +47,24 @@ impl Journal {
         Ok(ack.sequence)
     }
 
+    /// Appends an event of `device` and waits until this hub's applier has
+    /// stored (or, for a change that does not apply, skipped) it: how a
+    /// configuration change made here is answered only once this hub holds
+    /// what every hub will. Answers the entry's sequence.
+    ///
+    /// # Errors
+    /// The stream did not take it.
+    pub async fn append_event_applied(
+        &self,
+        device: &str,
+        ts_ms: i64,
+        event: EventKind,
+    ) -> Result<u64, async_nats::Error> {
+        let sequence = self.append_event(device, ts_ms, event, None).await?;
+        self.status.until_applied(sequence).await;
+        Ok(sequence)
+    }
+
     fn event_subject(&self, device: &str) -> String {
         format!("{}.events.{device}", self.settings.stream)
     }

@@ -11,6 +11,7 @@ pub mod alerts;
 pub mod blocks;
 pub mod buckets;
 pub mod compaction;
+pub mod configuration;
 pub mod devices;
 pub mod lock;
 pub mod query;

@@ -8,8 +8,8 @@ use std::collections::{HashMap, HashSet};
 use rusqlite::{Transaction, TransactionBehavior};
 
 use super::jobs::{Dedupe, EventRecord, Job, Registration, WriteRequest};
-use super::{Writer, rollup, statements};
-use crate::commits::{Commit, Committed, Event, Position};
+use super::{Writer, configuration, rollup, statements};
+use crate::commits::{Commit, Committed, Event, EventKind, Position};
 use crate::store::now_ms;
 
 impl Writer {
@@ -49,7 +49,7 @@ impl Writer {
                     };
                     placing.place(&tx, request, last, &mut committed.readings)?;
                 }
-                Job::Record(record) => placing.place_events(record, &mut committed.events),
+                Job::Record(record) => placing.place_events(&tx, record, &mut committed.events)?,
                 Job::Register(_) | Job::Retain(_) | Job::Compact(_) | Job::Stop => {}
             }
         }
@@ -103,6 +103,15 @@ fn register(tx: &Transaction, registration: &mut Registration) -> rusqlite::Resu
         }
         Registration::Access { change, reply } => {
             reply.wrote(statements::change_access(tx, change)?);
+        }
+        Registration::ConfigDelivered {
+            device_row,
+            version,
+            protocol,
+            reply,
+        } => {
+            configuration::delivered(tx, *device_row, *version, *protocol, now_ms())?;
+            reply.wrote(());
         }
     }
     Ok(())
@@ -161,15 +170,28 @@ impl Placing {
     }
 
     /// Places each event at the next position, or at its own (a journal
-    /// entry's) unless that one is behind: stored before.
-    fn place_events(&mut self, record: &mut EventRecord, events: &mut Vec<Event>) {
+    /// entry's) unless that one is behind: stored before. A configuration
+    /// change that does not apply to where its device stands (a version
+    /// another change took) is not placed either.
+    fn place_events(
+        &mut self,
+        tx: &Transaction,
+        record: &mut EventRecord,
+        events: &mut Vec<Event>,
+    ) -> rusqlite::Result<()> {
         let mut placed = Vec::with_capacity(record.events.len());
         for (event, at) in &record.events {
+            if at.is_some_and(|at| at < self.pos) {
+                placed.push(None);
+                continue;
+            }
+            if let (EventKind::Config(change), Some(device_row)) = (&event.kind, event.device_row)
+                && !configuration::apply(tx, device_row, change, event.ts_ms)?
+            {
+                placed.push(None);
+                continue;
+            }
             if let Some(at) = *at {
-                if at < self.pos {
-                    placed.push(None);
-                    continue;
-                }
                 self.pos = at;
             }
             events.push(Event {
@@ -180,6 +202,7 @@ impl Placing {
             self.pos += 1;
         }
         record.reply.wrote(placed);
+        Ok(())
     }
 
     fn push(&mut self, committed: &mut Vec<Committed>, sample: crate::commits::Sample) {

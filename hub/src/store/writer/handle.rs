@@ -287,6 +287,41 @@ impl WriterHandle {
         Ok(stored.into_iter().next().flatten())
     }
 
+    /// Stores a configuration change of a device at the next position, or
+    /// answers `None` when it does not apply to where the device stands (a
+    /// desired version another change took first, an answer to a version
+    /// never desired).
+    ///
+    /// # Errors
+    /// The writer has stopped, or the commit failed.
+    pub async fn record_config(&self, event: NewEvent) -> Result<Option<Position>, WriteError> {
+        let events = vec![(event, None)];
+        let stored = self
+            .ask(|reply| Job::Record(EventRecord { events, reply }))
+            .await?;
+        Ok(stored.into_iter().next().flatten())
+    }
+
+    /// Notes that this hub sent a device its desired configuration
+    /// `version` (or could not, below the configuration's protocol).
+    ///
+    /// # Errors
+    /// The writer has stopped, or the commit failed.
+    pub async fn config_delivered(
+        &self,
+        device_row: i64,
+        version: u64,
+        protocol: u16,
+    ) -> Result<(), WriteError> {
+        self.register(|reply| Registration::ConfigDelivered {
+            device_row,
+            version,
+            protocol,
+            reply,
+        })
+        .await
+    }
+
     async fn register<T>(
         &self,
         job: impl FnOnce(Reply<T>) -> Registration,

@@ -168,6 +168,15 @@ pub(super) enum Registration {
         change: AccessChange,
         reply: Reply<bool>,
     },
+    /// This hub sent the device the desired configuration `version` on a
+    /// connection of protocol `protocol` (or, below the configuration's
+    /// protocol, could not): its own bookkeeping of delivery.
+    ConfigDelivered {
+        device_row: i64,
+        version: u64,
+        protocol: u16,
+        reply: Reply<()>,
+    },
 }
 
 /// A change to `api_keys`, `device_groups` or a device's name, from the
@@ -225,7 +234,9 @@ impl Registration {
             Registration::Rule { reply, .. } | Registration::Access { reply, .. } => {
                 reply.settle(failure);
             }
-            Registration::Provision { reply, .. } | Registration::State { reply, .. } => {
+            Registration::Provision { reply, .. }
+            | Registration::State { reply, .. }
+            | Registration::ConfigDelivered { reply, .. } => {
                 reply.settle(failure);
             }
         }

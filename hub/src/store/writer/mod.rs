@@ -28,6 +28,7 @@
 //! starts the next commit.
 
 mod commit;
+mod configuration;
 mod file;
 mod handle;
 mod health;

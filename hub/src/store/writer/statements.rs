@@ -415,7 +415,7 @@ pub(super) fn delete_old_events(
     let positions = tx
         .prepare_cached(
             "DELETE FROM events WHERE pos IN (
-                 SELECT pos FROM events WHERE ts_ms < ? AND kind NOT IN ('alert', 'audit') LIMIT ?)
+                 SELECT pos FROM events WHERE ts_ms < ? AND kind NOT IN ('alert', 'audit', 'config') LIMIT ?)
              RETURNING pos",
         )?
         .query_map(
