@@ -167,6 +167,35 @@ async fn every_endpoint_answers_each_role_and_scope_as_documented() {
                     2,
                     if scoped { 403 } else { 404 },
                 ),
+                (
+                    "GET",
+                    format!("/v1/devices/{device}/config"),
+                    None,
+                    0,
+                    if hidden { 404 } else { 200 },
+                ),
+                (
+                    "PATCH",
+                    format!("/v1/devices/{device}/config"),
+                    Some(json!({"sample_interval_ms": 5000}).to_string()),
+                    1,
+                    if hidden { 404 } else { 200 },
+                ),
+                (
+                    "PUT",
+                    format!("/v1/devices/{device}/config"),
+                    Some(json!({"sample_interval_ms": 2000}).to_string()),
+                    1,
+                    if hidden { 404 } else { 200 },
+                ),
+                // A scoped key reaches the group's devices it sees.
+                (
+                    "PATCH",
+                    "/v1/groups/floor-2/config".into(),
+                    Some(json!({"batch": 5}).to_string()),
+                    1,
+                    200,
+                ),
                 ("POST", "/v1/admin/devices".into(), Some(new_device), 2, 201),
                 (
                     "PATCH",
