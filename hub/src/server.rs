@@ -195,7 +195,8 @@ impl Hub {
         let config_index = configuration::Index::load(&store)
             .await
             .context("reading the devices' configurations")?;
-        let nudge = configuration::Nudge::new(registry.clone(), Arc::clone(&config_index));
+        let nudge =
+            configuration::Nudge::new(Arc::new(registry.clone()), Arc::clone(&config_index));
         let consumers = consumers
             .with_inline(Arc::clone(&live) as Arc<dyn InlineConsumer>)
             .with_inline(Arc::new(feed) as Arc<dyn InlineConsumer>)

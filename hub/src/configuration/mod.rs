@@ -24,7 +24,6 @@ use serde_json::{Map, Value};
 
 use crate::commits::event::{ConfigChange, ConfigSide};
 use crate::commits::{Commit, EventKind, InlineConsumer, NewEvent};
-use crate::ingest::registry::Registry;
 use crate::journal::{Journal, first_position};
 use crate::store::configuration::ConfigRow;
 use crate::store::writer::{WriteError, WriterHandle};
@@ -282,18 +281,26 @@ impl Configs {
     }
 }
 
+/// Where a device connected to this hub is told that its desired
+/// configuration changed: the sessions' registry (which implements it, so
+/// this module needs nothing of ingest).
+pub trait Sessions: Send + Sync + std::fmt::Debug {
+    /// Wakes the device's session, if it has one here; never waits.
+    fn config_changed(&self, device_id: &str);
+}
+
 /// The in-line consumer that tells a connected device's session that its
 /// desired configuration changed (a nudge: the session reads storage), and
 /// keeps the index of configured devices. Never waits.
 #[derive(Debug)]
 pub struct Nudge {
-    registry: Registry,
+    sessions: Arc<dyn Sessions>,
     index: Arc<Index>,
 }
 
 impl Nudge {
-    pub fn new(registry: Registry, index: Arc<Index>) -> Self {
-        Nudge { registry, index }
+    pub fn new(sessions: Arc<dyn Sessions>, index: Arc<Index>) -> Self {
+        Nudge { sessions, index }
     }
 }
 
@@ -306,7 +313,7 @@ impl InlineConsumer for Nudge {
                 if let Some(row) = event.event.device_row {
                     self.index.insert(row);
                 }
-                self.registry.config_changed(&event.event.device);
+                self.sessions.config_changed(&event.event.device);
             }
         }
     }

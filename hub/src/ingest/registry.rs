@@ -129,6 +129,14 @@ impl Default for Registry {
     }
 }
 
+impl crate::configuration::Sessions for Registry {
+    fn config_changed(&self, device_id: &str) {
+        if let Some(entry) = self.lock().live.get(device_id) {
+            entry.config.notify_one();
+        }
+    }
+}
+
 /// A session's place in the registry; dropping it removes the entry (unless
 /// a newer session of the device has replaced it already).
 #[derive(Debug)]
@@ -201,14 +209,6 @@ impl Registry {
             mpsc::error::TrySendError::Closed(_) => CommandRefused::Offline,
         })?;
         Ok((id, result))
-    }
-
-    /// Tells the device's session, if it has one here, that its desired
-    /// configuration changed.
-    pub fn config_changed(&self, device_id: &str) {
-        if let Some(entry) = self.lock().live.get(device_id) {
-            entry.config.notify_one();
-        }
     }
 
     /// Tells the device's session, if any, to end. Returns whether there was one.
