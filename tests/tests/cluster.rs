@@ -909,3 +909,85 @@ async fn keys_and_groups_made_on_one_hub_work_on_every_hub() {
     assert!(revoked.status.success());
     until_answers(&b, &admin, "/v1/devices", 401).await;
 }
+
+/// A device's configuration as `hub` holds it, once its `state` is `state`.
+async fn config_standing(hub: &TestHub, device: &str, state: &str) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + 2 * PATIENCE;
+    loop {
+        let (_, body) = hub.get(&format!("/v1/devices/{device}/config")).await.unwrap();
+        let config: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if config["state"] == state {
+            return config;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{config}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn put_config(hub: &TestHub, device: &str, body: &str, version: &str) -> u16 {
+    let headers = [("If-Match", version)];
+    testkit::http::request(
+        &hub.addr,
+        "PUT",
+        &format!("/v1/devices/{device}/config"),
+        &headers,
+        Some(body),
+    )
+    .await
+    .unwrap()
+    .0
+}
+
+#[tokio::test]
+async fn a_configuration_changed_on_one_hub_reaches_its_device_on_another_after_the_first_is_killed()
+{
+    let nats = NatsServer::start().await.unwrap();
+    let url = nats.url();
+    let (a, b) = (member(&url, "a", &[]).await, member(&url, "b", &[]).await);
+    let mut tokens = Vec::new();
+    for id in ["cfg-1", "cfg-2"] {
+        let added = provision(&url, &["device", "add", id]).await;
+        assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+        tokens.push(String::from_utf8(added.stdout).unwrap().trim().to_owned());
+    }
+    // Known to both hubs before it is configured.
+    drop(connect_when_known(&a, &tokens[0]).await);
+    drop(connect_when_known(&b, &tokens[0]).await);
+    drop(connect_when_known(&a, &tokens[1]).await);
+    drop(connect_when_known(&b, &tokens[1]).await);
+
+    // Racing across hubs: one version 1 for the cluster.
+    let body = r#"{"sample_interval_ms": 500}"#;
+    let (on_a, on_b) = tokio::join!(
+        put_config(&a, "cfg-2", body, "\"0\""),
+        put_config(&b, "cfg-2", r#"{"sample_interval_ms": 900}"#, "\"0\"")
+    );
+    let mut statuses = [on_a, on_b];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 412]);
+
+    // Changed on A while the device is away; A is killed before delivery.
+    assert_eq!(put_config(&a, "cfg-1", body, "\"0\"").await, 200);
+    drop(a.kill().await.unwrap());
+    let mut device = connect_when_known(&b, &tokens[0]).await;
+    device.hello("cfg-1").await.unwrap();
+    let HubFrame::Config(config) = device.recv().await.unwrap() else {
+        panic!("B sends the configuration A took");
+    };
+    assert_eq!(config.version, 1);
+    assert_eq!(config.json, r#"{"sample_interval_ms":500}"#);
+    device
+        .send(&DeviceFrame::ConfigResult(protocol::ConfigResult {
+            version: 1,
+            ok: true,
+            detail: "ok".into(),
+        }))
+        .await
+        .unwrap();
+    let standing = config_standing(&b, "cfg-1", "applied").await;
+    assert_eq!(standing["reported"]["version"], 1);
+    // The race's winner stands on B as it did on A.
+    let (_, raced) = b.get("/v1/devices/cfg-2/config").await.unwrap();
+    let raced: serde_json::Value = serde_json::from_str(&raced).unwrap();
+    assert_eq!(raced["version"], 1, "{raced}");
+}
