@@ -387,6 +387,7 @@ impl Hub {
                 admission: state.ingest.sessions.admission.clone(),
                 writer: state.ingest.sessions.writer.clone(),
                 registry: state.registry.clone(),
+                configs: state.configs.clone(),
             };
             tracker.spawn(bridge.run(parts, cancel.clone()));
         }

@@ -1079,3 +1079,64 @@ async fn alerts_are_retained_per_rule_with_a_problem_sensor_and_outlive_a_broker
     assert_eq!(config["state_topic"], topic);
     assert_eq!(config["device"]["identifiers"][0], "telemetry__freezer-1");
 }
+
+#[tokio::test]
+async fn configuration_changes_from_mqtt_reach_the_device_and_its_standing_is_retained() {
+    let broker = Mosquitto::start_with(Options::default()).await.unwrap();
+    let url = bridged(&broker);
+    let hub = TestHub::start(&["--provision-key", "k", "--mqtt-url", &url])
+        .await
+        .unwrap();
+    let run = tokio::spawn(fleet::run(fleet_of(&hub, 1, 1_000_000)));
+    let results = subscribe(
+        broker.port,
+        "cfg-results",
+        "telemetry/+/config/set/result",
+        false,
+    )
+    .await;
+    hub.until_online("sim-1").await.unwrap();
+
+    let (topic, changed) = ask(
+        &results,
+        broker.port,
+        "telemetry/sim-1/config/set",
+        r#"{"sample_interval_ms": 250}"#,
+    )
+    .await;
+    assert_eq!(topic, "telemetry/sim-1/config/set/result");
+    assert_eq!(changed, serde_json::json!({"ok": true, "version": 1}));
+    let (_, bad) = ask(&results, broker.port, "telemetry/sim-1/config/set", "[1]").await;
+    assert_eq!(bad["ok"], false);
+    assert_eq!(bad["error"], "bad_config", "{bad}");
+    let (_, unknown) = ask(&results, broker.port, "telemetry/nobody/config/set", "{}").await;
+    assert_eq!(unknown["error"], "unknown_device", "{unknown}");
+
+    // The standing, retained: a subscriber that comes later reads it as the
+    // device applied it.
+    let deadline = tokio::time::Instant::now() + 2 * e2e::PATIENCE;
+    loop {
+        let later = subscribe(broker.port, "cfg-later", "telemetry/sim-1/config", false).await;
+        let applied = later
+            .holds(Duration::from_millis(500), |seen| {
+                seen.iter().any(|(_, payload, retained)| {
+                    *retained && payload.contains(r#""state":"applied""#)
+                })
+            })
+            .await;
+        if applied {
+            let standing = last_json(&later, "telemetry/sim-1/config");
+            assert_eq!(standing["version"], 1);
+            assert_eq!(standing["desired"]["sample_interval_ms"], 250);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never retained as applied"
+        );
+    }
+    // In the history as MQTT's.
+    let (_, config) = hub.get("/v1/devices/sim-1/config").await.unwrap();
+    assert!(config.contains(r#""desired_by":"mqtt""#), "{config}");
+    run.abort();
+}

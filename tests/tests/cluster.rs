@@ -914,7 +914,10 @@ async fn keys_and_groups_made_on_one_hub_work_on_every_hub() {
 async fn config_standing(hub: &TestHub, device: &str, state: &str) -> serde_json::Value {
     let deadline = tokio::time::Instant::now() + 2 * PATIENCE;
     loop {
-        let (_, body) = hub.get(&format!("/v1/devices/{device}/config")).await.unwrap();
+        let (_, body) = hub
+            .get(&format!("/v1/devices/{device}/config"))
+            .await
+            .unwrap();
         let config: serde_json::Value = serde_json::from_str(&body).unwrap();
         if config["state"] == state {
             return config;
@@ -940,14 +943,18 @@ async fn put_config(hub: &TestHub, device: &str, body: &str, version: &str) -> u
 
 #[tokio::test]
 async fn a_configuration_changed_on_one_hub_reaches_its_device_on_another_after_the_first_is_killed()
-{
+ {
     let nats = NatsServer::start().await.unwrap();
     let url = nats.url();
     let (a, b) = (member(&url, "a", &[]).await, member(&url, "b", &[]).await);
     let mut tokens = Vec::new();
     for id in ["cfg-1", "cfg-2"] {
         let added = provision(&url, &["device", "add", id]).await;
-        assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+        assert!(
+            added.status.success(),
+            "{}",
+            String::from_utf8_lossy(&added.stderr)
+        );
         tokens.push(String::from_utf8(added.stdout).unwrap().trim().to_owned());
     }
     // Known to both hubs before it is configured.

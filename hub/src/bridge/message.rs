@@ -60,6 +60,29 @@ pub fn command_result_topic(prefix: &str, device: &str) -> String {
     format!("{prefix}/{device}/cmd/result")
 }
 
+/// `{prefix}/{device}/config`: where the device's configuration stands
+/// (`GET /v1/devices/{id}/config`'s JSON), retained.
+pub fn config_topic(prefix: &str, device: &str) -> String {
+    format!("{prefix}/{}/config", level(device))
+}
+
+/// `{prefix}/+/config/set`: where configuration changes come in.
+pub fn config_set_filter(prefix: &str) -> String {
+    format!("{prefix}/+/config/set")
+}
+
+/// The device a `{prefix}/{device}/config/set` topic is for.
+pub fn config_set_device<'t>(prefix: &str, topic: &'t str) -> Option<&'t str> {
+    let rest = topic.strip_prefix(prefix)?.strip_prefix('/')?;
+    let device = rest.strip_suffix("/config/set")?;
+    (!device.is_empty() && !device.contains('/')).then_some(device)
+}
+
+/// `{prefix}/{device}/config/set/result`: how a change went.
+pub fn config_result_topic(prefix: &str, device: &str) -> String {
+    format!("{prefix}/{device}/config/set/result")
+}
+
 /// `{prefix}/hub/{hub id}/status`: `online` while connected, the last will
 /// `offline` otherwise; retained.
 pub fn hub_status_topic(prefix: &str, hub_id: &str) -> String {

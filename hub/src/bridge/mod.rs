@@ -11,6 +11,7 @@
 //! after the cursor.
 
 mod command;
+mod config_set;
 mod delivery;
 mod discovery;
 mod inbound;
@@ -42,7 +43,7 @@ use crate::store::{Store, StoreError};
 use delivery::Delivery;
 pub use inbound::{Settings as IngestSettings, Template};
 use message::Own;
-use news::{AlertNews, News, Owed};
+use news::{AlertNews, ConfigNews, News, Owed};
 pub use status::{Health, Status};
 
 /// Where the bridge keeps its cursor in `hub_state`.
@@ -162,6 +163,8 @@ pub struct Parts {
     pub registry: Registry,
     /// Where devices and metrics that MQTT brings are found or registered.
     pub admission: Admission,
+    /// Where configuration changes from MQTT go.
+    pub configs: crate::configuration::Configs,
 }
 
 /// A bridge ready to run: its status can be shown before it connects.
@@ -264,6 +267,7 @@ impl Bridge {
             outbox: VecDeque::new(),
             news: News::default(),
             alerts: AlertNews::default(),
+            configs: ConfigNews::default(),
             changes,
             commands: JoinSet::new(),
             head: self.head.clone(),
@@ -304,6 +308,8 @@ struct Worker {
     /// Alerts whose state is owed, noted from the alert events the pages
     /// bring and, at each connection, from storage.
     alerts: AlertNews,
+    /// Devices whose configuration's standing is owed, noted like alerts.
+    configs: ConfigNews,
     changes: broadcast::Receiver<PresenceChange>,
     /// Commands waiting for their devices; each ends as a result to publish.
     commands: JoinSet<Own>,
@@ -411,8 +417,14 @@ impl Worker {
                             );
                         }
                         for event in &read.events {
-                            if let EventKind::Alert(change) = &event.kind {
-                                self.alerts.note(&event.device, &change.rule);
+                            match &event.kind {
+                                EventKind::Alert(change) => {
+                                    self.alerts.note(&event.device, &change.rule);
+                                }
+                                EventKind::Config(_) => {
+                                    self.configs.note(&Arc::from(event.device.as_str()));
+                                }
+                                _ => {}
                             }
                         }
                         self.checked_through = self.checked_through.max(read.read_through);
@@ -471,7 +483,18 @@ impl Worker {
             let Some(own) = self.outbox.pop_front() else {
                 let Some((device, owed)) = self.news.take() else {
                     let Some((device, rule)) = self.alerts.take() else {
-                        return;
+                        let Some(device) = self.configs.take() else {
+                            return;
+                        };
+                        match self.tell_config(&device).await {
+                            Ok(message) => self.outbox.extend(message),
+                            Err(err) => {
+                                tracing::warn!(error = %err, device = %device, "the bridge cannot read a configuration; it retries");
+                                self.configs.note(&device);
+                                return;
+                            }
+                        }
+                        continue;
                     };
                     match self.tell_alert(&device, &rule).await {
                         Ok(messages) => self.outbox.extend(messages),
@@ -564,6 +587,35 @@ impl Worker {
         Ok(messages)
     }
 
+    /// The retained message of where a device's configuration stands.
+    async fn tell_config(&self, device: &str) -> Result<Option<Own>, StoreError> {
+        let prefix = &self.bridge.settings.prefix;
+        let Some((row, _)) = self.parts.store.find_device(device).await? else {
+            return Ok(None);
+        };
+        let standing = self.parts.store.config_of(row).await?;
+        let view = crate::configuration::view::view(device, standing);
+        Ok(Some(Own::retained(
+            message::config_topic(prefix, device),
+            serde_json::to_vec(&view).unwrap_or_default(),
+        )))
+    }
+
+    /// Notes every configured device's standing as owed, at each
+    /// connection, like alerts.
+    async fn note_every_config(&mut self) {
+        match self.parts.store.configured_devices().await {
+            Ok(devices) => {
+                for (_, device) in devices {
+                    self.configs.note(&Arc::from(device));
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "the bridge cannot list the configurations; their topics may be stale");
+            }
+        }
+    }
+
     /// Notes every alert's state as owed: on each connection, so the
     /// broker's retained states are never left stale by an outage.
     async fn note_every_alert(&mut self) {
@@ -611,6 +663,9 @@ impl Worker {
         let _ = current
             .client
             .try_subscribe(message::command_filter(prefix), QoS::AtMostOnce);
+        let _ = current
+            .client
+            .try_subscribe(message::config_set_filter(prefix), QoS::AtLeastOnce);
         if self.bridge.settings.discovery {
             let _ = current
                 .client
@@ -636,6 +691,7 @@ impl Worker {
         // The broker may hold stale statuses from before the outage.
         self.note_everyone(self.bridge.settings.discovery).await;
         self.note_every_alert().await;
+        self.note_every_config().await;
     }
 
     async fn on_message(&mut self, publish: Publish) {
@@ -652,6 +708,22 @@ impl Worker {
             }
             self.commands.spawn(command::answer(
                 self.parts.registry.clone(),
+                self.parts.store.clone(),
+                prefix.clone(),
+                device.to_owned(),
+                publish.payload.to_vec(),
+            ));
+        } else if let Some(device) = message::config_set_device(prefix, &publish.topic) {
+            if self.commands.len() + self.outbox.len() >= COMMANDS_WAITING {
+                self.bridge.status.commands_dropped.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    device,
+                    "too many messages from MQTT are waiting; this configuration change is dropped"
+                );
+                return;
+            }
+            self.commands.spawn(config_set::answer(
+                self.parts.configs.clone(),
                 self.parts.store.clone(),
                 prefix.clone(),
                 device.to_owned(),

@@ -117,3 +117,25 @@ mod tests {
         assert_eq!(news.take().unwrap().1.change, Change::Revoked);
     }
 }
+
+/// The devices whose configuration's standing is owed, oldest first: at
+/// most one entry each, published as storage holds it when its turn comes.
+#[derive(Debug, Default)]
+pub struct ConfigNews {
+    owed: HashSet<Arc<str>>,
+    order: VecDeque<Arc<str>>,
+}
+
+impl ConfigNews {
+    pub fn note(&mut self, device: &Arc<str>) {
+        if self.owed.insert(Arc::clone(device)) {
+            self.order.push_back(Arc::clone(device));
+        }
+    }
+
+    pub fn take(&mut self) -> Option<Arc<str>> {
+        let device = self.order.pop_front()?;
+        self.owed.remove(&device);
+        Some(device)
+    }
+}

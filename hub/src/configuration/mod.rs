@@ -12,10 +12,12 @@
 //! the latest version ([`delivery::due`]); a device that connects is sent
 //! it after `Welcome`. What the device answers is stored the same way.
 //!
-//! `document` checks what people write; `delivery` holds the pure rules.
+//! `document` checks what people write; `delivery` holds the pure rules;
+//! `view` is how a standing reads, for the API and the MQTT bridge.
 
 pub mod delivery;
 pub mod document;
+pub mod view;
 
 use std::collections::HashSet;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -75,7 +77,7 @@ impl Index {
     /// A database failure.
     pub async fn load(store: &Store) -> Result<Arc<Index>, StoreError> {
         let index = Index::default();
-        for row in store.configured_devices().await? {
+        for (row, _) in store.configured_devices().await? {
             index.insert(row);
         }
         Ok(Arc::new(index))

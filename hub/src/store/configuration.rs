@@ -80,17 +80,19 @@ impl Store {
         }))
     }
 
-    /// The rows of the devices that have a configuration, for the
-    /// sessions' index at start.
+    /// The rows and ids of the devices that have a configuration (the
+    /// sessions' index at start; what the MQTT bridge publishes at each
+    /// connection).
     ///
     /// # Errors
     /// A database failure.
-    pub async fn configured_devices(&self) -> Result<Vec<i64>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT device FROM config_state WHERE desired_version > 0")
-                .fetch_all(self.pool())
-                .await?,
+    pub async fn configured_devices(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT c.device, d.device_id FROM config_state c JOIN devices d ON d.id = c.device
+             WHERE c.desired_version > 0",
         )
+        .fetch_all(self.pool())
+        .await?)
     }
 
     /// Whether an event is stored at `pos` (a cluster entry's change was
