@@ -234,6 +234,7 @@ pub struct GroupChanged {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = ConfigVersion)]
 struct DeviceVersion {
     device: String,
     version: u64,

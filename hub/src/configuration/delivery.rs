@@ -43,6 +43,7 @@ pub fn due(row: &ConfigRow, protocol: u16, sent: Option<u64>) -> Due {
 /// Where a device's configuration stands, as the API and the view say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = ConfigState)]
 pub enum State {
     /// Nothing was ever desired.
     None,

@@ -35,6 +35,7 @@ pub struct ConfigView {
 
 /// What the device answered.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = ConfigReported)]
 struct Reported {
     /// The last version it runs (0: none), and since when.
     version: u64,
@@ -46,6 +47,7 @@ struct Reported {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = ConfigAnswer)]
 struct Answer {
     version: u64,
     ok: bool,
