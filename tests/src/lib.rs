@@ -113,6 +113,18 @@ impl TestHub {
         Ok(String::from_utf8(out.stdout)?.trim().to_owned())
     }
 
+    /// Provisions a device in `group` and returns its token.
+    pub async fn add_device_in(&self, id: &str, group: &str) -> anyhow::Result<String> {
+        let out = self.cli(&["device", "add", id, "--group", group]).await?;
+        if !out.status.success() {
+            bail!(
+                "device add failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
     /// A read-only view of the database, as a person with sqlite3 would have.
     pub async fn db(&self) -> anyhow::Result<SqlitePool> {
         let options = SqliteConnectOptions::new()

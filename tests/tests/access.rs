@@ -26,20 +26,6 @@ async fn key(hub: &TestHub, args: &[&str]) -> String {
     key
 }
 
-/// `hub device add --group` on the hub's file: the device's token.
-async fn device_in(hub: &TestHub, id: &str, group: &str) -> String {
-    let out = hub
-        .cli(&["device", "add", id, "--group", group])
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 async fn call(
     hub: &TestHub,
     key: Option<&str>,
@@ -89,8 +75,8 @@ async fn devices_in(sse: &mut SseClient, quiet: Duration) -> Vec<(String, String
 #[tokio::test]
 async fn every_endpoint_answers_each_role_and_scope_as_documented() {
     let hub = TestHub::start(&[]).await.unwrap();
-    device_in(&hub, "in-1", "floor-2").await;
-    device_in(&hub, "out-1", "floor-3").await;
+    hub.add_device_in("in-1", "floor-2").await.unwrap();
+    hub.add_device_in("out-1", "floor-3").await.unwrap();
     let viewer = key(&hub, &["--role", "viewer"]).await;
     let operator = key(&hub, &["--role", "operator"]).await;
     let admin = key(&hub, &["--role", "admin", "--name", "root"]).await;
@@ -296,8 +282,8 @@ async fn every_endpoint_answers_each_role_and_scope_as_documented() {
 #[tokio::test]
 async fn a_key_of_a_group_sees_only_its_devices_in_lists_pages_and_streams() {
     let hub = TestHub::start(&[]).await.unwrap();
-    let in_token = device_in(&hub, "in-1", "floor-2").await;
-    let out_token = device_in(&hub, "out-1", "floor-3").await;
+    let in_token = hub.add_device_in("in-1", "floor-2").await.unwrap();
+    let out_token = hub.add_device_in("out-1", "floor-3").await.unwrap();
     let admin = key(&hub, &["--role", "admin"]).await;
     let viewer = key(&hub, &["--role", "viewer", "--group", "floor-2"]).await;
     tokio::time::sleep(Duration::from_millis(1_200)).await;

@@ -215,26 +215,8 @@ impl Configs {
         config: &Value,
         by: &str,
     ) -> Result<bool, ConfigError> {
-        let kind = EventKind::Config(Box::new(ConfigChange::desired(version, config.clone(), by)));
-        let ts_ms = now_ms();
-        match &self.journal {
-            Some(journal) => {
-                let sequence = journal
-                    .append_event_applied(device_id, ts_ms, kind)
-                    .await
-                    .map_err(|err| ConfigError::Stream(err.to_string()))?;
-                Ok(self.store.event_stored_at(first_position(sequence)).await?)
-            }
-            None => {
-                let event = NewEvent {
-                    device_row: Some(device_row),
-                    device: device_id.into(),
-                    ts_ms,
-                    kind,
-                };
-                Ok(self.writer.record_config(event).await?.is_some())
-            }
-        }
+        let change = ConfigChange::desired(version, config.clone(), by);
+        self.record(device_row, device_id, change).await
     }
 
     /// Stores what the device answered to `version`.
@@ -249,26 +231,48 @@ impl Configs {
         ok: bool,
         detail: String,
     ) -> Result<(), ConfigError> {
-        let kind = EventKind::Config(Box::new(ConfigChange::reported(version, ok, detail)));
+        let change = ConfigChange::reported(version, ok, detail);
+        self.record(device_row, device_id, change).await.map(|_| ())
+    }
+
+    /// Stores a change as a `config` event: through the writer, or in a
+    /// cluster as a stream entry. Whether it was kept (a desired version
+    /// another change took first is not). In a cluster a desired change
+    /// is answered once this hub applied it, so its caller learns whether
+    /// it won; an answer is only appended (the session that sends it must
+    /// not wait on the stream's round trip to the applier), and counts as
+    /// kept.
+    async fn record(
+        &self,
+        device_row: i64,
+        device_id: &str,
+        change: ConfigChange,
+    ) -> Result<bool, ConfigError> {
+        let desired = change.side == ConfigSide::Desired;
+        let kind = EventKind::Config(Box::new(change));
         let ts_ms = now_ms();
-        match &self.journal {
-            Some(journal) => {
-                journal
-                    .append_event(device_id, ts_ms, kind, None)
-                    .await
-                    .map_err(|err| ConfigError::Stream(err.to_string()))?;
-            }
-            None => {
-                let event = NewEvent {
-                    device_row: Some(device_row),
-                    device: device_id.into(),
-                    ts_ms,
-                    kind,
-                };
-                self.writer.record_config(event).await?;
-            }
+        let Some(journal) = &self.journal else {
+            let event = NewEvent {
+                device_row: Some(device_row),
+                device: device_id.into(),
+                ts_ms,
+                kind,
+            };
+            return Ok(self.writer.record_config(event).await?.is_some());
+        };
+        let stream = |err: async_nats::Error| ConfigError::Stream(err.to_string());
+        if !desired {
+            journal
+                .append_event(device_id, ts_ms, kind, None)
+                .await
+                .map_err(stream)?;
+            return Ok(true);
         }
-        Ok(())
+        let sequence = journal
+            .append_event_applied(device_id, ts_ms, kind)
+            .await
+            .map_err(stream)?;
+        Ok(self.store.event_stored_at(first_position(sequence)).await?)
     }
 
     /// Notes, in the background, that this hub sent the device `version`
