@@ -291,6 +291,7 @@ async fn a_refusal_is_kept_with_its_reason_and_the_device_runs_what_it_ran() {
     assert_eq!(status, 200);
     let config = until_state(&hub, "d1", "refused").await;
     assert_eq!(config["reported"]["version"], 0, "{config}");
+    assert!(config["reported"].get("config").is_none(), "{config}");
     assert_eq!(config["reported"]["answer"]["ok"], false);
     assert_eq!(
         config["reported"]["answer"]["detail"],
@@ -312,6 +313,27 @@ async fn a_refusal_is_kept_with_its_reason_and_the_device_runs_what_it_ran() {
     assert_eq!(status, 200);
     let config = until_state(&hub, "d1", "applied").await;
     assert_eq!(config["desired"], json!({"sample_interval_ms": 300}));
+    assert_eq!(config["reported"]["config"], config["desired"], "{config}");
+    // Refused again: the view shows what the device runs beside what it
+    // was asked to run.
+    let (status, _) = call(
+        &hub,
+        "PATCH",
+        "/v1/devices/d1/config",
+        Some(r#"{"colour": "blue"}"#),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let config = until_state(&hub, "d1", "refused").await;
+    assert_eq!(config["reported"]["version"], 2, "{config}");
+    assert_eq!(
+        config["reported"]["config"],
+        json!({"sample_interval_ms": 300})
+    );
+    assert_eq!(
+        config["desired"],
+        json!({"sample_interval_ms": 300, "colour": "blue"})
+    );
     device.finish().await;
 }
 

@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::access;
 use super::admin::Admin;
 use crate::access::{Principal, Role, is_valid_group};
-use crate::configuration::view::{ConfigView, view};
+use crate::configuration::view::{self, ConfigView};
 use crate::configuration::{Change, Configs};
 use crate::http_error::ApiError;
 use crate::store::Store;
@@ -83,13 +83,12 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 )]
 pub async fn get_config(
     State(store): State<Store>,
-    State(configs): State<Configs>,
     Extension(principal): Extension<Principal>,
     device: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let device = path_of(device)?;
     let row = device_row(&principal, &store, &device).await?;
-    Ok(answer(view(&device, configs.standing(row).await?)))
+    Ok(answer(view::read(&store, &device, row).await?))
 }
 
 /// Replaces the device's desired configuration.
@@ -214,7 +213,7 @@ async fn change_device(
             audit_detail(version, &change),
         )
         .await;
-    Ok(answer(view(&device, configs.standing(row).await?)))
+    Ok(answer(view::read(&store, &device, row).await?))
 }
 
 /// What the audit trail keeps of a change.

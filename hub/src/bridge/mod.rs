@@ -593,8 +593,7 @@ impl Worker {
         let Some((row, _)) = self.parts.store.find_device(device).await? else {
             return Ok(None);
         };
-        let standing = self.parts.store.config_of(row).await?;
-        let view = crate::configuration::view::view(device, standing);
+        let view = crate::configuration::view::read(&self.parts.store, device, row).await?;
         Ok(Some(Own::retained(
             message::config_topic(prefix, device),
             serde_json::to_vec(&view).unwrap_or_default(),

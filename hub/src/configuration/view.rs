@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use super::delivery::{self, State as Standing};
 use crate::store::configuration::ConfigRow;
+use crate::store::{Store, StoreError};
 
 /// Where a device's configuration stands.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -41,6 +42,11 @@ struct Reported {
     version: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     ms: Option<i64>,
+    /// The configuration of that version: what the device runs, as it was
+    /// desired then (absent before the device took any).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    config: Option<Value>,
     /// Its last answer: to which version, whether it took it, what it said.
     #[serde(skip_serializing_if = "Option::is_none")]
     answer: Option<Answer>,
@@ -55,7 +61,24 @@ struct Answer {
     ms: i64,
 }
 
-pub fn view(device: &str, row: Option<ConfigRow>) -> ConfigView {
+/// Where the device of row `device_row` stands, read from storage: its
+/// `config_state` row and the configuration of the version it runs.
+///
+/// # Errors
+/// A database failure.
+pub async fn read(store: &Store, device: &str, device_row: i64) -> Result<ConfigView, StoreError> {
+    let row = store.config_of(device_row).await?;
+    let applied = match &row {
+        Some(row) if row.reported_version == row.desired_version => Some(row.desired.clone()),
+        Some(row) => store.desired_at(device_row, row.reported_version).await?,
+        None => None,
+    };
+    Ok(view(device, row, applied))
+}
+
+/// The view of a `config_state` row and the text of the configuration the
+/// device runs.
+fn view(device: &str, row: Option<ConfigRow>, applied: Option<String>) -> ConfigView {
     let Some(row) = row else {
         return ConfigView {
             device: device.to_owned(),
@@ -66,6 +89,7 @@ pub fn view(device: &str, row: Option<ConfigRow>) -> ConfigView {
             reported: Reported {
                 version: 0,
                 ms: None,
+                config: None,
                 answer: None,
             },
             state: Standing::None,
@@ -83,6 +107,7 @@ pub fn view(device: &str, row: Option<ConfigRow>) -> ConfigView {
         reported: Reported {
             version: row.reported_version,
             ms: row.reported_ms,
+            config: applied.and_then(|text| serde_json::from_str(&text).ok()),
             answer: row.answered.map(|a| Answer {
                 version: a.version,
                 ok: a.ok,

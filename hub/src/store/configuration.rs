@@ -80,6 +80,36 @@ impl Store {
         }))
     }
 
+    /// The configuration the device of row `device_row` was desired to run
+    /// at `version`, a JSON object's text, from that version's `config`
+    /// event (retention keeps them); `None` for version 0 or one not held.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn desired_at(
+        &self,
+        device_row: i64,
+        version: u64,
+    ) -> Result<Option<String>, StoreError> {
+        if version == 0 {
+            return Ok(None);
+        }
+        // The device's config events by the partial index `events_config`:
+        // a handful per device, however many readings it has.
+        Ok(sqlx::query_scalar(
+            "SELECT json_extract(body, '$.desired') FROM events
+             WHERE kind = 'config' AND device = ?
+               AND json_extract(body, '$.side') = 'desired'
+               AND json_extract(body, '$.version') = ?
+             ORDER BY pos DESC LIMIT 1",
+        )
+        .bind(device_row)
+        .bind(i64::try_from(version).unwrap_or(i64::MAX))
+        .fetch_optional(self.pool())
+        .await?
+        .flatten())
+    }
+
     /// The rows and ids of the devices that have a configuration (the
     /// sessions' index at start; what the MQTT bridge publishes at each
     /// connection).
