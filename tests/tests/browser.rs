@@ -650,3 +650,199 @@ async fn a_viewer_of_a_group_sees_its_devices_without_controls_and_an_operator_g
     browser.quit().await;
     drop(connected);
 }
+
+#[tokio::test]
+async fn the_device_view_shows_desired_against_what_runs_and_an_operator_changes_it() {
+    let hub = TestHub::start(&["--provision-key", "k"]).await.unwrap();
+    let device = DeviceSettings {
+        kinds: vec![SensorKind::Temperature],
+        rate: Some(5.0),
+        batch: 1,
+        keyring: hub.keyring(),
+        ..DeviceSettings::new(endpoint(&format!("ws://{}", hub.addr)).unwrap())
+    };
+    let run = tokio::spawn(fleet::run(FleetConfig::new(
+        1,
+        Credential::ProvisionKey("k".into()),
+        device,
+    )));
+    hub.until_online("sim-1").await.unwrap();
+    let key = |role: &'static str, name: &'static str| {
+        let hub = &hub;
+        async move {
+            let out = hub
+                .cli(&["key", "add", "--role", role, "--name", name])
+                .await
+                .unwrap();
+            assert!(out.status.success());
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        }
+    };
+    let operator = key("operator", "shift").await;
+    let viewer = key("viewer", "wall").await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+
+    let browser = Browser::start().await.unwrap();
+    browser
+        .goto(&format!("http://{}/?token={operator}", hub.addr))
+        .await
+        .unwrap();
+    browser.wait_until_live().await.unwrap();
+    browser
+        .goto(&format!("http://{}/#device=sim-1", hub.addr))
+        .await
+        .unwrap();
+    browser.wait_until_live().await.unwrap();
+    browser
+        .wait_for(
+            "nothing configured yet, and the form to change it",
+            "return document.getElementById('config-state').textContent === 'none' &&
+                    document.getElementById('config-summary').textContent.startsWith('Nothing set yet') &&
+                    document.getElementById('config-edit').offsetParent !== null",
+        )
+        .await
+        .unwrap();
+
+    // A value set in the form reaches the device, which runs it.
+    let set = |key: &str, value: &str| {
+        format!(
+            "document.getElementById('config-key').value = '{key}';
+             document.getElementById('config-value').value = '{value}';
+             document.querySelector('#config-edit button').click(); return true"
+        )
+    };
+    browser
+        .eval(&set("sample_interval_ms", "400"))
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "version 1 applied, desired and run alike",
+            "const row = document.querySelector('#config tr[data-key=\"sample_interval_ms\"]');
+             return document.getElementById('config-result').textContent.startsWith('Saved as version 1') &&
+                    document.getElementById('config-state').textContent === 'applied' &&
+                    !!row && row.cells[1].textContent === '400' && row.cells[2].textContent === '400' &&
+                    !row.classList.contains('differs') &&
+                    document.getElementById('config-summary').textContent.includes('Runs version 1')",
+        )
+        .await
+        .unwrap();
+
+    // A change made elsewhere shows up on the open page by its event.
+    let (status, body) = testkit::http::request(
+        &hub.addr,
+        "PATCH",
+        "/v1/devices/sim-1/config",
+        &[
+            ("Authorization", &format!("Bearer {operator}")),
+            ("content-type", "application/json"),
+        ],
+        Some(r#"{"batch": 2}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    browser
+        .wait_for(
+            "the other change, applied",
+            "const row = document.querySelector('#config tr[data-key=\"batch\"]');
+             return !!row && row.cells[2].textContent === '2' &&
+                    document.getElementById('config-state').textContent === 'applied'",
+        )
+        .await
+        .unwrap();
+    // A page that has not seen the latest version (as when its stream
+    // was away) changes nothing over it: it says so and shows the latest.
+    browser
+        .eval("view.config.version = 1; return true")
+        .await
+        .unwrap();
+    browser
+        .eval(&set("sample_interval_ms", "300"))
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "the lost race, told",
+            "return document.getElementById('config-result').textContent.startsWith('Someone changed it meanwhile') &&
+                    document.querySelector('#config tr[data-key=\"sample_interval_ms\"]').cells[1].textContent === '400'",
+        )
+        .await
+        .unwrap();
+
+    // A setting the device does not know: refused with its reason, and
+    // the table shows what it runs instead.
+    browser.eval(&set("colour", "blue")).await.unwrap();
+    browser
+        .wait_for(
+            "the refusal and its reason",
+            "const row = document.querySelector('#config tr[data-key=\"colour\"]');
+             return document.getElementById('config-state').textContent === 'refused' &&
+                    document.getElementById('config-summary').textContent.includes('Refused version 3: unknown key: colour') &&
+                    !!row && row.cells[1].textContent === 'blue' && row.cells[2].textContent === '–' &&
+                    row.classList.contains('differs')",
+        )
+        .await
+        .unwrap();
+    browser
+        .eval("document.querySelector('#config tr[data-key=\"colour\"] button.remove').click(); return true")
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "version 4 without it, applied",
+            "return document.getElementById('config-state').textContent === 'applied' &&
+                    document.getElementById('config-summary').textContent.includes('Runs version 4') &&
+                    !document.querySelector('#config tr[data-key=\"colour\"]')",
+        )
+        .await
+        .unwrap();
+    // A bad value is the hub's clear refusal, named.
+    browser
+        .eval(&set("mode", "{\"a\":{\"b\":{\"c\":{\"d\":1}}}}"))
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "the hub's refusal, naming where",
+            "const out = document.getElementById('config-result');
+             return out.className === 'failed' && out.textContent.includes('config.mode.a.b.c')",
+        )
+        .await
+        .unwrap();
+
+    // A viewer reads the same table, without the means to change it.
+    browser
+        .goto(&format!("http://{}/?token={viewer}", hub.addr))
+        .await
+        .unwrap();
+    browser.wait_until_live().await.unwrap();
+    browser
+        .goto(&format!("http://{}/#device=sim-1", hub.addr))
+        .await
+        .unwrap();
+    browser.wait_until_live().await.unwrap();
+    browser
+        .wait_for(
+            "the table only",
+            "const rows = [...document.querySelectorAll('#config tr[data-key]')].map(r => r.dataset.key);
+             return document.getElementById('who').textContent === 'wall · viewer' &&
+                    rows.join() === 'batch,sample_interval_ms' &&
+                    document.getElementById('config-edit').offsetParent === null &&
+                    !document.querySelector('#config button.remove')",
+        )
+        .await
+        .unwrap();
+    // The browser logs the two refusals it was sent; nothing else.
+    let errors = browser.console_errors().await.unwrap();
+    let expected = [
+        "status of 412 (Precondition Failed)",
+        "status of 400 (Bad Request)",
+    ];
+    assert!(
+        errors.len() == 2 && errors.iter().zip(expected).all(|(e, x)| e.ends_with(x)),
+        "{errors:?}"
+    );
+    browser.quit().await;
+    run.abort();
+}

@@ -5,8 +5,8 @@
 //! cargo test -p e2e --test screenshots -- --ignored
 //! ```
 //!
-//! writes `docs/img/monitor.png` (every device) and `docs/img/device.png`
-//! (one device's hour).
+//! writes `docs/img/monitor.png` (every device), `docs/img/device.png`
+//! (one device's hour) and `docs/img/device-config.png` (its configuration).
 
 use std::path::Path;
 use std::time::Duration;
@@ -68,6 +68,41 @@ async fn regenerate_the_readme_screenshots() {
         .unwrap();
     std::fs::write(
         folder.join("device.png"),
+        browser.screenshot_png().await.unwrap(),
+    )
+    .unwrap();
+
+    // Its configuration, one setting applied and one the device refused.
+    for (body, state) in [
+        (r#"{"sample_interval_ms": 1000}"#, "applied"),
+        (r#"{"led": "amber"}"#, "refused"),
+    ] {
+        let (status, answer) = testkit::http::request(
+            &hub.addr,
+            "PATCH",
+            "/v1/devices/sim-1/config",
+            &[("content-type", "application/json")],
+            Some(body),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 200, "{answer}");
+        browser
+            .wait_for(
+                "the configuration's state",
+                &format!(
+                    "return document.getElementById('config-state').textContent === '{state}'"
+                ),
+            )
+            .await
+            .unwrap();
+    }
+    browser
+        .eval("document.getElementById('config').scrollIntoView({block: 'center'}); return true")
+        .await
+        .unwrap();
+    std::fs::write(
+        folder.join("device-config.png"),
         browser.screenshot_png().await.unwrap(),
     )
     .unwrap();
