@@ -17,7 +17,9 @@ async fn a_command_reaches_the_device_and_its_result_comes_back() {
             "POST",
             "/v1/devices/dev-1/commands",
             &[],
-            Some(r#"{"name": "set_interval", "args": {"interval_ms": "500"}}"#),
+            // Values as people write them: a number and a boolean are
+            // sent as their text.
+            Some(r#"{"name": "set_interval", "args": {"interval_ms": 500, "persist": true}}"#),
         )
         .await
         .unwrap()
@@ -28,6 +30,8 @@ async fn a_command_reaches_the_device_and_its_result_comes_back() {
     assert_eq!(command.name, "set_interval");
     assert_eq!(command.args[0].name, "interval_ms");
     assert_eq!(command.args[0].value, "500");
+    assert_eq!(command.args[1].name, "persist");
+    assert_eq!(command.args[1].value, "true");
     device
         .send(&DeviceFrame::CommandResult(CommandResult {
             id: command.id,
@@ -91,6 +95,18 @@ async fn commands_for_absent_devices_and_bad_bodies_are_refused_in_json() {
         (r#"{"name": ""}"#, Some("name")),
         (&seventeen_args, Some("args")),
         (&long_value, Some("args")),
+        (
+            r#"{"name": "x", "args": {"limits": {"high": 3}}}"#,
+            Some("args.limits"),
+        ),
+        (
+            r#"{"name": "x", "args": {"steps": [1, 2]}}"#,
+            Some("args.steps"),
+        ),
+        (
+            r#"{"name": "x", "args": {"a": "1", "b": null}}"#,
+            Some("args.b"),
+        ),
         (r#"{"name": "ping", "timeout_ms": 0}"#, Some("timeout_ms")),
         (r#"{"nom": "ping"}"#, None),
         ("not json", None),

@@ -1,8 +1,9 @@
 //! `POST /v1/devices/{id}/commands`: send a command to a connected device
 //! and wait for its result (two-way, like ThingsBoard's RPC).
 //!
-//! Body: `{"name": "set_interval", "args": {"interval_ms": "500"},
-//! "timeout_ms": 10000}`; `args` and `timeout_ms` are optional. Answers
+//! Body: `{"name": "set_interval", "args": {"interval_ms": 500},
+//! "timeout_ms": 10000}`; `args` and `timeout_ms` are optional; an
+//! argument's value is text, a number or a boolean (sent as its text). Answers
 //! 200 `{"id", "ok", "detail"}` with the device's result, 404 for an unknown
 //! device, 409 when it is not connected, 503 when its command queue is full,
 //! 504 when it does not answer in time.
@@ -15,9 +16,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
-use protocol::CommandArg;
 use protocol::limits::{MAX_COMMAND_ARGS, MAX_TEXT_LEN};
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::access;
 use super::admin::Admin;
@@ -43,11 +44,12 @@ pub struct CommandRequest {
     /// The command, 1–256 bytes of UTF-8.
     #[schema(min_length = 1, max_length = 256)]
     name: String,
-    /// At most 16, each name 1–256 bytes and each value at most 256 bytes
-    /// of UTF-8.
+    /// At most 16, each name 1–256 bytes and each value text of at most
+    /// 256 bytes of UTF-8, a number or a boolean (the device receives
+    /// their JSON text: `250`, `true`).
     #[serde(default)]
     #[schema(schema_with = args_schema)]
-    args: BTreeMap<String, String>,
+    args: BTreeMap<String, Value>,
     /// How long to wait for the device's answer (default 10000). JSON has
     /// one number type, so `500.0` is 500.
     #[schema(value_type = Option<u64>, minimum = 1, maximum = 60000)]
@@ -58,17 +60,21 @@ pub struct CommandRequest {
 /// protocol bytes: a text of at most 256 characters can still be refused
 /// when it is over 256 bytes.
 fn args_schema() -> utoipa::openapi::Object {
-    use utoipa::openapi::{ObjectBuilder, Type};
+    use utoipa::openapi::{ObjectBuilder, OneOfBuilder, RefOr, Schema, Type};
     let text = |min| {
         ObjectBuilder::new()
             .schema_type(Type::String)
             .min_length(min)
             .max_length(Some(MAX_TEXT_LEN))
     };
+    let value = OneOfBuilder::new()
+        .item(text(None))
+        .item(ObjectBuilder::new().schema_type(Type::Number))
+        .item(ObjectBuilder::new().schema_type(Type::Boolean));
     ObjectBuilder::new()
         .schema_type(Type::Object)
         .property_names(Some(text(Some(1))))
-        .additional_properties(Some(text(None)))
+        .additional_properties(Some(RefOr::T(Schema::OneOf(value.build()))))
         .max_properties(Some(MAX_COMMAND_ARGS))
         .build()
 }
@@ -133,11 +139,8 @@ pub async fn send(
     };
     // What the audit trail keeps of it, beside its answer.
     let mut detail = serde_json::json!({"name": request.name, "args": request.args});
-    let args: Vec<CommandArg> = request
-        .args
-        .into_iter()
-        .map(|(name, value)| CommandArg { name, value })
-        .collect();
+    let args = command::args_of(request.args)
+        .map_err(|bad| ApiError::bad_field(&bad.field(), bad.to_string()))?;
     let timeout = Duration::from_millis(timeout_ms);
     let result = command::call(&registry, &store, &device, request.name, args, timeout).await;
     detail["answer"] = match &result {

@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use protocol::CommandArg;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -29,7 +28,7 @@ struct Request {
     id: Value,
     name: String,
     #[serde(default)]
-    args: BTreeMap<String, String>,
+    args: BTreeMap<String, Value>,
     timeout_ms: Option<f64>,
 }
 
@@ -99,11 +98,17 @@ pub async fn answer(
             return reply(&Reply { id: &id, ..bad });
         }
     };
-    let args = request
-        .args
-        .into_iter()
-        .map(|(name, value)| CommandArg { name, value })
-        .collect();
+    let args = match command::args_of(request.args) {
+        Ok(args) => args,
+        Err(bad) => {
+            return reply(&Reply {
+                id: &id,
+                ok: false,
+                detail: bad.to_string(),
+                error: Some("bad_command"),
+            });
+        }
+    };
     let timeout = request
         .timeout_ms
         .map_or(DEFAULT_TIMEOUT, |ms| Duration::from_millis(ms as u64));
@@ -162,9 +167,13 @@ mod tests {
         let no_name = result(r#"{"id": "a1"}"#).await;
         assert_eq!(no_name["error"], "bad_command");
         assert_eq!(no_name["id"], "a1");
-        let bad_args = result(r#"{"id": 7, "name": "x", "args": {"n": 1}}"#).await;
+        let bad_args = result(r#"{"id": 7, "name": "x", "args": {"n": {"deep": 1}}}"#).await;
         assert_eq!(bad_args["error"], "bad_command");
         assert_eq!(bad_args["id"], 7);
+        assert!(
+            bad_args["detail"].as_str().unwrap().contains("\"n\""),
+            "{bad_args}"
+        );
         let bad_timeout = result(r#"{"id": 7, "name": "x", "timeout_ms": 0}"#).await;
         assert_eq!(bad_timeout["error"], "bad_command");
         let long_name = format!(r#"{{"id": 7, "name": "{}"}}"#, "x".repeat(300));

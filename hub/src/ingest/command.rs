@@ -3,13 +3,67 @@
 //! `{prefix}/{device}/cmd` take, so both refuse the same things with the
 //! same codes.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use protocol::{Command, CommandArg, DecodeError, HubFrame};
+use serde_json::Value;
 
 pub use super::outcome::{Answer, Failure};
 use super::registry::{CommandRefused, Registry};
 use crate::store::Store;
+
+/// An argument whose value is not text, a number or `true`/`false`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("argument {name:?} must be text, a number or true/false, not {found}")]
+pub struct BadArg {
+    pub name: String,
+    found: &'static str,
+}
+
+impl BadArg {
+    /// Where it is in a request body: `args.interval_ms`.
+    pub fn field(&self) -> String {
+        format!("args.{}", self.name)
+    }
+}
+
+/// A request's `args` as the protocol carries them, every value as text:
+/// a number or a boolean as its JSON text (`250`, `2.5`, `true`), as a
+/// person typing `{"interval_ms": 250}` means it.
+///
+/// # Errors
+/// The first argument whose value is `null`, an array or an object.
+pub fn args_of(args: BTreeMap<String, Value>) -> Result<Vec<CommandArg>, BadArg> {
+    args.into_iter()
+        .map(|(name, value)| {
+            let value = match value {
+                Value::String(text) => text,
+                Value::Number(number) => number.to_string(),
+                Value::Bool(flag) => flag.to_string(),
+                Value::Null => {
+                    return Err(BadArg {
+                        name,
+                        found: "null",
+                    });
+                }
+                Value::Array(_) => {
+                    return Err(BadArg {
+                        name,
+                        found: "an array",
+                    });
+                }
+                Value::Object(_) => {
+                    return Err(BadArg {
+                        name,
+                        found: "an object",
+                    });
+                }
+            };
+            Ok(CommandArg { name, value })
+        })
+        .collect()
+}
 
 /// Sends `name(args)` to `device` and waits up to `timeout` for its answer:
 /// on this hub if the device is connected here, else, in a cluster, on the
