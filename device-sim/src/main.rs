@@ -138,6 +138,7 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(colour_on_stderr())
         .with_max_level(tracing::Level::ERROR)
         .init();
     if args.token_file.is_some() && args.provision_key.is_none() {
@@ -311,4 +312,11 @@ fn endpoints(text: &str) -> Result<Endpoints, String> {
         .map(|hub| endpoint(hub.trim()))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Endpoints(urls))
+}
+
+/// Whether logs may carry colour: only on a terminal, and not when
+/// `NO_COLOR` is set to anything (no-color.org).
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

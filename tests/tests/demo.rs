@@ -1,5 +1,6 @@
 //! `hub demo`, the README's run command: the hub with a simulated fleet in
-//! one process, history backfilled, and Ctrl-C stopping both cleanly.
+//! one process, history backfilled, and Ctrl-C stopping both cleanly; and
+//! the hub's logs, plain text wherever they are not read on a terminal.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -91,4 +92,50 @@ async fn hub_demo_serves_a_backfilled_fleet_and_stops_at_ctrl_c() {
         .expect("the demo stopped")
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// What the hub writes in its first three seconds of `serve`, with
+/// `NO_COLOR` set or not, through a terminal (`script` gives it one) or not.
+async fn first_logs(terminal: bool, no_color: bool) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = format!(
+        "timeout -s INT 3 {} serve --listen 127.0.0.1:0 --db {}",
+        e2e::hub_binary().display(),
+        dir.path().join("hub.db").display()
+    );
+    let mut command = if terminal {
+        let mut script = Command::new("script");
+        script.args(["-q", "-e", "-c", &serve, "/dev/null"]);
+        script
+    } else {
+        let mut shell = Command::new("sh");
+        shell.args(["-c", &format!("{serve} 2>&1")]);
+        shell
+    };
+    if no_color {
+        command.env("NO_COLOR", "1");
+    } else {
+        command.env_remove("NO_COLOR");
+    }
+    let out = command
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("listening"), "{text}");
+    text
+}
+
+#[tokio::test]
+async fn logs_carry_colour_only_on_a_terminal_and_never_with_no_color() {
+    let (to_file, on_terminal, no_color) = tokio::join!(
+        first_logs(false, false),
+        first_logs(true, false),
+        first_logs(true, true)
+    );
+    assert!(!to_file.contains('\x1b'), "{to_file:?}");
+    assert!(on_terminal.contains("\x1b["), "{on_terminal:?}");
+    assert!(!no_color.contains('\x1b'), "{no_color:?}");
 }

@@ -487,7 +487,11 @@ async fn start(args: ServeArgs) -> anyhow::Result<(Hub, std::net::SocketAddr)> {
     // Once per process: a second hub in it (the in-process tests) logs
     // through the first one's subscriber.
     let _ = tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(colour_on_stderr()),
+        )
         .with(args.log)
         .try_init();
     let keep = retention::Keep {
@@ -1062,4 +1066,12 @@ mod tests {
         assert_eq!(status, 401, "{error}");
         assert!(error["error"].is_string(), "{error}");
     }
+}
+
+/// Whether logs may carry colour: only on a terminal, and not when
+/// `NO_COLOR` is set to anything (no-color.org), so a log file or a pipe
+/// reads as plain text.
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
