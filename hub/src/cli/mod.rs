@@ -982,6 +982,14 @@ fn default_hub_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// Whether logs may carry colour: only on a terminal, and not when
+/// `NO_COLOR` is set to anything (no-color.org), so a log file or a pipe
+/// reads as plain text.
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -1066,12 +1074,4 @@ mod tests {
         assert_eq!(status, 401, "{error}");
         assert!(error["error"].is_string(), "{error}");
     }
-}
-
-/// Whether logs may carry colour: only on a terminal, and not when
-/// `NO_COLOR` is set to anything (no-color.org), so a log file or a pipe
-/// reads as plain text.
-fn colour_on_stderr() -> bool {
-    use std::io::IsTerminal;
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
