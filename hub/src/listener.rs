@@ -52,7 +52,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
 use crate::http_error::BodyDeadline;
-use crate::tls::{ClientIdentity, Tls};
+use crate::tls::{ClientIdentity, HandshakeFailure, Tls};
 
 /// What a connection may do before it is served.
 #[derive(Debug, Clone, Copy)]
@@ -197,8 +197,15 @@ async fn accept(
             };
             serve_connection(stream, connection, router, limits, handshake, shutdown).await;
         }
-        Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
-        Err(_) => tracing::debug!("no TLS handshake within the header deadline"),
+        Ok(Err(err)) => {
+            let why = HandshakeFailure::of(&err);
+            tls.handshake_failed(why);
+            tracing::debug!(%peer, reason = why.label(), error = %err, "TLS handshake failed");
+        }
+        Err(_) => {
+            tls.handshake_failed(HandshakeFailure::Timeout);
+            tracing::debug!(%peer, "no TLS handshake within the header deadline");
+        }
     }
 }
 

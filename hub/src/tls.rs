@@ -174,6 +174,64 @@ struct Inner {
     expires: AtomicI64,
     reloads: AtomicU64,
     failed_reloads: AtomicU64,
+    /// Handshakes that failed, by [`HandshakeFailure`].
+    failed_handshakes: [AtomicU64; HandshakeFailure::ALL.len()],
+}
+
+/// Why a TLS handshake failed, as `/metrics` counts it: most often the
+/// client does not trust the hub's certificate, which only its alert tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// The client refused the hub's certificate (its alert: unknown CA,
+    /// bad or expired certificate).
+    Untrusted,
+    /// The client's own certificate was refused (`--tls-client-ca`).
+    ClientCertificate,
+    /// No handshake within the header deadline.
+    Timeout,
+    /// Anything else: not TLS, no common version or cipher, a closed
+    /// connection.
+    Other,
+}
+
+impl HandshakeFailure {
+    const ALL: [HandshakeFailure; 4] = [
+        HandshakeFailure::Untrusted,
+        HandshakeFailure::ClientCertificate,
+        HandshakeFailure::Timeout,
+        HandshakeFailure::Other,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            HandshakeFailure::Untrusted => "untrusted_by_client",
+            HandshakeFailure::ClientCertificate => "client_certificate",
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::Other => "other",
+        }
+    }
+
+    /// The failure an accept's error is (tokio-rustls gives rustls's
+    /// error inside an I/O error).
+    pub fn of(err: &std::io::Error) -> HandshakeFailure {
+        use rustls::{AlertDescription as Alert, Error};
+        match err
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<Error>())
+        {
+            Some(Error::AlertReceived(
+                Alert::UnknownCA
+                | Alert::BadCertificate
+                | Alert::CertificateUnknown
+                | Alert::CertificateExpired
+                | Alert::UnsupportedCertificate,
+            )) => HandshakeFailure::Untrusted,
+            Some(Error::InvalidCertificate(_) | Error::NoCertificatesPresented) => {
+                HandshakeFailure::ClientCertificate
+            }
+            _ => HandshakeFailure::Other,
+        }
+    }
 }
 
 impl Tls {
@@ -189,6 +247,7 @@ impl Tls {
             expires: AtomicI64::new(loaded.expires),
             reloads: AtomicU64::new(0),
             failed_reloads: AtomicU64::new(0),
+            failed_handshakes: Default::default(),
         })))
     }
 
@@ -224,15 +283,31 @@ impl Tls {
         }
     }
 
+    /// Counts a failed handshake.
+    pub fn handshake_failed(&self, why: HandshakeFailure) {
+        self.0.failed_handshakes[why as usize].fetch_add(1, Relaxed);
+    }
+
     /// The counters in Prometheus text.
     pub fn render(&self) -> String {
-        format!(
-            "# HELP hub_tls_reloads_total Certificate reloads (SIGHUP), by result.\n# TYPE hub_tls_reloads_total counter\nhub_tls_reloads_total{{result=\"ok\"}} {}\nhub_tls_reloads_total{{result=\"failed\"}} {}\n\
+        let mut failures = String::from(
+            "# HELP hub_tls_handshake_failures_total TLS handshakes that failed, by reason.\n# TYPE hub_tls_handshake_failures_total counter\n",
+        );
+        for why in HandshakeFailure::ALL {
+            failures.push_str(&format!(
+                "hub_tls_handshake_failures_total{{reason=\"{}\"}} {}\n",
+                why.label(),
+                self.0.failed_handshakes[why as usize].load(Relaxed)
+            ));
+        }
+        failures
+            + &format!(
+                "# HELP hub_tls_reloads_total Certificate reloads (SIGHUP), by result.\n# TYPE hub_tls_reloads_total counter\nhub_tls_reloads_total{{result=\"ok\"}} {}\nhub_tls_reloads_total{{result=\"failed\"}} {}\n\
              # HELP hub_tls_cert_expiry_seconds When the certificate served now lapses (notAfter), as Unix time.\n# TYPE hub_tls_cert_expiry_seconds gauge\nhub_tls_cert_expiry_seconds {}\n",
-            self.0.reloads.load(Relaxed),
-            self.0.failed_reloads.load(Relaxed),
-            self.0.expires.load(Relaxed)
-        )
+                self.0.reloads.load(Relaxed),
+                self.0.failed_reloads.load(Relaxed),
+                self.0.expires.load(Relaxed)
+            )
     }
 }
 
