@@ -3,7 +3,8 @@
 # a Rust machine may lack (Debian's Chromium and ChromeDriver for the browser
 # tests, NSS's certutil to make Chromium trust the test CA, Mosquitto for the benchmark harness's side-by-side run, nginx for the
 # reverse-proxy and load-balancer tests, nats-server for the cluster tests,
-# Prometheus Alertmanager for alert delivery (each starts its own), schemathesis
+# Prometheus Alertmanager for alert delivery (each starts its own), OpenSSL's
+# command for the self-signed certificate a new user makes, schemathesis
 # from PyPI for the OpenAPI test), then runs a tiny pass of every benchmark
 # scenario and every test of the workspace.
 set -euo pipefail
@@ -17,6 +18,8 @@ missing=()
 [ -x /usr/sbin/nginx ] || missing+=(nginx)
 [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 [ -x /usr/bin/prometheus-alertmanager ] || missing+=(prometheus-alertmanager)
+[ -x /usr/bin/openssl ] || missing+=(openssl)
+[ -x /usr/bin/script ] || missing+=(bsdutils)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "the tests need Debian's ${missing[*]}; run: sudo apt-get install ${missing[*]}" >&2

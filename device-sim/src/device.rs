@@ -483,7 +483,7 @@ pub async fn run(
         (Some(base), Some(certs)) => match certs.config_for(base, &spec.id) {
             Ok(config) => Some(config),
             Err(err) => {
-                stats.set_last_error(format!("{}: its client certificate: {err:#}", spec.id));
+                stats.set_last_error(&spec.id, format!("its client certificate: {err:#}"));
                 return false;
             }
         },
@@ -580,11 +580,10 @@ pub async fn run(
                 if let Some(token) = token
                     && let Err(err) = device.settings.keyring.keep(&device.spec.id, &token)
                 {
-                    tracing::warn!(device = %device.spec.id, error = %err, "cannot keep the issued token");
-                    device.stats.set_last_error(format!(
-                        "{}: cannot keep the token the hub issued: {err}",
-                        device.spec.id
-                    ));
+                    device.stats.set_last_error(
+                        &device.spec.id,
+                        format!("cannot keep the token the hub issued: {err}"),
+                    );
                     link = device.dropped();
                     continue;
                 }
@@ -611,7 +610,7 @@ pub async fn run(
                 tracing::debug!(device = %device.spec.id, error = %err, "connection attempt failed");
                 device
                     .stats
-                    .set_last_error(format!("{}: {err:#}", device.spec.id));
+                    .set_last_error(&device.spec.id, format!("{err:#}"));
                 let attempt = match link {
                     Link::Connecting { attempt, .. } => attempt,
                     _ => 0,
@@ -660,11 +659,10 @@ pub async fn run(
                     }
                 }
                 Ok(HubFrame::Error(error)) => {
-                    tracing::warn!(device = %device.spec.id, code = error.code, "hub error: {}", error.message);
-                    device.stats.set_last_error(format!(
-                        "{}: hub error {}: {}",
-                        device.spec.id, error.code, error.message
-                    ));
+                    device.stats.set_last_error(
+                        &device.spec.id,
+                        format!("hub error {}: {}", error.code, error.message),
+                    );
                 }
                 // Only ever sent before Welcome, in the handshake.
                 Ok(HubFrame::Welcome(_) | HubFrame::Token(_)) => {}
@@ -672,6 +670,16 @@ pub async fn run(
                     tracing::warn!(device = %device.spec.id, error = %err, "undecodable frame from the hub")
                 }
             },
+            Event::Incoming(Some(Ok(Message::Close(Some(close))))) => {
+                device.stats.set_last_error(
+                    &device.spec.id,
+                    format!(
+                        "the hub closed the connection: {} ({})",
+                        close.reason,
+                        u16::from(close.code)
+                    ),
+                );
+            }
             Event::Incoming(Some(Ok(_))) => {}
             Event::Incoming(None | Some(Err(_))) => {
                 link = device.dropped();

@@ -225,6 +225,13 @@ async fn show_progress(stats: Arc<Stats>, devices: usize) {
             stats.dropped.load(Relaxed),
         );
         (sent, acked) = (now_sent, now_acked);
+        // Why some device is not connected, while one is not.
+        let line = match stats.last_reason() {
+            Some(reason) if stats.connected.load(Relaxed) < devices as u64 => {
+                format!("{line} | last error: {reason}")
+            }
+            _ => line,
+        };
         if terminal {
             eprint!("\r\x1b[2K{line}");
         } else {

@@ -18,6 +18,8 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
+use crate::reason;
+
 /// A device's WebSocket connection to the hub.
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -77,21 +79,14 @@ pub async fn connect_into(
         ),
     )
     .await
-    .context("connecting timed out")?
-    .map_err(|err| match err {
-        tokio_tungstenite::tungstenite::Error::Http(response) => {
-            let body = response
-                .body()
-                .as_deref()
-                .map(String::from_utf8_lossy)
-                .unwrap_or_default();
-            anyhow::anyhow!(
-                "hub refused the connection: HTTP {} {body}",
-                response.status()
-            )
-        }
-        other => anyhow::Error::from(other).context("connecting"),
-    })?;
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "no answer from {} within {} s",
+            reason::address(url),
+            HANDSHAKE_TIMEOUT.as_secs()
+        )
+    })?
+    .map_err(|err| anyhow::anyhow!(reason::of_connect(url, &err)))?;
     Ok(ws)
 }
 
@@ -130,6 +125,11 @@ pub async fn greet(ws: &mut Ws, hello: Hello) -> anyhow::Result<Greeting> {
                 other => bail!("expected Welcome, got {other:?}"),
             },
             Message::Ping(_) | Message::Pong(_) => {}
+            Message::Close(Some(close)) => bail!(
+                "the hub closed the connection: {} ({})",
+                close.reason,
+                u16::from(close.code)
+            ),
             other => bail!("expected Welcome, got {other:?}"),
         }
     }

@@ -24,8 +24,9 @@ struct Args {
     /// attempt or a lost connection, to the next, in turn.
     #[arg(long, env = "SIM_HUB", default_value = "ws://127.0.0.1:8080", value_parser = endpoints)]
     hub: Endpoints,
-    /// PEM file of the CA that signed a wss:// hub's certificate, trusted
-    /// besides the system's roots (for private or self-signed hubs).
+    /// PEM file of the CA that signed a wss:// hub's certificate, or of the
+    /// hub's self-signed certificate itself, trusted besides the system's
+    /// roots.
     #[arg(long, env = "SIM_CA_CERT")]
     ca_cert: Option<PathBuf>,
     /// How many devices to simulate.
@@ -139,7 +140,7 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(colour_on_stderr())
-        .with_max_level(tracing::Level::ERROR)
+        .with_max_level(tracing::Level::WARN)
         .init();
     if args.token_file.is_some() && args.provision_key.is_none() {
         eprintln!("error: --token-file keeps the tokens the hub issues; it needs --provision-key");

@@ -32,7 +32,15 @@ pub struct Stats {
     pub config_version: AtomicU64,
     /// Send-to-ack times, in µs.
     rtt_us: Mutex<Histogram<u64>>,
-    last_error: Mutex<Option<String>>,
+    last_error: Mutex<Option<Failure>>,
+}
+
+/// A device's failure: which device, and why (the same words for every
+/// device that fails the same way).
+#[derive(Debug, Clone)]
+struct Failure {
+    device: String,
+    reason: String,
 }
 
 impl Default for Stats {
@@ -66,16 +74,39 @@ pub struct RttSummary {
 }
 
 impl Stats {
-    /// Remembers the most recent failure, for the progress line and summary.
-    pub fn set_last_error(&self, error: String) {
-        if let Ok(mut last) = self.last_error.lock() {
-            *last = Some(error);
+    /// Remembers `device`'s failure, for the progress line and summary,
+    /// and logs it when its reason is not the one before: once per change
+    /// of reason, not once per retry of each of ten thousand devices.
+    pub fn set_last_error(&self, device: &str, reason: String) {
+        let mut last = self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.as_ref().is_none_or(|last| last.reason != reason) {
+            tracing::warn!(device, "{reason}");
         }
+        *last = Some(Failure {
+            device: device.to_owned(),
+            reason,
+        });
     }
 
-    /// The most recent failure, if any.
+    /// The most recent failure, `device: reason`, if any.
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().ok().and_then(|last| last.clone())
+        let last = self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        last.as_ref().map(|f| format!("{}: {}", f.device, f.reason))
+    }
+
+    /// The reason of the most recent failure, if any.
+    pub fn last_reason(&self) -> Option<String> {
+        let last = self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        last.as_ref().map(|f| f.reason.clone())
     }
 
     fn rtt_histogram(&self) -> MutexGuard<'_, Histogram<u64>> {

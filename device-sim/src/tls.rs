@@ -1,5 +1,6 @@
 //! Trust for `wss://` hubs: the system's root certificates, plus the CA of a
-//! hub with a private or self-signed certificate (`--ca-cert`).
+//! hub with a private or self-signed certificate (`--ca-cert`), or that
+//! self-signed certificate itself, as curl's `--cacert` takes it.
 //!
 //! One [`ClientConfig`] is built per fleet and shared by every device, so ten
 //! thousand devices read the system's roots once, not once per connection.
@@ -14,11 +15,15 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair};
-use rustls::client::ResolvesClientCert;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::ParsedCertificate;
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 
 /// A client configuration trusting the system's roots and every certificate
 /// in the PEM file `extra_ca`, given with `flag`. The one trust of the
@@ -36,23 +41,105 @@ pub fn client_config(extra_ca: Option<&Path>, flag: &str) -> anyhow::Result<Arc<
         tracing::debug!(%error, "loading the system's root certificates");
     }
     roots.add_parsable_certificates(system.certs);
+    let mut given = Vec::new();
     if let Some(path) = extra_ca {
         let named = || format!("{flag} {}", path.display());
         for cert in read_certificates(path).with_context(named)? {
             roots
-                .add(cert)
+                .add(cert.clone())
                 .context("not a usable CA certificate")
                 .with_context(named)?;
+            given.push(cert);
         }
     }
     if roots.is_empty() {
         bail!("no trusted root certificates: the system has none; pass the CA with {flag}");
     }
+    let chained = WebPkiServerVerifier::builder(Arc::new(roots))
+        .build()
+        .context("the trusted certificates")?;
+    let verifier = Arc::new(ChainedOrGiven { chained, given });
     Ok(Arc::new(
         ClientConfig::builder()
-            .with_root_certificates(roots)
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
             .with_no_client_auth(),
     ))
+}
+
+/// Trusts what chains to the roots, and a hub presenting one of the
+/// certificates given with `--ca-cert` as its own: the certificate that
+/// `openssl req -x509` makes marks itself a CA, which webpki refuses as a
+/// server's certificate (`CaUsedAsEndEntity`) where curl, OpenSSL and
+/// Python accept it when told to trust it. Its dates were checked before
+/// that refusal; its names are checked here, as for any certificate.
+#[derive(Debug)]
+struct ChainedOrGiven {
+    chained: Arc<WebPkiServerVerifier>,
+    given: Vec<CertificateDer<'static>>,
+}
+
+impl ServerCertVerifier for ChainedOrGiven {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let refusal = match self.chained.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Ok(verified) => return Ok(verified),
+            Err(refusal) => refusal,
+        };
+        let given = self.given.iter().any(|cert| cert == end_entity);
+        let ca_as_own = matches!(&refusal, rustls::Error::InvalidCertificate(cert) if is_ca_used_as_end_entity(cert));
+        if !(given && ca_as_own) {
+            return Err(refusal);
+        }
+        rustls::client::verify_server_name(&ParsedCertificate::try_from(end_entity)?, server_name)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chained.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chained.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.chained.supported_verify_schemes()
+    }
+}
+
+/// Whether webpki refused a server's certificate for marking itself a CA
+/// (as self-signed ones do).
+pub(crate) fn is_ca_used_as_end_entity(refusal: &CertificateError) -> bool {
+    match refusal {
+        CertificateError::Other(other) => matches!(
+            other.0.downcast_ref::<webpki::Error>(),
+            Some(webpki::Error::CaUsedAsEndEntity)
+        ),
+        _ => false,
+    }
 }
 
 /// The client certificates a fleet's devices present.

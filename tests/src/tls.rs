@@ -100,8 +100,9 @@ pub struct HttpsAnswer {
     pub body: String,
 }
 
-/// `GET https://localhost:{port}{path}`, trusting the test CA, over a new
-/// connection (so it sees the certificate the hub serves now).
+/// `GET https://{addr}{path}` (`localhost:{port}`: the test certificate's
+/// name), trusting the test CA, over a new connection (so it sees the
+/// certificate the hub serves now).
 ///
 /// # Errors
 /// The TLS handshake (an untrusted certificate) or the request fails.
@@ -117,7 +118,8 @@ pub async fn https_get_trusting(ca: &Path, addr: &str, path: &str) -> anyhow::Re
     use http_body_util::{BodyExt, Empty};
     let config = device_sim::tls::client_config(Some(ca), "--ca-cert")?;
     let tcp = TcpStream::connect(addr).await?;
-    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())?;
     let tls = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await
