@@ -37,23 +37,29 @@ pub fn of_connect(url: &str, err: &WsError) -> String {
     }
 }
 
-/// The hub's answer to the WebSocket upgrade: its status, and the message
-/// of its JSON error body when it has one.
+/// The hub's answer to the WebSocket upgrade: its status, and the code and
+/// message of its JSON error body when it has one.
 fn refused(status: u16, body: &str) -> String {
-    let message = serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|json| json.get("message")?.as_str().map(str::to_owned))
-        .unwrap_or_else(|| body.trim().to_owned());
+    let json = serde_json::from_str::<serde_json::Value>(body).ok();
+    let field = |name: &str| {
+        json.as_ref()
+            .and_then(|json| json.get(name)?.as_str().map(str::to_owned))
+    };
+    let message = field("message").unwrap_or_else(|| body.trim().to_owned());
+    let shown = match field("error") {
+        Some(code) => format!("HTTP {status} {code}"),
+        None => format!("HTTP {status}"),
+    };
     let what = match status {
-        401 => "the hub refused the credential (HTTP 401)",
-        403 => "the hub forbids it (HTTP 403)",
-        404 => "no device endpoint at that path (HTTP 404); the hub's is /v1/ws",
-        429 => "the hub is refusing new connections for now (HTTP 429)",
-        503 => "the hub is not taking devices now (HTTP 503)",
-        _ => return format!("the hub refused the connection: HTTP {status}: {message}"),
+        401 => format!("the hub refused the credential ({shown})"),
+        403 => format!("the hub forbids it ({shown})"),
+        404 => format!("no device endpoint at that path ({shown}); the hub's is /v1/ws"),
+        429 => format!("the hub is refusing new connections for now ({shown})"),
+        503 => format!("the hub is not taking devices now ({shown})"),
+        _ => format!("the hub refused the connection ({shown})"),
     };
     if message.is_empty() {
-        what.to_owned()
+        what
     } else {
         format!("{what}: {message}")
     }
@@ -142,11 +148,11 @@ mod tests {
         let body = r#"{"error":"unauthorized","message":"unknown or revoked token"}"#;
         assert_eq!(
             refused(401, body),
-            "the hub refused the credential (HTTP 401): unknown or revoked token"
+            "the hub refused the credential (HTTP 401 unauthorized): unknown or revoked token"
         );
         assert_eq!(
             refused(502, "Bad Gateway\n"),
-            "the hub refused the connection: HTTP 502: Bad Gateway"
+            "the hub refused the connection (HTTP 502): Bad Gateway"
         );
     }
 
