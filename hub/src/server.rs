@@ -566,6 +566,7 @@ fn router(state: AppState) -> Router {
         .route("/v1/admin/keys/{name}/revoke", post(api::admin::revoke_key))
         .route("/v1/admin/groups", get(api::admin::groups))
         .route("/v1/admin/audit", get(api::admin::audit))
+        .route("/v1/admin/backup", post(api::backup::backup))
         .route(
             "/v1/alerts/{alert}/ack",
             post(api::alerts::acknowledge)

@@ -151,7 +151,8 @@ async fn a_self_signed_certificate_given_as_ca_cert_is_trusted_and_each_refusal_
         fails_with(
             "3s",
             vec!["--hub", &wss_ip, "--ca-cert", ca, "--token", "not-a-token"],
-            "the hub refused the credential (HTTP 401 unauthorized): unknown or revoked token".into(),
+            "the hub refused the credential (HTTP 401 unauthorized): unknown or revoked token"
+                .into(),
         ),
         // A token for another device: the hub's Error frame.
         fails_with(

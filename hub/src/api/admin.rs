@@ -174,7 +174,7 @@ fn admin(principal: &Principal) -> Result<(), ApiError> {
 }
 
 /// 403 unless the principal is an admin of every device.
-fn admin_of_everything(principal: &Principal, what: &str) -> Result<(), ApiError> {
+pub(super) fn admin_of_everything(principal: &Principal, what: &str) -> Result<(), ApiError> {
     admin(principal)?;
     match principal.groups {
         None => Ok(()),

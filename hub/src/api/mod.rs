@@ -5,6 +5,7 @@
 pub mod access;
 pub mod admin;
 pub mod alerts;
+pub mod backup;
 pub mod commands;
 pub mod config;
 pub mod events;

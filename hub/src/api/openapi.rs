@@ -41,6 +41,7 @@ use utoipa::{Modify, OpenApi};
         super::admin::revoke_key,
         super::admin::groups,
         super::admin::audit,
+        super::backup::backup,
         crate::ingest::upgrade,
         super::health,
         super::metrics,

@@ -25,6 +25,7 @@ use crate::store::{PoolDurability, Store, retention};
 use crate::tls::TlsFiles;
 
 mod alert;
+mod backup;
 mod config;
 mod key;
 
@@ -58,6 +59,10 @@ enum Command {
     /// while the hub runs).
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Copy the database to a file, consistent as of one commit, while the
+    /// hub runs (or not): from the file (--db) or from a running hub's
+    /// admin API (--hub).
+    Backup(backup::BackupArgs),
     /// Run the hub with a simulated fleet in the same process, the last hour
     /// backfilled, for a first look at the monitor. Takes every serve flag.
     Demo(Box<DemoArgs>),
@@ -409,6 +414,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Device(command) => device(command).await,
         Command::Alert(command) => alert::run(command).await,
         Command::Key(command) => key::run(command).await,
+        Command::Backup(args) => backup::run(args).await,
     }
 }
 

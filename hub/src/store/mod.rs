@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod alerts;
+pub mod backup;
 pub mod blocks;
 pub mod buckets;
 pub mod compaction;
@@ -104,8 +105,9 @@ impl Store {
         &self.pool
     }
 
-    /// The database file, for the writer's own connection.
-    pub(crate) fn path(&self) -> &Path {
+    /// The database file: the writer's own connection opens it, and a
+    /// backup's copy is made beside it.
+    pub fn path(&self) -> &Path {
         &self.path
     }
 
