@@ -74,6 +74,11 @@ pub fn use_binary(path: Option<PathBuf>) {
     let _ = BINARY.set(path.unwrap_or_else(|| testkit::binary("bench-hub")));
 }
 
+/// The hub binary runs start, for its other commands (`hub backup`).
+pub fn binary() -> &'static std::path::Path {
+    BINARY.get_or_init(|| testkit::binary("bench-hub"))
+}
+
 /// Starts the hub with a provisioning key `bench` and `extra` flags, on a
 /// fresh database.
 ///
@@ -88,7 +93,7 @@ pub async fn start(extra: &[&str]) -> anyhow::Result<HubProcess> {
 /// # Errors
 /// As for [`start`].
 pub async fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> anyhow::Result<HubProcess> {
-    let binary = BINARY.get_or_init(|| testkit::binary("bench-hub"));
+    let binary = binary();
     // Load devices send far past what one real device should: no budget.
     let mut args = vec![
         "--log",

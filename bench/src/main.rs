@@ -10,6 +10,7 @@
 //! the hub, and every number is the median of repeated runs with its spread.
 
 mod alerts;
+mod backup;
 mod ceiling;
 mod cluster;
 mod hubproc;
@@ -33,6 +34,7 @@ enum Scenario {
     Storage,
     Cluster,
     Alerts,
+    Backup,
     All,
 }
 
@@ -138,6 +140,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if matches!(args.scenario, Scenario::Alerts | Scenario::All) {
         results.push(alerts::alerts(size, max_rate).await?);
+    }
+    if matches!(args.scenario, Scenario::Backup | Scenario::All) {
+        results.push(backup::backup(size).await?);
     }
     println!();
     for result in results {

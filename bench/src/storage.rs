@@ -40,7 +40,7 @@ struct Footprint {
 /// Backfills `devices` devices (five metrics, one sample every `every`)
 /// over `span` into a hub started with `extra`; returns the hub, still
 /// running.
-async fn backfill(
+pub(crate) async fn backfill(
     devices: usize,
     every: Duration,
     span: Duration,
