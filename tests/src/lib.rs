@@ -125,6 +125,17 @@ impl TestHub {
         Ok(String::from_utf8(out.stdout)?.trim().to_owned())
     }
 
+    /// `hub key add <args>` on this hub's file: the key it prints.
+    pub async fn add_key(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut all = vec!["key", "add"];
+        all.extend_from_slice(args);
+        let out = self.cli(&all).await?;
+        if !out.status.success() {
+            bail!("key add failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
     /// A read-only view of the database, as a person with sqlite3 would have.
     pub async fn db(&self) -> anyhow::Result<SqlitePool> {
         let options = SqliteConnectOptions::new()

@@ -13,15 +13,7 @@ use serde_json::{Value, json};
 
 /// `hub key add` on the hub's file: the key it prints.
 async fn key(hub: &TestHub, args: &[&str]) -> String {
-    let mut all = vec!["key", "add"];
-    all.extend_from_slice(args);
-    let out = hub.cli(&all).await.unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let key = hub.add_key(args).await.unwrap();
     assert!(key.starts_with("hk_") && key.len() == 67, "{key}");
     key
 }

@@ -84,19 +84,14 @@ async fn a_backup_taken_while_a_fleet_streams_is_whole_and_serves_as_a_hub() {
     let hub = TestHub::start(&["--provision-key", PROVISION_KEY])
         .await
         .unwrap();
-    let key = |role: &'static str| {
-        let hub = &hub;
-        async move {
-            let out = hub
-                .cli(&["key", "add", "--role", role, "--name", role])
-                .await
-                .unwrap();
-            assert!(out.status.success(), "{out:?}");
-            String::from_utf8(out.stdout).unwrap().trim().to_owned()
-        }
-    };
-    let admin = key("admin").await;
-    let viewer = key("viewer").await;
+    let admin = hub
+        .add_key(&["--role", "admin", "--name", "admin"])
+        .await
+        .unwrap();
+    let viewer = hub
+        .add_key(&["--role", "viewer", "--name", "viewer"])
+        .await
+        .unwrap();
     let settings = device_sim::device::DeviceSettings {
         kinds: vec![SensorKind::Temperature, SensorKind::Humidity],
         batch: BATCH,

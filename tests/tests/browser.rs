@@ -478,18 +478,13 @@ async fn a_viewer_of_a_group_sees_its_devices_without_controls_and_an_operator_g
         device.send_acked(&reading_now(1, 60.0)).await.unwrap();
         connected.push(device);
     }
-    let key = |args: &'static [&'static str]| {
-        let hub = &hub;
-        async move {
-            let mut all = vec!["key", "add"];
-            all.extend_from_slice(args);
-            let out = hub.cli(&all).await.unwrap();
-            assert!(out.status.success());
-            String::from_utf8(out.stdout).unwrap().trim().to_owned()
-        }
-    };
-    let viewer = key(&["--role", "viewer", "--group", "kitchen", "--name", "wall"]).await;
-    let operator = key(&["--role", "operator", "--name", "shift"]).await;
+    let key = |args: &'static [&'static str]| hub.add_key(args);
+    let viewer = key(&["--role", "viewer", "--group", "kitchen", "--name", "wall"])
+        .await
+        .unwrap();
+    let operator = key(&["--role", "operator", "--name", "shift"])
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     let browser = Browser::start().await.unwrap();
 
@@ -595,7 +590,7 @@ async fn a_viewer_of_a_group_sees_its_devices_without_controls_and_an_operator_g
     // An admin of every device follows the activity: what was done before
     // the page opened (the rule, added while the hub was open to all, and
     // a device), then what is done while it is open.
-    let admin = key(&["--role", "admin", "--name", "boss"]).await;
+    let admin = key(&["--role", "admin", "--name", "boss"]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     let bearer = format!("Bearer {admin}");
     let add = |id: &'static str| {
@@ -667,19 +662,14 @@ async fn the_device_view_shows_desired_against_what_runs_and_an_operator_changes
         device,
     )));
     hub.until_online("sim-1").await.unwrap();
-    let key = |role: &'static str, name: &'static str| {
-        let hub = &hub;
-        async move {
-            let out = hub
-                .cli(&["key", "add", "--role", role, "--name", name])
-                .await
-                .unwrap();
-            assert!(out.status.success());
-            String::from_utf8(out.stdout).unwrap().trim().to_owned()
-        }
-    };
-    let operator = key("operator", "shift").await;
-    let viewer = key("viewer", "wall").await;
+    let operator = hub
+        .add_key(&["--role", "operator", "--name", "shift"])
+        .await
+        .unwrap();
+    let viewer = hub
+        .add_key(&["--role", "viewer", "--name", "wall"])
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(1_200)).await;
 
     let browser = Browser::start().await.unwrap();
@@ -765,7 +755,8 @@ async fn the_device_view_shows_desired_against_what_runs_and_an_operator_changes
         .wait_for(
             "the lost race, told",
             "return document.getElementById('config-result').textContent.startsWith('Someone changed it meanwhile') &&
-                    document.querySelector('#config tr[data-key=\"sample_interval_ms\"]').cells[1].textContent === '400'",
+                    document.querySelector('#config tr[data-key=\"sample_interval_ms\"]').cells[1].textContent === '400' &&
+                    view.config.version === 2",
         )
         .await
         .unwrap();
