@@ -132,6 +132,9 @@ async fn from_hub(hub: &str, key: Option<&str>, to: &Path) -> anyhow::Result<()>
         }
     };
     std::fs::rename(&partial, to)?;
+    if let Some(folder) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::File::open(folder).and_then(|dir| dir.sync_all())?;
+    }
     print_out(&format!(
         "backed up the hub at {base} to {}: {bytes} bytes, up to position {last_pos}\n",
         to.display()
