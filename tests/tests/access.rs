@@ -192,6 +192,13 @@ async fn every_endpoint_answers_each_role_and_scope_as_documented() {
                 ("GET", "/v1/admin/groups".into(), None, 2, 200),
                 (
                     "POST",
+                    "/v1/admin/backup".into(),
+                    None,
+                    2,
+                    if scoped { 403 } else { 200 },
+                ),
+                (
+                    "POST",
                     "/v1/admin/keys/none-such/revoke".into(),
                     None,
                     2,
