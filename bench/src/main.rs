@@ -17,6 +17,7 @@ mod hubproc;
 mod machine;
 mod mosquitto;
 mod probe;
+mod quiet;
 mod scenarios;
 mod stats;
 mod storage;

@@ -354,7 +354,7 @@ pub async fn fanout(size: Size) -> anyhow::Result<Value> {
 
 /// Scenario 3: many connected devices at one reading a second, plus idle
 /// subscribers: memory per connection, CPU at rest, and that every reading
-/// arrives.
+/// arrives; then quiet devices ([`crate::quiet`]).
 pub async fn connections(size: Size) -> anyhow::Result<Value> {
     use device_sim::device::DeviceSettings;
     use device_sim::fleet::{self, Credential, FleetConfig, Ids};
@@ -461,10 +461,12 @@ pub async fn connections(size: Size) -> anyhow::Result<Value> {
         delivered.show(4),
         elapsed.show(1),
     );
+    let quiet = crate::quiet::quiet(size).await?;
     Ok(json!({
         "scenario": "connections", "devices": devices, "idle_subscribers": idle, "repeats": size.repeats(),
         "rss_before_kib": before.json(), "rss_connected_kib": during.json(), "bytes_per_connection": per.json(),
         "cpu_cores_at_rest": cpu.json(), "stored_over_sent": delivered.json(), "fleet_elapsed_s": elapsed.json(),
+        "quiet": quiet,
     }))
 }
 
