@@ -136,6 +136,24 @@ impl TestHub {
         Ok(String::from_utf8(out.stdout)?.trim().to_owned())
     }
 
+    /// Waits until the hub knows `key` (it reads its keys every half
+    /// second): `GET /v1/me` with it answers 200.
+    pub async fn until_key_works(&self, key: &str) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let bearer = format!("Bearer {key}");
+        loop {
+            let (status, body) =
+                testkit::http::get(&self.addr, "/v1/me", &[("Authorization", &bearer)]).await?;
+            if status == 200 {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the hub never took the key: {status} {body}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// A read-only view of the database, as a person with sqlite3 would have.
     pub async fn db(&self) -> anyhow::Result<SqlitePool> {
         let options = SqliteConnectOptions::new()

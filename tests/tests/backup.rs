@@ -92,6 +92,9 @@ async fn a_backup_taken_while_a_fleet_streams_is_whole_and_serves_as_a_hub() {
         .add_key(&["--role", "viewer", "--name", "viewer"])
         .await
         .unwrap();
+    for key in [&admin, &viewer] {
+        hub.until_key_works(key).await.unwrap();
+    }
     let settings = device_sim::device::DeviceSettings {
         kinds: vec![SensorKind::Temperature, SensorKind::Humidity],
         batch: BATCH,
@@ -181,6 +184,41 @@ async fn a_backup_taken_while_a_fleet_streams_is_whole_and_serves_as_a_hub() {
         String::from_utf8_lossy(&out.stderr).contains("--db"),
         "{out:?}"
     );
+    let elsewhere = dir.path().join("elsewhere.db");
+    let out = hub
+        .cli(&[
+            "backup",
+            "--to",
+            elsewhere.to_str().unwrap(),
+            "--hub",
+            "ftp://hub",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--hub"),
+        "{out:?}"
+    );
+    // A refused key leaves no file behind.
+    let out = hub
+        .cli(&[
+            "backup",
+            "--to",
+            elsewhere.to_str().unwrap(),
+            "--hub",
+            &url,
+            "--key",
+            &viewer,
+        ])
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("403"),
+        "{out:?}"
+    );
+    assert!(!elsewhere.exists() && !dir.path().join("elsewhere.db.partial").exists());
 
     // Restored: the copy taken over the API is a hub; each device resumes
     // from the last batch the copy holds.

@@ -485,7 +485,9 @@ async fn a_viewer_of_a_group_sees_its_devices_without_controls_and_an_operator_g
     let operator = key(&["--role", "operator", "--name", "shift"])
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    for key in [&viewer, &operator] {
+        hub.until_key_works(key).await.unwrap();
+    }
     let browser = Browser::start().await.unwrap();
 
     // The viewer: the kitchen's device only, its alert without a button,
@@ -591,7 +593,7 @@ async fn a_viewer_of_a_group_sees_its_devices_without_controls_and_an_operator_g
     // the page opened (the rule, added while the hub was open to all, and
     // a device), then what is done while it is open.
     let admin = key(&["--role", "admin", "--name", "boss"]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    hub.until_key_works(&admin).await.unwrap();
     let bearer = format!("Bearer {admin}");
     let add = |id: &'static str| {
         let (addr, bearer) = (hub.addr.clone(), bearer.clone());
@@ -670,7 +672,9 @@ async fn the_device_view_shows_desired_against_what_runs_and_an_operator_changes
         .add_key(&["--role", "viewer", "--name", "wall"])
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    for key in [&operator, &viewer] {
+        hub.until_key_works(key).await.unwrap();
+    }
 
     let browser = Browser::start().await.unwrap();
     browser

@@ -72,6 +72,7 @@ pub async fn backup(
     let copy = beside(store.path());
     let made = store.backup_to(&copy).await.map_err(failed)?;
     let file = std::fs::File::open(&copy).map_err(|err| {
+        let _ = std::fs::remove_file(&copy);
         failed(BackupError::Io {
             path: copy.clone(),
             source: err,

@@ -35,16 +35,20 @@ pub struct BackupArgs {
 /// made or written; the hub cannot be reached or refuses, with its reason.
 pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
     if args.to.exists() {
-        return Err(UsageError(format!(
-            "--to {}: the file exists; a backup never replaces one",
-            args.to.display()
-        ))
-        .into());
+        return Err(exists(&args.to));
     }
     match &args.hub {
         Some(hub) => from_hub(hub, args.key.as_deref(), &args.to).await,
         None => from_file(&args.db, &args.to).await,
     }
+}
+
+fn exists(to: &Path) -> anyhow::Error {
+    UsageError(format!(
+        "--to {}: the file exists; a backup never replaces one",
+        to.display()
+    ))
+    .into()
 }
 
 async fn from_file(db: &DbArg, to: &Path) -> anyhow::Result<()> {
@@ -56,11 +60,7 @@ async fn from_file(db: &DbArg, to: &Path) -> anyhow::Result<()> {
     store.close().await;
     let made = match made {
         Err(BackupError::Exists(path)) => {
-            return Err(UsageError(format!(
-                "--to {}: the file exists; a backup never replaces one",
-                path.display()
-            ))
-            .into());
+            return Err(exists(&path));
         }
         made => made?,
     };
