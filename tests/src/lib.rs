@@ -136,12 +136,15 @@ impl TestHub {
         Ok(String::from_utf8(out.stdout)?.trim().to_owned())
     }
 
-    /// Waits until the hub knows `key` (it reads its keys every half
-    /// second): `GET /v1/me` with it answers 200.
+    /// Waits until the hub knows `key`: it reads its keys every half
+    /// second, so each try comes 600 ms after the last (a try before the
+    /// hub knows the key counts as a wrong key, and ten of them lock the
+    /// address out with 429), until `GET /v1/me` with it answers 200.
     pub async fn until_key_works(&self, key: &str) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         let bearer = format!("Bearer {key}");
         loop {
+            tokio::time::sleep(std::time::Duration::from_millis(600)).await;
             let (status, body) =
                 testkit::http::get(&self.addr, "/v1/me", &[("Authorization", &bearer)]).await?;
             if status == 200 {
@@ -150,7 +153,6 @@ impl TestHub {
             if tokio::time::Instant::now() > deadline {
                 bail!("the hub never took the key: {status} {body}");
             }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
 
