@@ -31,7 +31,7 @@ pub fn use_tls(on: bool) -> anyhow::Result<()> {
         let pki = Pki::new("bench CA");
         // 2100-01-01: the run's certificate outlives the run.
         let served = pki.server("hub", 4_102_444_800);
-        let client = device_sim::tls::client_config(Some(&pki.ca()), "--ca-cert")?;
+        let client = telemetry_device::tls::client_config(Some(&pki.ca()), "--ca-cert")?;
         Some(Tls {
             _pki: pki,
             served,

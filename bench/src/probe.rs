@@ -66,7 +66,7 @@ pub async fn run(spec: ProbeSpec) -> anyhow::Result<ProbeResult> {
             unit: "us".into(),
         }],
     };
-    let (mut ws, greeting) = device_sim::link::handshake(
+    let (mut ws, greeting) = telemetry_device::link::handshake(
         spec.url.clone(),
         crate::hubproc::client_tls(),
         "bench".into(),

@@ -35,7 +35,7 @@ async fn quiet_device(url: String, id: String, opened: Arc<Semaphore>) -> anyhow
             unit: String::new(),
         }],
     };
-    let (mut ws, _) = device_sim::link::handshake(
+    let (mut ws, _) = telemetry_device::link::handshake(
         url,
         hubproc::client_tls(),
         "bench".into(),

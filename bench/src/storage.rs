@@ -8,11 +8,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use device_sim::backoff::Backoff;
 use device_sim::device::DeviceSettings;
 use device_sim::fleet::{self, Credential, FleetConfig};
 use device_sim::sensors::SensorKind;
 use serde_json::{Value, json};
+use telemetry_device::backoff::Backoff;
 
 use testkit::hub::HubProcess;
 
@@ -57,6 +57,7 @@ pub(crate) async fn backfill(
         flush: Duration::from_millis(50),
         backfill: span,
         buffer: 100_000,
+        disk: None,
         backoff: Backoff {
             base: Duration::from_millis(50),
             cap: Duration::from_secs(1),

@@ -1,31 +1,23 @@
-//! One simulated device: samples its sensors on its own clock, seals batches
-//! into its [`Outbox`], and keeps a connection to the hub alive, resending
-//! what the hub lacks after every reconnect. It keeps sampling while
-//! disconnected, as real firmware does; a full outbox drops the oldest batch.
+//! One simulated device: samples its sensors on its own clock and sends
+//! them with the device library ([`telemetry_device::Device`]: the outbox,
+//! reconnects, resends), exactly as a device embedding it would. It keeps
+//! sampling while disconnected, as real firmware does; a full outbox drops
+//! the oldest batch.
 
-use std::pin::Pin;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use protocol::{
-    Command, CommandResult, Config, ConfigResult, DeviceFrame, Hello, HubFrame, PROTOCOL_VERSION,
-    Reading,
-};
-use tokio::time::{Instant, Interval, MissedTickBehavior, sleep_until};
-use tokio_tungstenite::tungstenite::Message;
+use protocol::{Command, CommandResult, Config, ConfigResult};
+use telemetry_device::backoff::Backoff;
+use telemetry_device::keyring::Keyring;
+use telemetry_device::{Credential, Device, Durability, Event, Options, Storage};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
-use crate::keyring::Keyring;
-use crate::link::{Greeting, Ws, handshake};
-use crate::outbox::Outbox;
-use crate::rng::Rng;
 use crate::sensors::{SensorKind, Sensors};
 use crate::stats::Stats;
-
-type Handshake = Pin<Box<dyn Future<Output = anyhow::Result<(Box<Ws>, Greeting)>> + Send>>;
 
 /// Batches a backfilling device keeps unacknowledged at most.
 const BACKFILL_WINDOW: usize = 16;
@@ -50,21 +42,24 @@ pub struct DeviceSettings {
     pub flush: Duration,
     /// Readings to send, then stop once all are acknowledged.
     pub count: Option<u64>,
-    /// Most unacknowledged batches kept.
+    /// Most unacknowledged batches kept in memory.
     pub buffer: usize,
+    /// Keep each device's outbox on disk instead, in a folder of its own.
+    pub disk: Option<DiskOutbox>,
     pub backoff: Backoff,
     /// Added to the device's clock, in ms.
     pub clock_skew_ms: i64,
     /// Start the clock this far in the past: those samples go as fast as
     /// the hub acknowledges them, then sampling carries on live.
     pub backfill: Duration,
-    /// Whom a `wss://` hub's certificate must chain to (see [`crate::tls`]).
+    /// Whom a `wss://` hub's certificate must chain to (see
+    /// [`telemetry_device::tls`]).
     /// `None` reads the system's roots again at every connection: fleets
     /// should build one and share it.
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Client certificates the devices present to a `wss://` hub (with
     /// [`crate::fleet::Credential::Certificate`], instead of a token).
-    pub client_certs: Option<Arc<crate::tls::ClientCerts>>,
+    pub client_certs: Option<Arc<crate::certs::ClientCerts>>,
     /// The devices' own tokens, presented instead of the fleet's
     /// credential; where tokens the hub issues are kept.
     pub keyring: Arc<Keyring>,
@@ -88,6 +83,7 @@ impl DeviceSettings {
             flush: Duration::from_secs(1),
             count: None,
             buffer: 1_000,
+            disk: None,
             backoff: Backoff::default(),
             clock_skew_ms: 0,
             backfill: Duration::ZERO,
@@ -99,23 +95,13 @@ impl DeviceSettings {
     }
 }
 
-/// The hub's device endpoint for a `--hub` address: a `ws://` or `wss://`
-/// URL with a host; `/v1/ws` becomes its path unless it names one. A query
-/// string is kept.
-///
-/// # Errors
-/// The address is not such a URL; the message says why.
-pub fn endpoint(hub: &str) -> Result<String, String> {
-    let mut url = url::Url::parse(hub).map_err(|err| format!("{hub:?}: {err}"))?;
-    if !matches!(url.scheme(), "ws" | "wss") || !url.has_host() {
-        return Err(format!(
-            "{hub:?} is not a WebSocket address (ws://host:port or wss://host:port)"
-        ));
-    }
-    if url.path() == "/" {
-        url.set_path("/v1/ws");
-    }
-    Ok(url.into())
+/// Outboxes on disk (`--outbox`): each device's in `root/<device id>`.
+#[derive(Debug, Clone)]
+pub struct DiskOutbox {
+    pub root: PathBuf,
+    /// Most bytes each device's outbox holds.
+    pub max_bytes: u64,
+    pub durability: Durability,
 }
 
 /// One device of the fleet.
@@ -172,64 +158,28 @@ pub fn execute(command: &Command, interval: &mut Duration) -> CommandResult {
     }
 }
 
-enum Link {
-    Down { retry_at: Instant, attempt: u32 },
-    Connecting { attempt: u32, handshake: Handshake },
-    Up(Box<Ws>),
-}
-
-impl Link {
-    fn is_up(&self) -> bool {
-        matches!(self, Link::Up(_))
-    }
-}
-
-enum Event {
-    Retry,
-    Handshake(anyhow::Result<(Box<Ws>, Greeting)>),
-    Incoming(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
+/// What woke the device's loop.
+enum Step {
+    Device(std::io::Result<Event>),
     Tick,
-    Flush,
     /// Past samples are due (`--backfill`).
     Backfill,
     Stop,
     Abort,
 }
 
-/// Cancel-safe: the handshake is pinned inside the link, and a socket read
-/// either completes or leaves the message in the socket.
-async fn next_link_event(link: &mut Link) -> Event {
-    match link {
-        Link::Down { retry_at, .. } => {
-            sleep_until(*retry_at).await;
-            Event::Retry
-        }
-        Link::Connecting { handshake, .. } => Event::Handshake(handshake.await),
-        Link::Up(ws) => Event::Incoming(ws.next().await),
-    }
-}
-
 fn device_time_ms(skew_ms: i64) -> u64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now = i64::try_from(telemetry_device::now_ms()).unwrap_or(i64::MAX);
     u64::try_from(now.saturating_add(skew_ms)).unwrap_or(0)
 }
 
-/// A device's state between events.
-struct Device {
+/// A simulated device's state between steps.
+struct Simulated {
     spec: DeviceSpec,
-    /// The fleet's TLS configuration, with this device's certificate if any.
-    tls: Option<Arc<rustls::ClientConfig>>,
     settings: Arc<DeviceSettings>,
     stats: Arc<Stats>,
+    device: Device,
     sensors: Sensors,
-    outbox: Outbox,
-    rng: Rng,
-    /// Sampled readings not yet sealed: (device time, metric, value).
-    unsealed: Vec<(u64, u16, f64)>,
-    flush_at: Instant,
     generated: u64,
     /// Ticks at the sampling interval.
     ticker: Interval,
@@ -239,8 +189,6 @@ struct Device {
     default_interval: Duration,
     /// The interval its configuration sets, which outranks the default.
     configured_interval: Option<Duration>,
-    /// Readings per batch: the fleet's, or its configuration's.
-    batch: usize,
     /// The metric ids it sends; `None`: all of them.
     only: Option<Vec<u16>>,
     sampling: bool,
@@ -250,13 +198,9 @@ struct Device {
     /// before, even when the task was descheduled between a tick and its
     /// clock read (a busy machine), as a device's clock should be.
     last_sample_ms: u64,
-    /// Connections in a row that ended before the hub acknowledged
-    /// anything: a hub that accepts devices but cannot store (a full or
-    /// read-only disk) is backed off from like one that refuses them.
-    fruitless: u32,
-    /// Counts failed attempts and lost connections: which of the hubs'
-    /// endpoints the next attempt goes to.
-    hub: usize,
+    /// The library's counters as last added to the fleet's.
+    counted_sent: u64,
+    counted_dropped: u64,
 }
 
 /// A ticker every `interval`, first ticking one interval from now, that
@@ -267,17 +211,7 @@ fn ticker(interval: Duration) -> Interval {
     ticker
 }
 
-impl Device {
-    /// The endpoint of the next connection attempt: `url`, or after
-    /// failures the next of `other_urls`, in turn.
-    fn endpoint(&self) -> &str {
-        let others = &self.settings.other_urls;
-        match self.hub % (others.len() + 1) {
-            0 => &self.settings.url,
-            n => &others[n - 1],
-        }
-    }
-
+impl Simulated {
     /// Samples every `interval` from now on.
     fn set_interval(&mut self, interval: Duration) {
         if interval != self.interval {
@@ -286,73 +220,56 @@ impl Device {
         }
     }
 
-    fn hello(&self) -> Hello {
-        Hello {
-            version: PROTOCOL_VERSION,
-            device_id: self.spec.id.clone(),
-            model: "device-sim".into(),
-            firmware: env!("CARGO_PKG_VERSION").into(),
-            metrics: self.sensors.descriptors(),
-        }
-    }
-
     fn finished(&self) -> bool {
-        !self.sampling && self.unsealed.is_empty() && self.outbox.is_empty()
-    }
-
-    fn sample(&mut self) {
-        self.sample_at(device_time_ms(self.settings.clock_skew_ms));
+        !self.sampling && self.device.unacknowledged() == 0
     }
 
     /// Whether past samples are due: backfilling, connected, and few
     /// enough batches unacknowledged (the outbox drops the oldest when
     /// full, and the hub takes 32 in flight).
-    fn backfill_due(&self, link: &Link) -> bool {
+    fn backfill_due(&self) -> bool {
         self.backfill_at.is_some()
             && self.sampling
-            && link.is_up()
-            && self.outbox.len() < BACKFILL_WINDOW
+            && self.device.is_connected()
+            && self.device.unacknowledged_batches() < BACKFILL_WINDOW
     }
 
-    /// Samples the past, a batch's worth, at the sampling interval; once it
-    /// reaches the present, sampling goes live.
-    fn backfill(&mut self) {
+    /// Samples the past at the sampling interval until a batch is sealed;
+    /// once it reaches the present, sampling goes live.
+    fn backfill(&mut self) -> anyhow::Result<()> {
         let step = u64::try_from(self.interval.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
+        let batches = self.device.unacknowledged_batches();
         while let Some(at) = self.backfill_at
             && self.sampling
-            && self.unsealed.len() < self.batch
+            && self.device.unacknowledged_batches() == batches
         {
             if at >= device_time_ms(self.settings.clock_skew_ms) {
                 self.backfill_at = None;
                 self.ticker.reset_immediately();
                 break;
             }
-            self.sample_at(at);
+            self.sample_at(at)?;
             self.backfill_at = Some(at.saturating_add(step));
         }
-        self.seal(self.backfill_at.is_some() && self.sampling);
+        Ok(())
     }
 
-    fn sample_at(&mut self, now: u64) {
+    fn sample_at(&mut self, now: u64) -> anyhow::Result<()> {
         let now = now.max(self.last_sample_ms.saturating_add(1));
         self.last_sample_ms = now;
         let mut values = Vec::with_capacity(self.sensors.len());
         self.sensors.sample(now, &mut values);
+        if let Some(only) = &self.only {
+            values.retain(|(metric, _)| only.contains(metric));
+        }
         let allowed = match self.settings.count {
             Some(count) => (count - self.generated).min(values.len() as u64) as usize,
             None => values.len(),
         };
-        if self.unsealed.is_empty() {
-            self.flush_at = Instant::now() + self.settings.flush;
-        }
-        if let Some(only) = &self.only {
-            values.retain(|(metric, _)| only.contains(metric));
-        }
-        let allowed = allowed.min(values.len());
         for (metric, value) in values.into_iter().take(allowed) {
-            self.unsealed.push((now, metric, value));
+            self.device.send(metric, value, now)?;
         }
         self.generated += allowed as u64;
         if self
@@ -362,54 +279,7 @@ impl Device {
         {
             self.sampling = false;
         }
-    }
-
-    /// Seals unsealed readings into batches of at most `batch`.
-    fn seal(&mut self, only_full: bool) {
-        let before = self.unsealed.len();
-        while !self.unsealed.is_empty() && (!only_full || self.unsealed.len() >= self.batch) {
-            let take = self.unsealed.len().min(self.batch);
-            let chunk: Vec<_> = self.unsealed.drain(..take).collect();
-            let base = chunk[0].0;
-            let readings = chunk
-                .into_iter()
-                .map(|(t, metric, value)| Reading {
-                    metric,
-                    offset_ms: u32::try_from(t.saturating_sub(base)).unwrap_or(u32::MAX),
-                    value,
-                })
-                .collect();
-            let lost = self.outbox.seal(base, readings);
-            self.stats.dropped.fetch_add(lost as u64, Relaxed);
-        }
-        // A partial batch waits at most `flush` from its first reading
-        // (`sample_at` starts the wait). A tick that sealed nothing must not
-        // push the deadline on, or a device sampling at least once per
-        // `flush` would only ever send full batches.
-        if self.unsealed.len() != before && !self.unsealed.is_empty() {
-            self.flush_at = Instant::now() + self.settings.flush;
-        }
-    }
-
-    /// Sends every batch not yet sent on this connection. Returns false if
-    /// the connection failed.
-    async fn send_unsent(&mut self, ws: &mut Ws) -> bool {
-        let batches = self.outbox.take_unsent(std::time::Instant::now());
-        if batches.is_empty() {
-            return true;
-        }
-        for batch in batches {
-            let readings = batch.readings.len() as u64;
-            if ws
-                .feed(Message::Binary(DeviceFrame::Batch(batch).encode().into()))
-                .await
-                .is_err()
-            {
-                return false;
-            }
-            self.stats.sent.fetch_add(readings, Relaxed);
-        }
-        ws.flush().await.is_ok()
+        Ok(())
     }
 
     /// Applies the configuration the hub sent, whole, or refuses it and
@@ -426,7 +296,8 @@ impl Device {
             Ok(settings) => {
                 self.configured_interval = settings.interval;
                 self.set_interval(settings.interval.unwrap_or(self.default_interval));
-                self.batch = settings.batch.unwrap_or(self.settings.batch);
+                self.device
+                    .set_batch(settings.batch.unwrap_or(self.settings.batch));
                 self.only = settings.metrics.map(|names| {
                     descriptors
                         .iter()
@@ -447,22 +318,103 @@ impl Device {
         }
     }
 
-    /// An established connection ended.
-    fn dropped(&mut self) -> Link {
-        self.stats.reconnects.fetch_add(1, Relaxed);
-        let link = self.lost(self.fruitless);
-        self.fruitless = self.fruitless.saturating_add(1);
-        link
-    }
-
-    fn lost(&mut self, attempt: u32) -> Link {
-        self.hub = self.hub.wrapping_add(1);
-        let delay = self.settings.backoff.delay(attempt, self.rng.unit());
-        Link::Down {
-            retry_at: Instant::now() + delay,
-            attempt: attempt.saturating_add(1),
+    /// Counts what the library reports.
+    fn on(&mut self, event: Event) {
+        let stats = &self.stats;
+        match event {
+            Event::Connected { welcome, settled } => {
+                stats.connected.fetch_add(1, Relaxed);
+                stats.acked.fetch_add(settled.readings as u64, Relaxed);
+                if self.settings.rate.is_none() && welcome.sample_interval_ms > 0 {
+                    self.default_interval =
+                        Duration::from_millis(u64::from(welcome.sample_interval_ms));
+                    self.set_interval(self.configured_interval.unwrap_or(self.default_interval));
+                }
+            }
+            Event::Refused(reason) | Event::HubError(reason) => {
+                stats.set_last_error(&self.spec.id, reason);
+            }
+            Event::Lost(reason) => {
+                stats.connected.fetch_sub(1, Relaxed);
+                stats.reconnects.fetch_add(1, Relaxed);
+                if let Some(reason) = reason {
+                    stats.set_last_error(&self.spec.id, reason);
+                }
+            }
+            Event::Acknowledged { readings, rtt } => {
+                stats.acked.fetch_add(readings as u64, Relaxed);
+                if let Some(rtt) = rtt {
+                    stats.record_rtt(rtt);
+                }
+            }
+            Event::Command(command) => {
+                stats.commands.fetch_add(1, Relaxed);
+                let mut interval = self.interval;
+                let result = execute(&command, &mut interval);
+                self.set_interval(interval);
+                self.device.reply(result);
+            }
+            Event::Config(config) => {
+                let result = self.configure(&config);
+                self.device.answer(result);
+            }
         }
     }
+
+    /// Adds what the library sent and dropped since last time to the
+    /// fleet's counters.
+    fn count(&mut self) {
+        let (sent, dropped) = (self.device.sent(), self.device.dropped());
+        self.stats.sent.fetch_add(sent - self.counted_sent, Relaxed);
+        self.stats
+            .dropped
+            .fetch_add(dropped - self.counted_dropped, Relaxed);
+        (self.counted_sent, self.counted_dropped) = (sent, dropped);
+    }
+}
+
+/// The library's options for one device of the fleet.
+fn options(
+    spec: &DeviceSpec,
+    settings: &DeviceSettings,
+    sensors: &Sensors,
+) -> anyhow::Result<Options> {
+    let credential = match spec.credential.is_empty() {
+        true => Credential::Certificate,
+        false => Credential::Token(spec.credential.clone()),
+    };
+    let mut options = Options::new(spec.id.clone(), settings.url.clone(), credential);
+    options.urls.extend(settings.other_urls.iter().cloned());
+    // This device's own certificate, if it presents one.
+    options.tls = match (&settings.tls, &settings.client_certs) {
+        (Some(base), Some(certs)) => Some(
+            certs
+                .config_for(base, &spec.id)
+                .map_err(|err| anyhow::anyhow!("its client certificate: {err:#}"))?,
+        ),
+        (tls, _) => tls.clone(),
+    };
+    options.keyring = Arc::clone(&settings.keyring);
+    options.groups = Arc::clone(&settings.groups);
+    options.model = "device-sim".into();
+    options.firmware = env!("CARGO_PKG_VERSION").into();
+    options.metrics = sensors.descriptors();
+    options.batch = settings.batch;
+    options.flush = settings.flush;
+    options.storage = match &settings.disk {
+        None => Storage::Memory {
+            batches: settings.buffer,
+        },
+        Some(disk) => Storage::Disk {
+            dir: disk.root.join(&spec.id),
+            max_bytes: disk.max_bytes,
+            durability: disk.durability,
+        },
+    };
+    options.backoff = settings.backoff;
+    options.seed = spec.seed;
+    options.start_delay = spec.start_delay;
+    Ok(options)
 }
 
 /// Runs one device until it has delivered `count` readings (if set), or
@@ -478,36 +430,37 @@ pub async fn run(
     let interval = settings.rate.map_or(Duration::from_secs(1), |rate| {
         interval_for_rate(rate, settings.kinds.len())
     });
-    // This device's own certificate, if it presents one.
-    let tls = match (&settings.tls, &settings.client_certs) {
-        (Some(base), Some(certs)) => match certs.config_for(base, &spec.id) {
-            Ok(config) => Some(config),
-            Err(err) => {
-                stats.set_last_error(&spec.id, format!("its client certificate: {err:#}"));
-                return false;
-            }
-        },
-        (tls, _) => tls.clone(),
+    let sensors = {
+        let sensors = Sensors::new(&settings.kinds, spec.seed);
+        match spec.misbehaves {
+            true => sensors.misbehaving(device_time_ms(settings.clock_skew_ms)),
+            false => sensors,
+        }
     };
-    let mut device = Device {
-        tls,
-        sensors: {
-            let sensors = Sensors::new(&settings.kinds, spec.seed);
-            match spec.misbehaves {
-                true => sensors.misbehaving(device_time_ms(settings.clock_skew_ms)),
-                false => sensors,
-            }
-        },
-        outbox: Outbox::new(settings.buffer),
-        rng: Rng::new(spec.seed ^ 0x5EED),
-        unsealed: Vec::new(),
-        flush_at: Instant::now(),
+    let device = match options(&spec, &settings, &sensors).and_then(|options| {
+        let dir = match &options.storage {
+            Storage::Disk { dir, .. } => Some(dir.clone()),
+            Storage::Memory { .. } => None,
+        };
+        Device::open(options).map_err(|err| match dir {
+            Some(dir) => anyhow::anyhow!("its outbox {}: {err}", dir.display()),
+            None => err.into(),
+        })
+    }) {
+        Ok(device) => device,
+        Err(err) => {
+            stats.set_last_error(&spec.id, format!("{err:#}"));
+            return false;
+        }
+    };
+    let mut sim = Simulated {
+        device,
+        sensors,
         generated: 0,
         ticker: ticker(interval),
         interval,
         default_interval: interval,
         configured_interval: None,
-        batch: settings.batch,
         only: None,
         sampling: settings.count != Some(0),
         backfill_at: (!settings.backfill.is_zero()).then(|| {
@@ -515,196 +468,56 @@ pub async fn run(
             device_time_ms(settings.clock_skew_ms).saturating_sub(back)
         }),
         last_sample_ms: 0,
-        fruitless: 0,
-        hub: 0,
+        counted_sent: 0,
+        counted_dropped: 0,
         spec,
         settings,
         stats,
     };
     // The first sample is taken at once.
-    device.ticker.reset_immediately();
-    let mut link = Link::Down {
-        retry_at: Instant::now() + device.spec.start_delay,
-        attempt: 0,
-    };
+    sim.ticker.reset_immediately();
     let mut stopping = false;
 
     loop {
-        let event = tokio::select! {
+        let step = tokio::select! {
             biased;
-            () = abort.cancelled() => Event::Abort,
-            () = stop.cancelled(), if !stopping => Event::Stop,
-            event = next_link_event(&mut link) => event,
-            _ = device.ticker.tick(), if device.sampling && device.backfill_at.is_none() => Event::Tick,
-            () = sleep_until(device.flush_at), if !device.unsealed.is_empty() => Event::Flush,
+            () = abort.cancelled() => Step::Abort,
+            () = stop.cancelled(), if !stopping => Step::Stop,
+            event = sim.device.poll() => Step::Device(event),
+            _ = sim.ticker.tick(), if sim.sampling && sim.backfill_at.is_none() => Step::Tick,
             // Last: acks and the rest come first.
-            () = std::future::ready(()), if device.backfill_due(&link) => Event::Backfill,
+            () = std::future::ready(()), if sim.backfill_due() => Step::Backfill,
         };
-        let was_up = link.is_up();
-        match event {
-            Event::Abort => break,
-            Event::Stop => {
+        let done = match step {
+            Step::Abort => break,
+            Step::Stop => {
                 stopping = true;
-                device.sampling = false;
-                device.seal(false);
+                sim.sampling = false;
+                sim.device.seal().map_err(anyhow::Error::from)
             }
-            Event::Tick => {
-                device.sample();
-                device.seal(device.sampling);
+            Step::Tick => sim.sample_at(device_time_ms(sim.settings.clock_skew_ms)),
+            Step::Backfill => sim.backfill(),
+            Step::Device(Ok(event)) => {
+                sim.on(event);
+                Ok(())
             }
-            Event::Flush => device.seal(false),
-            Event::Backfill => device.backfill(),
-            Event::Retry => {
-                let attempt = match link {
-                    Link::Down { attempt, .. } => attempt,
-                    _ => 0,
-                };
-                let credential = device
-                    .settings
-                    .keyring
-                    .token(&device.spec.id)
-                    .unwrap_or_else(|| device.spec.credential.clone());
-                let handshake = Box::pin(handshake(
-                    device.endpoint().to_owned(),
-                    device.tls.clone(),
-                    credential,
-                    Arc::clone(&device.settings.groups),
-                    device.hello(),
-                ));
-                link = Link::Connecting { attempt, handshake };
-            }
-            Event::Handshake(Ok((ws, Greeting { welcome, token }))) => {
-                // Kept before any batch goes: the first one tells the hub
-                // that this device holds its token, and the key stops
-                // working for it.
-                if let Some(token) = token
-                    && let Err(err) = device.settings.keyring.keep(&device.spec.id, &token)
-                {
-                    device.stats.set_last_error(
-                        &device.spec.id,
-                        format!("cannot keep the token the hub issued: {err}"),
-                    );
-                    link = device.dropped();
-                    continue;
-                }
-                let settled = device.outbox.resume(welcome.last_seq);
-                if settled.readings > 0 {
-                    device.fruitless = 0;
-                }
-                device
-                    .stats
-                    .acked
-                    .fetch_add(settled.readings as u64, Relaxed);
-                if device.settings.rate.is_none() && welcome.sample_interval_ms > 0 {
-                    device.default_interval =
-                        Duration::from_millis(u64::from(welcome.sample_interval_ms));
-                    device.set_interval(
-                        device
-                            .configured_interval
-                            .unwrap_or(device.default_interval),
-                    );
-                }
-                link = Link::Up(ws);
-            }
-            Event::Handshake(Err(err)) => {
-                tracing::debug!(device = %device.spec.id, error = %err, "connection attempt failed");
-                device
-                    .stats
-                    .set_last_error(&device.spec.id, format!("{err:#}"));
-                let attempt = match link {
-                    Link::Connecting { attempt, .. } => attempt,
-                    _ => 0,
-                };
-                link = device.lost(attempt);
-            }
-            Event::Incoming(Some(Ok(Message::Binary(bytes)))) => match HubFrame::decode(&bytes) {
-                Ok(HubFrame::Ack(ack)) => {
-                    let settled = device.outbox.acknowledge(ack.seq);
-                    device.fruitless = 0;
-                    device
-                        .stats
-                        .acked
-                        .fetch_add(settled.readings as u64, Relaxed);
-                    if let Some(sent_at) = settled.sent_at {
-                        device.stats.record_rtt(sent_at.elapsed());
-                    }
-                }
-                Ok(HubFrame::Command(command)) => {
-                    device.stats.commands.fetch_add(1, Relaxed);
-                    let mut interval = device.interval;
-                    let result = execute(&command, &mut interval);
-                    device.set_interval(interval);
-                    if let Link::Up(ws) = &mut link
-                        && ws
-                            .send(Message::Binary(
-                                DeviceFrame::CommandResult(result).encode().into(),
-                            ))
-                            .await
-                            .is_err()
-                    {
-                        link = device.dropped();
-                    }
-                }
-                Ok(HubFrame::Config(config)) => {
-                    let result = device.configure(&config);
-                    if let Link::Up(ws) = &mut link
-                        && ws
-                            .send(Message::Binary(
-                                DeviceFrame::ConfigResult(result).encode().into(),
-                            ))
-                            .await
-                            .is_err()
-                    {
-                        link = device.dropped();
-                    }
-                }
-                Ok(HubFrame::Error(error)) => {
-                    device.stats.set_last_error(
-                        &device.spec.id,
-                        format!("hub error {}: {}", error.code, error.message),
-                    );
-                }
-                // Only ever sent before Welcome, in the handshake.
-                Ok(HubFrame::Welcome(_) | HubFrame::Token(_)) => {}
-                Err(err) => {
-                    tracing::warn!(device = %device.spec.id, error = %err, "undecodable frame from the hub")
-                }
-            },
-            Event::Incoming(Some(Ok(Message::Close(Some(close))))) => {
-                device.stats.set_last_error(
-                    &device.spec.id,
-                    format!(
-                        "the hub closed the connection: {} ({})",
-                        close.reason,
-                        u16::from(close.code)
-                    ),
-                );
-            }
-            Event::Incoming(Some(Ok(_))) => {}
-            Event::Incoming(None | Some(Err(_))) => {
-                link = device.dropped();
-            }
-        }
-        if let Link::Up(ws) = &mut link
-            && !device.send_unsent(ws).await
-        {
-            link = device.dropped();
-        }
-        // The one place the connected gauge follows the link.
-        match (was_up, link.is_up()) {
-            (false, true) => device.stats.connected.fetch_add(1, Relaxed),
-            (true, false) => device.stats.connected.fetch_sub(1, Relaxed),
-            _ => 0,
+            Step::Device(Err(err)) => Err(err.into()),
         };
-        if device.finished() {
+        sim.count();
+        if let Err(err) = done {
+            sim.stats
+                .set_last_error(&sim.spec.id, format!("its outbox: {err:#}"));
+            break;
+        }
+        if sim.finished() {
             break;
         }
     }
-    if let Link::Up(mut ws) = link {
-        device.stats.connected.fetch_sub(1, Relaxed);
-        let _ = ws.close().await;
+    if sim.device.is_connected() {
+        sim.stats.connected.fetch_sub(1, Relaxed);
     }
-    device.finished()
+    sim.device.close().await;
+    sim.finished()
 }
 
 #[cfg(test)]
@@ -762,22 +575,6 @@ mod tests {
         let result = execute(&command("reboot", &[]), &mut Duration::from_secs(1));
         assert!(!result.ok);
         assert!(result.detail.contains("reboot"));
-    }
-
-    #[test]
-    fn endpoints_get_the_device_path_unless_they_have_one() {
-        let endpoint = |hub| endpoint(hub).unwrap();
-        assert_eq!(endpoint("ws://127.0.0.1:8080"), "ws://127.0.0.1:8080/v1/ws");
-        assert_eq!(endpoint("ws://hub:81/"), "ws://hub:81/v1/ws");
-        assert_eq!(endpoint("wss://hub/custom/ws"), "wss://hub/custom/ws");
-        assert_eq!(endpoint("ws://hub:81?site=3"), "ws://hub:81/v1/ws?site=3");
-    }
-
-    #[test]
-    fn only_websocket_urls_with_a_host_are_endpoints() {
-        for hub in ["http://hub:80", "127.0.0.1:8080", "ws://", "hub"] {
-            assert!(endpoint(hub).is_err(), "{hub}");
-        }
     }
 
     #[test]

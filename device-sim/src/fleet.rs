@@ -12,8 +12,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::device::{self, DeviceSettings, DeviceSpec};
-use crate::rng::Rng;
 use crate::stats::{RttSummary, Stats};
+use telemetry_device::rng::Rng;
 
 /// How devices authenticate.
 #[derive(Debug, Clone)]

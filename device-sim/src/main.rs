@@ -4,19 +4,147 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
-use device_sim::backoff::Backoff;
-use device_sim::device::{DeviceSettings, endpoint};
+use clap::{Parser, Subcommand};
+use device_sim::certs::ClientCerts;
+use device_sim::device::{DeviceSettings, DiskOutbox};
 use device_sim::duration;
 use device_sim::fleet::{self, Credential, FleetConfig, Ids};
-use device_sim::keyring::Keyring;
 use device_sim::sensors::SensorKind;
-use device_sim::tls::{self, ClientCerts};
+use telemetry_device::backoff::Backoff;
+use telemetry_device::keyring::Keyring;
+use telemetry_device::tls;
+use telemetry_device::{Durability, endpoint};
 
 /// Simulated telemetry devices: one to ten thousand, reconnecting with
 /// backoff and resending whatever the hub has not acknowledged.
 #[derive(Debug, Parser)]
-#[command(name = "device-sim", version)]
+#[command(
+    name = "device-sim",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    fleet: Args,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// One device sending the readings a script prints on standard input,
+    /// one per line: `metric value [unit] [time]` (time in Unix seconds or
+    /// RFC 3339; without it, when the line is read). Bad lines are reported
+    /// with their number and skipped; at the end of input it waits for the
+    /// hub to acknowledge everything.
+    Pipe(PipeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PipeArgs {
+    /// The hub: ws://host:port or wss://host:port.
+    #[arg(long, env = "SIM_HUB", default_value = "ws://127.0.0.1:8080", value_parser = endpoints)]
+    hub: Endpoints,
+    /// PEM file of the CA that signed a wss:// hub's certificate, or the
+    /// hub's self-signed certificate itself.
+    #[arg(long, env = "SIM_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// The device's id.
+    #[arg(long)]
+    id: String,
+    /// The device's own token (from `hub device add`).
+    #[arg(
+        long,
+        env = "SIM_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "client_cert"
+    )]
+    token: Option<String>,
+    /// PEM certificate the device presents instead of a token (wss://).
+    #[arg(long, requires = "client_key", conflicts_with = "token")]
+    client_cert: Option<PathBuf>,
+    /// The PEM private key of --client-cert.
+    #[arg(long, requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// A metric lines may name, `name` or `name:unit` (repeat for more).
+    #[arg(long = "metric", required = true)]
+    metrics: Vec<String>,
+    /// Readings per batch (frame).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=protocol::limits::MAX_READINGS_PER_BATCH as u64))]
+    batch: u64,
+    /// Longest a reading waits for its batch to fill.
+    #[arg(long, default_value = "1s", value_parser = duration::parse)]
+    flush: Duration,
+    #[command(flatten)]
+    outbox: OutboxArgs,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Where devices keep what the hub has not acknowledged.
+#[derive(Debug, clap::Args)]
+struct OutboxArgs {
+    /// Keep the outbox on disk in this folder (a device's in a folder of
+    /// its own, named by its id): what was sampled and not acknowledged
+    /// survives a crash or a power cut and is sent when the device starts
+    /// again. Without it, the outbox is in memory (--buffer).
+    #[arg(long, env = "SIM_OUTBOX")]
+    outbox: Option<PathBuf>,
+    /// Most bytes a device's outbox on disk holds (23 per reading); when
+    /// full, its oldest eighth is dropped and counted. 64KiB at least.
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes, requires = "outbox")]
+    outbox_max: u64,
+    /// What a reading must survive before it counts as sampled: `power-cut`
+    /// (flushed to the disk, a disk flush per reading) or `process` (written
+    /// to the operating system: survives the process being killed).
+    #[arg(long, default_value = "power-cut", value_parser = parse_durability, requires = "outbox")]
+    durability: Durability,
+}
+
+impl OutboxArgs {
+    fn disk(&self) -> Option<DiskOutbox> {
+        self.outbox.as_ref().map(|root| DiskOutbox {
+            root: root.clone(),
+            max_bytes: self.outbox_max,
+            durability: self.durability,
+        })
+    }
+}
+
+/// `64MiB`, `512KiB`, `1GiB` or a number of bytes.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, ""), |at| text.split_at(at));
+    let scale: u64 = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(format!("{text:?}: a size is bytes or KiB, MiB, GiB")),
+    };
+    let bytes = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("{text:?}: a size is bytes or KiB, MiB, GiB"))?;
+    if bytes < telemetry_device::journal::MIN_BYTES {
+        return Err(format!("{text:?}: an outbox holds at least 64KiB"));
+    }
+    Ok(bytes)
+}
+
+fn parse_durability(text: &str) -> Result<Durability, String> {
+    match text {
+        "power-cut" => Ok(Durability::PowerCut),
+        "process" => Ok(Durability::Process),
+        _ => Err(format!("{text:?}: power-cut or process")),
+    }
+}
+
+#[derive(Debug, clap::Args)]
 struct Args {
     /// The hub: ws://host:port or wss://host:port (the device path /v1/ws
     /// is added unless a path is given). Several, comma-separated (the hubs
@@ -103,10 +231,12 @@ struct Args {
     /// Seed for reproducible sensor values and timing.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Most unacknowledged batches a device keeps; when full, the oldest is
-    /// dropped and counted.
-    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Most unacknowledged batches a device keeps in memory; when full, the
+    /// oldest is dropped and counted.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "outbox")]
     buffer: u64,
+    #[command(flatten)]
+    outbox: OutboxArgs,
     /// Longest wait between reconnect attempts.
     #[arg(long, default_value = "30s", value_parser = duration::parse)]
     backoff_cap: Duration,
@@ -136,12 +266,114 @@ fn parse_signed_duration(text: &str) -> Result<i64, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(colour_on_stderr())
         .with_max_level(tracing::Level::WARN)
         .init();
+    match cli.command {
+        Some(Command::Pipe(args)) => pipe(args).await,
+        None => fleet(cli.fleet).await,
+    }
+}
+
+/// Whom a wss:// hub must chain to, from `--ca-cert`; `None` for ws://.
+fn trust(
+    hub: &Endpoints,
+    ca_cert: Option<&std::path::Path>,
+) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, String> {
+    match (hub.secure(), ca_cert) {
+        (true, ca_cert) => tls::client_config(ca_cert, "--ca-cert")
+            .map(Some)
+            .map_err(|err| format!("{err:#}")),
+        (false, Some(_)) => Err("--ca-cert applies only to a wss:// --hub".into()),
+        (false, None) => Ok(None),
+    }
+}
+
+async fn pipe(args: PipeArgs) -> ExitCode {
+    let fail = |message: String| {
+        eprintln!("error: {message}");
+        ExitCode::from(2)
+    };
+    if !protocol::is_valid_device_id(&args.id) {
+        return fail(format!(
+            "--id {:?}: an id is 1 to 64 of A-Z a-z 0-9 - _ . :",
+            args.id
+        ));
+    }
+    let metrics = match device_sim::pipe::metrics(&args.metrics) {
+        Ok(metrics) => metrics,
+        Err(err) => return fail(format!("--metric {err}")),
+    };
+    let mut tls = match trust(&args.hub, args.ca_cert.as_deref()) {
+        Ok(tls) => tls,
+        Err(err) => return fail(err),
+    };
+    let credential = match (&args.token, &args.client_cert, &args.client_key) {
+        (Some(token), _, _) => telemetry_device::Credential::Token(token.clone()),
+        (None, Some(cert), Some(key)) => {
+            let Some(base) = &tls else {
+                return fail("client certificates need a wss:// --hub".into());
+            };
+            match telemetry_device::tls::Identity::from_pem_files(cert, key) {
+                Ok(identity) => tls = Some(identity.presented_with(base)),
+                Err(err) => return fail(format!("--client-cert: {err:#}")),
+            }
+            telemetry_device::Credential::Certificate
+        }
+        _ => return fail("--token or --client-cert is needed".into()),
+    };
+    let mut options =
+        telemetry_device::Options::new(args.id.clone(), args.hub.0[0].clone(), credential);
+    options.urls = args.hub.0.clone();
+    options.tls = tls;
+    options.model = "device-sim pipe".into();
+    options.metrics = metrics;
+    options.batch = args.batch as usize;
+    options.flush = args.flush;
+    if let Some(disk) = args.outbox.disk() {
+        options.storage = telemetry_device::Storage::Disk {
+            dir: disk.root.join(&args.id),
+            max_bytes: disk.max_bytes,
+            durability: disk.durability,
+        };
+    }
+    let mut device = match telemetry_device::Device::open(options) {
+        Ok(device) => device,
+        Err(err) => return fail(format!("--outbox: {err}")),
+    };
+    let stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let summary = match device_sim::pipe::run(&mut device, stdin, stop).await {
+        Ok(summary) => summary,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+    } else {
+        println!(
+            "{} lines: {} readings, {} bad lines skipped, {} dropped (outbox full), {} not acknowledged",
+            summary.lines,
+            summary.readings,
+            summary.bad_lines,
+            summary.dropped,
+            summary.unacknowledged
+        );
+    }
+    match summary.unacknowledged {
+        0 => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    }
+}
+
+async fn fleet(args: Args) -> ExitCode {
     if args.token_file.is_some() && args.provision_key.is_none() {
         eprintln!("error: --token-file keeps the tokens the hub issues; it needs --provision-key");
         return ExitCode::from(2);
@@ -206,19 +438,12 @@ async fn main() -> ExitCode {
             }
         },
     };
-    let tls = match (args.hub.secure(), &args.ca_cert) {
-        (true, ca_cert) => match tls::client_config(ca_cert.as_deref(), "--ca-cert") {
-            Ok(config) => Some(config),
-            Err(err) => {
-                eprintln!("error: {err:#}");
-                return ExitCode::from(2);
-            }
-        },
-        (false, Some(_)) => {
-            eprintln!("error: --ca-cert applies only to a wss:// --hub");
+    let tls = match trust(&args.hub, args.ca_cert.as_deref()) {
+        Ok(tls) => tls,
+        Err(err) => {
+            eprintln!("error: {err}");
             return ExitCode::from(2);
         }
-        (false, None) => None,
     };
     let config = FleetConfig {
         devices: args.devices as usize,
@@ -241,6 +466,7 @@ async fn main() -> ExitCode {
             flush: args.flush,
             count: args.count,
             buffer: args.buffer as usize,
+            disk: args.outbox.disk(),
             backoff: Backoff {
                 cap: args.backoff_cap,
                 ..Backoff::default()

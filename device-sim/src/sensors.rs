@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use protocol::MetricDescriptor;
 
-use crate::rng::Rng;
+use telemetry_device::rng::Rng;
 
 const DAY_MS: f64 = 86_400_000.0;
 

@@ -9,11 +9,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use device_sim::backoff::Backoff;
-use device_sim::device::{DeviceSettings, endpoint};
+use device_sim::device::DeviceSettings;
 use device_sim::fleet::{Credential, FleetConfig, Ids, device_id};
-use device_sim::keyring::Keyring;
 use device_sim::sensors::SensorKind;
+use telemetry_device::backoff::Backoff;
+use telemetry_device::endpoint;
+use telemetry_device::keyring::Keyring;
 
 use crate::alerts::definition_text;
 use crate::alerts::rule::RuleSpec;

@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use device_sim::backoff::Backoff;
-use device_sim::device::{DeviceSettings, endpoint};
+use device_sim::device::DeviceSettings;
 use device_sim::fleet::{self, Credential, FleetConfig, Summary};
+use telemetry_device::backoff::Backoff;
+use telemetry_device::endpoint;
 
 use crate::TestHub;
 
@@ -20,6 +21,7 @@ pub fn quick_device(url: String, rate: f64, count: u64) -> DeviceSettings {
         flush: Duration::from_millis(50),
         count: Some(count),
         buffer: 10_000,
+        disk: None,
         backoff: Backoff {
             base: Duration::from_millis(50),
             cap: Duration::from_millis(300),

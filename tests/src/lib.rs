@@ -19,10 +19,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use device_sim::keyring::Keyring;
 use futures_util::{SinkExt, StreamExt};
 use protocol::{Batch, DeviceFrame, Hello, HubFrame, MetricDescriptor, Reading, Welcome};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use telemetry_device::keyring::Keyring;
 use testkit::hub::HubProcess;
 use tokio::process::Command;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -328,7 +328,7 @@ pub fn batch(seq: u64, base_ms: u64, count: u32) -> DeviceFrame {
 /// A WebSocket device client that sends whatever it is told, valid or not.
 #[derive(Debug)]
 pub struct RawDevice {
-    ws: device_sim::link::Ws,
+    ws: telemetry_device::link::Ws,
 }
 
 /// How a connection ended, as the device saw it.
@@ -356,13 +356,16 @@ impl RawDevice {
     /// Sends `Hello` for `device_id` with the temperature metric and returns
     /// the hub's `Welcome`.
     pub async fn hello(&mut self, device_id: &str) -> anyhow::Result<Welcome> {
-        device_sim::link::hello(&mut self.ws, hello(device_id)).await
+        telemetry_device::link::hello(&mut self.ws, hello(device_id)).await
     }
 
     /// Sends `hello` and returns what the hub answered: its `Welcome`, and
     /// the token it issued when the provisioning key registered the device.
-    pub async fn greet(&mut self, hello: Hello) -> anyhow::Result<device_sim::link::Greeting> {
-        device_sim::link::greet(&mut self.ws, hello).await
+    pub async fn greet(
+        &mut self,
+        hello: Hello,
+    ) -> anyhow::Result<telemetry_device::link::Greeting> {
+        telemetry_device::link::greet(&mut self.ws, hello).await
     }
 
     /// Sends a WebSocket ping, and reads nothing.

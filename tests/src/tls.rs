@@ -116,7 +116,7 @@ pub async fn https_get(addr: &str, path: &str) -> anyhow::Result<HttpsAnswer> {
 /// As [`https_get`].
 pub async fn https_get_trusting(ca: &Path, addr: &str, path: &str) -> anyhow::Result<HttpsAnswer> {
     use http_body_util::{BodyExt, Empty};
-    let config = device_sim::tls::client_config(Some(ca), "--ca-cert")?;
+    let config = telemetry_device::tls::client_config(Some(ca), "--ca-cert")?;
     let tcp = TcpStream::connect(addr).await?;
     let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
     let name = rustls::pki_types::ServerName::try_from(host.to_owned())?;

@@ -932,7 +932,7 @@ async fn devices_the_provisioning_key_registers_join_its_groups_or_those_they_na
         assert_eq!(in_groups, &expected, "{id}");
     }
     // A group the key may not put devices in is refused, named.
-    let refused = device_sim::link::connect_into(
+    let refused = telemetry_device::link::connect_into(
         &format!("ws://{}/v1/ws", hub.addr),
         None,
         "k",

@@ -4,11 +4,12 @@
 
 use std::time::Duration;
 
-use device_sim::device::{DeviceSettings, endpoint};
+use device_sim::device::DeviceSettings;
 use device_sim::fleet::{self, Credential, FleetConfig};
 use device_sim::sensors::SensorKind;
 use e2e::TestHub;
 use e2e::browser::Browser;
+use telemetry_device::endpoint;
 
 fn fleet(hub: &TestHub, count: u64) -> FleetConfig {
     let device = DeviceSettings {

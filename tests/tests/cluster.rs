@@ -8,13 +8,14 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use device_sim::device::{DeviceSettings, endpoint};
+use device_sim::device::DeviceSettings;
 use device_sim::fleet::{self, FleetConfig, Ids};
 use e2e::fleets;
 use e2e::nginx::Nginx;
 use e2e::partition::Relay;
 use e2e::{PATIENCE, RawDevice, SseClient, TestHub, batch, hub_binary};
 use protocol::{CommandResult, DeviceFrame, HubFrame};
+use telemetry_device::endpoint;
 use testkit::nats::{NatsCluster, NatsServer};
 
 /// `(pos, device, metric, ts_ms, value)`: a stored reading.

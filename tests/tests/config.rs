@@ -9,13 +9,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use device_sim::backoff::Backoff;
 use device_sim::device::{self, DeviceSettings, DeviceSpec};
 use device_sim::sensors::SensorKind;
 use device_sim::stats::Stats;
 use e2e::{PATIENCE, RawDevice, SseClient, TestHub};
 use protocol::{ConfigResult, DeviceFrame, HubFrame};
 use serde_json::{Value, json};
+use telemetry_device::backoff::Backoff;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

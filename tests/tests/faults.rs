@@ -7,12 +7,13 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use device_sim::backoff::Backoff;
-use device_sim::device::{DeviceSettings, endpoint};
+use device_sim::device::DeviceSettings;
 use device_sim::fleet::{self, Credential, FleetConfig};
 use device_sim::sensors::SensorKind;
 use e2e::fleets;
 use e2e::{TestHub, batch};
+use telemetry_device::backoff::Backoff;
+use telemetry_device::endpoint;
 use tokio_tungstenite::tungstenite;
 
 fn now_ms() -> u64 {
@@ -259,6 +260,7 @@ async fn a_database_made_read_only_is_reported_acknowledges_nothing_unstored_and
         flush: Duration::from_millis(50),
         count: Some(1_000),
         buffer: 10_000,
+        disk: None,
         backoff: Backoff {
             base: Duration::from_millis(50),
             cap: Duration::from_millis(300),

@@ -21,7 +21,7 @@ async fn the_monitor_under_a_thousand_devices() {
     let config = hub::demo::fleet(
         &hub.addr,
         device_sim::fleet::Credential::ProvisionKey(key.into()),
-        device_sim::keyring::Keyring::in_memory(),
+        telemetry_device::keyring::Keyring::in_memory(),
         1_000,
         Duration::from_secs(5 * 60),
     )

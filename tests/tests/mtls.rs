@@ -7,12 +7,14 @@
 
 use std::sync::Arc;
 
-use device_sim::device::{DeviceSettings, endpoint};
+use device_sim::certs::ClientCerts;
+use device_sim::device::DeviceSettings;
 use device_sim::fleet::{Credential, FleetConfig};
-use device_sim::tls::{ClientCerts, client_config};
 use e2e::TestHub;
 use e2e::fleets;
 use e2e::tls::https_get_trusting;
+use telemetry_device::endpoint;
+use telemetry_device::tls::client_config;
 use testkit::pki::Pki;
 
 /// 2100-01-01T00:00:00Z.
@@ -53,8 +55,8 @@ async fn hello_with(
 ) -> anyhow::Result<protocol::Welcome> {
     let base = client_config(Some(&pki.ca()), "--ca-cert")?;
     let tls = certs.config_for(&base, device_id)?;
-    let mut ws = device_sim::link::connect(&url(hub), Some(tls), "").await?;
-    device_sim::link::hello(&mut ws, e2e::hello(hello_as)).await
+    let mut ws = telemetry_device::link::connect(&url(hub), Some(tls), "").await?;
+    telemetry_device::link::hello(&mut ws, e2e::hello(hello_as)).await
 }
 
 #[tokio::test]
@@ -102,14 +104,14 @@ async fn devices_authenticate_by_certificate_beside_tokens() {
     assert!(format!("{wrong:#}").contains("(code 6)"), "{wrong:#}");
     // The fleet's provisioning key does not reach a device its certificate
     // registered.
-    let mut ws = device_sim::link::connect(
+    let mut ws = telemetry_device::link::connect(
         &url(&hub),
         Some(client_config(Some(&pki.ca()), "--ca-cert").unwrap()),
         "fleet-key",
     )
     .await
     .unwrap();
-    let taken = device_sim::link::hello(&mut ws, e2e::hello("meter-7"))
+    let taken = telemetry_device::link::hello(&mut ws, e2e::hello("meter-7"))
         .await
         .unwrap_err();
     assert!(format!("{taken:#}").contains("(code 6)"), "{taken:#}");
@@ -137,10 +139,10 @@ async fn devices_authenticate_by_certificate_beside_tokens() {
     // Tokens work beside certificates, on the same port.
     let token = hub.add_device("with-token").await.unwrap();
     let base = client_config(Some(&pki.ca()), "--ca-cert").unwrap();
-    let mut ws = device_sim::link::connect(&url(&hub), Some(base), &token)
+    let mut ws = telemetry_device::link::connect(&url(&hub), Some(base), &token)
         .await
         .unwrap();
-    device_sim::link::hello(&mut ws, e2e::hello("with-token"))
+    telemetry_device::link::hello(&mut ws, e2e::hello("with-token"))
         .await
         .unwrap();
 }

@@ -6,10 +6,11 @@
 
 use std::time::Duration;
 
-use device_sim::device::{DeviceSettings, endpoint};
+use device_sim::device::DeviceSettings;
 use e2e::fleets;
 use e2e::nginx::Nginx;
 use e2e::{SseClient, TestHub, batch};
+use telemetry_device::endpoint;
 
 #[tokio::test]
 async fn devices_and_browsers_work_through_the_documented_nginx_config() {

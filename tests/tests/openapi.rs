@@ -8,9 +8,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use device_sim::device::{DeviceSettings, endpoint};
+use device_sim::device::DeviceSettings;
 use device_sim::fleet::{self, Credential, FleetConfig};
 use e2e::TestHub;
+use telemetry_device::endpoint;
 
 /// Both the monitor token and the provisioning key: schemathesis sends one
 /// `Authorization` header to every endpoint, so `/v1/ws` is reached too.

@@ -12,9 +12,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use device_sim::fleet;
-use device_sim::keyring::Keyring;
 use e2e::TestHub;
 use e2e::browser::Browser;
+use telemetry_device::keyring::Keyring;
 
 #[tokio::test]
 #[ignore = "writes docs/img; run it by hand to refresh the README's screenshots"]

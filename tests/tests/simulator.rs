@@ -3,13 +3,14 @@
 
 use std::time::Duration;
 
-use device_sim::backoff::Backoff;
-use device_sim::device::{DeviceSettings, endpoint};
+use device_sim::device::DeviceSettings;
 use device_sim::fleet::{self, Credential, FleetConfig, Ids, Summary};
 use device_sim::sensors::SensorKind;
-use device_sim::tls;
 use e2e::TestHub;
 use e2e::tls::{TlsFront, fixture};
+use telemetry_device::backoff::Backoff;
+use telemetry_device::endpoint;
+use telemetry_device::tls;
 
 fn fleet(
     hub_addr: &str,
@@ -32,6 +33,7 @@ fn settings(rate: Option<f64>, batch: usize, count: Option<u64>) -> DeviceSettin
         flush: Duration::from_millis(100),
         count,
         buffer: 10_000,
+        disk: None,
         backoff: Backoff {
             base: Duration::from_millis(50),
             cap: Duration::from_millis(500),

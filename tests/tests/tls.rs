@@ -6,14 +6,15 @@
 
 use std::time::Duration;
 
-use device_sim::device::{DeviceSettings, endpoint};
+use device_sim::device::DeviceSettings;
 use device_sim::fleet::{Credential, FleetConfig};
-use device_sim::tls::client_config;
 use e2e::TestHub;
 use e2e::fleets;
 use e2e::tls::{fixture, https_get};
 use futures_util::{SinkExt, StreamExt};
 use protocol::HubFrame;
+use telemetry_device::endpoint;
+use telemetry_device::tls::client_config;
 use tokio_tungstenite::tungstenite::Message;
 
 /// A hub on TLS with copies of the test certificate and key in `files`, so
@@ -140,10 +141,10 @@ async fn sighup_serves_a_renewed_certificate_to_new_clients_keeps_old_connection
     let token = hub.add_device("dev-1").await.unwrap();
     let url = endpoint(&format!("wss://{addr}")).unwrap();
     let trust = client_config(Some(&fixture("ca.pem")), "--ca-cert").unwrap();
-    let mut device = device_sim::link::connect(&url, Some(trust), &token)
+    let mut device = telemetry_device::link::connect(&url, Some(trust), &token)
         .await
         .unwrap();
-    device_sim::link::hello(&mut device, e2e::hello("dev-1"))
+    telemetry_device::link::hello(&mut device, e2e::hello("dev-1"))
         .await
         .unwrap();
 

@@ -521,7 +521,7 @@ async fn start(args: ServeArgs) -> anyhow::Result<(Hub, std::net::SocketAddr)> {
     // Read before anything starts, so a bad --mqtt-ca-cert stops the hub
     // with its name.
     let mqtt_tls = match &args.mqtt_url {
-        Some(broker) if broker.tls => Some(device_sim::tls::client_config(
+        Some(broker) if broker.tls => Some(telemetry_device::tls::client_config(
             args.mqtt_ca_cert.as_deref(),
             "--mqtt-ca-cert",
         )?),

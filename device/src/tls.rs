@@ -6,15 +6,13 @@
 //! thousand devices read the system's roots once, not once per connection.
 //!
 //! Devices may also present a client certificate instead of a token
-//! ([`ClientCerts`]): one given certificate, or each its own, issued at
-//! start by a CA whose key the simulator holds, with the device id as its
-//! subject's common name (what the hub's `--tls-client-ca` checks).
+//! ([`Identity`]), with the device id as its subject's common name (what
+//! the hub's `--tls-client-ca` checks).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::pki_types::pem::PemObject;
@@ -142,92 +140,50 @@ pub(crate) fn is_ca_used_as_end_entity(refusal: &CertificateError) -> bool {
     }
 }
 
-/// The client certificates a fleet's devices present.
-pub enum ClientCerts {
-    /// One certificate and key (`--client-cert`, `--client-key`), for one
-    /// device.
-    One(Arc<CertifiedKey>),
-    /// A CA (`--client-ca-cert`, `--client-ca-key`) that issues each device
-    /// its own certificate at start.
-    IssuedBy(Box<Issuer<'static, KeyPair>>),
-}
+/// A certificate chain and its private key, which a device presents to a
+/// `wss://` hub instead of a token (the hub's `--tls-client-ca` must have
+/// signed it; its subject's common name is the device id).
+#[derive(Debug, Clone)]
+pub struct Identity(Arc<CertifiedKey>);
 
-impl std::fmt::Debug for ClientCerts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ClientCerts::One(_) => "ClientCerts::One",
-            ClientCerts::IssuedBy(_) => "ClientCerts::IssuedBy",
-        })
-    }
-}
-
-impl ClientCerts {
-    /// One device's certificate chain and key, from PEM files.
+impl Identity {
+    /// A certificate chain and key from PEM files.
     ///
     /// # Errors
     /// A file cannot be read, or the key does not suit the certificate.
-    pub fn one(cert: &Path, key: &Path) -> anyhow::Result<Self> {
+    pub fn from_pem_files(cert: &Path, key: &Path) -> anyhow::Result<Self> {
         let chain = read_certificates(cert)?;
         let key = PrivateKeyDer::from_pem_file(key)
             .with_context(|| format!("{} holds no usable PEM private key", key.display()))?;
-        Ok(ClientCerts::One(Arc::new(certified(chain, key)?)))
+        Identity::from_der(chain, key)
     }
 
-    /// A CA certificate and its key, from PEM files, to issue from.
+    /// A certificate chain and key already parsed (a certificate issued in
+    /// the process, as the simulator's are).
     ///
     /// # Errors
-    /// A file cannot be read or parsed.
-    pub fn issued_by(ca_cert: &Path, ca_key: &Path) -> anyhow::Result<Self> {
-        let read = |path: &Path| {
-            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
-        };
-        let key = KeyPair::from_pem(&read(ca_key)?)
-            .with_context(|| format!("{} is not a PEM private key", ca_key.display()))?;
-        let issuer = Issuer::from_ca_cert_pem(&read(ca_cert)?, key)
-            .with_context(|| format!("{} is not a PEM CA certificate", ca_cert.display()))?;
-        Ok(ClientCerts::IssuedBy(Box::new(issuer)))
+    /// The key does not suit the certificate.
+    pub fn from_der(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> anyhow::Result<Self> {
+        let provider = rustls::crypto::ring::default_provider();
+        let key = CertifiedKey::from_der(chain, key, &provider)
+            .context("the key does not suit the certificate")?;
+        Ok(Identity(Arc::new(key)))
     }
 
-    /// `base` (whom the hub must chain to) presenting `device_id`'s
-    /// certificate.
-    ///
-    /// # Errors
-    /// Issuing the certificate failed.
-    pub fn config_for(
-        &self,
-        base: &ClientConfig,
-        device_id: &str,
-    ) -> anyhow::Result<Arc<ClientConfig>> {
-        let key = match self {
-            ClientCerts::One(key) => Arc::clone(key),
-            ClientCerts::IssuedBy(issuer) => Arc::new(issue(issuer, device_id)?),
-        };
+    /// `base` (whom the hub must chain to) presenting this certificate.
+    pub fn presented_with(&self, base: &ClientConfig) -> Arc<ClientConfig> {
         let mut config = base.clone();
-        config.client_auth_cert_resolver = Arc::new(Present(key));
-        Ok(Arc::new(config))
+        config.client_auth_cert_resolver = Arc::new(Present(Arc::clone(&self.0)));
+        Arc::new(config)
     }
-}
 
-/// A fresh P-256 key and a certificate for it naming `device_id`.
-fn issue(issuer: &Issuer<'static, KeyPair>, device_id: &str) -> anyhow::Result<CertifiedKey> {
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, device_id);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, issuer)?;
-    let key = PrivateKeyDer::try_from(key.serialize_der())
-        .map_err(|err| anyhow::anyhow!("the new key: {err}"))?;
-    certified(vec![cert.der().clone()], key)
-}
-
-fn certified(
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-) -> anyhow::Result<CertifiedKey> {
-    let provider = rustls::crypto::ring::default_provider();
-    CertifiedKey::from_der(chain, key, &provider).context("the key does not suit the certificate")
+    /// The certificate chain, leaf first.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.0.cert
+    }
 }
 
 /// Presents one certificate whatever the hub asks for.
@@ -261,6 +217,8 @@ fn read_certificates(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>
 
 #[cfg(test)]
 mod tests {
+    use rcgen::{CertificateParams, DnType, KeyPair};
+
     use super::*;
 
     /// A self-signed CA made with rcgen: `ca.pem` and `ca.key` in a folder.
@@ -299,21 +257,5 @@ mod tests {
         let err = client_config(Some(&dir.path().join("missing.pem")), "--ca-cert").unwrap_err();
         assert!(format!("{err:#}").contains("cannot read"), "{err:#}");
         assert!(format!("{err:#}").starts_with("--ca-cert "), "{err:#}");
-    }
-
-    #[test]
-    fn a_ca_issues_each_device_a_certificate_naming_it() {
-        let dir = ca();
-        let certs =
-            ClientCerts::issued_by(&dir.path().join("ca.pem"), &dir.path().join("ca.key")).unwrap();
-        let ClientCerts::IssuedBy(issuer) = &certs else {
-            panic!("{certs:?}");
-        };
-        let key = issue(issuer, "meter-7").unwrap();
-        // The subject's CN is a UTF8String of the id, inside the DER.
-        assert!(key.cert[0].windows(7).any(|bytes| bytes == b"meter-7"));
-        let base = client_config(Some(&dir.path().join("ca.pem")), "--ca-cert").unwrap();
-        let config = certs.config_for(&base, "meter-7").unwrap();
-        assert!(config.client_auth_cert_resolver.has_certs());
     }
 }
