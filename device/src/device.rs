@@ -407,7 +407,7 @@ impl Device {
             },
         );
         if let Link::Up(mut ws) = link {
-            let _ = ws.close().await;
+            let _ = SinkExt::close(&mut *ws).await;
         }
     }
 
