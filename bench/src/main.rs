@@ -16,6 +16,7 @@ mod cluster;
 mod hubproc;
 mod machine;
 mod mosquitto;
+mod outbox;
 mod probe;
 mod quiet;
 mod scenarios;
@@ -36,6 +37,7 @@ enum Scenario {
     Cluster,
     Alerts,
     Backup,
+    Outbox,
     All,
 }
 
@@ -144,6 +146,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if matches!(args.scenario, Scenario::Backup | Scenario::All) {
         results.push(backup::backup(size).await?);
+    }
+    if matches!(args.scenario, Scenario::Outbox | Scenario::All) {
+        results.push(outbox::outbox(size).await?);
     }
     println!();
     for result in results {
