@@ -20,9 +20,11 @@
 //! off when the folder is opened again.
 //!
 //! Why segment files rather than SQLite, which the hub already uses:
-//! measured by `bench outbox` (docs/BENCHMARKS.md), one flushed append per
-//! sample costs less than one committed insert, and the hub's idempotency
-//! already gives exactly-once, so no transaction is needed here.
+//! measured by `bench outbox` (docs/BENCHMARKS.md "Outbox"), a reading
+//! costs 0.41 µs written to the operating system against 6.9 µs for a
+//! committed insert at `synchronous = NORMAL`, and 131-133 µs flushed to
+//! the disk against 139-153 µs at `FULL`; and the hub's idempotency already
+//! gives exactly-once, so no transaction is needed here.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
