@@ -297,12 +297,7 @@ impl Device {
         if !self.options.metrics.iter().any(|m| m.id == metric) {
             return Err(SendError::UnknownMetric(metric));
         }
-        let unsealed = self.outbox.unsealed();
-        // A batch's offsets count from its earliest reading in u32 ms.
-        let (lo, hi) = unsealed.iter().fold((time_ms, time_ms), |(lo, hi), s| {
-            (lo.min(s.time_ms), hi.max(s.time_ms))
-        });
-        if hi - lo > u64::from(u32::MAX) {
+        if !self.outbox.fits(time_ms) {
             self.outbox.seal()?;
         }
         if self.outbox.unsealed().is_empty() {
@@ -609,5 +604,25 @@ impl Device {
             firmware: self.options.firmware.clone(),
             metrics: self.options.metrics.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outbox_on_disk_below_its_least_bound_is_refused_saying_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = Options::new("d", "ws://127.0.0.1:9/v1/ws", Credential::Certificate);
+        options.storage = Storage::Disk {
+            dir: dir.path().join("outbox"),
+            max_bytes: 1_024,
+            durability: Durability::Process,
+        };
+        let err = Device::open(options).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("at least 65536 bytes"), "{err}");
+        assert!(!dir.path().join("outbox").exists(), "nothing made");
     }
 }

@@ -190,10 +190,21 @@ struct Parsed {
 
 /// Reads one segment into `replayed`; `None` when its header is torn (a
 /// segment created just before a crash, holding nothing).
+///
+/// # Errors
+/// The file cannot be read, or is not a segment: a file of someone else's
+/// in the folder is never deleted.
 fn parse(path: &Path, replayed: &mut Replayed, last_seq: &mut u64) -> io::Result<Option<Parsed>> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
-    if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
+    let magic = &bytes[..bytes.len().min(MAGIC.len())];
+    if magic != &MAGIC[..magic.len()] {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not an outbox segment", path.display()),
+        ));
+    }
+    if bytes.len() < HEADER_LEN {
         return Ok(None);
     }
     let confirmed = bytes[8] & CONFIRMED != 0;
@@ -636,6 +647,24 @@ mod tests {
         assert_eq!(replayed.unsealed, [sample(6), sample(7)]);
         assert_eq!(replayed.next_seq, 42);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_file_that_is_no_segment_is_refused_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let foreign = dir.path().join("00000000000000000001.seg");
+        fs::write(&foreign, b"someone else's data").unwrap();
+        let err = Journal::open(dir.path(), MIN_BYTES, Durability::Process).unwrap_err();
+        assert!(
+            err.to_string().contains("is not an outbox segment"),
+            "{err}"
+        );
+        assert_eq!(fs::read(&foreign).unwrap(), b"someone else's data");
+        // A header torn at creation (a prefix of it) is a crash, not a
+        // stranger's file: it held nothing and goes.
+        fs::write(&foreign, &MAGIC[..3]).unwrap();
+        let (_, replayed) = open(dir.path(), MIN_BYTES);
+        assert!(replayed.unsealed.is_empty());
     }
 
     #[test]

@@ -44,7 +44,12 @@ pub struct Settled {
 #[derive(Debug)]
 pub struct Outbox {
     pending: VecDeque<Pending>,
+    /// Readings in `pending`, kept as batches come and go (asked at every
+    /// step of a device's loop).
+    pending_readings: usize,
     unsealed: Vec<Sample>,
+    /// The earliest and latest time among `unsealed`.
+    unsealed_span: Option<(u64, u64)>,
     /// Most batches kept in memory (an outbox on disk is bounded by bytes).
     capacity: usize,
     next_seq: u64,
@@ -60,7 +65,9 @@ impl Outbox {
     pub fn in_memory(capacity: usize) -> Self {
         Outbox {
             pending: VecDeque::new(),
+            pending_readings: 0,
             unsealed: Vec::new(),
+            unsealed_span: None,
             capacity: capacity.max(1),
             next_seq: 1,
             confirmed: false,
@@ -83,7 +90,13 @@ impl Outbox {
                 "the outbox ended in a torn record (a crash while writing it), cut off"
             );
         }
+        let unsealed_span = replayed
+            .unsealed
+            .iter()
+            .fold(None, |span, s| Some(widened(span, s.time_ms)));
         Ok(Outbox {
+            pending_readings: replayed.batches.iter().map(|b| b.readings.len()).sum(),
+            unsealed_span,
             pending: replayed
                 .batches
                 .into_iter()
@@ -114,12 +127,26 @@ impl Outbox {
             while let Some(front) = self.pending.front()
                 && front.batch.seq <= upto
             {
-                let lost = self.pending.pop_front().expect("front exists");
+                let lost = self.pop_oldest();
                 self.dropped_readings += lost.batch.readings.len() as u64;
             }
         }
+        self.unsealed_span = Some(widened(self.unsealed_span, sample.time_ms));
         self.unsealed.push(sample);
         Ok(())
+    }
+
+    /// Whether a sample taken at `time_ms` fits the batch being filled: a
+    /// batch's offsets count from its earliest reading in u32 ms.
+    pub fn fits(&self, time_ms: u64) -> bool {
+        let (lo, hi) = widened(self.unsealed_span, time_ms);
+        hi - lo <= u64::from(u32::MAX)
+    }
+
+    fn pop_oldest(&mut self) -> Pending {
+        let oldest = self.pending.pop_front().expect("a pending batch");
+        self.pending_readings -= oldest.batch.readings.len();
+        oldest
     }
 
     /// Samples not yet sealed.
@@ -143,14 +170,14 @@ impl Outbox {
         }
         self.next_seq += 1;
         let mut lost = 0;
-        if self.pending.len() >= self.capacity
-            && let Some(oldest) = self.pending.pop_front()
-        {
-            lost = oldest.batch.readings.len();
+        if self.pending.len() >= self.capacity {
+            lost = self.pop_oldest().batch.readings.len();
             self.dropped_readings += lost as u64;
         }
         let batch = batch_of(seq, &self.unsealed);
+        self.pending_readings += batch.readings.len();
         self.unsealed.clear();
+        self.unsealed_span = None;
         self.pending.push_back(Pending {
             batch,
             sent_at: None,
@@ -167,7 +194,7 @@ impl Outbox {
         while let Some(front) = self.pending.front()
             && front.batch.seq <= seq
         {
-            let done = self.pending.pop_front().expect("front exists");
+            let done = self.pop_oldest();
             settled.batches += 1;
             settled.readings += done.batch.readings.len();
             settled.sent_at = done.sent_at;
@@ -230,12 +257,7 @@ impl Outbox {
 
     /// Readings not yet acknowledged, sealed or not.
     pub fn readings(&self) -> usize {
-        self.unsealed.len()
-            + self
-                .pending
-                .iter()
-                .map(|p| p.batch.readings.len())
-                .sum::<usize>()
+        self.unsealed.len() + self.pending_readings
     }
 
     /// Whether nothing waits: everything sampled was acknowledged.
@@ -252,6 +274,13 @@ impl Outbox {
     pub fn disk_bytes(&self) -> u64 {
         self.journal.as_ref().map_or(0, Journal::bytes)
     }
+}
+
+/// `span` with `time_ms` in it.
+fn widened(span: Option<(u64, u64)>, time_ms: u64) -> (u64, u64) {
+    span.map_or((time_ms, time_ms), |(lo, hi)| {
+        (lo.min(time_ms), hi.max(time_ms))
+    })
 }
 
 #[cfg(test)]
@@ -380,6 +409,29 @@ mod tests {
         outbox.resume(41).unwrap();
         fill(&mut outbox, 1);
         assert_eq!(seqs(&outbox), [42]);
+    }
+
+    #[test]
+    fn counts_and_spans_follow_seals_drops_and_acks() {
+        let mut outbox = confirmed(2);
+        for _ in 0..3 {
+            fill(&mut outbox, 4);
+        }
+        assert_eq!((outbox.readings(), outbox.dropped_readings()), (8, 4));
+        outbox.acknowledge(2).unwrap();
+        assert_eq!(outbox.readings(), 4);
+        let sample = |time_ms| Sample {
+            time_ms,
+            metric: 1,
+            value: 0.0,
+        };
+        outbox.push(sample(1_000)).unwrap();
+        assert!(outbox.fits(1_000 + u64::from(u32::MAX)));
+        assert!(!outbox.fits(1_001 + u64::from(u32::MAX)));
+        assert!(outbox.fits(0));
+        outbox.seal().unwrap();
+        assert!(outbox.fits(u64::MAX), "a new batch takes any time");
+        assert_eq!(outbox.readings(), 5);
     }
 
     #[test]
