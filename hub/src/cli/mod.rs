@@ -407,8 +407,9 @@ pub fn parse_age(text: &str) -> Result<Duration, Invalid> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
+            let stop = shutdown_signal();
             let (hub, _) = start(*args).await?;
-            hub.run_until_stopped(shutdown_signal()).await
+            hub.run_until_stopped(stop).await
         }
         Command::Demo(args) => demo(*args).await,
         Command::Device(command) => device(command).await,
@@ -426,6 +427,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         devices,
         backfill,
     } = args;
+    let stop = shutdown_signal();
     let (hub, addr) = start(serve).await?;
     let devices = usize::try_from(devices).unwrap_or(usize::MAX);
     let tokens = crate::demo::issue_tokens(hub.store(), devices).await?;
@@ -445,7 +447,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     hub.run_until_stopped(async move {
         tokio::select! {
             _ = fleet => {}
-            () = shutdown_signal() => {}
+            () = stop => {}
         }
     })
     .await
@@ -913,31 +915,37 @@ async fn open(db: &DbArg) -> anyhow::Result<Store> {
         .with_context(|| format!("opening database {} (--db)", db.db.display()))
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Completes on SIGINT (Ctrl-C) or SIGTERM. The handlers are in place once
+/// this returns, before the hub says it listens: a supervisor's SIGTERM
+/// right after that line stops the hub cleanly, where the default action
+/// would have killed it.
+fn shutdown_signal() -> impl Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let signals = signal(SignalKind::interrupt())
+            .and_then(|interrupt| Ok((interrupt, signal(SignalKind::terminate())?)));
+        async move {
+            match signals {
+                Ok((mut interrupt, mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot listen for SIGINT and SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if let Err(err) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %err, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
     }
 }
 
