@@ -127,6 +127,21 @@ impl HubProcess {
         Ok(self.dir)
     }
 
+    /// Waits for the hub to exit by itself (a test's fault, say) and hands
+    /// back its exit status and folder.
+    ///
+    /// # Errors
+    /// The hub was still running after `within`.
+    pub async fn exited(
+        mut self,
+        within: std::time::Duration,
+    ) -> anyhow::Result<(ExitStatus, tempfile::TempDir)> {
+        let exit = tokio::time::timeout(within, self.child.wait())
+            .await
+            .context("the hub did not exit")??;
+        Ok((exit, self.dir))
+    }
+
     /// User plus system CPU seconds the hub has used.
     pub fn cpu_seconds(&self) -> f64 {
         crate::cpu_seconds(self.pid())

@@ -58,6 +58,32 @@ pub fn fleet_of(devices: usize, settings: DeviceSettings) -> FleetConfig {
     )
 }
 
+/// Two devices of this hub with `kinds`, one sample of each a second,
+/// backfilled `seconds` into the past in batches of `batch`, run to their
+/// end within two minutes.
+///
+/// # Panics
+/// The fleet did not finish in time, or left readings unacknowledged.
+pub async fn backfill(
+    hub: &TestHub,
+    kinds: Vec<device_sim::sensors::SensorKind>,
+    seconds: u64,
+    batch: usize,
+) -> Summary {
+    let per_second = kinds.len() as u64;
+    let device = DeviceSettings {
+        kinds,
+        batch,
+        backfill: Duration::from_secs(seconds),
+        ..hub.quick_device(per_second as f64, per_second * seconds)
+    };
+    let summary = tokio::time::timeout(Duration::from_secs(120), fleet::run(fleet_of(2, device)))
+        .await
+        .expect("the backfill finished");
+    assert!(summary.complete(), "{summary:?}");
+    summary
+}
+
 /// Runs `config` to its end, within a minute, and checks that every
 /// reading of every device was acknowledged.
 ///

@@ -167,6 +167,31 @@ impl TestHub {
             .await?)
     }
 
+    /// Waits until the hub's compaction has moved every slab below
+    /// `position` into blocks (it looks every 10 s).
+    ///
+    /// # Errors
+    /// The database cannot be read, or compaction does not get there in time.
+    pub async fn until_compacted(&self, position: i64) -> anyhow::Result<()> {
+        let db = self.db().await?;
+        let deadline = tokio::time::Instant::now() + 4 * PATIENCE;
+        loop {
+            let through: i64 =
+                sqlx::query_scalar("SELECT value FROM hub_state WHERE key = 'compacted_through'")
+                    .fetch_one(&db)
+                    .await?;
+            if through >= position {
+                db.close().await;
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "compacted through {through}, not {position}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+
     /// Waits until `/v1/devices` shows `device` online.
     ///
     /// # Errors
@@ -266,6 +291,17 @@ impl TestHub {
     /// Kills the hub with SIGKILL and hands back its folder.
     pub async fn kill(self) -> anyhow::Result<tempfile::TempDir> {
         self.process.kill().await
+    }
+
+    /// Waits up to `within` for the hub to exit by itself.
+    ///
+    /// # Errors
+    /// It did not.
+    pub async fn exited(
+        self,
+        within: std::time::Duration,
+    ) -> anyhow::Result<(std::process::ExitStatus, tempfile::TempDir)> {
+        self.process.exited(within).await
     }
 
     /// Opens a device connection with `token`, without sending anything.

@@ -5,9 +5,8 @@
 
 use std::time::Duration;
 
-use device_sim::device::DeviceSettings;
-use device_sim::fleet::{self, Credential, FleetConfig};
 use device_sim::sensors::SensorKind;
+use e2e::fleets::backfill;
 use e2e::{TestHub, batch};
 use sqlx::SqlitePool;
 
@@ -18,29 +17,6 @@ const SAMPLES: u64 = 7_200;
 async fn backfill_two_hours(hub: &TestHub) {
     let kinds = vec![SensorKind::Temperature, SensorKind::Humidity];
     backfill(hub, kinds, SAMPLES, 100).await;
-}
-
-/// Two devices with `kinds`, one sample of each a second, backfilled
-/// `seconds`, in batches of `batch`.
-async fn backfill(hub: &TestHub, kinds: Vec<SensorKind>, seconds: u64, batch: usize) {
-    let per_second = kinds.len() as u64;
-    let device = DeviceSettings {
-        kinds,
-        batch,
-        backfill: Duration::from_secs(seconds),
-        ..hub.quick_device(per_second as f64, per_second * seconds)
-    };
-    let summary = tokio::time::timeout(
-        Duration::from_secs(120),
-        fleet::run(FleetConfig::new(
-            2,
-            Credential::ProvisionKey("k".into()),
-            device,
-        )),
-    )
-    .await
-    .expect("the backfill finished");
-    assert!(summary.complete(), "{summary:?}");
 }
 
 /// `(device, metric, bucket start, n, mean, min, max)` rows.
@@ -319,20 +295,8 @@ async fn compacted_readings_read_back_the_same_through_every_reader() {
     let db = hub.db().await.unwrap();
     let total = 2 * 5 * i64::try_from(seconds).unwrap();
 
-    // The hub compacts the first slab (it looks every 10 s).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let through: i64 =
-            sqlx::query_scalar("SELECT value FROM hub_state WHERE key = 'compacted_through'")
-                .fetch_one(&db)
-                .await
-                .unwrap();
-        if through == 100_000 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "not compacted");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    // The hub compacts the first slab.
+    hub.until_compacted(100_000).await.unwrap();
     // The devices' statuses hold positions too, among the readings.
     let (in_slab, events, head): (i64, i64, i64) = sqlx::query_as(
         "SELECT coalesce(sum(pos <= 100000), 0), count(*),

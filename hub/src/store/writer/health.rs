@@ -5,7 +5,10 @@
 //!
 //! Tests can make a thread fail on purpose: `HUB_TEST_FAULT` (read by debug
 //! builds only, never by a release build) names the thread and the commit,
-//! `writer-panic-at-commit=2` or `publisher-panic-at-commit=2`.
+//! `writer-panic-at-commit=2` or `publisher-panic-at-commit=2`; or it kills
+//! the process (an abort, as good as a kill -9) in the middle of the
+//! database's conversion (`abort-while-converting`) or of a vacuum step
+//! (`abort-in-vacuum-step`).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -98,6 +101,8 @@ pub(super) fn guard(health: &WriterHealth, thread: &str, work: impl FnOnce()) {
 pub(super) struct Faults {
     pub writer_panics_at: Option<u64>,
     pub publisher_panics_at: Option<u64>,
+    pub abort_while_converting: bool,
+    pub abort_in_vacuum_step: bool,
 }
 
 impl Faults {
@@ -118,6 +123,10 @@ impl Faults {
             faults.writer_panics_at = at(n);
         } else if let Some(n) = text.strip_prefix("publisher-panic-at-commit=") {
             faults.publisher_panics_at = at(n);
+        } else if text == "abort-while-converting" {
+            faults.abort_while_converting = true;
+        } else if text == "abort-in-vacuum-step" {
+            faults.abort_in_vacuum_step = true;
         }
         faults
     }
@@ -144,6 +153,8 @@ mod tests {
             Faults::parse("publisher-panic-at-commit=3").publisher_panics_at,
             Some(3)
         );
+        assert!(Faults::parse("abort-in-vacuum-step").abort_in_vacuum_step);
+        assert!(Faults::parse("abort-while-converting").abort_while_converting);
         assert_eq!(Faults::parse("nonsense"), Faults::default());
     }
 

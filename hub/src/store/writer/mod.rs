@@ -36,6 +36,7 @@ mod jobs;
 mod publisher;
 pub mod rollup;
 mod statements;
+mod vacuum;
 
 pub use handle::WriterHandle;
 pub use health::WriterHealth;
@@ -83,6 +84,7 @@ pub async fn open(store: &Store) -> Result<Opened, StoreError> {
             return Err(StoreError::ReadOnly(path));
         }
         let file = file::DbFile::at(&path)?;
+        vacuum::convert(&conn, health::Faults::from_env())?;
         let last_pos = statements::last_position(&conn)?;
         Ok(Opened {
             conn,
@@ -129,6 +131,7 @@ impl Opened {
             counters,
             health: health.clone(),
             faults,
+            vacuum: vacuum::Vacuum::new(faults),
         };
         let (requests, rx) = mpsc::channel(QUEUED_REQUESTS);
         let (exited, thread_done) = oneshot::channel::<()>();
@@ -175,6 +178,7 @@ struct Writer {
     counters: Arc<Counters>,
     health: WriterHealth,
     faults: health::Faults,
+    vacuum: vacuum::Vacuum,
 }
 
 impl Writer {
@@ -183,11 +187,24 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Job>, publish: &SyncSender<Settled>) {
         let mut pending = Vec::new();
         let mut commits = 0;
-        // 0 only once the queue is closed and empty.
-        while rx.blocking_recv_many(&mut pending, QUEUED_REQUESTS) > 0 {
+        let mut stopping = false;
+        loop {
+            // Free pages go back only while nothing waits, a step at a
+            // time, and not once the hub is stopping.
+            if !stopping && rx.is_empty() && self.vacuum.due(&self.conn) {
+                if let Err(err) = self.vacuum.step(&mut self.conn) {
+                    tracing::warn!(error = %err, "a vacuum step failed; free pages stay until the next delete");
+                }
+                continue;
+            }
+            // 0 only once the queue is closed and empty.
+            if rx.blocking_recv_many(&mut pending, QUEUED_REQUESTS) == 0 {
+                break;
+            }
             if pending.iter().any(|job| matches!(job, Job::Stop)) {
                 // Refuse new requests; what is queued is still received.
                 rx.close();
+                stopping = true;
                 pending.retain(|job| !matches!(job, Job::Stop));
             }
             let mut jobs = std::mem::take(&mut pending);
@@ -219,6 +236,7 @@ impl Writer {
                     }
                     _ => {}
                 }
+                self.vacuum.deleted();
             }
         }
         if let Err((_, err)) = self.conn.close() {
