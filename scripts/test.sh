@@ -4,7 +4,8 @@
 # tests, NSS's certutil to make Chromium trust the test CA, Mosquitto for the benchmark harness's side-by-side run, nginx for the
 # reverse-proxy and load-balancer tests, nats-server for the cluster tests,
 # Prometheus Alertmanager for alert delivery (each starts its own), OpenSSL's
-# command for the self-signed certificate a new user makes, schemathesis
+# command for the self-signed certificate a new user makes, the sqlite3
+# command that people query the database with, schemathesis
 # from PyPI for the OpenAPI test), then runs a tiny pass of every benchmark
 # scenario and every test of the workspace.
 set -euo pipefail
@@ -20,6 +21,7 @@ missing=()
 [ -x /usr/bin/prometheus-alertmanager ] || missing+=(prometheus-alertmanager)
 [ -x /usr/bin/openssl ] || missing+=(openssl)
 [ -x /usr/bin/script ] || missing+=(bsdutils)
+[ -x /usr/bin/sqlite3 ] || missing+=(sqlite3)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "the tests need Debian's ${missing[*]}; run: sudo apt-get install ${missing[*]}" >&2
