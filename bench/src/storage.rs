@@ -1,8 +1,11 @@
 //! Scenario 6: what history costs on disk. A fleet with every sensor kind
 //! is backfilled into a hub; then SQLite's own page accounting (`dbstat`)
 //! says how many bytes each table and index takes, per raw reading and per
-//! roll-up bucket. A second, slower fleet backfills a week into a hub that
-//! keeps a day of raw readings, to show the file that retention leaves.
+//! roll-up bucket, raw and compacted, and how soon the hub gives the pages
+//! compaction freed back. A second, slower fleet backfills a week into a
+//! hub that keeps a day of raw readings, to show the file that retention
+//! leaves. A third, one device over a week, times a query for one hour of
+//! history in `sqlite3`'s way, on raw rows and on blocks.
 
 use std::path::Path;
 use std::time::Duration;
@@ -35,6 +38,13 @@ struct Footprint {
     hour_buckets: u64,
     file: u64,
     free: u64,
+}
+
+impl Footprint {
+    /// Bytes of the pages that hold something.
+    fn in_use(&self) -> u64 {
+        self.file - self.free
+    }
 }
 
 /// Backfills `devices` devices (five metrics, one sample every `every`)
@@ -140,6 +150,61 @@ async fn compacted(hub: &HubProcess) -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Free pages the hub's writer keeps for new rows rather than give back.
+const KEPT_FREE_PAGES: i64 = 256;
+
+/// Waits until the running hub has given its free pages back (at most
+/// the reserve left) and a checkpoint has shrunk the file to its pages;
+/// answers how long that took.
+async fn given_back(hub: &HubProcess) -> anyhow::Result<Duration> {
+    let path = hub.db_path();
+    let began = tokio::time::Instant::now();
+    loop {
+        let path = path.clone();
+        let (pages, free, size, file) = tokio::task::spawn_blocking(move || {
+            let conn = rusqlite::Connection::open(&path)?;
+            let (pages, free, size): (i64, i64, i64) = conn.query_row(
+                "SELECT (SELECT page_count FROM pragma_page_count),
+                        (SELECT freelist_count FROM pragma_freelist_count),
+                        (SELECT page_size FROM pragma_page_size)",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )?;
+            anyhow::Ok((pages, free, size, std::fs::metadata(&path)?.len()))
+        })
+        .await??;
+        if free <= KEPT_FREE_PAGES && file == (pages * size) as u64 {
+            return Ok(began.elapsed());
+        }
+        anyhow::ensure!(
+            began.elapsed() < Duration::from_secs(600),
+            "the hub did not give its free pages back: {free} of {pages} free, file {file} bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs `sql` on the file five times; answers the rows it returned and
+/// the median time in milliseconds.
+fn timed_query(path: &Path, sql: &str) -> anyhow::Result<(u64, f64)> {
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut statement = conn.prepare(sql)?;
+    let mut times = Vec::new();
+    let mut rows = 0;
+    for _ in 0..5 {
+        let began = std::time::Instant::now();
+        let mut answer = statement.query([])?;
+        rows = 0;
+        while answer.next()?.is_some() {
+            rows += 1;
+        }
+        times.push(began.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((rows, times[2]))
 }
 
 /// Reads the footprint of the database in `dir`.
@@ -249,6 +314,7 @@ pub async fn storage(size: Size) -> anyhow::Result<Value> {
     let began = std::time::Instant::now();
     compacted(&hub).await?;
     let compaction_s = began.elapsed().as_secs_f64();
+    let vacuum_s = given_back(&hub).await?.as_secs_f64();
     let from_blocks = catch_up_rate(&hub, catch_up).await?;
     let (_, dir) = hub.terminate().await?;
     let c = tokio::task::spawn_blocking(move || footprint(dir.path())).await??;
@@ -264,17 +330,22 @@ pub async fn storage(size: Size) -> anyhow::Result<Value> {
         c.compacted, c.blocks
     );
     println!(
-        "| the file (free pages included) | {} | {} | {:.1} |",
+        "| the file | {} | {} | {:.1} |",
         c.compacted + c.readings,
         c.file,
         per(c.file, c.compacted + c.readings)
     );
     println!(
-        "| of it free pages, left by the rows that moved | | {} | |",
+        "| of it pages in use | | {} | {:.1} |",
+        c.in_use(),
+        per(c.in_use(), c.compacted + c.readings)
+    );
+    println!(
+        "| of it free pages (the writer's reserve for new rows) | | {} | |",
         c.free
     );
     println!(
-        "\nCompacting took {compaction_s:.1} s ({:.0} readings/s, the first pass starting at once). A live subscriber resuming from position 0 received its first {catch_up} readings at {from_rows:.0}/s from rows and {from_blocks:.0}/s from blocks.",
+        "\nCompacting took {compaction_s:.1} s ({:.0} readings/s, the first pass starting at once); the free pages it left were back with the file system {vacuum_s:.1} s after that. A live subscriber resuming from position 0 received its first {catch_up} readings at {from_rows:.0}/s from rows and {from_blocks:.0}/s from blocks.",
         c.compacted as f64 / compaction_s
     );
     // A day of a 1,000-device fleet with 5 metrics at one reading a second,
@@ -303,12 +374,19 @@ pub async fn storage(size: Size) -> anyhow::Result<Value> {
     )
     .await?;
     retained(&hub, Duration::from_secs(86_400)).await?;
+    given_back(&hub).await?;
     let (_, dir) = hub.terminate().await?;
     let w = tokio::task::spawn_blocking(move || footprint(dir.path())).await??;
     println!(
-        "A week backfilled by {week_devices} devices × 5 metrics at one sample a minute into a hub with `--retention 1d`: {} raw readings left (a day), {} minute and {} hour buckets (the week); the file is {} bytes, {} of them free pages that retention left for new rows.\n",
-        w.readings, w.minute_buckets, w.hour_buckets, w.file, w.free
+        "A week backfilled by {week_devices} devices × 5 metrics at one sample a minute into a hub with `--retention 1d`: {} raw readings left (a day), {} minute and {} hour buckets (the week); once retention had run and the hub had given its free pages back, the file is {} bytes, {} of them in use and {} free (the writer's reserve).\n",
+        w.readings,
+        w.minute_buckets,
+        w.hour_buckets,
+        w.file,
+        w.in_use(),
+        w.free
     );
+    let by_time = queries_by_time(size).await?;
     Ok(json!({
         "scenario": "storage",
         "devices": devices, "seconds": span.as_secs(), "readings": f.readings,
@@ -320,7 +398,71 @@ pub async fn storage(size: Size) -> anyhow::Result<Value> {
         "bytes_per_minute_bucket": minute, "bytes_per_hour_bucket": hour,
         "file_bytes": f.file,
         "day_raw_bytes": day_readings * raw, "day_minute_bytes": day_minutes * minute, "day_hour_bytes": day_hours * hour,
+        "vacuum_s": vacuum_s,
         "week": {"devices": week_devices, "readings_left": w.readings, "minute_buckets": w.minute_buckets,
                  "hour_buckets": w.hour_buckets, "file_bytes": w.file, "free_bytes": w.free},
+        "by_time": by_time,
+    }))
+}
+
+/// One device's five metrics at one sample a second, backfilled a week
+/// (a quick run: six hours), then one hour of one metric in the middle
+/// asked for in `sqlite3`'s way: from raw rows, then compacted through
+/// `readings` (which decodes every block of the metric) and through
+/// `readings_by_time` with the block bounds named.
+async fn queries_by_time(size: Size) -> anyhow::Result<Value> {
+    let span = match size {
+        Size::Quick => Duration::from_secs(6 * 3_600),
+        Size::Full => Duration::from_secs(7 * 86_400),
+    };
+    let hub = backfill(1, Duration::from_secs(1), span, &[]).await?;
+    let (_, dir) = hub.terminate().await?;
+    let path = dir.path().join(testkit::hub::DB_FILE);
+    let (device, metric, first): (String, String, i64) = rusqlite::Connection::open(&path)?
+        .query_row(
+            "SELECT d.device_id, m.name, (SELECT min(ts_ms) FROM samples WHERE metric = m.id)
+             FROM metrics m JOIN devices d ON d.id = m.device ORDER BY m.id LIMIT 1",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )?;
+    let from = first + span.as_millis() as i64 / 2;
+    let to = from + 3_600_000;
+    let filter =
+        format!("device = '{device}' AND metric = '{metric}' AND ts_ms BETWEEN {from} AND {to}");
+    let plain = format!("SELECT ts_ms, value FROM readings WHERE {filter}");
+    let bounded = format!(
+        "SELECT ts_ms, value FROM readings_by_time WHERE {filter} \
+         AND block_max_ms >= {from} AND block_min_ms <= {to}"
+    );
+    let (raw_rows, raw_ms) = timed_query(&path, &plain)?;
+
+    let hub = hubproc::start_in(dir, &["--compact-after", "0s"]).await?;
+    compacted(&hub).await?;
+    let (_, dir) = hub.terminate().await?;
+    let path = dir.path().join(testkit::hub::DB_FILE);
+    let (blocks, in_blocks): (i64, i64) = rusqlite::Connection::open(&path)?.query_row(
+        "SELECT count(*), sum(n) FROM sample_blocks",
+        [],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    let (all_rows, all_ms) = timed_query(&path, &plain)?;
+    let (bounded_rows, bounded_ms) = timed_query(&path, &bounded)?;
+    anyhow::ensure!(
+        raw_rows == all_rows && all_rows == bounded_rows,
+        "the hour's rows differ: {raw_rows} raw, {all_rows} and {bounded_rows} compacted"
+    );
+    println!(
+        "One device × 5 metrics at one sample a second, {} h backfilled ({} readings in {blocks} blocks once compacted); one hour of `{metric}` in the middle ({raw_rows} readings), median of five runs in one connection:\n",
+        span.as_secs() / 3_600,
+        in_blocks
+    );
+    println!("| query | ms |");
+    println!("|---|---:|");
+    println!("| `readings`, raw rows (the `(metric, ts_ms)` index) | {raw_ms:.2} |");
+    println!("| `readings`, compacted (every block of the metric) | {all_ms:.2} |");
+    println!("| `readings_by_time` with the block bounds, compacted | **{bounded_ms:.2}** |\n");
+    Ok(json!({
+        "hours": span.as_secs() / 3_600, "blocks": blocks, "rows": raw_rows,
+        "raw_ms": raw_ms, "compacted_readings_ms": all_ms, "compacted_by_time_ms": bounded_ms,
     }))
 }
