@@ -1,7 +1,7 @@
 //! Giving free pages back to the file system. Retention and compaction
 //! delete rows; SQLite keeps their pages as free pages for new rows, so the
-//! file never shrinks by itself. With `auto_vacuum = INCREMENTAL` (set on
-//! every new database by `Store::open`) the writer frees them while it has
+//! file never shrinks by itself. With `auto_vacuum = INCREMENTAL` (set by
+//! [`convert`] at the first start, after the read-only check) the writer frees them while it has
 //! nothing else to do, a bounded step at a time, each step its own
 //! transaction: a batch that arrives during a step waits for that one step
 //! only, and a kill between or inside steps leaves a whole database (a
