@@ -33,12 +33,14 @@ async fn devices_and_browsers_work_through_the_documented_nginx_config() {
         .await
         .unwrap();
     device.hello("dev-1").await.unwrap();
+    // Its status takes a position among the readings, moments after.
+    let online = hub.until_status("dev-1", true).await.unwrap();
     device.send_acked(&batch(1, 1_000, 1)).await.unwrap();
     let first = tokio::time::timeout(Duration::from_secs(10), live.next_of("reading"))
         .await
         .expect("the event came through nginx unbuffered")
         .unwrap();
-    assert_eq!(first.pos(), 1);
+    assert_eq!(first.pos(), online + 1);
 
     // A fleet streams through it; everything is stored.
     let url = endpoint(&format!("ws://{}", nginx.addr)).unwrap();
