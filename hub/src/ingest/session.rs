@@ -198,7 +198,7 @@ pub async fn run(mut socket: WebSocket, auth: Auth, ctx: Arc<Context>) {
             ctx.counters.reject(reject);
             tracing::info!(reason = ?ending.error.as_ref().map(|e| &e.message), "closing device connection");
         }
-        finish(&mut socket, ending).await;
+        Box::pin(finish(&mut socket, ending)).await;
         ctx.counters.connection_closed();
         tracing::debug!("session ended");
     }
@@ -282,7 +282,10 @@ async fn send_message(socket: &mut WebSocket, message: Message) -> Result<(), Un
 async fn serve(socket: &mut WebSocket, auth: Auth, ctx: &Context) -> Ending {
     // From the first frame on: pings before `Hello` are frames too.
     let budget = Budget::new(ctx.limits, Instant::now());
-    let session = match handshake(socket, auth, budget, ctx).await {
+    // Boxed, like every rare step below: a future is as large as the
+    // largest it awaits inline, and the handshake's storage work would
+    // otherwise stay part of every connected session's memory.
+    let session = match Box::pin(handshake(socket, auth, budget, ctx)).await {
         Ok(session) => session,
         Err(ending) => return ending,
     };
@@ -329,7 +332,7 @@ async fn handshake(
     auth: Auth,
     mut budget: Budget,
     ctx: &Context,
-) -> Result<Established, Ending> {
+) -> Result<Box<Established>, Ending> {
     let first = first_frame(socket, &mut budget, ctx).await?;
     let expected = match &auth {
         Auth::Device(credentials) => Some(credentials.device_id.as_str()),
@@ -395,7 +398,7 @@ async fn handshake(
     });
     send(socket, &welcome).await.map_err(|_| Ending::gone())?;
     tracing::info!(last_seq, metrics = hello.metrics.len(), "device connected");
-    Ok(Established {
+    Ok(Box::new(Established {
         credentials,
         presence,
         kicked: inbox.kicked,
@@ -406,7 +409,7 @@ async fn handshake(
         budget,
         hello,
         confirm,
-    })
+    }))
 }
 
 /// The first frame, within the Hello deadline (pings before it are fine,
@@ -529,8 +532,9 @@ impl Established {
     /// Runs the session until it ends: reads batches and command results,
     /// acknowledges commits, forwards commands and pings. On shutdown,
     /// everything already handed to the writer is committed and acknowledged
-    /// before the close.
-    async fn run(mut self, socket: &mut WebSocket, ctx: &Context) -> Ending {
+    /// before the close. `self` comes boxed: by value it would be held
+    /// twice, in `serve`'s frame and in this future's.
+    async fn run(mut self: Box<Self>, socket: &mut WebSocket, ctx: &Context) -> Ending {
         // The outcome channel holds the whole window: its senders never wait.
         let (outcome_tx, outcomes) = mpsc::channel(IN_FLIGHT);
         let origin = Origin {
@@ -552,7 +556,7 @@ impl Established {
         );
         // Right after Welcome: the latest configuration the device has not
         // answered, if there is one.
-        if let Err(ending) = self.offer_config(socket, ctx).await {
+        if let Err(ending) = Box::pin(self.offer_config(socket, ctx)).await {
             return ending;
         }
         let config = Arc::clone(&self.config);
@@ -581,7 +585,7 @@ impl Established {
                     flow.awaiting.insert(command.id, reply);
                     send(socket, &HubFrame::Command(command)).await.map_err(|_| Ending::gone())
                 }
-                () = config.notified() => self.offer_config(socket, ctx).await,
+                () = config.notified() => Box::pin(self.offer_config(socket, ctx)).await,
                 incoming = next_incoming(socket, &ctx.counters), if flow.reading() => {
                     flow.last_heard = Instant::now();
                     self.on_incoming(incoming, &mut flow, &destination, ctx).await
@@ -596,7 +600,13 @@ impl Established {
             .close
             .is_some_and(|(code, _)| code == close_code::GOING_AWAY)
         {
-            drain(socket, &mut flow.outcomes, flow.in_flight, &ctx.writer).await;
+            Box::pin(drain(
+                socket,
+                &mut flow.outcomes,
+                flow.in_flight,
+                &ctx.writer,
+            ))
+            .await;
         }
         ending
     }
@@ -624,7 +634,7 @@ impl Established {
                 if let Some(change) = self.confirm.take() {
                     // The device read its Token before its Welcome: from
                     // now on only that token reaches it.
-                    bounded(ctx, provision(ctx, change)).await?;
+                    Box::pin(bounded(ctx, provision(ctx, change))).await?;
                 }
                 ctx.counters.readings_in(samples.len());
                 destination
@@ -649,7 +659,7 @@ impl Established {
                 self.budget
                     .spend(0, Instant::now())
                     .map_err(Ending::rate_limited)?;
-                self.config_answered(result, ctx).await;
+                Box::pin(self.config_answered(result, ctx)).await;
                 Ok(())
             }
             Incoming::Frame(DeviceFrame::Hello(_)) => Err(Ending::violation(Violation {
@@ -1050,5 +1060,29 @@ mod tests {
         let mut text = "é".repeat(10);
         truncate(&mut text, 5);
         assert_eq!(text, "éé");
+    }
+
+    /// The size of the future an async fn taking three arguments returns.
+    fn future_size<A, B, C, F>(_: impl Fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// A connected session is mostly its future: its bytes are every
+    /// connection's (ten thousand devices, ten thousand of them). The
+    /// handshake's storage work and the rare steps are boxed so that they
+    /// are not; this keeps a step that grows the future from slipping in
+    /// unseen (measured in debug builds, which are larger than release).
+    #[test]
+    fn a_connected_session_stays_small() {
+        let session = future_size(run);
+        assert!(
+            session <= 3_000,
+            "a device session's future takes {session} bytes: box the new step it awaits"
+        );
+        let established = future_size(Established::run);
+        assert!(
+            established <= 1_400,
+            "Established::run takes {established} bytes"
+        );
     }
 }

@@ -58,7 +58,16 @@ impl Appender {
     /// # Errors
     /// The appender's task has stopped.
     pub async fn append(&self, batch: Batch) -> Result<(), AppenderStopped> {
-        self.batches.send(batch).await.map_err(|_| AppenderStopped)
+        // The queue holds the session's whole window, so it is never full
+        // in practice; the wait is boxed so that it costs no session
+        // memory (this future is part of each device session's).
+        match self.batches.try_send(batch) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(batch)) => Box::pin(self.batches.send(batch))
+                .await
+                .map_err(|_| AppenderStopped),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(AppenderStopped),
+        }
     }
 }
 

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use protocol::Hello;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{Semaphore, TryAcquireError, mpsc, oneshot};
 
 use super::WriterHealth;
 use super::jobs::{
@@ -113,11 +114,19 @@ impl WriterHandle {
         at: Option<Position>,
         reply: mpsc::Sender<WriteOutcome>,
     ) -> Result<(), WriteError> {
-        let wanted = samples.len().clamp(1, QUEUED_ROWS);
-        let permit = Arc::clone(&self.rows)
-            .acquire_many_owned(u32::try_from(wanted).unwrap_or(u32::MAX))
-            .await
-            .map_err(|_| WriteError::Stopped)?;
+        // The waits are boxed and taken only when the queue is full: this
+        // future is part of every device session's, and an inline wait
+        // would cost each connection its size while it almost never waits.
+        let wanted = u32::try_from(samples.len().clamp(1, QUEUED_ROWS)).unwrap_or(u32::MAX);
+        let permit = match Arc::clone(&self.rows).try_acquire_many_owned(wanted) {
+            Ok(permit) => permit,
+            Err(TryAcquireError::NoPermits) => {
+                Box::pin(Arc::clone(&self.rows).acquire_many_owned(wanted))
+                    .await
+                    .map_err(|_| WriteError::Stopped)?
+            }
+            Err(TryAcquireError::Closed) => return Err(WriteError::Stopped),
+        };
         let request = WriteRequest {
             origin,
             seq,
@@ -127,7 +136,11 @@ impl WriterHandle {
             reply,
             _permit: permit,
         };
-        self.send(Job::Batch(request)).await
+        match self.requests.try_send(Job::Batch(request)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(job)) => Box::pin(self.send(job)).await,
+            Err(TrySendError::Closed(_)) => Err(WriteError::Stopped),
+        }
     }
 
     /// Creates a device unless it is known, in the next group commit;
